@@ -1,0 +1,123 @@
+//! Small HTTP helpers both daemons need: JSON and error responses in one shape, bounded body
+//! reads, and Basic-credential parsing.
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::serve::Body;
+
+/// A full (non-streamed) body.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// A JSON response with the given status.
+pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An error response in the xMatters shape: `{"code": 404, "reason": "Not Found", "message": ...}`.
+/// The message is written for the caller and must never contain a secret.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({
+            "code": status.as_u16(),
+            "reason": status.canonical_reason().unwrap_or("Error"),
+            "message": message.into(),
+        }),
+    )
+}
+
+/// Why a body could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The body exceeded the limit; the caller answers 413.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The connection failed while the body was being read.
+    #[error("could not read the request body: {0}")]
+    Io(String),
+}
+
+/// Read the whole body, refusing more than `limit` bytes without buffering past it.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(BodyError::TooLarge { limit })
+        }
+        Err(error) => Err(BodyError::Io(error.to_string())),
+    }
+}
+
+/// Parse `Authorization: Basic base64(user:password)`. `None` when the header is absent or not
+/// Basic; malformed Basic credentials also give `None` (they can only fail authentication).
+pub fn basic_credentials(header: Option<&HeaderValue>) -> Option<(String, String)> {
+    let value = header?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Parse `Authorization: Bearer TOKEN`.
+pub fn bearer_token(header: Option<&HeaderValue>) -> Option<String> {
+    let value = header?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+/// Compare two secrets in time independent of where they differ. Both sides are hashed first so
+/// the comparison does not leak the secret's length either.
+pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(given).ct_eq(&Sha256::digest(expected)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_parse_and_reject_garbage() {
+        let ok = HeaderValue::from_static("Basic dXNlcjpwYXNzOndvcmQ="); // user:pass:word
+        assert_eq!(basic_credentials(Some(&ok)), Some(("user".into(), "pass:word".into())));
+        for bad in ["Basic !!!", "Bearer abc", "Basic", "Basic dXNlcg=="] {
+            assert_eq!(basic_credentials(Some(&HeaderValue::from_static(bad))), None, "{bad}");
+        }
+        assert_eq!(basic_credentials(None), None);
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive_on_the_scheme() {
+        let v = HeaderValue::from_static("bearer tok123");
+        assert_eq!(bearer_token(Some(&v)).as_deref(), Some("tok123"));
+        assert_eq!(bearer_token(Some(&HeaderValue::from_static("Basic x"))), None);
+    }
+
+    #[test]
+    fn secrets_equal_only_for_identical_input() {
+        assert!(secrets_equal(b"abc", b"abc"));
+        assert!(!secrets_equal(b"abc", b"abd"));
+        assert!(!secrets_equal(b"abc", b"abcd"));
+        assert!(!secrets_equal(b"", b"a"));
+    }
+}

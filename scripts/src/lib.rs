@@ -1,0 +1,4 @@
+//! The sandboxed QuickJS runtime and the xMatters script API.
+#![forbid(unsafe_code)]
+
+pub mod dry_run;

@@ -1,0 +1,1 @@
+//! Test harness: start the real binaries on loopback.
