@@ -1,0 +1,313 @@
+//! The HTTP front door: routes, status codes, authentication, and the hand-off to the store.
+//!
+//! The order of checks on a trigger is deliberate: route (404/405) → declared length (413) →
+//! credentials (401/403) → body read with the limit (413) → action-specific validation (400) →
+//! durable store (503) → 202. Cheap refusals come first, and nothing is stored for a refused
+//! request.
+//!
+//! What it does not do: it never runs scripts or talks to the central; the worker and relay do.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use central::http_util::{self, read_body, BodyError};
+use central::serve::Body;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::auth::{AuthError, AuthMode, IntegrationAuth, Principal};
+use crate::config::Action;
+use crate::daemon::Shared;
+use crate::store::{InboundRequest, PrincipalRecord, StoreError};
+
+const TRIGGER_PREFIX: &str = "/api/integration/1/functions/";
+const TOKEN_PATH: &str = "/api/xm/1/oauth2/token";
+const LOGS_PREFIX: &str = "/api/xm/1/integrations/";
+/// The HTTP equivalent of `xmagent request ID`.
+pub const REQUESTS_PREFIX: &str = "/api/agent/1/requests/";
+/// The dead-letter list behind `xmagent dead-letters`.
+pub const DEAD_LETTERS_PATH: &str = "/api/agent/1/dead-letters";
+
+/// Headers whose values are credentials: they never reach the store, scripts or logs.
+const REDACTED_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+
+/// Answer one HTTP request.
+pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let response = route(&shared, request, peer, &path).await;
+    shared.metrics.count_response(response.status());
+    response
+}
+
+async fn route(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAddr, path: &str) -> Response<Body> {
+    if let Some(rest) = path.strip_prefix(TRIGGER_PREFIX) {
+        return match rest.strip_suffix("/triggers") {
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                let id = id.to_owned();
+                trigger(shared, request, peer, id).await
+            }
+            _ => not_found(path),
+        };
+    }
+    match (path, request.method()) {
+        ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
+        ("/readyz", &Method::GET) => shared.readiness(),
+        ("/metrics", &Method::GET) => shared.metrics_response(),
+        (TOKEN_PATH, &Method::POST) => token(shared, request).await,
+        ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
+        (TOKEN_PATH, _) => method_not_allowed("POST"),
+        (DEAD_LETTERS_PATH, &Method::GET) => admin(shared, &request, |s| {
+            s.store.dead_letters().map(|list| json!({"count": list.len(), "data": list}))
+        }),
+        _ => {
+            if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
+                if request.method() != Method::GET {
+                    return method_not_allowed("GET");
+                }
+                let id = id.to_owned();
+                return match admin_guard(shared, &request) {
+                    Err(response) => response,
+                    Ok(()) => match shared.store.request(&id) {
+                        Ok(Some(record)) => http_util::json(StatusCode::OK, &record),
+                        Ok(None) => http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}")),
+                        Err(error) => store_failure(error),
+                    },
+                };
+            }
+            if let Some(id) = path.strip_prefix(LOGS_PREFIX).and_then(|r| r.strip_suffix("/logs")) {
+                if request.method() != Method::GET {
+                    return method_not_allowed("GET");
+                }
+                let limit = query_param(request.uri().query(), "limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(100usize)
+                    .min(1000);
+                let id = id.to_owned();
+                return admin(shared, &request, |s| {
+                    let entries = s.store.activity(&id, limit)?;
+                    Ok(json!({"count": entries.len(), "total": entries.len(), "data": entries}))
+                });
+            }
+            not_found(path)
+        }
+    }
+}
+
+/// Run `body` for an authorized operator: the admin token (written to the data directory for the
+/// CLI) or any configured user holding the REST role.
+fn admin(
+    shared: &Arc<Shared>,
+    request: &Request<Incoming>,
+    body: impl FnOnce(&Shared) -> Result<serde_json::Value, StoreError>,
+) -> Response<Body> {
+    if let Err(response) = admin_guard(shared, request) {
+        return response;
+    }
+    match body(shared) {
+        Ok(value) => http_util::json(StatusCode::OK, &value),
+        Err(error) => store_failure(error),
+    }
+}
+
+fn admin_guard(shared: &Arc<Shared>, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let headers = request.headers();
+    if let Some(token) = http_util::bearer_token(headers.get(hyper::header::AUTHORIZATION)) {
+        if shared.admin_token.matches(&token) {
+            return Ok(());
+        }
+    }
+    let policy = IntegrationAuth { mode: AuthMode::Any, url_key: None, authenticating_user: None, allowed_users: None };
+    let live = shared.live();
+    live.config.authenticator.authenticate(&policy, headers, None).map(|_| ()).map_err(|error| auth_failure(&error, AuthMode::Any))
+}
+
+async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let body = match read_body(request.into_body(), 64 * 1024).await {
+        Ok(body) => body,
+        Err(error) => return body_failure(error),
+    };
+    let authenticator = shared.live().config.authenticator.clone();
+    match authenticator.token(&body).await {
+        Ok(token) => http_util::json(StatusCode::OK, &token),
+        Err(error) => http_util::json(
+            error.status,
+            &json!({"error": error.error, "error_description": error.description}),
+        ),
+    }
+}
+
+async fn trigger(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAddr, id: String) -> Response<Body> {
+    let live = shared.live();
+    let Some(integration) = live.config.integrations.get(&id).cloned() else {
+        return http_util::error(StatusCode::NOT_FOUND, format!("no integration with id {id:?}"));
+    };
+    if request.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let limit = live.config.max_body_bytes;
+    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return body_failure(BodyError::TooLarge { limit });
+    }
+    let (parts, body) = request.into_parts();
+    let query = parts.uri.query().unwrap_or("");
+    let api_key = query_param(Some(query), "apiKey");
+    let principal = match live.config.authenticator.authenticate(&integration.auth, &parts.headers, api_key.as_deref()) {
+        Ok(principal) => principal,
+        Err(error) => {
+            tracing::info!(integration = %id, %peer, reason = %error, "trigger refused");
+            return auth_failure(&error, integration.auth.mode);
+        }
+    };
+    drop(live);
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(error) => return body_failure(error),
+    };
+    if integration.action == Action::CreateEvent {
+        if let Err(reason) = crate::worker::trigger_from_body(&body) {
+            return http_util::error(StatusCode::BAD_REQUEST, reason);
+        }
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let inbound = InboundRequest {
+        request_id: request_id.clone(),
+        integration_id: id.clone(),
+        method: parts.method.to_string(),
+        headers: redacted_headers(&parts.headers),
+        query: query_without_api_key(query),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        principal: principal_record(&principal),
+        remote_address: peer.ip().to_string(),
+        received_at: crate::store::timestamp(),
+    };
+    let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
+    async move {
+        match shared.store.accept(&inbound).await {
+            Ok(key) => {
+                shared.enqueue(key);
+                tracing::info!(user = %principal.user, bytes = body.len(), "accepted");
+                http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
+            }
+            Err(error) => store_failure(error),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn principal_record(principal: &Principal) -> PrincipalRecord {
+    let method = serde_json::to_value(&principal.method)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    PrincipalRecord { user: principal.user.clone(), method }
+}
+
+fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = if REDACTED_HEADERS.contains(&name.as_str()) {
+                "<redacted>".to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
+}
+
+/// The first value of `name` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// The query string with every `apiKey` parameter removed (scripts and logs never see it).
+pub fn query_without_api_key(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or("");
+            !name.is_empty() && name != "apiKey"
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
+    let status = match error {
+        AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+    };
+    let mut response = http_util::error(status, error.to_string());
+    if let Some(challenge) = error.www_authenticate(mode) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response
+}
+
+fn body_failure(error: BodyError) -> Response<Body> {
+    match error {
+        BodyError::TooLarge { .. } => http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        BodyError::Io(_) => http_util::error(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+fn store_failure(error: StoreError) -> Response<Body> {
+    tracing::warn!(%error, "store refused the request");
+    let mut response = http_util::error(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
+    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    http_util::error(StatusCode::NOT_FOUND, format!("nothing at {path}"))
+}
+
+/// A text/plain response (health checks).
+pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(http_util::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_never_survives_in_the_query() {
+        assert_eq!(query_without_api_key("apiKey=s3cret&a=1&b=2"), "a=1&b=2");
+        assert_eq!(query_without_api_key("a=1&apiKey=x&apiKey=y"), "a=1");
+        assert_eq!(query_without_api_key("apiKey"), "");
+        assert_eq!(query_without_api_key("apikey=keep"), "apikey=keep");
+    }
+
+    #[test]
+    fn query_param_decodes() {
+        assert_eq!(query_param(Some("a=1&apiKey=k%2By"), "apiKey").as_deref(), Some("k+y"));
+        assert_eq!(query_param(None, "apiKey"), None);
+    }
+
+    #[test]
+    fn credentials_are_redacted_from_stored_headers() {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Basic c2VjcmV0"));
+        headers.insert("x-custom", HeaderValue::from_static("visible"));
+        let kept = redacted_headers(&headers);
+        assert!(kept.contains(&("authorization".into(), "<redacted>".into())));
+        assert!(kept.contains(&("x-custom".into(), "visible".into())));
+        assert!(!format!("{kept:?}").contains("c2VjcmV0"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The worker: turns accepted requests into events.
+//!
+//! It takes inbox keys (from ingress after each 202, and from the store at start-up for requests
+//! a previous process accepted but never processed), runs the integration's action, and records
+//! the outcome with one store transaction ([`crate::store::Store::complete`]). Scripts run on the
+//! script pool's own threads; this module only awaits them.
+//!
+//! What it does not do: it never talks to the central (the relay reads the outbox) and never
+//! answers HTTP.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::config::{Action, Integration};
+use crate::daemon::Shared;
+use crate::store::{InboundRequest, Processed};
+
+/// Most request bytes copied into an activity-stream entry.
+const ACTIVITY_BODY_BYTES: usize = 4096;
+
+/// Interpret a `create_event` body: an object with `properties` is the trigger itself; any other
+/// object becomes the trigger's `properties`. Anything else is refused with the reason.
+pub fn trigger_from_body(body: &[u8]) -> Result<Value, String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    match value {
+        Value::Object(object) if object.contains_key("properties") => {
+            if !object["properties"].is_object() {
+                return Err("\"properties\" must be a JSON object".into());
+            }
+            Ok(Value::Object(object))
+        }
+        Value::Object(object) => Ok(json!({ "properties": object })),
+        other => Err(format!("the body must be a JSON object, not {}", json_kind(&other))),
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Process inbox keys until shutdown, then let in-flight runs finish. Requests not started by then
+/// stay in the inbox and are processed at the next start.
+pub async fn run(shared: Arc<Shared>, mut keys: mpsc::UnboundedReceiver<u64>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(shared.worker_concurrency));
+    let mut running = JoinSet::new();
+    loop {
+        let key = tokio::select! {
+            key = keys.recv() => match key { Some(key) => key, None => break },
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let shared = shared.clone();
+        running.spawn(async move {
+            process(&shared, key).await;
+            drop(permit);
+        });
+        while running.try_join_next().is_some() {}
+    }
+    while running.join_next().await.is_some() {}
+}
+
+async fn process(shared: &Shared, key: u64) {
+    let request = match shared.store.inbox_get(key) {
+        Ok(Some(request)) => request,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::error!(%error, key, "cannot read inbox entry");
+            return;
+        }
+    };
+    let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
+    async {
+        let started = std::time::Instant::now();
+        let integration = shared.live().config.integrations.get(&request.integration_id).cloned();
+        let processed = match integration {
+            None => failed(&request, "the integration is no longer configured".into()),
+            Some(integration) => run_action(shared, &integration, &request).await,
+        };
+        let failure = processed.failure.clone();
+        let events = processed.events.len();
+        shared.metrics.count_processed(failure.is_some(), started.elapsed());
+        match shared.store.complete(key, processed) {
+            Ok(_) => match failure {
+                Some(reason) => tracing::warn!(%reason, "request failed"),
+                None => tracing::info!(events, "processed"),
+            },
+            Err(error) => tracing::error!(%error, "cannot record the outcome; it will be retried at restart"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn run_action(shared: &Shared, integration: &Integration, request: &InboundRequest) -> Processed {
+    match (integration.action, &integration.program) {
+        (Action::CreateEvent, _) => match trigger_from_body(request.body.as_bytes()) {
+            Ok(trigger) => Processed {
+                activity: activity(request, "QUEUED", json!({"events": 1})),
+                events: vec![(integration.form.clone(), trigger)],
+                failure: None,
+            },
+            Err(reason) => failed(request, reason),
+        },
+        (_, Some(program)) => {
+            let content_type = request
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-type"))
+                .map(|(_, value)| value.as_str());
+            let script_request = scripts::ScriptRequest {
+                method: request.method.clone(),
+                headers: request.headers.clone(),
+                parameters: scripts::ScriptRequest::parameters_from(&request.query, content_type, &request.body),
+                body: request.body.clone(),
+                request_id: request.request_id.clone(),
+                integration_uuid: request.integration_id.clone(),
+                remote_address: request.remote_address.clone(),
+            };
+            let http = shared.live().endpoints.clone();
+            let outcome = shared.scripts.run(program.clone(), script_request, http).await;
+            let failure = outcome.error.as_ref().map(|e| e.to_string());
+            let status = match (&failure, outcome.posts.is_empty()) {
+                (Some(_), _) => "FAILED",
+                (None, true) => "COMPLETED",
+                (None, false) => "QUEUED",
+            };
+            let details = json!({
+                "events": outcome.posts.len(),
+                "log": outcome.logs,
+                "http": outcome.http,
+                "error": outcome.error.as_ref().map(|e| json!({"kind": e.kind, "message": e.message, "line": e.line})),
+                "durationMs": outcome.duration.as_millis() as u64,
+            });
+            Processed {
+                activity: activity(request, status, details),
+                events: outcome.posts.into_iter().map(|post| (integration.form.clone(), post)).collect(),
+                failure,
+            }
+        }
+        (_, None) => failed(request, "the integration has no script".into()),
+    }
+}
+
+fn failed(request: &InboundRequest, reason: String) -> Processed {
+    Processed {
+        activity: activity(request, "FAILED", json!({"events": 0, "error": {"message": reason}})),
+        events: Vec::new(),
+        failure: Some(reason),
+    }
+}
+
+/// The activity-stream entry of one request: what came in (credentials redacted, body truncated)
+/// and what the action made of it.
+fn activity(request: &InboundRequest, status: &str, details: Value) -> Value {
+    let truncated = request.body.len() > ACTIVITY_BODY_BYTES;
+    let mut cut = ACTIVITY_BODY_BYTES.min(request.body.len());
+    while !request.body.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut entry = Map::new();
+    entry.insert("requestId".into(), json!(request.request_id));
+    entry.insert("integrationId".into(), json!(request.integration_id));
+    entry.insert("status".into(), json!(status));
+    entry.insert("created".into(), json!(request.received_at));
+    entry.insert("completed".into(), json!(crate::store::timestamp()));
+    entry.insert("principal".into(), json!(request.principal));
+    entry.insert(
+        "request".into(),
+        json!({
+            "method": request.method,
+            "headers": request.headers.iter().map(|(k, v)| json!([k, v])).collect::<Vec<_>>(),
+            "parameters": request.query,
+            "body": &request.body[..cut],
+            "bodyTruncated": truncated,
+            "remoteAddress": request.remote_address,
+        }),
+    );
+    if let Value::Object(details) = details {
+        entry.extend(details);
+    }
+    Value::Object(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_with_properties_is_the_trigger() {
+        let t = trigger_from_body(br#"{"properties":{"a":1},"priority":"HIGH"}"#).unwrap();
+        assert_eq!(t, json!({"properties": {"a": 1}, "priority": "HIGH"}));
+    }
+
+    #[test]
+    fn other_objects_become_properties() {
+        let t = trigger_from_body(br#"{"host":"db1","severity":"critical"}"#).unwrap();
+        assert_eq!(t, json!({"properties": {"host": "db1", "severity": "critical"}}));
+    }
+
+    #[test]
+    fn non_objects_are_refused_with_the_reason() {
+        assert!(trigger_from_body(b"[1,2]").unwrap_err().contains("an array"));
+        assert!(trigger_from_body(b"not json").unwrap_err().contains("not valid JSON"));
+        assert!(trigger_from_body(br#"{"properties": 3}"#).unwrap_err().contains("properties"));
+        assert!(trigger_from_body(b"").is_err());
+    }
+
+    #[test]
+    fn activity_truncates_on_a_char_boundary() {
+        let request = InboundRequest {
+            request_id: "r".into(),
+            integration_id: "i".into(),
+            method: "POST".into(),
+            headers: vec![],
+            query: String::new(),
+            body: "é".repeat(ACTIVITY_BODY_BYTES),
+            principal: crate::store::PrincipalRecord { user: "u".into(), method: "basic".into() },
+            remote_address: "127.0.0.1".into(),
+            received_at: "now".into(),
+        };
+        let entry = activity(&request, "QUEUED", json!({}));
+        assert_eq!(entry["request"]["bodyTruncated"], json!(true));
+        assert!(entry["request"]["body"].as_str().unwrap().len() <= ACTIVITY_BODY_BYTES);
+    }
+}
