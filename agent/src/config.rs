@@ -408,5 +408,6 @@ fn script_limits(section: &ScriptsSection) -> scripts::Limits {
         max_log_bytes: section.max_log_bytes.unwrap_or(defaults.max_log_bytes),
         max_http_calls: section.max_http_calls.unwrap_or(defaults.max_http_calls),
         max_posts: section.max_posts.unwrap_or(defaults.max_posts),
+        ..defaults
     }
 }
