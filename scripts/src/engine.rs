@@ -1,0 +1,798 @@
+//! One script thread's QuickJS runtime: warm contexts, the host hooks behind the built-ins, and the
+//! translation of JavaScript failures into [`ScriptError`]s.
+
+use crate::uri::encode_uri;
+use crate::{
+    ErrorKind, HttpCall, HttpClient, HttpExchange, Limits, LogEntry, LogLevel, Outcome, Program,
+    ProgramSpec, ScriptError, ScriptRequest, Source,
+};
+use rquickjs::context::EvalOptions;
+use rquickjs::convert::Coerced;
+use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PRELUDE: &str = include_str!("prelude.js");
+const PRELUDE_NAME: &str = "<xmagent prelude>";
+const SCRIPT_PARAMS: &str =
+    "request, trigger, form, http, console, constants, require, JXON, XMLUtils";
+const LIBRARY_PARAMS: &str =
+    "exports, module, require, console, http, form, constants, JXON, XMLUtils, request, trigger";
+/// Recorded HTTP bodies are cut here so the activity stream stays small.
+const MAX_RECORDED_BODY: usize = 64 * 1024;
+/// Headers whose values are credentials; never recorded.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+/// Wrap a source as a function expression whose parameters are the built-ins. The wrapper's
+/// opening is on the source's first line, so line numbers in errors match the file.
+fn wrap(params: &str, code: &str) -> String {
+    format!("(function ({params}) {{{code}\n}})")
+}
+
+fn eval_options(name: &str) -> EvalOptions {
+    let mut options = EvalOptions::default();
+    // Integration Builder scripts are sloppy-mode ES5 (Nashorn); strict mode would break them.
+    options.strict = false;
+    options.global = true;
+    options.filename = Some(name.replace('\0', "?"));
+    options
+}
+
+/// Compile one source as a function; a failure is reported as a syntax error naming the file.
+fn compile_fn<'js>(
+    ctx: &Ctx<'js>,
+    source: &Source,
+    params: &str,
+    sources: &[String],
+) -> Result<Function<'js>, ScriptError> {
+    ctx.eval_with_options::<Function, _>(wrap(params, &source.code), eval_options(&source.name))
+        .map_err(|e| {
+            let mut err = describe_error(ctx, e, sources);
+            if err.kind == ErrorKind::Exception {
+                err.kind = ErrorKind::Syntax;
+            }
+            if err.line.is_none() {
+                err.message = format!("{} (in {})", err.message, source.name);
+            }
+            err
+        })
+}
+
+fn source_names(spec: &ProgramSpec) -> Vec<String> {
+    std::iter::once(spec.script.name.clone())
+        .chain(spec.libraries.values().map(|s| s.name.clone()))
+        .collect()
+}
+
+/// Syntax-check a program's script and libraries in a throw-away runtime.
+pub(crate) fn syntax_check(spec: &ProgramSpec) -> Result<(), ScriptError> {
+    let runtime = Runtime::new().map_err(|e| {
+        ScriptError::new(
+            ErrorKind::Memory,
+            format!("cannot create a JavaScript runtime: {e}"),
+        )
+    })?;
+    runtime.set_memory_limit(Limits::default().memory_bytes * 2);
+    let context = Context::full(&runtime).map_err(|e| {
+        ScriptError::new(
+            ErrorKind::Memory,
+            format!("cannot create a JavaScript context: {e}"),
+        )
+    })?;
+    let sources = source_names(spec);
+    context.with(|ctx| {
+        compile_fn(&ctx, &spec.script, SCRIPT_PARAMS, &sources)?;
+        for library in spec.libraries.values() {
+            compile_fn(&ctx, library, LIBRARY_PARAMS, &sources)?;
+        }
+        Ok(())
+    })
+}
+
+/// Find `file:line` of the first stack frame that belongs to one of the program's sources.
+fn locate(stack: &str, sources: &[String]) -> Option<(String, u32)> {
+    for frame in stack.lines() {
+        let frame = frame.trim();
+        let Some(rest) = frame.strip_prefix("at ") else {
+            continue;
+        };
+        // "at name (file:line:col)" or "at file:line:col"
+        let location = match (rest.rfind('('), rest.ends_with(')')) {
+            (Some(open), true) => &rest[open + 1..rest.len() - 1],
+            _ => rest,
+        };
+        let mut parts = location.rsplitn(3, ':');
+        let (Some(_col), Some(line), Some(file)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if sources.iter().any(|s| s.replace('\0', "?") == file) {
+            if let Ok(line) = line.parse::<u32>() {
+                return Some((file.to_owned(), line));
+            }
+        }
+    }
+    None
+}
+
+/// Turn a thrown JavaScript value into a [`ScriptError`] (kind `Exception` or `Memory`).
+fn describe_value<'js>(value: &Value<'js>, sources: &[String]) -> ScriptError {
+    if let Some(exception) = value
+        .as_object()
+        .and_then(|o| Exception::from_object(o.clone()))
+    {
+        let name = exception
+            .as_object()
+            .get::<_, Option<Coerced<String>>>("name")
+            .ok()
+            .flatten()
+            .map(|c| c.0)
+            .unwrap_or_default();
+        let message = exception.message().unwrap_or_default();
+        let kind = if message.contains("out of memory") {
+            ErrorKind::Memory
+        } else {
+            ErrorKind::Exception
+        };
+        let mut text = if name.is_empty() {
+            message
+        } else {
+            format!("{name}: {message}")
+        };
+        let location = exception.stack().and_then(|s| locate(&s, sources));
+        let line = location.as_ref().map(|(_, line)| *line);
+        if let Some((file, line)) = location {
+            text = format!("{text} (at {file}:{line})");
+        }
+        return ScriptError {
+            kind,
+            message: text,
+            line,
+        };
+    }
+    if let Some(s) = value.as_string().and_then(|s| s.to_string().ok()) {
+        return ScriptError::new(ErrorKind::Exception, s);
+    }
+    if value.is_null() || value.is_undefined() {
+        return ScriptError::new(
+            ErrorKind::Exception,
+            format!("uncaught exception: {}", value.type_name()),
+        );
+    }
+    let text = value
+        .get::<Coerced<String>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|_| format!("uncaught exception of type {}", value.type_name()));
+    ScriptError::new(ErrorKind::Exception, text)
+}
+
+fn describe_error<'js>(ctx: &Ctx<'js>, error: rquickjs::Error, sources: &[String]) -> ScriptError {
+    match error {
+        rquickjs::Error::Exception => describe_value(&ctx.catch(), sources),
+        rquickjs::Error::Allocation => ScriptError::new(ErrorKind::Memory, "out of memory"),
+        other => ScriptError::new(ErrorKind::Exception, other.to_string()),
+    }
+}
+
+/// Why the host stopped a run from outside the script's control flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    Timeout,
+    Limit,
+}
+
+/// What one run produced so far; reset at the start of every run.
+#[derive(Default)]
+struct RunData {
+    posts: Vec<serde_json::Value>,
+    post_bytes: usize,
+    logs: Vec<LogEntry>,
+    log_bytes: usize,
+    log_truncated: bool,
+    http: Vec<HttpExchange>,
+    http_calls: u32,
+    client: Option<Arc<dyn HttpClient>>,
+    limit_message: Option<String>,
+}
+
+/// State shared by the runtime's interrupt handler and the host hooks of every context.
+struct RunState {
+    limits: Limits,
+    deadline: Cell<Option<Instant>>,
+    abort: Cell<Option<Abort>>,
+    data: RefCell<RunData>,
+}
+
+impl RunState {
+    fn begin(&self, client: Arc<dyn HttpClient>, deadline: Instant) {
+        *self.data.borrow_mut() = RunData {
+            client: Some(client),
+            ..RunData::default()
+        };
+        self.abort.set(None);
+        self.deadline.set(Some(deadline));
+    }
+
+    fn finish(&self) -> RunData {
+        self.deadline.set(None);
+        std::mem::take(&mut *self.data.borrow_mut())
+    }
+
+    /// The interrupt handler: once the deadline passed (or a limit was hit) keep saying "stop"
+    /// until the run ends, so a `catch` block cannot keep the script alive.
+    fn should_interrupt(&self) -> bool {
+        if self.abort.get().is_some() {
+            return true;
+        }
+        match self.deadline.get() {
+            Some(deadline) if Instant::now() >= deadline => {
+                self.abort.set(Some(Abort::Timeout));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The error for an aborted run, if the run was aborted.
+    fn abort_error(&self) -> Option<ScriptError> {
+        match self.abort.get()? {
+            Abort::Timeout => Some(ScriptError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the script ran longer than its time limit of {} ms",
+                    self.limits.timeout.as_millis()
+                ),
+            )),
+            Abort::Limit => Some(ScriptError::new(
+                ErrorKind::Limit,
+                self.data
+                    .borrow()
+                    .limit_message
+                    .clone()
+                    .unwrap_or_else(|| "a run limit was exceeded".to_owned()),
+            )),
+        }
+    }
+
+    fn hit_limit<'js>(&self, ctx: &Ctx<'js>, message: String) -> rquickjs::Error {
+        let error = Exception::throw_internal(ctx, &message);
+        self.data.borrow_mut().limit_message = Some(message);
+        self.abort.set(Some(Abort::Limit));
+        error
+    }
+
+    fn log(&self, level: &str, message: String) {
+        let level = match level {
+            "info" => LogLevel::Info,
+            "warn" => LogLevel::Warn,
+            "error" => LogLevel::Error,
+            _ => LogLevel::Log,
+        };
+        let max = self.limits.max_log_bytes;
+        let mut data = self.data.borrow_mut();
+        if data.log_truncated {
+            return;
+        }
+        let room = max.saturating_sub(data.log_bytes);
+        if message.len() <= room {
+            data.log_bytes += message.len();
+            data.logs.push(LogEntry { level, message });
+            return;
+        }
+        let mut cut = room;
+        while cut > 0 && !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if cut > 0 {
+            data.logs.push(LogEntry {
+                level,
+                message: message[..cut].to_owned(),
+            });
+        }
+        data.log_bytes = max;
+        data.log_truncated = true;
+        data.logs.push(LogEntry {
+            level: LogLevel::Warn,
+            message: format!("[console output truncated: the limit is {max} bytes per run]"),
+        });
+    }
+
+    fn post<'js>(&self, ctx: &Ctx<'js>, json: String) -> rquickjs::Result<String> {
+        let (max_posts, max_bytes) = (self.limits.max_posts, self.limits.max_post_bytes);
+        let (count, bytes) = {
+            let data = self.data.borrow();
+            (data.posts.len(), data.post_bytes)
+        };
+        if count >= usize::try_from(max_posts).unwrap_or(usize::MAX) {
+            return Err(self.hit_limit(
+                ctx,
+                format!("too many form.post calls: the limit is {max_posts} per run"),
+            ));
+        }
+        if bytes.saturating_add(json.len()) > max_bytes {
+            return Err(self.hit_limit(
+                ctx,
+                format!("form.post payloads exceed the limit of {max_bytes} bytes per run"),
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_str(&json)
+            .map_err(|e| Exception::throw_type(ctx, &format!("form.post: {e}")))?;
+        let mut data = self.data.borrow_mut();
+        data.post_bytes += json.len();
+        data.posts.push(value);
+        Ok(uuid::Uuid::new_v4().to_string())
+    }
+
+    fn http<'js>(&self, ctx: &Ctx<'js>, json: &str) -> rquickjs::Result<String> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct JsCall {
+            endpoint: Option<String>,
+            method: String,
+            path: String,
+            headers: Vec<(String, String)>,
+            body: Option<String>,
+            #[serde(rename = "autoEncodeURI")]
+            auto_encode_uri: bool,
+        }
+        let js: JsCall = serde_json::from_str(json)
+            .map_err(|e| Exception::throw_type(ctx, &format!("http.request: {e}")))?;
+        let max_calls = self.limits.max_http_calls;
+        let client = {
+            let mut data = self.data.borrow_mut();
+            if data.http_calls >= max_calls {
+                drop(data);
+                return Err(self.hit_limit(
+                    ctx,
+                    format!("too many HTTP calls: the limit is {max_calls} per run"),
+                ));
+            }
+            data.http_calls += 1;
+            data.client.clone()
+        };
+        let Some(endpoint) = js.endpoint else {
+            return Err(Exception::throw_type(
+                ctx,
+                "http.request: the options name no endpoint",
+            ));
+        };
+        let path = if js.auto_encode_uri {
+            encode_uri(&js.path)
+        } else {
+            js.path
+        };
+        let now = Instant::now();
+        let remaining = self
+            .deadline
+            .get()
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(self.limits.timeout);
+        let call = HttpCall {
+            endpoint,
+            method: js.method,
+            path,
+            headers: js.headers,
+            body: js.body,
+            timeout: remaining,
+        };
+        let result = match client {
+            Some(client) => client.send(&call),
+            None => Err("HTTP is not available here".to_owned()),
+        };
+        let elapsed = now.elapsed();
+        self.data
+            .borrow_mut()
+            .http
+            .push(record(&call, &result, elapsed));
+        if self.should_interrupt() {
+            return Err(Exception::throw_internal(ctx, "interrupted"));
+        }
+        match result {
+            Ok(reply) => {
+                let mut headers = serde_json::Map::new();
+                for (name, value) in reply.headers {
+                    match headers.get_mut(&name) {
+                        Some(serde_json::Value::String(existing)) => {
+                            existing.push_str(", ");
+                            existing.push_str(&value);
+                        }
+                        _ => {
+                            headers.insert(name, serde_json::Value::String(value));
+                        }
+                    }
+                }
+                Ok(serde_json::json!({
+                    "statusCode": reply.status,
+                    "body": reply.body,
+                    "headers": headers,
+                })
+                .to_string())
+            }
+            Err(message) => Err(Exception::throw_message(
+                ctx,
+                &format!(
+                    "HTTP request to endpoint '{}' failed: {message}",
+                    call.endpoint
+                ),
+            )),
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while cut > 0 && !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[truncated, {} bytes]", &text[..cut], text.len())
+}
+
+fn record(
+    call: &HttpCall,
+    result: &Result<crate::HttpReply, String>,
+    elapsed: Duration,
+) -> HttpExchange {
+    HttpExchange {
+        endpoint: call.endpoint.clone(),
+        method: call.method.clone(),
+        path: call.path.clone(),
+        headers: call
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let secret = SECRET_HEADERS.iter().any(|s| k.eq_ignore_ascii_case(s));
+                (
+                    k.clone(),
+                    if secret {
+                        "<redacted>".to_owned()
+                    } else {
+                        v.clone()
+                    },
+                )
+            })
+            .collect(),
+        body: call.body.as_deref().map(|b| truncate(b, MAX_RECORDED_BODY)),
+        status: result.as_ref().ok().map(|r| r.status),
+        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        error: result.as_ref().err().cloned(),
+    }
+}
+
+/// The host hooks the prelude receives as `native`.
+fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<Object<'js>> {
+    let native = Object::new(ctx.clone())?;
+    let st = state.clone();
+    native.set(
+        "log",
+        Function::new(ctx.clone(), move |level: String, message: String| {
+            st.log(&level, message)
+        })?,
+    )?;
+    let st = state.clone();
+    native.set(
+        "post",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, json: String| {
+            st.post(&ctx, json)
+        })?,
+    )?;
+    let st = state.clone();
+    native.set(
+        "http",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, json: String| {
+            st.http(&ctx, &json)
+        })?,
+    )?;
+    Ok(native)
+}
+
+/// A context set up for one program generation. Field order matters: the saved functions must be
+/// released before the context that owns them.
+struct Warm {
+    run: Persistent<Function<'static>>,
+    cleanup: Persistent<Function<'static>>,
+    script: Persistent<Function<'static>>,
+    context: Context,
+    generation: u64,
+    runs: u32,
+    last_used: u64,
+}
+
+/// Counters describing an [`Engine`]'s context reuse; used by tests and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Contexts set up since the engine started (a cold start or a recycle each).
+    pub contexts_created: u64,
+    /// Runs executed.
+    pub runs: u64,
+    /// Warm contexts currently kept.
+    pub warm_contexts: usize,
+}
+
+/// One script thread's QuickJS runtime with its warm contexts.
+///
+/// The pool owns one per thread; it is public so a host can embed a single-threaded runner (and so
+/// benchmarks can measure a warm run without the pool's queue). Not `Send`: it stays on the thread
+/// that created it, which keeps QuickJS's stack checks valid.
+pub struct Engine {
+    warm: HashMap<String, Warm>,
+    state: Rc<RunState>,
+    stats: EngineStats,
+    clock: u64,
+    runtime: Runtime,
+}
+
+impl Engine {
+    /// Create a runtime with the limits applied (memory, stack, interrupt-based timeout).
+    pub fn new(limits: Limits) -> Result<Engine, ScriptError> {
+        let runtime = Runtime::new().map_err(|e| {
+            ScriptError::new(
+                ErrorKind::Memory,
+                format!("cannot create a JavaScript runtime: {e}"),
+            )
+        })?;
+        runtime.set_memory_limit(limits.memory_bytes);
+        runtime.set_max_stack_size(limits.stack_bytes);
+        let state = Rc::new(RunState {
+            limits,
+            deadline: Cell::new(None),
+            abort: Cell::new(None),
+            data: RefCell::new(RunData::default()),
+        });
+        let handler_state = state.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || handler_state.should_interrupt())));
+        Ok(Engine {
+            warm: HashMap::new(),
+            state,
+            stats: EngineStats::default(),
+            clock: 0,
+            runtime,
+        })
+    }
+
+    /// Context reuse counters.
+    pub fn stats(&self) -> EngineStats {
+        EngineStats {
+            warm_contexts: self.warm.len(),
+            ..self.stats
+        }
+    }
+
+    /// Run the program once for one request, in the program's warm context (set up on first use).
+    pub fn run(
+        &mut self,
+        program: &Program,
+        request: ScriptRequest,
+        http: Arc<dyn HttpClient>,
+    ) -> Outcome {
+        let started = Instant::now();
+        self.state.begin(http, started + self.state.limits.timeout);
+        let error = self.execute(program, &request).err();
+        let data = self.state.finish();
+        self.stats.runs += 1;
+        if error.is_some() {
+            // A failed run's context was dropped; give its memory back before the next run.
+            self.runtime.run_gc();
+        }
+        Outcome {
+            posts: data.posts,
+            logs: data.logs,
+            http: data.http,
+            error,
+            duration: started.elapsed(),
+        }
+    }
+
+    fn execute(&mut self, program: &Program, request: &ScriptRequest) -> Result<(), ScriptError> {
+        self.clock += 1;
+        let key = program.integration_id();
+        let reusable = self
+            .warm
+            .get(key)
+            .is_some_and(|w| w.generation == program.generation());
+        if !reusable {
+            self.warm.remove(key);
+            self.evict_if_full();
+            let warm = self.create(program)?;
+            self.warm.insert(key.to_owned(), warm);
+        }
+        let sources = source_names(program.spec());
+        let max_runs = self.state.limits.max_runs_per_context;
+        let state = &self.state;
+        let Some(warm) = self.warm.get_mut(key) else {
+            return Err(ScriptError::new(
+                ErrorKind::Exception,
+                "internal error: warm context vanished",
+            ));
+        };
+        warm.runs += 1;
+        warm.last_used = self.clock;
+        let result = warm
+            .context
+            .with(|ctx| run_in(&ctx, warm, request, state, &sources));
+        let recycle = match &result {
+            Ok(clean) => !clean || warm.runs >= max_runs,
+            Err(_) => true,
+        };
+        if recycle {
+            self.warm.remove(key);
+        }
+        result.map(|_| ())
+    }
+
+    fn evict_if_full(&mut self) {
+        let max = self.state.limits.max_warm_contexts.max(1);
+        while self.warm.len() >= max {
+            let oldest = self
+                .warm
+                .iter()
+                .min_by_key(|(_, w)| w.last_used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => {
+                    self.warm.remove(&key);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn create(&mut self, program: &Program) -> Result<Warm, ScriptError> {
+        let context = Context::full(&self.runtime).map_err(|e| {
+            ScriptError::new(
+                ErrorKind::Memory,
+                format!("cannot create a JavaScript context: {e}"),
+            )
+        })?;
+        let state = self.state.clone();
+        let (run, cleanup, script) = context.with(|ctx| setup(&ctx, program, &state))?;
+        self.stats.contexts_created += 1;
+        Ok(Warm {
+            run,
+            cleanup,
+            script,
+            context,
+            generation: program.generation(),
+            runs: 0,
+            last_used: self.clock,
+        })
+    }
+}
+
+type Saved = Persistent<Function<'static>>;
+
+/// Describe a failure during setup or a run: an abort (timeout, limit) wins over what JS saw.
+fn run_error<'js>(
+    ctx: &Ctx<'js>,
+    error: rquickjs::Error,
+    state: &RunState,
+    sources: &[String],
+) -> ScriptError {
+    let described = describe_error(ctx, error, sources);
+    state.abort_error().unwrap_or(described)
+}
+
+fn setup<'js>(
+    ctx: &Ctx<'js>,
+    program: &Program,
+    state: &Rc<RunState>,
+) -> Result<(Saved, Saved, Saved), ScriptError> {
+    let spec = program.spec();
+    let sources = source_names(spec);
+    let fail = |e: rquickjs::Error| run_error(ctx, e, state, &sources);
+    let native = native_object(ctx, state).map_err(fail)?;
+    let prelude: Function = ctx
+        .eval_with_options(PRELUDE, eval_options(PRELUDE_NAME))
+        .map_err(fail)?;
+    let constants = serde_json::to_string(&spec.constants)
+        .map_err(|e| ScriptError::new(ErrorKind::Exception, format!("constants: {e}")))?;
+    let api: Object = prelude.call((native, constants)).map_err(fail)?;
+    let register: Function = api.get("registerLibrary").map_err(fail)?;
+    for (name, source) in &spec.libraries {
+        let library = compile_fn(ctx, source, LIBRARY_PARAMS, &sources)?;
+        register
+            .call::<_, ()>((name.as_str(), library))
+            .map_err(fail)?;
+    }
+    let script = compile_fn(ctx, &spec.script, SCRIPT_PARAMS, &sources)?;
+    let snapshot: Function = api.get("snapshot").map_err(fail)?;
+    snapshot.call::<_, ()>(()).map_err(fail)?;
+    let run: Function = api.get("run").map_err(fail)?;
+    let cleanup: Function = api.get("cleanup").map_err(fail)?;
+    Ok((
+        Persistent::save(ctx, run),
+        Persistent::save(ctx, cleanup),
+        Persistent::save(ctx, script),
+    ))
+}
+
+/// Headers as one object: names keep their first spelling, repeated names (in any case) are
+/// joined with ", " as HTTP allows.
+fn headers_object<'js>(
+    ctx: &Ctx<'js>,
+    headers: &[(String, String)],
+) -> rquickjs::Result<Object<'js>> {
+    let mut merged: Vec<(&str, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        match merged
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, existing)) => {
+                existing.push_str(", ");
+                existing.push_str(value);
+            }
+            None => merged.push((name.as_str(), value.clone())),
+        }
+    }
+    let object = Object::new(ctx.clone())?;
+    for (name, value) in merged {
+        object.set(name, value)?;
+    }
+    Ok(object)
+}
+
+fn request_object<'js>(ctx: &Ctx<'js>, request: &ScriptRequest) -> rquickjs::Result<Object<'js>> {
+    let object = Object::new(ctx.clone())?;
+    object.set("method", request.method.as_str())?;
+    object.set("body", request.body.as_str())?;
+    object.set("requestId", request.request_id.as_str())?;
+    object.set("integrationUuid", request.integration_uuid.as_str())?;
+    object.set("remoteAddress", request.remote_address.as_str())?;
+    object.set("headers", headers_object(ctx, &request.headers)?)?;
+    let parameters = Object::new(ctx.clone())?;
+    for (name, value) in &request.parameters {
+        parameters.set(name.as_str(), value.as_str())?;
+    }
+    object.set("parameters", parameters)?;
+    Ok(object)
+}
+
+/// One run inside a warm context. `Ok(false)` means the leak guard could not undo what the run did
+/// to the globals, so the context must not be reused.
+fn run_in<'js>(
+    ctx: &Ctx<'js>,
+    warm: &Warm,
+    request: &ScriptRequest,
+    state: &RunState,
+    sources: &[String],
+) -> Result<bool, ScriptError> {
+    let fail = |e: rquickjs::Error| run_error(ctx, e, state, sources);
+    let run = warm.run.clone().restore(ctx).map_err(fail)?;
+    let script = warm.script.clone().restore(ctx).map_err(fail)?;
+    let cleanup = warm.cleanup.clone().restore(ctx).map_err(fail)?;
+    let request = request_object(ctx, request).map_err(fail)?;
+    run.call::<_, ()>((script, request)).map_err(fail)?;
+    // Promise jobs the script queued belong to this run.
+    while state.abort.get().is_none() && ctx.execute_pending_job() {}
+    if let Some(error) = state.abort_error() {
+        return Err(error);
+    }
+    let clean: bool = cleanup.call(()).map_err(fail)?;
+    Ok(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::locate;
+
+    #[test]
+    fn locate_finds_user_frames_only() {
+        let sources = vec!["script.js".to_owned(), "lib/a b.js".to_owned()];
+        let stack = "    at <anonymous> (<xmagent prelude>:3:4)\n    at f (lib/a b.js:7:2)\n    at script.js:2:1\n";
+        assert_eq!(locate(stack, &sources), Some(("lib/a b.js".to_owned(), 7)));
+        assert_eq!(locate("    at x (other.js:1:1)", &sources), None);
+    }
+}

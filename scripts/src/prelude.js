@@ -1,0 +1,333 @@
+// The xMatters script API, set up once per warm context. Evaluated as one function expression and
+// called with the host hooks (`native`) and the integration's constants as JSON. Nothing here is
+// made global except the Java-compatible String methods: everything else reaches scripts only as
+// arguments of the script function, built fresh for every run.
+(function (native, constantsJson) {
+  'use strict';
+  var G = globalThis;
+  var hasOwn = Object.prototype.hasOwnProperty;
+  var jsonStringify = JSON.stringify;
+  var jsonParse = JSON.parse;
+  var defineProperty = Object.defineProperty;
+  var ownKeys = Reflect.ownKeys;
+  var getDescriptor = Object.getOwnPropertyDescriptor;
+  var deleteProperty = Reflect.deleteProperty;
+  var reflectDefine = Reflect.defineProperty;
+
+  function put(obj, key, value) {
+    defineProperty(obj, key, { value: value, writable: true, enumerable: true, configurable: true });
+  }
+
+  // ---- Java String methods used by Nashorn-era scripts -------------------------------------
+  function javaMethod(name, fn) {
+    defineProperty(String.prototype, name, { value: fn, writable: true, enumerable: false, configurable: true });
+  }
+  javaMethod('equalsIgnoreCase', function (other) {
+    return other !== null && other !== undefined && String(this).toLowerCase() === String(other).toLowerCase();
+  });
+  javaMethod('equals', function (other) {
+    return (typeof other === 'string' || other instanceof String) && String(this) === String(other);
+  });
+  javaMethod('contains', function (part) { return String(this).indexOf(String(part)) !== -1; });
+  javaMethod('isEmpty', function () { return String(this).length === 0; });
+
+  // ---- JXON: XML text to plain objects ------------------------------------------------------
+  // Shape: {root: value}; an element with neither attributes nor child elements is its text;
+  // otherwise an object whose child elements are keys (repeated names become arrays), attributes
+  // are '@name' keys and non-blank text is 'keyValue'.
+  var ENTITY = /&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);/g;
+  function decodeEntities(s) {
+    if (s.indexOf('&') === -1) return s;
+    return s.replace(ENTITY, function (m, e) {
+      if (e.charAt(0) === '#') {
+        var code = (e.charAt(1) === 'x' || e.charAt(1) === 'X') ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10);
+        try { return String.fromCodePoint(code); } catch (x) { return m; }
+      }
+      return { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" }[e];
+    });
+  }
+  var NAME = /[^\s\/>=<]+/y;
+  var SPACE = /\s*/y;
+  function xmlParse(input) {
+    var text = String(input);
+    var pos = 0;
+    var len = text.length;
+    function fail(msg) { throw new SyntaxError('JXON.parse: ' + msg + ' at offset ' + pos); }
+    function skipSpace() { SPACE.lastIndex = pos; SPACE.exec(text); pos = SPACE.lastIndex; }
+    function skipPast(marker, what) {
+      var end = text.indexOf(marker, pos);
+      if (end < 0) fail('unterminated ' + what);
+      pos = end + marker.length;
+    }
+    function skipDoctype() {
+      var depth = 0;
+      for (; pos < len; pos++) {
+        var c = text.charAt(pos);
+        if (c === '[') depth++;
+        else if (c === ']') depth--;
+        else if (c === '>' && depth <= 0) { pos++; return; }
+      }
+      fail('unterminated DOCTYPE');
+    }
+    function skipMisc() {
+      for (;;) {
+        skipSpace();
+        if (text.startsWith('<?', pos)) skipPast('?>', 'processing instruction');
+        else if (text.startsWith('<!--', pos)) skipPast('-->', 'comment');
+        else if (text.startsWith('<!DOCTYPE', pos) || text.startsWith('<!doctype', pos)) skipDoctype();
+        else return;
+      }
+    }
+    function readName() {
+      NAME.lastIndex = pos;
+      var m = NAME.exec(text);
+      if (!m) fail('expected a name');
+      pos = NAME.lastIndex;
+      return m[0];
+    }
+    function build(attrs, children, txt) {
+      if (attrs.length === 0 && children.length === 0) return txt.trim();
+      var obj = {};
+      for (var i = 0; i < attrs.length; i++) put(obj, '@' + attrs[i][0], attrs[i][1]);
+      for (var j = 0; j < children.length; j++) {
+        var key = children[j][0], value = children[j][1];
+        if (!hasOwn.call(obj, key)) put(obj, key, value);
+        else if (Array.isArray(obj[key])) obj[key].push(value);
+        else put(obj, key, [obj[key], value]);
+      }
+      var t = txt.trim();
+      if (t.length > 0) put(obj, 'keyValue', t);
+      return obj;
+    }
+    function element() {
+      if (text.charAt(pos) !== '<') fail("expected '<'");
+      pos++;
+      var name = readName();
+      var attrs = [];
+      for (;;) {
+        skipSpace();
+        if (pos >= len) fail('unterminated start tag <' + name + '>');
+        if (text.startsWith('/>', pos)) { pos += 2; return [name, build(attrs, [], '')]; }
+        if (text.charAt(pos) === '>') { pos++; break; }
+        var an = readName();
+        skipSpace();
+        if (text.charAt(pos) !== '=') fail("expected '=' after attribute " + an);
+        pos++;
+        skipSpace();
+        var q = text.charAt(pos);
+        if (q !== '"' && q !== "'") fail('expected a quoted value for attribute ' + an);
+        var end = text.indexOf(q, pos + 1);
+        if (end < 0) fail('unterminated attribute value');
+        attrs.push([an, decodeEntities(text.slice(pos + 1, end))]);
+        pos = end + 1;
+      }
+      var children = [];
+      var txt = '';
+      for (;;) {
+        var lt = text.indexOf('<', pos);
+        if (lt < 0) { pos = len; fail('unclosed element <' + name + '>'); }
+        if (lt > pos) { txt += decodeEntities(text.slice(pos, lt)); pos = lt; }
+        if (text.startsWith('</', pos)) {
+          pos += 2;
+          var closing = readName();
+          if (closing !== name) fail('found </' + closing + '> where </' + name + '> was expected');
+          skipSpace();
+          if (text.charAt(pos) !== '>') fail("expected '>'");
+          pos++;
+          return [name, build(attrs, children, txt)];
+        }
+        if (text.startsWith('<![CDATA[', pos)) {
+          var cend = text.indexOf(']]>', pos);
+          if (cend < 0) fail('unterminated CDATA section');
+          txt += text.slice(pos + 9, cend);
+          pos = cend + 3;
+        } else if (text.startsWith('<!--', pos)) skipPast('-->', 'comment');
+        else if (text.startsWith('<?', pos)) skipPast('?>', 'processing instruction');
+        else children.push(element());
+      }
+    }
+    if (text.charCodeAt(0) === 0xfeff) pos = 1;
+    skipMisc();
+    var root = element();
+    skipMisc();
+    if (pos < len) fail('content after the root element');
+    var out = {};
+    put(out, root[0], root[1]);
+    return out;
+  }
+
+  // ---- per-run built-ins ----------------------------------------------------------------------
+  var constantsTemplate = jsonParse(constantsJson);
+  var libraries = Object.create(null);
+
+  function headerView(raw) {
+    var lower = Object.create(null);
+    for (var k in raw) if (hasOwn.call(raw, k)) lower[k.toLowerCase()] = raw[k];
+    return new Proxy(raw, {
+      get: function (t, p, r) {
+        if (typeof p === 'string' && !hasOwn.call(t, p)) {
+          var l = p.toLowerCase();
+          if (l in lower) return lower[l];
+        }
+        return Reflect.get(t, p, r);
+      },
+      has: function (t, p) {
+        return Reflect.has(t, p) || (typeof p === 'string' && (p.toLowerCase() in lower));
+      }
+    });
+  }
+
+  function makeConsole() {
+    function writer(level) {
+      return function () {
+        var parts = [];
+        for (var i = 0; i < arguments.length; i++) parts.push(String(arguments[i]));
+        native.log(level, parts.join(' '));
+      };
+    }
+    return { log: writer('log'), info: writer('info'), warn: writer('warn'), error: writer('error'),
+             debug: writer('log'), trace: writer('log') };
+  }
+
+  function makeForm() {
+    return {
+      post: function (obj) {
+        if (obj === null || typeof obj !== 'object') throw new TypeError('form.post expects an object');
+        var id = native.post(jsonStringify(obj));
+        return { statusCode: 202, body: jsonStringify({ requestId: id }) };
+      }
+    };
+  }
+
+  function makeHttp() {
+    return {
+      request: function (options) {
+        if (options === null || typeof options !== 'object') throw new TypeError('http.request expects an options object');
+        var endpoint = options.endpoint === undefined || options.endpoint === null ? null : String(options.endpoint);
+        var method = options.method === undefined || options.method === null ? 'GET' : String(options.method).toUpperCase();
+        var path = options.path === undefined || options.path === null ? '' : String(options.path);
+        var headers = [];
+        var h = options.headers;
+        if (h !== null && typeof h === 'object') {
+          for (var k in h) if (hasOwn.call(h, k) && h[k] !== undefined && h[k] !== null) headers.push([k, String(h[k])]);
+        }
+        var autoEncodeURI = options.autoEncodeURI !== false;
+        return {
+          write: function (body) {
+            var payload = null;
+            if (body !== undefined && body !== null) payload = typeof body === 'string' ? body : jsonStringify(body);
+            var reply = jsonParse(native.http(jsonStringify({ endpoint: endpoint, method: method, path: path,
+              headers: headers, body: payload === undefined ? null : payload, autoEncodeURI: autoEncodeURI })));
+            reply.headers = headerView(reply.headers);
+            return reply;
+          }
+        };
+      }
+    };
+  }
+
+  function makeJxon() { return { parse: xmlParse }; }
+
+  function run(script, req) {
+    var env = {};
+    env.request = {
+      method: req.method, body: req.body, headers: headerView(req.headers), parameters: req.parameters,
+      requestId: req.requestId, integrationUuid: req.integrationUuid, remoteAddress: req.remoteAddress
+    };
+    env.trigger = { properties: {} };
+    env.form = makeForm();
+    env.http = makeHttp();
+    env.console = makeConsole();
+    env.constants = Object.assign({}, constantsTemplate);
+    env.JXON = makeJxon();
+    env.XMLUtils = { JXON: makeJxon() };
+    var cache = Object.create(null);
+    function require(name) {
+      name = String(name);
+      if (name in cache) return cache[name].exports;
+      var lib = libraries[name];
+      if (lib === undefined) throw new Error("Cannot find library '" + name + "': it is not configured for this integration");
+      var module = { exports: {}, id: name };
+      cache[name] = module;
+      try {
+        lib.call(G, module.exports, module, require, env.console, env.http, env.form, env.constants,
+          env.JXON, env.XMLUtils, env.request, env.trigger);
+      } catch (e) {
+        delete cache[name];
+        throw e;
+      }
+      return module.exports;
+    }
+    script.call(G, env.request, env.trigger, env.form, env.http, env.console, env.constants, require,
+      env.JXON, env.XMLUtils);
+  }
+
+  function registerLibrary(name, fn) { libraries[name] = fn; }
+
+  // ---- leak guard -----------------------------------------------------------------------------
+  // After setup, remember the own properties of the global object and of the built-ins scripts
+  // commonly extend; after each successful run, delete what the run added and restore what it
+  // replaced. Returns false when something could not be restored: the host then drops the context.
+  var guarded = [G, Object, Object.prototype, Function.prototype, Array, Array.prototype, String,
+    String.prototype, Number, Number.prototype, Boolean.prototype, Date, Date.prototype,
+    RegExp.prototype, Error.prototype, JSON, Math, Promise, Promise.prototype];
+  var baseline = [];
+  function snapshot() {
+    baseline = [];
+    for (var i = 0; i < guarded.length; i++) {
+      var o = guarded[i];
+      var keys = ownKeys(o);
+      var values = [];
+      var descs = [];
+      for (var j = 0; j < keys.length; j++) {
+        var d = getDescriptor(o, keys[j]);
+        descs.push(d);
+        values.push(hasOwn.call(d, 'value') ? d.value : d.get);
+      }
+      baseline.push({ keys: keys, values: values, descs: descs });
+    }
+  }
+  function current(o, key) {
+    var d = getDescriptor(o, key);
+    return d === undefined ? undefined : (hasOwn.call(d, 'value') ? d.value : d.get);
+  }
+  function same(a, b) { return a === b || (a !== a && b !== b); }
+  function restore(o, base) {
+    var clean = true;
+    var keys = ownKeys(o);
+    var known = new Set(base.keys);
+    for (var j = 0; j < keys.length; j++) {
+      if (!known.has(keys[j]) && !deleteProperty(o, keys[j])) clean = false;
+    }
+    for (var k = 0; k < base.keys.length; k++) {
+      var key = base.keys[k];
+      var d = base.descs[k];
+      var now = getDescriptor(o, key);
+      var changed = now === undefined || now.enumerable !== d.enumerable ||
+        (hasOwn.call(d, 'value') ? !hasOwn.call(now, 'value') || !same(now.value, d.value) || now.writable !== d.writable
+                                 : now.get !== d.get || now.set !== d.set);
+      if (changed && !reflectDefine(o, key, d)) clean = false;
+    }
+    return clean;
+  }
+  function cleanup() {
+    var clean = true;
+    for (var i = 0; i < guarded.length; i++) {
+      var o = guarded[i];
+      var base = baseline[i];
+      var keys = ownKeys(o);
+      var dirty = keys.length !== base.keys.length;
+      for (var j = 0; !dirty && j < keys.length; j++) {
+        if (keys[j] !== base.keys[j]) { dirty = true; break; }
+        var d = base.descs[j];
+        if (hasOwn.call(d, 'value')) {
+          if (!same(o[keys[j]], base.values[j])) dirty = true;
+        } else if (!same(current(o, keys[j]), base.values[j])) dirty = true;
+      }
+      if (dirty && !restore(o, base)) clean = false;
+    }
+    return clean;
+  }
+
+  return { run: run, cleanup: cleanup, snapshot: snapshot, registerLibrary: registerLibrary };
+})
