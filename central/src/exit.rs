@@ -24,7 +24,15 @@ pub struct ConfigError {
 
 impl ConfigError {
     /// Build an error for `key` in `file`.
-    pub fn new(file: impl std::fmt::Display, key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self { file: file.to_string(), key: key.into(), reason: reason.into() }
+    pub fn new(
+        file: impl std::fmt::Display,
+        key: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        Self {
+            file: file.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }

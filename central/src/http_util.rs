@@ -13,7 +13,9 @@ use crate::serve::Body;
 
 /// A full (non-streamed) body.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// A JSON response with the given status.
@@ -21,7 +23,9 @@ pub fn json<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<Bo
     let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
@@ -71,7 +75,9 @@ pub fn basic_credentials(header: Option<&HeaderValue>) -> Option<(String, String
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
@@ -81,7 +87,9 @@ pub fn basic_credentials(header: Option<&HeaderValue>) -> Option<(String, String
 pub fn bearer_token(header: Option<&HeaderValue>) -> Option<String> {
     let value = header?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 /// Compare two secrets in time independent of where they differ. Both sides are hashed first so
@@ -89,7 +97,9 @@ pub fn bearer_token(header: Option<&HeaderValue>) -> Option<String> {
 pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
-    Sha256::digest(given).ct_eq(&Sha256::digest(expected)).into()
+    Sha256::digest(given)
+        .ct_eq(&Sha256::digest(expected))
+        .into()
 }
 
 #[cfg(test)]
@@ -99,9 +109,16 @@ mod tests {
     #[test]
     fn basic_credentials_parse_and_reject_garbage() {
         let ok = HeaderValue::from_static("Basic dXNlcjpwYXNzOndvcmQ="); // user:pass:word
-        assert_eq!(basic_credentials(Some(&ok)), Some(("user".into(), "pass:word".into())));
+        assert_eq!(
+            basic_credentials(Some(&ok)),
+            Some(("user".into(), "pass:word".into()))
+        );
         for bad in ["Basic !!!", "Bearer abc", "Basic", "Basic dXNlcg=="] {
-            assert_eq!(basic_credentials(Some(&HeaderValue::from_static(bad))), None, "{bad}");
+            assert_eq!(
+                basic_credentials(Some(&HeaderValue::from_static(bad))),
+                None,
+                "{bad}"
+            );
         }
         assert_eq!(basic_credentials(None), None);
     }
@@ -110,7 +127,10 @@ mod tests {
     fn bearer_is_case_insensitive_on_the_scheme() {
         let v = HeaderValue::from_static("bearer tok123");
         assert_eq!(bearer_token(Some(&v)).as_deref(), Some("tok123"));
-        assert_eq!(bearer_token(Some(&HeaderValue::from_static("Basic x"))), None);
+        assert_eq!(
+            bearer_token(Some(&HeaderValue::from_static("Basic x"))),
+            None
+        );
     }
 
     #[test]

@@ -1,11 +1,119 @@
 //! The reference xMatters-compatible central endpoint.
 //!
+//! Agents connect over a websocket ([`protocol::CONNECT_PATH`]) and create events idempotently;
+//! operators and integration scripts read and steer those events through xMatters-shaped REST
+//! calls. [`start`] runs it all on one listener; the `xmcentral` binary, `xmagent dev`, the
+//! end-to-end tests and the benchmark all go through it.
+//!
 //! It also hosts the small server plumbing both daemons share ([`serve`], [`http_util`],
 //! [`telemetry`], [`exit`]): `xmagent` depends on this crate anyway to embed a central in
 //! `xmagent dev`, so the plumbing is written once here.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod event;
 pub mod exit;
 pub mod http_util;
+pub mod metrics;
+pub mod rest;
 pub mod serve;
+pub mod store;
 pub mod telemetry;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::CentralConfig;
+
+/// How long agent websockets get to close after shutdown was requested.
+const WS_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything a request handler needs, shared by all connections.
+pub struct State {
+    /// The validated configuration (credentials are digests only).
+    pub config: CentralConfig,
+    /// The event store.
+    pub store: store::Store,
+    /// Counters for `/metrics`.
+    pub metrics: metrics::Metrics,
+    /// Turns true when the central should stop; websockets watch it to close themselves.
+    pub shutdown: watch::Receiver<bool>,
+    /// Live websocket tasks, waited for at shutdown.
+    pub ws_tracker: Arc<ws::Tracker>,
+}
+
+/// A central that is listening. Returned by [`start`] so embedders learn the bound port (when
+/// configured with port 0) and can wait for a clean stop.
+#[derive(Debug)]
+pub struct RunningCentral {
+    /// The address the listener is bound to.
+    pub addr: SocketAddr,
+    /// Ends after `shutdown` turned true, connections drained and the store flushed.
+    pub task: JoinHandle<()>,
+}
+
+/// Open the store under `config.data_dir`, bind `config.listen` and serve until `shutdown`
+/// turns true.
+///
+/// Returns once the listener accepts connections, so callers can connect right away. Errors
+/// (store cannot be opened, address in use) are returned here, not from the task.
+pub async fn start(
+    config: CentralConfig,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningCentral> {
+    let data_dir = config.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&data_dir))
+        .await
+        .context("the store-opening task failed")?
+        .with_context(|| {
+            format!(
+                "cannot open the event store in {}",
+                config.data_dir.display()
+            )
+        })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+    tracing::info!(
+        data_dir = %config.data_dir.display(),
+        agents = config.agents.len(),
+        users = config.users.len(),
+        "listening on {addr}"
+    );
+
+    let state = Arc::new(State {
+        config,
+        store,
+        metrics: metrics::Metrics::default(),
+        shutdown: shutdown.clone(),
+        ws_tracker: Arc::default(),
+    });
+    let handler = {
+        let state = Arc::clone(&state);
+        move |request, peer| rest::route(Arc::clone(&state), request, peer)
+    };
+    let task = tokio::spawn(async move {
+        serve::serve_with_upgrades(listener, handler, shutdown).await;
+        if tokio::time::timeout(WS_DRAIN_TIMEOUT, state.ws_tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some agent connections did not close within {WS_DRAIN_TIMEOUT:?}");
+        }
+        match state.store.flush().await {
+            Ok(()) => tracing::info!("central stopped; store flushed"),
+            Err(error) => tracing::error!(%error, "final flush of the event store failed"),
+        }
+    });
+    Ok(RunningCentral { addr, task })
+}

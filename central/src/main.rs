@@ -1,1 +1,100 @@
-fn main() {}
+//! `xmcentral`: the command line of the reference central. All logic lives in the library;
+//! this file parses arguments, maps errors to exit codes and handles signals.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use central::exit;
+use central::telemetry::{self, LogFormat};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xmcentral",
+    version,
+    about = "Reference xMatters-compatible central endpoint"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the central until SIGTERM or SIGINT.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Log line format on stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Validate the configuration file and exit (78 when it is invalid).
+    Check {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { config } => match central::config::load(&config) {
+            Ok(_) => {
+                println!("config OK");
+                0
+            }
+            Err(error) => {
+                eprintln!("config error: {error}");
+                exit::CONFIG
+            }
+        },
+        Command::Run { config, log_format } => {
+            telemetry::init(log_format);
+            match central::config::load(&config) {
+                Err(error) => {
+                    tracing::error!("config error: {error}");
+                    exit::CONFIG
+                }
+                Ok(config) => match run(config) {
+                    Ok(()) => 0,
+                    Err(error) => {
+                        tracing::error!("xmcentral failed: {error:#}");
+                        exit::SOFTWARE
+                    }
+                },
+            }
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(config: central::CentralConfig) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let running = central::start(config, shutdown).await?;
+        wait_for_signal().await?;
+        tracing::info!("shutdown requested; draining connections");
+        let _ = stop.send(true);
+        running.task.await.context("the server task panicked")?;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,509 @@
+//! The `xmcentral` configuration file: where to listen, where to keep data, which agents and REST
+//! users may connect.
+//!
+//! Secrets (agent tokens, user passwords) are read once and kept only as SHA-256 digests, so a
+//! memory dump or a stray `Debug` print never shows them; verification compares digests in
+//! constant time.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::exit::ConfigError;
+
+/// The address used when `[central] listen` is absent: loopback only, so a fresh install is not
+/// reachable from the network by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// The data directory used when `[central] data_dir` is absent (relative to the config file).
+pub const DEFAULT_DATA_DIR: &str = "./central-data";
+
+/// A validated central configuration, ready for [`crate::start`].
+///
+/// It can also be built in code ([`CentralConfig::new`] plus [`CentralConfig::with_agent`] /
+/// [`CentralConfig::with_user`]), which is how `xmagent dev`, tests and the benchmark embed a
+/// central without writing a file.
+#[derive(Debug, Clone)]
+pub struct CentralConfig {
+    /// The socket address to bind; port 0 asks the OS for a free port (tests).
+    pub listen: SocketAddr,
+    /// Where the event store lives; absolute after loading.
+    pub data_dir: PathBuf,
+    /// Agents allowed to open the websocket (and to call REST with their token).
+    pub agents: Vec<AgentCredential>,
+    /// REST users allowed to call the API with Basic auth.
+    pub users: Vec<UserCredential>,
+}
+
+/// One agent the central accepts: the id it is bound to and a digest of its token.
+#[derive(Clone)]
+pub struct AgentCredential {
+    /// The agent id reported in `welcome` and recorded on every event it creates.
+    pub id: String,
+    token_sha256: [u8; 32],
+}
+
+/// One REST user: a name and a digest of the password.
+#[derive(Clone)]
+pub struct UserCredential {
+    /// The user name given in Basic auth.
+    pub name: String,
+    password_sha256: [u8; 32],
+}
+
+fn digest(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+impl AgentCredential {
+    /// Build a credential from the plain token; only its digest is kept.
+    pub fn new(id: impl Into<String>, token: &str) -> Self {
+        Self {
+            id: id.into(),
+            token_sha256: digest(token),
+        }
+    }
+
+    /// Whether `token` is this agent's token, compared in constant time.
+    pub fn verify(&self, token: &str) -> bool {
+        digest(token).ct_eq(&self.token_sha256).into()
+    }
+}
+
+impl UserCredential {
+    /// Build a credential from the plain password; only its digest is kept.
+    pub fn new(name: impl Into<String>, password: &str) -> Self {
+        Self {
+            name: name.into(),
+            password_sha256: digest(password),
+        }
+    }
+
+    /// Whether `name`/`password` match this user. The password comparison is constant time.
+    pub fn verify(&self, name: &str, password: &str) -> bool {
+        let password_ok: bool = digest(password).ct_eq(&self.password_sha256).into();
+        password_ok & (self.name == name)
+    }
+}
+
+// Hand-written so the digests never reach a log line, not even hashed.
+impl std::fmt::Debug for AgentCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentCredential")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for UserCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserCredential")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CentralConfig {
+    /// A config with no agents and no users, listening on `listen` and storing under `data_dir`.
+    pub fn new(listen: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            listen,
+            data_dir: data_dir.into(),
+            agents: Vec::new(),
+            users: Vec::new(),
+        }
+    }
+
+    /// Add an agent that may connect with `token`.
+    pub fn with_agent(mut self, id: impl Into<String>, token: &str) -> Self {
+        self.agents.push(AgentCredential::new(id, token));
+        self
+    }
+
+    /// Add a REST user that may call the API with Basic auth.
+    pub fn with_user(mut self, name: impl Into<String>, password: &str) -> Self {
+        self.users.push(UserCredential::new(name, password));
+        self
+    }
+
+    /// The agent whose token this is, if any. Every configured token is compared (no early
+    /// exit), so timing does not reveal which agents exist.
+    pub fn agent_for_token(&self, token: &str) -> Option<&AgentCredential> {
+        let mut found = None;
+        for agent in &self.agents {
+            if agent.verify(token) && found.is_none() {
+                found = Some(agent);
+            }
+        }
+        found
+    }
+
+    /// Whether `name`/`password` are the credentials of a configured REST user.
+    pub fn user_is_valid(&self, name: &str, password: &str) -> bool {
+        let mut ok = false;
+        for user in &self.users {
+            ok |= user.verify(name, password);
+        }
+        ok
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    central: RawCentral,
+    #[serde(default)]
+    agents: Vec<RawAgent>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawCentral {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// Read and validate the config file at `path`.
+///
+/// Relative paths inside the file (`data_dir`, `token_file`, `password_file`) resolve against
+/// the directory of the config file, so a config works no matter where the daemon is started.
+pub fn load(path: impl AsRef<Path>) -> Result<CentralConfig, ConfigError> {
+    let path = path.as_ref();
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| ConfigError::new(&file, "(file)", format!("cannot read: {error}")))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    parse(&text, &file, &base)
+}
+
+/// Validate config `text`; `file` names it in errors and `base` anchors relative paths.
+pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, ConfigError> {
+    let raw = deserialize(text, file)?;
+
+    let listen_text = raw.central.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        ConfigError::new(
+            file,
+            "central.listen",
+            format!("`{listen_text}` is not an IP:port socket address (e.g. \"127.0.0.1:8443\")"),
+        )
+    })?;
+
+    let data_dir = raw
+        .central
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "central.data_dir",
+            "must not be empty",
+        ));
+    }
+    let data_dir = absolute(base, &data_dir);
+
+    let mut config = CentralConfig::new(listen, data_dir);
+
+    for (index, agent) in raw.agents.into_iter().enumerate() {
+        let key = format!("agents[{index}]");
+        if agent.id.trim().is_empty() {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.id"),
+                "must not be empty",
+            ));
+        }
+        if config.agents.iter().any(|known| known.id == agent.id) {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.id"),
+                format!("agent id `{}` is configured twice", agent.id),
+            ));
+        }
+        let token = secret(file, base, &key, "token", agent.token, agent.token_file)?;
+        if config.agent_for_token(&token).is_some() {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.token"),
+                "two agents share the same token; each agent needs its own",
+            ));
+        }
+        config.agents.push(AgentCredential::new(agent.id, &token));
+    }
+
+    for (index, user) in raw.users.into_iter().enumerate() {
+        let key = format!("users[{index}]");
+        if user.name.trim().is_empty() || user.name.contains(':') {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.name"),
+                "must be non-empty and must not contain ':' (Basic auth cannot carry it)",
+            ));
+        }
+        if config.users.iter().any(|known| known.name == user.name) {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.name"),
+                format!("user `{}` is configured twice", user.name),
+            ));
+        }
+        let password = secret(
+            file,
+            base,
+            &key,
+            "password",
+            user.password,
+            user.password_file,
+        )?;
+        config.users.push(UserCredential::new(user.name, &password));
+    }
+
+    Ok(config)
+}
+
+fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
+    let deserializer = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let message = inner.message().to_owned();
+        let line = inner.span().map(|span| line_of(text, span.start));
+        // A missing field is reported on the enclosing table (an unknown one already on itself);
+        // either way the key names the field.
+        let field = ["unknown field `", "missing field `", "duplicate key `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned);
+        let key = match (path.as_str(), field) {
+            (".", Some(field)) | ("", Some(field)) => field,
+            (".", None) | ("", None) => "(syntax)".to_owned(),
+            (path, Some(field)) if path == field || path.ends_with(&format!(".{field}")) => {
+                path.to_owned()
+            }
+            (path, Some(field)) => format!("{path}.{field}"),
+            (path, None) => path.to_owned(),
+        };
+        let reason = match line {
+            Some(line) => format!("{message} (line {line})"),
+            None => message,
+        };
+        ConfigError::new(file, key, reason)
+    })
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset)
+        .map_or(0, |head| head.matches('\n').count())
+        + 1
+}
+
+fn absolute(base: &Path, path: &Path) -> PathBuf {
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
+}
+
+/// Resolve a secret given either inline (`name`) or in a file (`name_file`), never both.
+fn secret(
+    file: &str,
+    base: &Path,
+    key: &str,
+    name: &str,
+    inline: Option<String>,
+    from_file: Option<PathBuf>,
+) -> Result<String, ConfigError> {
+    let value = match (inline, from_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.{name}"),
+                format!("set either `{name}` or `{name}_file`, not both"),
+            ))
+        }
+        (None, None) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.{name}"),
+                format!("missing: set `{name}` or `{name}_file`"),
+            ))
+        }
+        (Some(value), None) => value,
+        (None, Some(path)) => {
+            let path = absolute(base, &path);
+            let text = std::fs::read_to_string(&path).map_err(|error| {
+                ConfigError::new(
+                    file,
+                    format!("{key}.{name}_file"),
+                    format!("cannot read {}: {error}", path.display()),
+                )
+            })?;
+            // Files written by `echo` end with a newline that is not part of the secret.
+            text.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
+    if value.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.{name}"),
+            "must not be empty",
+        ));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_ok(text: &str) -> CentralConfig {
+        match parse(text, "test.toml", Path::new("/etc/xm")) {
+            Ok(config) => config,
+            Err(error) => panic!("expected a valid config, got {error}"),
+        }
+    }
+
+    fn parse_err(text: &str) -> ConfigError {
+        match parse(text, "test.toml", Path::new("/etc/xm")) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn defaults_and_relative_data_dir() {
+        let config = parse_ok("");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.data_dir, Path::new("/etc/xm/central-data"));
+        assert!(config.agents.is_empty() && config.users.is_empty());
+    }
+
+    #[test]
+    fn full_config_verifies_secrets() {
+        let config = parse_ok(
+            r#"
+            [central]
+            listen = "127.0.0.1:0"
+            data_dir = "/var/lib/xmcentral"
+            [[agents]]
+            id = "agent-01"
+            token = "tok-1"
+            [[agents]]
+            id = "agent-02"
+            token = "tok-2"
+            [[users]]
+            name = "admin"
+            password = "pw"
+            "#,
+        );
+        assert_eq!(config.listen.port(), 0);
+        assert_eq!(config.data_dir, Path::new("/var/lib/xmcentral"));
+        assert_eq!(
+            config.agent_for_token("tok-2").map(|a| a.id.as_str()),
+            Some("agent-02")
+        );
+        assert!(config.agent_for_token("tok-3").is_none());
+        assert!(config.user_is_valid("admin", "pw"));
+        assert!(!config.user_is_valid("admin", "pw2"));
+        assert!(!config.user_is_valid("root", "pw"));
+        // Debug output must not carry the secret.
+        assert!(!format!("{config:?}").contains("tok-1"));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let error = parse_err("[[agents]]\nid = \"a\"\ntokne = \"x\"\n");
+        assert_eq!(error.key, "agents[0].tokne");
+        assert!(error.reason.contains("unknown field"), "{}", error.reason);
+        assert_eq!(error.file, "test.toml");
+
+        let error = parse_err("[central]\nlisten = 5\n");
+        assert_eq!(error.key, "central.listen");
+
+        let error = parse_err("[centrl]\n");
+        assert_eq!(error.key, "centrl");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        assert_eq!(
+            parse_err("[central]\nlisten = \"nowhere\"\n").key,
+            "central.listen"
+        );
+        assert_eq!(parse_err("[[agents]]\nid = \"a\"\n").key, "agents[0].token");
+        assert_eq!(
+            parse_err("[[agents]]\nid = \"a\"\ntoken = \"x\"\ntoken_file = \"f\"\n").key,
+            "agents[0].token"
+        );
+        assert_eq!(parse_err("[[agents]]\ntoken = \"x\"\n").key, "agents[0].id");
+        assert_eq!(
+            parse_err(
+                "[[agents]]\nid = \"a\"\ntoken = \"x\"\n[[agents]]\nid = \"a\"\ntoken = \"y\"\n"
+            )
+            .key,
+            "agents[1].id"
+        );
+        assert_eq!(
+            parse_err("[[users]]\nname = \"u\"\npassword_file = \"/nonexistent/pw\"\n").key,
+            "users[0].password_file"
+        );
+        assert_eq!(parse_err("this is not toml").key, "(syntax)");
+    }
+
+    #[test]
+    fn secrets_from_files_drop_the_trailing_newline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("agent.token"), "s3cret\n").expect("write token");
+        let config = parse(
+            "[[agents]]\nid = \"a\"\ntoken_file = \"agent.token\"\n",
+            "x.toml",
+            dir.path(),
+        )
+        .expect("valid");
+        assert!(config.agent_for_token("s3cret").is_some());
+        assert!(config.agent_for_token("s3cret\n").is_none());
+    }
+
+    #[test]
+    fn load_resolves_against_the_config_directory_and_names_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("central.toml");
+        std::fs::write(&path, "[central]\ndata_dir = \"data\"\n").expect("write");
+        let config = load(&path).expect("valid");
+        assert_eq!(config.data_dir, dir.path().join("data"));
+
+        let missing = dir.path().join("missing.toml");
+        let error = load(&missing).expect_err("missing file");
+        assert!(error.file.contains("missing.toml"));
+    }
+}

@@ -1,0 +1,349 @@
+//! Request routing and the xMatters-shaped REST API: the events report, single events, status
+//! changes, plus health, readiness and metrics.
+//!
+//! Authentication: Basic for configured REST users, or `Authorization: Bearer <agent token>`
+//! (integration scripts call the central as the built-in `xMatters` endpoint with the agent's
+//! token). Health, readiness and metrics are open, as load balancers and scrapers expect.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::event::Status;
+use crate::http_util::{self, BodyError};
+use crate::metrics::Metrics;
+use crate::serve::Body;
+use crate::store::{Query, StatusChange, StoreError};
+use crate::{ws, State};
+
+/// Prefix of the events API.
+const EVENTS_PATH: &str = "/api/xm/1/events";
+
+/// Default and maximum page sizes of the events report, as in xMatters.
+pub const DEFAULT_LIMIT: usize = 100;
+/// The largest `limit` accepted.
+pub const MAX_LIMIT: usize = 1000;
+
+/// The largest REST request body accepted (status changes are tiny).
+const BODY_LIMIT: usize = 64 * 1024;
+
+/// Dispatch one HTTP request.
+pub async fn route(
+    state: Arc<State>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match path.as_str() {
+        protocol::CONNECT_PATH => match method {
+            Method::GET => ws::upgrade(state, request, peer),
+            _ => not_allowed("GET"),
+        },
+        "/healthz" => match method {
+            Method::GET => text(StatusCode::OK, "ok\n"),
+            _ => not_allowed("GET"),
+        },
+        "/readyz" => match method {
+            Method::GET if *state.shutdown.borrow() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+            Method::GET => text(StatusCode::OK, "ready\n"),
+            _ => not_allowed("GET"),
+        },
+        "/metrics" => match method {
+            Method::GET => {
+                let mut response = text(StatusCode::OK, state.metrics.render());
+                response.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            _ => not_allowed("GET"),
+        },
+        EVENTS_PATH => {
+            if method != Method::GET && method != Method::POST {
+                return not_allowed("GET, POST");
+            }
+            if !authorized(&state, &request) {
+                return unauthorized();
+            }
+            if method == Method::GET {
+                list_events(&state, request.uri().query()).await
+            } else {
+                change_status(&state, request).await
+            }
+        }
+        other => match other
+            .strip_prefix(EVENTS_PATH)
+            .and_then(|rest| rest.strip_prefix('/'))
+        {
+            Some(id) if !id.is_empty() && !id.contains('/') => {
+                if method != Method::GET {
+                    return not_allowed("GET");
+                }
+                if !authorized(&state, &request) {
+                    return unauthorized();
+                }
+                get_event(&state, id)
+            }
+            _ => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
+        },
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut response = Response::new(http_util::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = http_util::error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("allowed methods: {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut response = http_util::error(
+        StatusCode::UNAUTHORIZED,
+        "authentication required: Basic (REST user) or Bearer (agent token)",
+    );
+    response.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"xmcentral\""),
+    );
+    response
+}
+
+fn authorized(state: &State, request: &Request<Incoming>) -> bool {
+    let header = request.headers().get(AUTHORIZATION);
+    if let Some((user, password)) = http_util::basic_credentials(header) {
+        return state.config.user_is_valid(&user, &password);
+    }
+    if let Some(token) = http_util::bearer_token(header) {
+        return state.config.agent_for_token(&token).is_some();
+    }
+    false
+}
+
+fn store_failure(error: &StoreError) -> Response<Body> {
+    tracing::error!(%error, "event store failure while serving REST");
+    let mut response = http_util::error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the event store is unavailable",
+    );
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Parse the events-report query string. Unknown parameters are ignored, as xMatters ignores
+/// parameters it does not support for a resource.
+pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
+    let mut query = Query {
+        limit: DEFAULT_LIMIT,
+        ..Query::default()
+    };
+    let mut property_name = None;
+    let mut property_value = None;
+    for (key, value) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "requestId" => query.request_id = Some(value.into_owned()),
+            "status" => {
+                query.status = Some(Status::parse(&value).ok_or_else(|| {
+                    format!("status must be ACTIVE, SUSPENDED or TERMINATED, got `{value}`")
+                })?)
+            }
+            "propertyName" => {
+                property_name = Some(crate::event::strip_locale(&value).to_owned());
+            }
+            "propertyValue" => property_value = Some(value.into_owned()),
+            "offset" => {
+                query.offset = value
+                    .parse()
+                    .map_err(|_| format!("offset must be a non-negative integer, got `{value}`"))?
+            }
+            "limit" => {
+                query.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`")
+                    })?
+            }
+            _ => {}
+        }
+    }
+    query.property = match (property_name, property_value) {
+        (Some(name), Some(value)) => Some((name, value)),
+        (None, None) => None,
+        _ => return Err("propertyName and propertyValue must be used together".to_owned()),
+    };
+    Ok(query)
+}
+
+/// The `links.self` (and `next`) of a page: the query, normalized, with its paging.
+fn page_link(query: &Query, offset: usize) -> String {
+    let mut params = form_urlencoded::Serializer::new(String::new());
+    if let Some(request_id) = &query.request_id {
+        params.append_pair("requestId", request_id);
+    }
+    if let Some(status) = query.status {
+        params.append_pair("status", status.as_str());
+    }
+    if let Some((name, value)) = &query.property {
+        params.append_pair("propertyName", name);
+        params.append_pair("propertyValue", value);
+    }
+    params.append_pair("offset", &offset.to_string());
+    params.append_pair("limit", &query.limit.to_string());
+    format!("{EVENTS_PATH}?{}", params.finish())
+}
+
+async fn list_events(state: &State, raw_query: Option<&str>) -> Response<Body> {
+    let query = match parse_query(raw_query) {
+        Ok(query) => query,
+        Err(message) => return http_util::error(StatusCode::BAD_REQUEST, message),
+    };
+    let store = state.store.clone();
+    let lookup = query.clone();
+    let page = match tokio::task::spawn_blocking(move || store.query(&lookup)).await {
+        Ok(Ok(page)) => page,
+        Ok(Err(error)) => return store_failure(&error),
+        Err(error) => return store_failure(&StoreError::Task(error.to_string())),
+    };
+    let count = page.events.len();
+    let mut links = json!({ "self": page_link(&query, query.offset) });
+    if query.offset.saturating_add(count) < page.total {
+        links["next"] = Value::from(page_link(&query, query.offset + count));
+    }
+    http_util::json(
+        StatusCode::OK,
+        &json!({ "count": count, "total": page.total, "data": page.events, "links": links }),
+    )
+}
+
+fn get_event(state: &State, id: &str) -> Response<Body> {
+    match state.store.get(id) {
+        Ok(Some(event)) => http_util::json(StatusCode::OK, &event),
+        Ok(None) => http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}")),
+        Err(error) => store_failure(&error),
+    }
+}
+
+async fn change_status(state: &State, request: Request<Incoming>) -> Response<Body> {
+    let body = match http_util::read_body(request.into_body(), BODY_LIMIT).await {
+        Ok(body) => body,
+        Err(error @ BodyError::TooLarge { .. }) => {
+            return http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+        }
+        Err(error) => return http_util::error(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return http_util::error(StatusCode::BAD_REQUEST, "the body must be a JSON object");
+    };
+    let Some(id) = body
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| !id.is_empty())
+    else {
+        return http_util::error(StatusCode::BAD_REQUEST, "`id` (the event id) is required");
+    };
+    let Some(status_text) = body.get("status").and_then(Value::as_str) else {
+        return http_util::error(
+            StatusCode::BAD_REQUEST,
+            "`status` is required (ACTIVE, SUSPENDED or TERMINATED); this central does not create \
+             events through REST",
+        );
+    };
+    let Some(status) = Status::parse(status_text) else {
+        return http_util::error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown status `{status_text}`: use ACTIVE, SUSPENDED or TERMINATED"),
+        );
+    };
+    let changed = match state.store.set_status(id, status) {
+        Ok(StatusChange::Changed(event)) => event,
+        Ok(StatusChange::NotFound) => {
+            return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"))
+        }
+        Ok(StatusChange::Terminated(_)) => {
+            return http_util::error(
+                StatusCode::CONFLICT,
+                format!("event {id} is terminated; a terminated event cannot change status"),
+            )
+        }
+        Err(error) => return store_failure(&error),
+    };
+    if let Err(error) = state.store.wait_durable().await {
+        return store_failure(&error);
+    }
+    Metrics::add(&state.metrics.status_changes, 1);
+    tracing::info!(event = %id, status = status.as_str(), "event status changed");
+    http_util::json(StatusCode::ACCEPTED, &changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let query = parse_query(Some(
+            "requestId=r%201&status=active&propertyName=Host%23en&propertyValue=db%231&offset=5&limit=7&embed=x",
+        ))
+        .expect("valid");
+        assert_eq!(query.request_id.as_deref(), Some("r 1"));
+        assert_eq!(query.status, Some(Status::Active));
+        assert_eq!(query.property, Some(("Host".into(), "db#1".into())));
+        assert_eq!((query.offset, query.limit), (5, 7));
+
+        let defaults = parse_query(None).expect("valid");
+        assert_eq!((defaults.offset, defaults.limit), (0, DEFAULT_LIMIT));
+
+        for bad in [
+            "status=paused",
+            "limit=0",
+            "limit=1001",
+            "limit=x",
+            "offset=-1",
+            "propertyName=Host",
+            "propertyValue=x",
+        ] {
+            assert!(parse_query(Some(bad)).is_err(), "{bad}");
+        }
+        assert_eq!(
+            parse_query(Some("limit=1000")).expect("valid").limit,
+            MAX_LIMIT
+        );
+    }
+
+    #[test]
+    fn page_links_round_trip_through_the_parser() {
+        let query = parse_query(Some("requestId=a%26b&propertyName=N%23en&propertyValue=v"))
+            .expect("valid");
+        let link = page_link(&query, 100);
+        let (_, raw) = link.split_once('?').expect("has a query");
+        let back = parse_query(Some(raw)).expect("valid");
+        assert_eq!(back.request_id.as_deref(), Some("a&b"));
+        assert_eq!(back.property, query.property);
+        assert_eq!(back.offset, 100);
+    }
+}
