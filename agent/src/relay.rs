@@ -1,1 +1,990 @@
-//! (in progress)
+//! The relay: the agent's one persistent, authenticated websocket to the central.
+//!
+//! It drains the store's outbox in `seq` order, keeping a window of `event.create` frames in
+//! flight, and removes an entry only when the central acknowledged it (DESIGN §3 invariant 2).
+//! On any disconnect it reconnects with capped, jittered exponential back-off and starts again
+//! from the oldest unacknowledged entry; the central dedupes on `(agent, requestId, index)`, so a
+//! resend is harmless. Liveness is checked with websocket pings: a connection on which nothing
+//! arrives for `dead_after` is dropped.
+//!
+//! What this module does NOT do: it never decides what goes into the outbox, never retries a
+//! refusal the central called final (that goes to the dead-letter tree through
+//! [`Outbox::rejected`]), and never logs the agent token.
+//!
+//! Assumption about the outbox: entries become visible to [`Outbox::pending_after`] in ascending
+//! `seq` order (an entry with a smaller `seq` never appears after a larger one was returned).
+//! Within one connection the relay only asks for entries after the last one it sent.
+
+mod dial;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use central::exit::ConfigError;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::HeaderValue;
+use protocol::{AgentFrame, CentralFrame, EventCreate, PROTOCOL_VERSION};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use dial::{DialError, DialParams, Proxy, Target, WsStream};
+
+const DEFAULT_WINDOW: usize = 64;
+const MAX_WINDOW: usize = 4096;
+const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
+const DEFAULT_DEAD_AFTER_SECS: u64 = 45;
+const DEFAULT_BACKOFF_INITIAL_MS: u64 = 250;
+const DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+const DEFAULT_ACK_TIMEOUT_SECS: u64 = 60;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How much of an unparsable frame is quoted in a log line.
+const LOG_SNIPPET: usize = 200;
+
+/// The `[central]` section of the agent configuration, exactly as written in the file.
+///
+/// Kept separate from [`RelaySettings`] so the file format (optional keys, seconds, relative paths)
+/// does not leak into the running relay, which only sees checked, resolved values.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    /// `wss://host[:port]/api/agent/1/connect` (a `ws://` URL only for a loopback central). A URL
+    /// without a path gets [`protocol::CONNECT_PATH`].
+    pub url: String,
+    /// The agent token inline. Prefer `token_file`, which keeps the secret out of the config.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// File holding the agent token (surrounding whitespace ignored), relative to the config
+    /// directory. Re-read on every connection attempt, so fixing it needs no restart.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Extra PEM file of CA certificates trusted in addition to the system store (`wss://`).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `http://[user:password@]host:port` of an HTTP CONNECT proxy.
+    #[serde(default)]
+    pub proxy: Option<String>,
+    /// How many `event.create` frames may await an answer at once (default 64).
+    #[serde(default)]
+    pub window: Option<usize>,
+    /// Seconds between websocket pings (default 15).
+    #[serde(default)]
+    pub ping_interval_secs: Option<u64>,
+    /// Drop the connection when nothing arrived for this many seconds (default 45).
+    #[serde(default)]
+    pub dead_after_secs: Option<u64>,
+    /// First reconnect delay in milliseconds (default 250).
+    #[serde(default)]
+    pub backoff_initial_ms: Option<u64>,
+    /// Cap of the reconnect delay in milliseconds (default 30000).
+    #[serde(default)]
+    pub backoff_max_ms: Option<u64>,
+    /// Reconnect when a sent entry got no answer for this many seconds (default 60), so a central
+    /// that silently loses a frame cannot pin the window forever.
+    #[serde(default)]
+    pub ack_timeout_secs: Option<u64>,
+}
+
+impl fmt::Debug for RelayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayConfig")
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .field("ca_file", &self.ca_file)
+            .field("proxy", &self.proxy.as_ref().map(|_| "<set>"))
+            .field("window", &self.window)
+            .field("ping_interval_secs", &self.ping_interval_secs)
+            .field("dead_after_secs", &self.dead_after_secs)
+            .field("backoff_initial_ms", &self.backoff_initial_ms)
+            .field("backoff_max_ms", &self.backoff_max_ms)
+            .field("ack_timeout_secs", &self.ack_timeout_secs)
+            .finish()
+    }
+}
+
+impl RelayConfig {
+    /// Check the section and resolve it into [`RelaySettings`].
+    ///
+    /// Done once at start-up (and by `config check`) so a bad URL, an unreadable token file or a
+    /// broken CA file stops the agent with one message naming the file, the key and the reason,
+    /// instead of surfacing later as an endless reconnect loop.
+    pub fn validate(
+        &self,
+        config_file: &Path,
+        base_dir: &Path,
+    ) -> Result<RelaySettings, ConfigError> {
+        let err = |key: &str, reason: String| {
+            ConfigError::new(config_file.display(), format!("central.{key}"), reason)
+        };
+
+        let target = Target::parse(&self.url).map_err(|r| err("url", r))?;
+        let token = match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "token",
+                    "set either token or token_file, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err(err(
+                    "token_file",
+                    "missing: the central needs the agent token (set token_file, or token)".into(),
+                ))
+            }
+            (Some(inline), None) => Token::inline(inline).map_err(|r| err("token", r))?,
+            (None, Some(file)) => {
+                Token::from_file(base_dir.join(file)).map_err(|r| err("token_file", r))?
+            }
+        };
+        let tls = if target.tls {
+            let ca_file = self.ca_file.as_ref().map(|f| base_dir.join(f));
+            Some(
+                crate::tls::client_config(ca_file.as_deref())
+                    .map_err(|e| err("ca_file", e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        let proxy = match &self.proxy {
+            Some(url) => Some(Proxy::parse(url).map_err(|r| err("proxy", r))?),
+            None => None,
+        };
+
+        let window = self.window.unwrap_or(DEFAULT_WINDOW);
+        if !(1..=MAX_WINDOW).contains(&window) {
+            return Err(err(
+                "window",
+                format!("must be between 1 and {MAX_WINDOW}, not {window}"),
+            ));
+        }
+        let ping = self
+            .ping_interval_secs
+            .unwrap_or(DEFAULT_PING_INTERVAL_SECS);
+        if ping == 0 {
+            return Err(err("ping_interval_secs", "must be at least 1".into()));
+        }
+        let dead = self.dead_after_secs.unwrap_or(DEFAULT_DEAD_AFTER_SECS);
+        if dead <= ping {
+            return Err(err(
+                "dead_after_secs",
+                format!("must be greater than ping_interval_secs ({ping}), not {dead}"),
+            ));
+        }
+        let initial = self
+            .backoff_initial_ms
+            .unwrap_or(DEFAULT_BACKOFF_INITIAL_MS);
+        if initial == 0 {
+            return Err(err("backoff_initial_ms", "must be at least 1".into()));
+        }
+        let max = self.backoff_max_ms.unwrap_or(DEFAULT_BACKOFF_MAX_MS);
+        if max < initial {
+            return Err(err(
+                "backoff_max_ms",
+                format!("must be at least backoff_initial_ms ({initial}), not {max}"),
+            ));
+        }
+        let ack_timeout = self.ack_timeout_secs.unwrap_or(DEFAULT_ACK_TIMEOUT_SECS);
+        if ack_timeout == 0 {
+            return Err(err("ack_timeout_secs", "must be at least 1".into()));
+        }
+
+        Ok(RelaySettings {
+            target,
+            token,
+            tls,
+            proxy,
+            window,
+            ping_interval: Duration::from_secs(ping),
+            dead_after: Duration::from_secs(dead),
+            backoff_initial: Duration::from_millis(initial),
+            backoff_max: Duration::from_millis(max),
+            ack_timeout: Duration::from_secs(ack_timeout),
+            connect_timeout: CONNECT_TIMEOUT,
+            welcome_timeout: WELCOME_TIMEOUT,
+            shutdown_grace: SHUTDOWN_GRACE,
+        })
+    }
+}
+
+/// The agent token and where it came from. The value never appears in `Debug` output or logs.
+struct Token {
+    value: String,
+    file: Option<PathBuf>,
+}
+
+impl Token {
+    fn inline(value: &str) -> Result<Self, String> {
+        Ok(Self {
+            value: check_token(value)?,
+            file: None,
+        })
+    }
+
+    fn from_file(path: PathBuf) -> Result<Self, String> {
+        let value = read_token_file(&path)?;
+        Ok(Self {
+            value,
+            file: Some(path),
+        })
+    }
+
+    /// The `Authorization` header for the next attempt. A token file is re-read each time so an
+    /// operator who fixes it after a 401 needs no restart; if it became unreadable, the last good
+    /// token is used and the problem is logged.
+    fn authorization(&mut self) -> HeaderValue {
+        if let Some(path) = &self.file {
+            match read_token_file(path) {
+                Ok(value) if value != self.value => {
+                    tracing::info!(file = %path.display(), "agent token file changed; using the new token");
+                    self.value = value;
+                }
+                Ok(_) => {}
+                Err(reason) => {
+                    tracing::warn!(%reason, "cannot re-read the agent token file; using the last good token")
+                }
+            }
+        }
+        // check_token guarantees visible ASCII, which is always a valid header value.
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.value))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid"));
+        value.set_sensitive(true);
+        value
+    }
+}
+
+fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    check_token(&text).map_err(|r| format!("{}: {r}", path.display()))
+}
+
+/// Trim and check a token; the reason never quotes the token itself.
+fn check_token(raw: &str) -> Result<String, String> {
+    let token = raw.trim();
+    if token.is_empty() {
+        return Err("the agent token is empty".into());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("the agent token must be printable ASCII without spaces".into());
+    }
+    Ok(token.to_string())
+}
+
+/// The checked, resolved relay configuration handed to [`run`]. Built only by
+/// [`RelayConfig::validate`], so the relay never has to re-check anything at run time.
+pub struct RelaySettings {
+    target: Target,
+    token: Token,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    proxy: Option<Proxy>,
+    window: usize,
+    ping_interval: Duration,
+    dead_after: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    ack_timeout: Duration,
+    connect_timeout: Duration,
+    welcome_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl fmt::Debug for RelaySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelaySettings")
+            .field("url", &self.target.uri.to_string())
+            .field("token", &"<redacted>")
+            .field("token_file", &self.token.file)
+            .field("tls", &self.tls.is_some())
+            .field("proxy", &self.proxy)
+            .field("window", &self.window)
+            .field("ping_interval", &self.ping_interval)
+            .field("dead_after", &self.dead_after)
+            .field("backoff_initial", &self.backoff_initial)
+            .field("backoff_max", &self.backoff_max)
+            .field("ack_timeout", &self.ack_timeout)
+            .finish()
+    }
+}
+
+impl RelaySettings {
+    /// The central URL actually dialled (with the default path filled in), for status pages and
+    /// start-up logs.
+    pub fn url(&self) -> String {
+        self.target.uri.to_string()
+    }
+
+    /// The configured window, for status pages and metrics.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+}
+
+/// What the relay is doing, published on a `watch` channel for `/readyz`, `/metrics` and the CLI.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RelayStatus {
+    /// A websocket to the central is open and welcomed.
+    pub connected: bool,
+    /// The most recent connection problem (kept after a successful reconnect, for diagnosis).
+    pub last_error: Option<String>,
+    /// Entries sent on the current connection and not yet answered, plus entries waiting to be
+    /// resent after a retryable refusal.
+    pub in_flight: usize,
+    /// Entries the central acknowledged since start.
+    pub acked_total: u64,
+    /// Entries the central refused for good (dead-lettered) since start.
+    pub rejected_total: u64,
+    /// Successful connections after the first one.
+    pub reconnects: u64,
+}
+
+/// The store side of the relay. The store implements it; the relay never touches sled directly,
+/// which keeps the at-least-once bookkeeping (remove only on ack) in one place.
+pub trait Outbox: Send + Sync + 'static {
+    /// Entries with seq > `after` (all from the start if None), in ascending seq order, at most `max`.
+    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<EventCreate>, String>;
+    /// The central acknowledged `seq`: remove it from the outbox and record event_id on its request.
+    fn acknowledged(&self, seq: u64, event_id: &str) -> Result<(), String>;
+    /// The central refused `seq` for good: move it to the dead-letter tree with the reason.
+    fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String>;
+    /// Notified whenever new entries were appended (so the relay wakes without polling).
+    fn appended(&self) -> Arc<Notify>;
+}
+
+/// Why a connection ended or could not be used. The `Display` text goes to logs and
+/// [`RelayStatus::last_error`], so it never contains the token.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    #[error("no welcome from the central within {0:?} after hello")]
+    WelcomeTimeout(Duration),
+    #[error("the central speaks protocol version {theirs}, this agent speaks {PROTOCOL_VERSION}")]
+    VersionMismatch { theirs: u32 },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the central closed the connection{}", close_reason(.0))]
+    Closed(Option<CloseFrame>),
+    #[error("websocket error: {0}")]
+    Socket(#[from] WsError),
+    #[error("sending to the central timed out after {0:?}")]
+    SendTimeout(Duration),
+    #[error("connection dead: nothing received from the central for {0:?}")]
+    Dead(Duration),
+    #[error("no answer to event.create seq {seq} within {timeout:?}")]
+    AckTimeout { seq: u64, timeout: Duration },
+    #[error("outbox: {0}")]
+    Outbox(String),
+}
+
+fn close_reason(frame: &Option<CloseFrame>) -> String {
+    match frame {
+        Some(f) if !f.reason.is_empty() => {
+            format!(" ({}: {})", u16::from(f.code), f.reason.as_str())
+        }
+        Some(f) => format!(" ({})", u16::from(f.code)),
+        None => String::new(),
+    }
+}
+
+/// Run the relay until `shutdown` becomes `true` (or its sender is dropped).
+///
+/// Never returns early on errors: every failure is logged, published on `status`, and followed by
+/// a reconnect after back-off, because the outbox must eventually drain whatever happens.
+pub async fn run(
+    mut settings: RelaySettings,
+    agent_id: String,
+    outbox: Arc<dyn Outbox>,
+    status: watch::Sender<RelayStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let url = settings.url();
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+    let mut connected_before = false;
+    loop {
+        if shutdown_requested(&mut shutdown) {
+            break;
+        }
+        let attempt = tokio::select! {
+            biased;
+            _ = wait_shutdown(&mut shutdown) => break,
+            r = connect(&mut settings, &agent_id) => r,
+        };
+        let end = match attempt {
+            Ok(ws) => {
+                if connected_before {
+                    status.send_modify(|s| s.reconnects += 1);
+                }
+                connected_before = true;
+                status.send_modify(|s| s.connected = true);
+                tracing::info!(url = %url, agent_id = %agent_id, "connected to the central");
+                let mut session = Session::new(ws, &settings, outbox.as_ref(), &status);
+                let end = session.serve(&mut shutdown).await;
+                status.send_modify(|s| {
+                    s.connected = false;
+                    s.in_flight = 0;
+                });
+                end
+            }
+            Err(error) => SessionEnd::Lost {
+                error,
+                healthy: false,
+            },
+        };
+        match end {
+            SessionEnd::Shutdown => break,
+            SessionEnd::Lost { error, healthy } => {
+                if healthy {
+                    backoff.reset();
+                }
+                let delay = backoff.next_delay();
+                let reason = error.to_string();
+                if connected_before && healthy {
+                    tracing::warn!(url = %url, %reason, retry_in = ?delay, "disconnected from the central");
+                } else {
+                    tracing::warn!(url = %url, %reason, retry_in = ?delay, "cannot use the connection to the central");
+                }
+                status.send_modify(|s| s.last_error = Some(reason));
+                tokio::select! {
+                    biased;
+                    _ = wait_shutdown(&mut shutdown) => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    status.send_modify(|s| {
+        s.connected = false;
+        s.in_flight = 0;
+    });
+    tracing::info!("relay stopped");
+}
+
+/// Dial, say hello and wait for the welcome.
+async fn connect(settings: &mut RelaySettings, agent_id: &str) -> Result<WsStream, RelayError> {
+    let authorization = settings.token.authorization();
+    let mut ws = dial::dial(DialParams {
+        target: &settings.target,
+        proxy: settings.proxy.as_ref(),
+        tls: settings.tls.as_ref(),
+        authorization,
+        timeout: settings.connect_timeout,
+    })
+    .await?;
+    let hello = AgentFrame::Hello {
+        version: PROTOCOL_VERSION,
+        agent_id: agent_id.to_string(),
+    };
+    send_timed(
+        &mut ws,
+        Message::text(hello.to_text()),
+        settings.welcome_timeout,
+    )
+    .await?;
+    let welcome_timeout = settings.welcome_timeout;
+    let welcome = tokio::time::timeout(welcome_timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(text))) => return parse_welcome(text.as_str(), agent_id),
+                Some(Ok(Message::Close(frame))) => return Err(RelayError::Closed(frame)),
+                Some(Ok(Message::Binary(_))) => {
+                    return Err(RelayError::Protocol(
+                        "binary frame instead of welcome".into(),
+                    ))
+                }
+                Some(Ok(_)) => continue, // ping/pong
+                Some(Err(e)) => return Err(RelayError::Socket(e)),
+                None => return Err(RelayError::Closed(None)),
+            }
+        }
+    })
+    .await
+    .map_err(|_| RelayError::WelcomeTimeout(welcome_timeout))?;
+    welcome?;
+    Ok(ws)
+}
+
+fn parse_welcome(text: &str, agent_id: &str) -> Result<(), RelayError> {
+    match serde_json::from_str::<CentralFrame>(text) {
+        Ok(CentralFrame::Welcome {
+            version,
+            agent_id: bound,
+        }) => {
+            if version != PROTOCOL_VERSION {
+                return Err(RelayError::VersionMismatch { theirs: version });
+            }
+            if bound != agent_id {
+                tracing::info!(configured = %agent_id, central = %bound, "the central knows this agent by another id");
+            }
+            Ok(())
+        }
+        Ok(other) => Err(RelayError::Protocol(format!(
+            "expected welcome, got {}",
+            frame_name(&other)
+        ))),
+        Err(e) => Err(RelayError::Protocol(format!(
+            "expected welcome, got unparsable frame ({e}): {}",
+            snippet(text)
+        ))),
+    }
+}
+
+fn frame_name(frame: &CentralFrame) -> &'static str {
+    match frame {
+        CentralFrame::Welcome { .. } => "welcome",
+        CentralFrame::Ack { .. } => "ack",
+        CentralFrame::Reject { .. } => "reject",
+    }
+}
+
+fn snippet(text: &str) -> String {
+    match text.char_indices().nth(LOG_SNIPPET) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Send one message, giving up after `limit` (a central that stops reading would otherwise block
+/// the relay forever on a full TCP buffer).
+async fn send_timed(ws: &mut WsStream, msg: Message, limit: Duration) -> Result<(), RelayError> {
+    tokio::time::timeout(limit, ws.send(msg))
+        .await
+        .map_err(|_| RelayError::SendTimeout(limit))??;
+    Ok(())
+}
+
+/// `true` when shutdown was requested or can no longer be signalled.
+fn shutdown_requested(shutdown: &mut watch::Receiver<bool>) -> bool {
+    *shutdown.borrow_and_update() || shutdown.has_changed().is_err()
+}
+
+/// Resolve once shutdown is requested; a dropped sender counts as a request (nobody could ever
+/// stop the relay otherwise). Cancel-safe.
+async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
+    loop {
+        if *shutdown.borrow_and_update() {
+            return;
+        }
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// How one connection ended.
+enum SessionEnd {
+    /// Shutdown was requested and handled (drained, closed).
+    Shutdown,
+    /// The connection failed or was lost. `healthy` means it was welcomed and did useful work (or
+    /// lived long enough), so the reconnect back-off starts over.
+    Lost { error: RelayError, healthy: bool },
+}
+
+/// An entry sent on this connection, awaiting its answer.
+struct InFlight {
+    entry: EventCreate,
+    sent_at: Instant,
+}
+
+/// One welcomed connection and its bookkeeping.
+struct Session<'a> {
+    ws: WsStream,
+    settings: &'a RelaySettings,
+    outbox: &'a dyn Outbox,
+    status: &'a watch::Sender<RelayStatus>,
+    /// Sent and unanswered, by seq.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Refused with `retryable: true`: resend at the instant stored with it.
+    waiting: BTreeMap<u64, (EventCreate, Instant)>,
+    /// The highest seq taken from the outbox on this connection.
+    cursor: Option<u64>,
+    /// Spaces out resends after retryable refusals; reset by any ack.
+    retry_backoff: Backoff,
+    started: Instant,
+    last_rx: Instant,
+    acked_any: bool,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        ws: WsStream,
+        settings: &'a RelaySettings,
+        outbox: &'a dyn Outbox,
+        status: &'a watch::Sender<RelayStatus>,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            ws,
+            settings,
+            outbox,
+            status,
+            in_flight: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            cursor: None,
+            retry_backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
+            started: now,
+            last_rx: now,
+            acked_any: false,
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.in_flight.len() + self.waiting.len()
+    }
+
+    fn healthy(&self) -> bool {
+        self.acked_any || self.started.elapsed() >= self.settings.dead_after
+    }
+
+    fn lost(&self, error: RelayError) -> SessionEnd {
+        SessionEnd::Lost {
+            error,
+            healthy: self.healthy(),
+        }
+    }
+
+    fn publish_in_flight(&self) {
+        let n = self.outstanding();
+        self.status.send_if_modified(|s| {
+            let changed = s.in_flight != n;
+            s.in_flight = n;
+            changed
+        });
+    }
+
+    /// Stream the outbox until the connection fails or shutdown is requested.
+    async fn serve(&mut self, shutdown: &mut watch::Receiver<bool>) -> SessionEnd {
+        let notify = self.outbox.appended();
+        // Created (and registered) before every outbox query, so an append that lands between the
+        // query and the wait still wakes us.
+        let mut appended = pin!(notify.notified());
+        appended.as_mut().enable();
+        let mut need_query = true;
+        let mut exhausted = false;
+        let window = self.settings.window;
+        let mut ping = tokio::time::interval_at(
+            Instant::now() + self.settings.ping_interval,
+            self.settings.ping_interval,
+        );
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        loop {
+            if let Err(e) = self.resend_due().await {
+                return self.lost(e);
+            }
+            let room = window - self.outstanding().min(window);
+            // Ask the outbox in batches (a quarter of the window) rather than once per ack, unless
+            // the pipe ran empty.
+            if need_query && room > 0 && (room * 4 >= window || self.in_flight.is_empty()) {
+                appended.set(notify.notified());
+                appended.as_mut().enable();
+                need_query = false;
+                match self.send_new(room).await {
+                    Ok(sent) => exhausted = sent < room,
+                    Err(e) => return self.lost(e),
+                }
+            }
+            let room = window - self.outstanding().min(window);
+            let dead_at = self.last_rx + self.settings.dead_after;
+            let oldest = self
+                .in_flight
+                .iter()
+                .min_by_key(|(_, f)| f.sent_at)
+                .map(|(seq, f)| (*seq, f.sent_at));
+            let ack_deadline = oldest.map(|(_, at)| at + self.settings.ack_timeout);
+            let retry_at = self.waiting.values().map(|(_, due)| *due).min();
+
+            tokio::select! {
+                biased;
+                _ = wait_shutdown(shutdown) => return self.drain_and_close().await,
+                msg = self.ws.next() => {
+                    self.last_rx = Instant::now();
+                    match self.handle(msg) {
+                        Ok(freed) => {
+                            if freed && !exhausted {
+                                need_query = true;
+                            }
+                        }
+                        Err(e) => return self.lost(e),
+                    }
+                }
+                _ = appended.as_mut(), if room > 0 && !need_query => need_query = true,
+                _ = ping.tick() => {
+                    if let Err(e) = send_timed(&mut self.ws, Message::Ping(Default::default()), self.settings.dead_after).await {
+                        return self.lost(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(dead_at) => return self.lost(RelayError::Dead(self.settings.dead_after)),
+                _ = sleep_until_opt(ack_deadline), if ack_deadline.is_some() => {
+                    let seq = oldest.map(|(seq, _)| seq).unwrap_or_default();
+                    return self.lost(RelayError::AckTimeout { seq, timeout: self.settings.ack_timeout });
+                }
+                _ = sleep_until_opt(retry_at), if retry_at.is_some() => {}
+            }
+        }
+    }
+
+    /// Take up to `room` new entries from the outbox and send them; returns how many were sent.
+    async fn send_new(&mut self, room: usize) -> Result<usize, RelayError> {
+        let batch = self
+            .outbox
+            .pending_after(self.cursor, room)
+            .map_err(RelayError::Outbox)?;
+        let mut sent = 0;
+        for entry in batch.into_iter().take(room) {
+            if self.cursor.is_some_and(|c| entry.seq <= c) {
+                // A well-behaved outbox never does this; resending out of order would be harmless
+                // but looping on it would not, so skip and say so.
+                tracing::warn!(seq = entry.seq, cursor = ?self.cursor, "outbox returned an entry out of order; skipped");
+                continue;
+            }
+            self.cursor = Some(entry.seq);
+            let text = AgentFrame::EventCreate(entry.clone()).to_text();
+            self.ws.feed(Message::text(text)).await?;
+            self.in_flight.insert(
+                entry.seq,
+                InFlight {
+                    entry,
+                    sent_at: Instant::now(),
+                },
+            );
+            sent += 1;
+        }
+        if sent > 0 {
+            let limit = self.settings.dead_after;
+            tokio::time::timeout(limit, self.ws.flush())
+                .await
+                .map_err(|_| RelayError::SendTimeout(limit))??;
+            self.publish_in_flight();
+        }
+        Ok(sent)
+    }
+
+    /// Resend entries whose retry time came.
+    async fn resend_due(&mut self) -> Result<(), RelayError> {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in due {
+            if let Some((entry, _)) = self.waiting.remove(&seq) {
+                tracing::debug!(seq, "resending after a retryable refusal");
+                let text = AgentFrame::EventCreate(entry.clone()).to_text();
+                send_timed(&mut self.ws, Message::text(text), self.settings.dead_after).await?;
+                self.in_flight.insert(
+                    seq,
+                    InFlight {
+                        entry,
+                        sent_at: Instant::now(),
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Handle one item from the socket. Returns whether window room was freed.
+    fn handle(&mut self, msg: Option<Result<Message, WsError>>) -> Result<bool, RelayError> {
+        match msg {
+            Some(Ok(Message::Text(text))) => {
+                match serde_json::from_str::<CentralFrame>(text.as_str()) {
+                    Ok(frame) => self.handle_frame(frame),
+                    Err(e) => {
+                        // Possibly a frame type from a newer central; not worth dropping the link for.
+                        tracing::warn!(error = %e, frame = %snippet(text.as_str()), "ignoring unparsable frame from the central");
+                        Ok(false)
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                tracing::warn!("ignoring binary frame from the central");
+                Ok(false)
+            }
+            Some(Ok(Message::Close(frame))) => Err(RelayError::Closed(frame)),
+            Some(Ok(_)) => Ok(false), // ping (answered by tungstenite), pong, raw frame
+            Some(Err(e)) => Err(RelayError::Socket(e)),
+            None => Err(RelayError::Closed(None)),
+        }
+    }
+
+    fn handle_frame(&mut self, frame: CentralFrame) -> Result<bool, RelayError> {
+        match frame {
+            CentralFrame::Ack { seq, event_id } => {
+                let known =
+                    self.in_flight.remove(&seq).is_some() || self.waiting.remove(&seq).is_some();
+                if !known {
+                    tracing::warn!(
+                        seq,
+                        "ack for an entry not in flight on this connection; ignored"
+                    );
+                    return Ok(false);
+                }
+                self.outbox
+                    .acknowledged(seq, &event_id)
+                    .map_err(RelayError::Outbox)?;
+                self.acked_any = true;
+                self.retry_backoff.reset();
+                tracing::debug!(seq, event_id = %event_id, "event acknowledged");
+                let n = self.outstanding();
+                self.status.send_modify(|s| {
+                    s.acked_total += 1;
+                    s.in_flight = n;
+                });
+                Ok(true)
+            }
+            CentralFrame::Reject {
+                seq,
+                retryable: false,
+                status,
+                message,
+            } => {
+                let known =
+                    self.in_flight.remove(&seq).is_some() || self.waiting.remove(&seq).is_some();
+                if !known {
+                    tracing::warn!(
+                        seq,
+                        "reject for an entry not in flight on this connection; ignored"
+                    );
+                    return Ok(false);
+                }
+                tracing::warn!(seq, status, reason = %message, "the central refused an event for good; dead-lettered");
+                self.outbox
+                    .rejected(seq, status, &message)
+                    .map_err(RelayError::Outbox)?;
+                let n = self.outstanding();
+                self.status.send_modify(|s| {
+                    s.rejected_total += 1;
+                    s.in_flight = n;
+                });
+                Ok(true)
+            }
+            CentralFrame::Reject {
+                seq,
+                retryable: true,
+                status,
+                message,
+            } => {
+                let Some(InFlight { entry, .. }) = self.in_flight.remove(&seq) else {
+                    tracing::warn!(
+                        seq,
+                        "retryable reject for an entry not in flight on this connection; ignored"
+                    );
+                    return Ok(false);
+                };
+                let delay = self.retry_backoff.next_delay();
+                tracing::info!(seq, status, reason = %message, retry_in = ?delay, "the central asked to retry an event later");
+                self.waiting.insert(seq, (entry, Instant::now() + delay));
+                // Still counts against the window: a busy central should not get new work.
+                Ok(false)
+            }
+            CentralFrame::Welcome { .. } => {
+                tracing::warn!("ignoring a second welcome from the central");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Shutdown: send nothing new, give outstanding acks a short grace period, then close.
+    async fn drain_and_close(&mut self) -> SessionEnd {
+        let deadline = Instant::now() + self.settings.shutdown_grace;
+        // Entries waiting for a retry stay in the outbox and go out after the next start.
+        self.waiting.clear();
+        while !self.in_flight.is_empty() {
+            let msg = tokio::select! {
+                msg = self.ws.next() => msg,
+                _ = tokio::time::sleep_until(deadline) => break,
+            };
+            match self.handle(msg) {
+                Ok(_) => {
+                    // A retryable refusal during shutdown is simply left for the next start.
+                    self.waiting.clear();
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "connection ended while draining for shutdown");
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+        if !self.in_flight.is_empty() {
+            tracing::info!(
+                unanswered = self.in_flight.len(),
+                "shutting down with unanswered entries; they stay in the outbox and are resent after restart"
+            );
+        }
+        let close = CloseFrame {
+            code: CloseCode::Away,
+            reason: "agent shutting down".into(),
+        };
+        let close_wait = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(200));
+        let _ = tokio::time::timeout(close_wait, async {
+            if self.ws.close(Some(close)).await.is_ok() {
+                // Read until the central answers the close (or the socket ends).
+                while let Some(Ok(_)) = self.ws.next().await {}
+            }
+        })
+        .await;
+        tracing::info!("closed the connection to the central");
+        SessionEnd::Shutdown
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential back-off with "equal jitter": the delay is between half and all of
+/// `initial * 2^attempt` (capped), so many agents restarting together do not reconnect in lockstep
+/// while each still waits at least half the nominal delay.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self {
+            initial,
+            max: max.max(initial),
+            attempt: 0,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+
+    /// The nominal (un-jittered) delay of the next attempt.
+    fn nominal(&self) -> Duration {
+        let factor = 1u32 << self.attempt.min(20);
+        self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.nominal();
+        self.attempt = self.attempt.saturating_add(1);
+        let half = base / 2;
+        let jitter_ms = u64::try_from(half.as_millis()).unwrap_or(u64::MAX);
+        half + Duration::from_millis(rand::thread_rng().gen_range(0..=jitter_ms))
+    }
+}
