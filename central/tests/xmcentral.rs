@@ -1,0 +1,618 @@
+//! End-to-end tests of the real `xmcentral` binary on loopback: config checking, the agent
+//! websocket, the events REST API, graceful stop and restart on the same data directory.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use protocol::{AgentFrame, CentralFrame, EventCreate, CONNECT_PATH, PROTOCOL_VERSION};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+const TOKEN: &str = "test-token-abc";
+const USER: (&str, &str) = ("admin", "pw-123");
+const WAIT: Duration = Duration::from_secs(20);
+
+fn xmcentral() -> &'static str {
+    env!("CARGO_BIN_EXE_xmcentral")
+}
+
+fn write_config(dir: &Path) -> PathBuf {
+    let path = dir.join("central.toml");
+    let text = format!(
+        "[central]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
+         [[agents]]\nid = \"agent-01\"\ntoken = \"{TOKEN}\"\n\
+         [[users]]\nname = \"{}\"\npassword = \"{}\"\n",
+        USER.0, USER.1
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A running `xmcentral`; killed if the test panics.
+struct Central {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Central {
+    fn start(config: &Path) -> Self {
+        let mut child = Command::new(xmcentral())
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn xmcentral");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    if let Ok(addr) = addr.parse::<SocketAddr>() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                let mut log = sink.lock().expect("log lock");
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "xmcentral did not log `listening on`; log:\n{}",
+                    log.lock().expect("log")
+                );
+            }
+        };
+        Self { child, addr, log }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    fn stop(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "xmcentral did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Central {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small HTTP and websocket clients.
+
+struct Answer {
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "not JSON ({error}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+fn basic(user: &str, password: &str) -> String {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {encoded}")
+}
+
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> Answer {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .header("content-type", "application/json");
+    if let Some(auth) = auth {
+        builder = builder.header("authorization", auth);
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .expect("request");
+    let response = tokio::time::timeout(WAIT, sender.send_request(request))
+        .await
+        .expect("answer in time")
+        .expect("response");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(addr: SocketAddr, token: Option<&str>) -> Result<Ws, u16> {
+    let mut request = format!("ws://{addr}{CONNECT_PATH}")
+        .into_client_request()
+        .expect("client request");
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("header value");
+        request.headers_mut().insert("authorization", value);
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((socket, _)) => Ok(socket),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(error) => panic!("websocket connect failed: {error}"),
+    }
+}
+
+async fn send(ws: &mut Ws, frame: &AgentFrame) {
+    ws.send(Message::text(frame.to_text())).await.expect("send");
+}
+
+async fn receive(ws: &mut Ws) -> Message {
+    loop {
+        let message = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+            return message;
+        }
+    }
+}
+
+async fn receive_frame(ws: &mut Ws) -> CentralFrame {
+    match receive(ws).await {
+        Message::Text(text) => serde_json::from_str(text.as_str()).expect("central frame"),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+async fn hello(addr: SocketAddr) -> Ws {
+    let mut ws = ws_connect(addr, Some(TOKEN))
+        .await
+        .expect("upgrade accepted");
+    send(
+        &mut ws,
+        &AgentFrame::Hello {
+            version: PROTOCOL_VERSION,
+            agent_id: "x".into(),
+        },
+    )
+    .await;
+    assert_eq!(
+        receive_frame(&mut ws).await,
+        CentralFrame::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_id: "agent-01".into()
+        }
+    );
+    ws
+}
+
+fn create(seq: u64, request_id: &str, index: u32, trigger: Value) -> AgentFrame {
+    AgentFrame::EventCreate(EventCreate {
+        seq,
+        request_id: request_id.into(),
+        index,
+        integration_id: "int-1".into(),
+        form: Some("Incident".into()),
+        trigger,
+    })
+}
+
+async fn expect_ack(ws: &mut Ws, seq: u64) -> String {
+    match receive_frame(ws).await {
+        CentralFrame::Ack { seq: got, event_id } if got == seq => event_id,
+        other => panic!("expected ack for seq {seq}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_accepts_a_good_config_and_names_file_and_key_of_a_bad_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = write_config(dir.path());
+    let output = Command::new(xmcentral())
+        .args(["check", "--config"])
+        .arg(&good)
+        .output();
+    let output = output.expect("run check");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("config OK"));
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[agents]]\nid = \"a\"\ntokne = \"secret-value\"\n").expect("write");
+    for command in ["check", "run"] {
+        let output = Command::new(xmcentral())
+            .args([command, "--config"])
+            .arg(&bad)
+            .output();
+        let output = output.expect("run xmcentral");
+        assert_eq!(output.status.code(), Some(78), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("bad.toml"), "{command}: {stderr}");
+        assert!(stderr.contains("agents[0].tokne"), "{command}: {stderr}");
+    }
+
+    let missing = dir.path().join("missing.toml");
+    let output = Command::new(xmcentral())
+        .args(["check", "--config"])
+        .arg(&missing)
+        .output();
+    assert_eq!(output.expect("run check").status.code(), Some(78));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_rest_and_restart_keep_events_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let central = Central::start(&config);
+    let addr = central.addr;
+    let admin = basic(USER.0, USER.1);
+
+    // Websocket authentication.
+    assert_eq!(ws_connect(addr, None).await.err(), Some(401));
+    assert_eq!(ws_connect(addr, Some("wrong-token")).await.err(), Some(401));
+
+    let mut ws = hello(addr).await;
+    let trigger = json!({
+        "priority": "high",
+        "properties": {"Host#en": "db1", "Summary": "disk full"},
+        "recipients": [{"targetName": "ops"}],
+        "expirationInMinutes": 30
+    });
+    send(&mut ws, &create(1, "req-1", 0, trigger.clone())).await;
+    let event_id = expect_ack(&mut ws, 1).await;
+    send(&mut ws, &create(2, "req-1", 0, trigger.clone())).await;
+    assert_eq!(
+        expect_ack(&mut ws, 2).await,
+        event_id,
+        "a resend answers the same event"
+    );
+
+    // Validation rejects are permanent and answered in order with the acks around them.
+    send(
+        &mut ws,
+        &create(3, "req-bad", 0, json!({"priority": "urgent"})),
+    )
+    .await;
+    send(
+        &mut ws,
+        &create(4, "req-bad", 1, json!(["not", "an", "object"])),
+    )
+    .await;
+    send(&mut ws, &create(5, "req-2", 0, json!({}))).await;
+    for seq in [3, 4] {
+        match receive_frame(&mut ws).await {
+            CentralFrame::Reject {
+                seq: got,
+                retryable: false,
+                status: 400,
+                message,
+            } => {
+                assert_eq!(got, seq);
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected reject for {seq}, got {other:?}"),
+        }
+    }
+    expect_ack(&mut ws, 5).await;
+
+    // A pipelined window: 64 frames sent before reading any answer, answered in order.
+    for seq in 100..164 {
+        let index = u32::try_from(seq - 100).expect("small");
+        send(
+            &mut ws,
+            &create(seq, "req-window", index, json!({"properties": {"n": seq}})),
+        )
+        .await;
+    }
+    let mut window_ids = std::collections::HashSet::new();
+    for seq in 100..164 {
+        window_ids.insert(expect_ack(&mut ws, seq).await);
+    }
+    assert_eq!(window_ids.len(), 64, "64 distinct events");
+
+    // REST: the events report by requestId, with Basic and with the agent token.
+    let report = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?requestId=req-1",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(report.status, 200);
+    let report = report.json();
+    assert_eq!(report["count"], 1);
+    assert_eq!(report["total"], 1);
+    let event = &report["data"][0];
+    assert_eq!(event["id"], event_id.as_str());
+    assert_eq!(event["eventId"], event_id.as_str());
+    assert_eq!(event["status"], "ACTIVE");
+    assert_eq!(event["priority"], "HIGH");
+    assert_eq!(event["form"]["name"], "Incident");
+    assert_eq!(event["agentId"], "agent-01");
+    assert_eq!(event["expirationInMinutes"], 30);
+    assert_eq!(
+        event["links"]["self"],
+        format!("/api/xm/1/events/{event_id}")
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    let with_token = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?requestId=req-1",
+        Some(&bearer),
+        "",
+    );
+    assert_eq!(with_token.await.status, 200);
+
+    let by_property = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?propertyName=Host%23en&propertyValue=db1",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(by_property.json()["total"], 1);
+    let window = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?requestId=req-window&limit=10",
+        Some(&admin),
+        "",
+    );
+    let window = window.await.json();
+    assert_eq!(
+        (window["count"].as_u64(), window["total"].as_u64()),
+        (Some(10), Some(64))
+    );
+    assert!(window["links"]["next"]
+        .as_str()
+        .is_some_and(|next| next.contains("offset=10")));
+
+    // 401 paths carry the Basic challenge.
+    for auth in [
+        None,
+        Some(basic(USER.0, "wrong")),
+        Some("Bearer wrong".to_owned()),
+    ] {
+        let answer = request(addr, "GET", "/api/xm/1/events", auth.as_deref(), "").await;
+        assert_eq!(answer.status, 401, "{auth:?}");
+        assert_eq!(
+            answer
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Basic realm=\"xmcentral\"")
+        );
+    }
+
+    // Single event, status change, errors.
+    let one = request(
+        addr,
+        "GET",
+        &format!("/api/xm/1/events/{event_id}"),
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (one.status, one.json()["id"].clone()),
+        (200, json!(event_id))
+    );
+    let missing = request(addr, "GET", "/api/xm/1/events/nope", Some(&admin), "").await;
+    assert_eq!(missing.status, 404);
+    let body = json!({"id": event_id, "status": "suspended"}).to_string();
+    let changed = request(addr, "POST", "/api/xm/1/events", Some(&admin), &body).await;
+    assert_eq!(changed.status, 202);
+    assert_eq!(changed.json()["status"], "SUSPENDED");
+    let body = json!({"id": event_id, "status": "PAUSED"}).to_string();
+    assert_eq!(
+        request(addr, "POST", "/api/xm/1/events", Some(&admin), &body)
+            .await
+            .status,
+        400
+    );
+    let body = json!({"id": "nope", "status": "ACTIVE"}).to_string();
+    assert_eq!(
+        request(addr, "POST", "/api/xm/1/events", Some(&admin), &body)
+            .await
+            .status,
+        404
+    );
+    let suspended = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?status=SUSPENDED",
+        Some(&admin),
+        "",
+    );
+    assert_eq!(suspended.await.json()["total"], 1);
+
+    // Routing errors, health, metrics.
+    let unknown = request(addr, "GET", "/api/xm/1/nothing", Some(&admin), "").await;
+    assert_eq!(unknown.status, 404);
+    assert_eq!(unknown.json()["code"], 404);
+    let wrong_method = request(addr, "DELETE", "/api/xm/1/events", Some(&admin), "").await;
+    assert_eq!(wrong_method.status, 405);
+    assert_eq!(
+        wrong_method
+            .headers
+            .get("allow")
+            .and_then(|v| v.to_str().ok()),
+        Some("GET, POST")
+    );
+    let health = request(addr, "GET", "/healthz", None, "").await;
+    assert_eq!(
+        (health.status, health.body.as_ref()),
+        (200, b"ok\n".as_ref())
+    );
+    assert_eq!(request(addr, "GET", "/readyz", None, "").await.status, 200);
+    let metrics = request(addr, "GET", "/metrics", None, "").await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("xmcentral_events_created_total 66\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xmcentral_duplicates_answered_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xmcentral_frames_rejected_total 2\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("xmcentral_agents_connected 1\n"),
+        "{metrics}"
+    );
+
+    // Graceful stop: the open websocket is closed by the central, the process exits 0.
+    let log = central.log.clone();
+    let status = central.stop();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.lock().expect("log"));
+    let closed = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("socket ends");
+    assert!(
+        matches!(closed, None | Some(Ok(Message::Close(_))) | Some(Err(_))),
+        "{closed:?}"
+    );
+    let log_text = log.lock().expect("log").clone();
+    assert!(
+        !log_text.contains(TOKEN) && !log_text.contains(USER.1),
+        "secret in the log"
+    );
+
+    // Restart on the same data directory: events survive, resends still dedupe.
+    let central = Central::start(&config);
+    let addr = central.addr;
+    let report = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?requestId=req-1",
+        Some(&admin),
+        "",
+    )
+    .await;
+    let report = report.json();
+    assert_eq!(report["total"], 1);
+    assert_eq!(report["data"][0]["id"], event_id.as_str());
+    assert_eq!(report["data"][0]["status"], "SUSPENDED");
+    let mut ws = hello(addr).await;
+    send(&mut ws, &create(7, "req-1", 0, trigger)).await;
+    assert_eq!(expect_ack(&mut ws, 7).await, event_id);
+    let all = request(addr, "GET", "/api/xm/1/events?limit=1000", Some(&admin), "").await;
+    assert_eq!(all.json()["total"], 66, "1 + 1 + 64 events, no duplicates");
+    assert_eq!(central.stop().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_hello_closes_the_socket_with_a_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::start(&write_config(dir.path()));
+
+    let mut ws = ws_connect(central.addr, Some(TOKEN))
+        .await
+        .expect("upgrade");
+    send(
+        &mut ws,
+        &AgentFrame::Hello {
+            version: PROTOCOL_VERSION + 1,
+            agent_id: "x".into(),
+        },
+    )
+    .await;
+    match receive(&mut ws).await {
+        Message::Close(Some(frame)) => {
+            assert!(
+                frame.reason.as_str().contains("version"),
+                "{}",
+                frame.reason.as_str()
+            )
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    let mut ws = ws_connect(central.addr, Some(TOKEN))
+        .await
+        .expect("upgrade");
+    send(&mut ws, &create(1, "r", 0, json!({}))).await;
+    match receive(&mut ws).await {
+        Message::Close(Some(frame)) => {
+            assert!(
+                frame.reason.as_str().contains("hello"),
+                "{}",
+                frame.reason.as_str()
+            )
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+
+    // No event was created by the refused frame.
+    let admin = basic(USER.0, USER.1);
+    let all = request(central.addr, "GET", "/api/xm/1/events", Some(&admin), "").await;
+    assert_eq!(all.json()["total"], 0);
+}
