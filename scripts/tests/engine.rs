@@ -1,0 +1,486 @@
+//! Behaviour of the engine and the pool: isolation between runs, warm-context reuse, and the limits
+//! that keep a runaway script from hurting the agent.
+
+use scripts::{
+    run_once, Engine, ErrorKind, HttpCall, HttpClient, HttpReply, Limits, LogLevel, Outcome,
+    Program, ProgramSpec, ScriptPool, ScriptRequest, Source,
+};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn program(id: &str, code: &str) -> Program {
+    program_with(id, code, BTreeMap::new())
+}
+
+fn program_with(id: &str, code: &str, libraries: BTreeMap<String, Source>) -> Program {
+    Program::compile(ProgramSpec {
+        integration_id: id.to_owned(),
+        script: Source {
+            name: format!("{id}.js"),
+            code: code.to_owned(),
+        },
+        libraries,
+        constants: BTreeMap::from([("Team".to_owned(), "Ops".to_owned())]),
+    })
+    .expect("test program compiles")
+}
+
+fn request(body: &str) -> ScriptRequest {
+    ScriptRequest {
+        method: "POST".into(),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.into(),
+        request_id: "r-1".into(),
+        integration_uuid: "i-1".into(),
+        remote_address: "127.0.0.1".into(),
+        ..ScriptRequest::default()
+    }
+}
+
+/// Answers 200 with the path as body, or fails for endpoint "down"; counts calls.
+#[derive(Default)]
+struct EchoClient {
+    calls: AtomicUsize,
+}
+
+impl HttpClient for EchoClient {
+    fn send(&self, call: &HttpCall) -> Result<HttpReply, String> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if call.endpoint == "down" {
+            return Err("connection refused".into());
+        }
+        Ok(HttpReply {
+            status: 200,
+            headers: vec![("X-Reply".into(), "yes".into())],
+            body: call.path.clone(),
+        })
+    }
+}
+
+fn client() -> Arc<dyn HttpClient> {
+    Arc::new(EchoClient::default())
+}
+
+fn messages(outcome: &Outcome) -> Vec<&str> {
+    outcome.logs.iter().map(|l| l.message.as_str()).collect()
+}
+
+fn engine(limits: Limits) -> Engine {
+    Engine::new(limits).expect("engine starts")
+}
+
+#[test]
+fn globals_set_in_one_run_are_gone_in_the_next() {
+    let code = r#"
+        console.log(typeof leaked, typeof this.viaThis, typeof String.prototype.shout,
+                    typeof Array.prototype.last, JSON.stringify === undefined);
+        leaked = 1;
+        this.viaThis = 2;
+        String.prototype.shout = function () { return this.toUpperCase(); };
+        Array.prototype.last = function () { return this[this.length - 1]; };
+        Math.max = function () { return 42; };
+        console.log('a'.shout(), [1, 2].last(), Math.max(1, 2));
+    "#;
+    let p = program("iso", code);
+    let mut e = engine(Limits::default());
+    let first = e.run(&p, request("{}"), client());
+    assert!(first.is_ok(), "{:?}", first.error);
+    assert_eq!(
+        messages(&first),
+        ["undefined undefined undefined undefined false", "A 2 42"]
+    );
+    let second = e.run(&p, request("{}"), client());
+    assert!(second.is_ok(), "{:?}", second.error);
+    assert_eq!(
+        messages(&second)[0],
+        "undefined undefined undefined undefined false"
+    );
+    assert_eq!(messages(&second)[1], "A 2 42");
+    assert_eq!(
+        e.stats().contexts_created,
+        1,
+        "the clean-up kept the context warm"
+    );
+    // Math.max was restored between runs: a third program run in the same context sees the
+    // original.
+    let check = e.run(&p, request("{}"), client());
+    assert!(check.is_ok());
+}
+
+#[test]
+fn two_programs_do_not_share_state() {
+    let writer = program(
+        "writer",
+        "shared = 'from writer'; console.log(typeof shared);",
+    );
+    let reader = program("reader", "console.log(typeof shared);");
+    let mut e = engine(Limits::default());
+    assert_eq!(
+        messages(&e.run(&writer, request("{}"), client())),
+        ["string"]
+    );
+    assert_eq!(
+        messages(&e.run(&reader, request("{}"), client())),
+        ["undefined"]
+    );
+    assert_eq!(e.stats().warm_contexts, 2);
+}
+
+#[test]
+fn warm_context_is_reused_and_recycled_after_failure_and_reload() {
+    let p = program(
+        "warm",
+        "if (JSON.parse(request.body).fail) throw new Error('no'); form.post(trigger);",
+    );
+    let mut e = engine(Limits::default());
+    for _ in 0..5 {
+        assert!(e.run(&p, request("{}"), client()).is_ok());
+    }
+    assert_eq!(e.stats().contexts_created, 1);
+    assert_eq!(e.stats().runs, 5);
+    let failed = e.run(&p, request(r#"{"fail":true}"#), client());
+    assert_eq!(failed.error.map(|e| e.kind), Some(ErrorKind::Exception));
+    assert!(e.run(&p, request("{}"), client()).is_ok());
+    assert_eq!(
+        e.stats().contexts_created,
+        2,
+        "a failure recycles the context"
+    );
+    // A recompiled program (configuration reload) gets a new context.
+    let reloaded = program("warm", "form.post(trigger);");
+    assert_ne!(reloaded.generation(), p.generation());
+    assert!(e.run(&reloaded, request("{}"), client()).is_ok());
+    assert_eq!(e.stats().contexts_created, 3);
+}
+
+#[test]
+fn contexts_are_recycled_after_max_runs_and_evicted_when_too_many() {
+    let limits = Limits {
+        max_runs_per_context: 3,
+        max_warm_contexts: 2,
+        ..Limits::default()
+    };
+    let mut e = engine(limits);
+    let p = program("a", "form.post(trigger);");
+    for _ in 0..6 {
+        assert!(e.run(&p, request("{}"), client()).is_ok());
+    }
+    assert_eq!(e.stats().contexts_created, 2);
+    for id in ["b", "c", "d"] {
+        assert!(e.run(&program(id, ";"), request("{}"), client()).is_ok());
+    }
+    assert_eq!(e.stats().warm_contexts, 2);
+}
+
+#[test]
+fn timeout_cannot_be_swallowed_by_catch_or_finally() {
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    for code in [
+        "for (;;) { try { while (true) {} } catch (e) { console.log('caught ' + e); } }",
+        "try { while (true) {} } finally { for (;;) {} }",
+        "Promise.resolve().then(function () { for (;;) {} });",
+    ] {
+        let p = program("spin", code);
+        let started = Instant::now();
+        let outcome = run_once(&p, request("{}"), &EchoClient::default(), &limits);
+        assert_eq!(
+            outcome.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::Timeout),
+            "{code}: {:?}",
+            outcome.error
+        );
+        assert!(outcome.logs.is_empty(), "{code}: the catch block never ran");
+        assert!(started.elapsed() < Duration::from_secs(3), "{code}");
+    }
+}
+
+#[test]
+fn memory_limit_fails_the_run_and_the_engine_recovers() {
+    let limits = Limits {
+        memory_bytes: 16 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let mut e = engine(limits);
+    let bomb = program(
+        "bomb",
+        "var keep = []; while (true) { keep.push(new Array(100000).join('x')); }",
+    );
+    let outcome = e.run(&bomb, request("{}"), client());
+    assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Memory));
+    let fine = program("fine", "form.post({properties: {ok: true}});");
+    let after = e.run(&fine, request("{}"), client());
+    assert!(after.is_ok(), "{:?}", after.error);
+    assert_eq!(after.posts.len(), 1);
+}
+
+#[test]
+fn stack_overflow_is_a_catchable_exception() {
+    let p = program(
+        "deep",
+        "function f(n) { return f(n + 1) + 1; } try { f(0); } catch (e) { console.log('caught', e instanceof RangeError); }",
+    );
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    assert_eq!(messages(&outcome), ["caught true"]);
+}
+
+#[test]
+fn http_call_limit_is_enforced_even_when_the_script_catches() {
+    let limits = Limits {
+        max_http_calls: 2,
+        ..Limits::default()
+    };
+    let p = program(
+        "calls",
+        "for (var i = 0; i < 5; i++) { try { http.request({endpoint: 'e', path: '/' + i}).write(); } catch (e) {} } form.post(trigger);",
+    );
+    let http = EchoClient::default();
+    let outcome = run_once(&p, request("{}"), &http, &limits);
+    let error = outcome.error.expect("the run fails");
+    assert_eq!(error.kind, ErrorKind::Limit);
+    assert!(error.message.contains("HTTP calls"), "{}", error.message);
+    assert_eq!(http.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(outcome.http.len(), 2);
+}
+
+#[test]
+fn post_limit_is_enforced() {
+    let limits = Limits {
+        max_posts: 3,
+        ..Limits::default()
+    };
+    let p = program(
+        "posts",
+        "for (var i = 0; i < 10; i++) { try { form.post({properties: {i: i}}); } catch (e) {} }",
+    );
+    let outcome = run_once(&p, request("{}"), &EchoClient::default(), &limits);
+    assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Limit));
+    assert_eq!(outcome.posts.len(), 3);
+}
+
+#[test]
+fn console_output_is_capped() {
+    let limits = Limits {
+        max_log_bytes: 100,
+        ..Limits::default()
+    };
+    let p = program(
+        "chatty",
+        "for (var i = 0; i < 50; i++) console.log('0123456789');",
+    );
+    let outcome = run_once(&p, request("{}"), &EchoClient::default(), &limits);
+    assert!(outcome.is_ok());
+    let (note, kept) = outcome.logs.split_last().expect("some logs");
+    assert!(note.message.contains("truncated"), "{}", note.message);
+    assert_eq!(note.level, LogLevel::Warn);
+    assert_eq!(kept.iter().map(|l| l.message.len()).sum::<usize>(), 100);
+}
+
+#[test]
+fn http_failures_and_replies_reach_the_script() {
+    let p = program(
+        "http",
+        r#"
+        try { http.request({endpoint: 'down', path: '/x'}).write(); } catch (e) { console.log('failed: ' + e.message); }
+        var r = http.request({endpoint: 'cmdb', path: '/ci/a b?q=ü', method: 'post'}).write({a: 1});
+        console.log(r.statusCode, r.body, r.headers['x-reply']);
+        var raw = http.request({endpoint: 'cmdb', path: '/a b', autoEncodeURI: false}).write();
+        console.log(raw.body);
+        "#,
+    );
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    assert_eq!(
+        messages(&outcome),
+        [
+            "failed: HTTP request to endpoint 'down' failed: connection refused",
+            "200 /ci/a%20b?q=%C3%BC yes",
+            "/a b"
+        ]
+    );
+    assert_eq!(outcome.http[1].method, "POST");
+    assert_eq!(outcome.http[1].body.as_deref(), Some(r#"{"a":1}"#));
+    assert_eq!(outcome.http[0].error.as_deref(), Some("connection refused"));
+}
+
+#[test]
+fn jxon_handles_attributes_entities_and_cdata() {
+    let p = program(
+        "xml",
+        r#"
+        var x = XMLUtils.JXON.parse('<?xml version="1.0"?><!-- c --><a id="1" kind=\'x\'><b>1 &lt; 2</b><c><![CDATA[<raw>]]></c><d/><e n="2">text</e></a>');
+        console.log(JSON.stringify(x));
+        try { JXON.parse('<a><b></a>'); } catch (e) { console.log(e.name); }
+        "#,
+    );
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    assert_eq!(
+        messages(&outcome),
+        [
+            r#"{"a":{"@id":"1","@kind":"x","b":"1 < 2","c":"<raw>","d":"","e":{"@n":"2","keyValue":"text"}}}"#,
+            "SyntaxError"
+        ]
+    );
+}
+
+#[test]
+fn libraries_share_the_run_and_syntax_errors_name_the_library() {
+    let libs = BTreeMap::from([(
+        "util".to_owned(),
+        Source {
+            name: "libs/util.js".into(),
+            code: "exports.team = function () { return constants.Team; };".into(),
+        },
+    )]);
+    let p = program_with("lib", "console.log(require('util').team());", libs);
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert_eq!(messages(&outcome), ["Ops"]);
+
+    let broken = BTreeMap::from([(
+        "bad".to_owned(),
+        Source {
+            name: "libs/bad.js".into(),
+            code: "\nexports.x = function ( {;".into(),
+        },
+    )]);
+    let error = Program::compile(ProgramSpec {
+        integration_id: "x".into(),
+        script: Source {
+            name: "s.js".into(),
+            code: ";".into(),
+        },
+        libraries: broken,
+        constants: BTreeMap::new(),
+    })
+    .expect_err("library does not compile");
+    assert_eq!(error.kind, ErrorKind::Syntax);
+    assert!(error.message.contains("libs/bad.js"), "{}", error.message);
+    assert_eq!(error.line, Some(2));
+}
+
+#[test]
+fn script_cannot_see_host_hooks() {
+    let p = program(
+        "probe",
+        "console.log(typeof native, typeof run, typeof libraries, typeof registerLibrary, Object.keys(arguments).length);",
+    );
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert_eq!(
+        messages(&outcome),
+        ["undefined undefined undefined undefined 9"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_keeps_serving_after_a_runaway_script() {
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let pool = ScriptPool::new(1, limits);
+    let runaway = Arc::new(program("runaway", "while (true) {}"));
+    let good = Arc::new(program(
+        "good",
+        "form.post({properties: {n: JSON.parse(request.body).n}});",
+    ));
+    let outcome = pool.run(runaway.clone(), request("{}"), client()).await;
+    assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+    let mut handles = Vec::new();
+    let pool = Arc::new(pool);
+    for n in 0..20 {
+        let pool = pool.clone();
+        let good = good.clone();
+        handles.push(tokio::spawn(async move {
+            pool.run(good, request(&format!("{{\"n\":{n}}}")), client())
+                .await
+        }));
+    }
+    for (n, handle) in handles.into_iter().enumerate() {
+        let outcome = handle.await.expect("task");
+        assert!(outcome.is_ok(), "{:?}", outcome.error);
+        assert_eq!(outcome.posts[0]["properties"]["n"], serde_json::json!(n));
+    }
+    let pool = Arc::into_inner(pool).expect("sole owner");
+    pool.shutdown();
+}
+
+/// Per-run cost of a warm context for an Alertmanager-like transform (2 KiB JSON body, one
+/// form.post per alert). Run with `cargo test -p scripts --release --test engine -- --ignored
+/// --nocapture warm_run_cost`.
+#[test]
+#[ignore]
+fn warm_run_cost() {
+    let alert = r#"{"status":"firing","labels":{"alertname":"HighCPU","instance":"web01:9100","severity":"critical","job":"node"},"annotations":{"summary":"CPU above 90% on web01","description":"CPU usage has been above 90% for 5 minutes on web01:9100."},"startsAt":"2026-11-28T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prometheus:9090/graph?g0.expr=cpu","fingerprint":"a1b2c3d4"}"#;
+    let alerts = vec![alert; 5].join(",");
+    let body = format!(
+        r#"{{"receiver":"xmatters","status":"firing","alerts":[{alerts}],"groupLabels":{{"alertname":"HighCPU"}},"commonLabels":{{"env":"prod"}},"externalURL":"http://alertmanager:9093","version":"4"}}"#
+    );
+    assert!(body.len() >= 2000, "body is {} bytes", body.len());
+    let code = r#"
+        var data = JSON.parse(request.body);
+        for (var i = 0; i < data.alerts.length; i++) {
+          var a = data.alerts[i];
+          if (a.status !== 'firing') continue;
+          form.post({ properties: { Name: a.labels.alertname, Instance: a.labels.instance,
+            Summary: a.annotations.summary, Env: data.commonLabels.env },
+            priority: a.labels.severity === 'critical' ? 'HIGH' : 'LOW' });
+        }
+    "#;
+    let p = program("bench", code);
+    let mut e = engine(Limits::default());
+    let http = client();
+    for _ in 0..200 {
+        assert!(e.run(&p, request(&body), http.clone()).is_ok());
+    }
+    let n = 5000u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        let outcome = e.run(&p, request(&body), http.clone());
+        assert_eq!(outcome.posts.len(), 5);
+    }
+    let warm = started.elapsed() / n;
+    let cold_started = Instant::now();
+    for _ in 0..50 {
+        let fresh = program("bench", code);
+        assert!(e.run(&fresh, request(&body), http.clone()).is_ok());
+    }
+    let cold = cold_started.elapsed() / 50;
+    println!(
+        "warm run: {} µs/run ({} B body, 5 posts); cold (new context): {} µs/run; contexts created: {}",
+        warm.as_micros(),
+        body.len(),
+        cold.as_micros(),
+        e.stats().contexts_created
+    );
+}
