@@ -441,20 +441,28 @@ pub async fn run(
             Err(error) => SessionEnd::Lost {
                 error,
                 healthy: false,
+                was_connected: false,
             },
         };
         match end {
             SessionEnd::Shutdown => break,
-            SessionEnd::Lost { error, healthy } => {
+            SessionEnd::Lost {
+                error,
+                healthy,
+                was_connected,
+            } => {
                 if healthy {
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
                 let reason = error.to_string();
-                if connected_before && healthy {
+                if was_connected {
                     tracing::warn!(url = %url, %reason, retry_in = ?delay, "disconnected from the central");
+                } else if matches!(error, RelayError::Dial(DialError::Unauthorized { .. })) {
+                    // The operator has to act; say so at the highest level, still without the token.
+                    tracing::error!(url = %url, %reason, retry_in = ?delay, "the central refused the agent token");
                 } else {
-                    tracing::warn!(url = %url, %reason, retry_in = ?delay, "cannot use the connection to the central");
+                    tracing::warn!(url = %url, %reason, retry_in = ?delay, "cannot connect to the central");
                 }
                 status.send_modify(|s| s.last_error = Some(reason));
                 tokio::select! {
@@ -587,9 +595,14 @@ async fn wait_shutdown(shutdown: &mut watch::Receiver<bool>) {
 enum SessionEnd {
     /// Shutdown was requested and handled (drained, closed).
     Shutdown,
-    /// The connection failed or was lost. `healthy` means it was welcomed and did useful work (or
+    /// The connection failed or was lost. `was_connected`: it had been welcomed (a disconnect,
+    /// not a failed attempt). `healthy` means it was welcomed and did useful work (or
     /// lived long enough), so the reconnect back-off starts over.
-    Lost { error: RelayError, healthy: bool },
+    Lost {
+        error: RelayError,
+        healthy: bool,
+        was_connected: bool,
+    },
 }
 
 /// An entry sent on this connection, awaiting its answer.
@@ -652,6 +665,7 @@ impl<'a> Session<'a> {
         SessionEnd::Lost {
             error,
             healthy: self.healthy(),
+            was_connected: true,
         }
     }
 
@@ -742,7 +756,7 @@ impl<'a> Session<'a> {
             .outbox
             .pending_after(self.cursor, room)
             .map_err(RelayError::Outbox)?;
-        let mut sent = 0;
+        let mut frames = Vec::new();
         for entry in batch.into_iter().take(room) {
             if self.cursor.is_some_and(|c| entry.seq <= c) {
                 // A well-behaved outbox never does this; resending out of order would be harmless
@@ -751,22 +765,27 @@ impl<'a> Session<'a> {
                 continue;
             }
             self.cursor = Some(entry.seq);
-            let text = AgentFrame::EventCreate(entry.clone()).to_text();
-            self.ws.feed(Message::text(text)).await?;
-            self.in_flight.insert(
-                entry.seq,
-                InFlight {
-                    entry,
-                    sent_at: Instant::now(),
-                },
-            );
-            sent += 1;
+            frames.push(Message::text(
+                AgentFrame::EventCreate(entry.clone()).to_text(),
+            ));
+            let sent_at = Instant::now();
+            self.in_flight
+                .insert(entry.seq, InFlight { entry, sent_at });
         }
+        let sent = frames.len();
         if sent > 0 {
+            // One flush for the whole batch; bounded, because a central that stops reading would
+            // otherwise block the relay on a full socket buffer.
             let limit = self.settings.dead_after;
-            tokio::time::timeout(limit, self.ws.flush())
-                .await
-                .map_err(|_| RelayError::SendTimeout(limit))??;
+            let ws = &mut self.ws;
+            tokio::time::timeout(limit, async move {
+                for frame in frames {
+                    ws.feed(frame).await?;
+                }
+                ws.flush().await
+            })
+            .await
+            .map_err(|_| RelayError::SendTimeout(limit))??;
             self.publish_in_flight();
         }
         Ok(sent)

@@ -651,6 +651,58 @@ async fn silent_connection_is_dropped_after_dead_after_and_reconnected() {
 }
 
 #[tokio::test]
+async fn unanswered_entry_triggers_reconnect_after_ack_timeout() {
+    let (listener, url) = listen().await;
+    let outbox = MemOutbox::new();
+    outbox.push(2);
+    let mut settings = test_settings(&url);
+    settings.ack_timeout = Duration::from_millis(300);
+    let relay = Relay::start(settings, outbox.clone());
+    let mut first = accept_welcomed(&listener).await;
+    for expected in 1..=2 {
+        assert_eq!(recv_event(&mut first).await.seq, expected);
+    }
+    ack(&mut first, 2).await;
+    // Keep answering pings but never answer seq 1: the link is alive, the entry is stuck.
+    let keeper = tokio::spawn(async move { saw_close(&mut first).await });
+    let mut second = accept_welcomed(&listener).await;
+    assert_eq!(
+        recv_event(&mut second).await.seq,
+        1,
+        "the stuck entry is resent"
+    );
+    ack(&mut second, 1).await;
+    wait_until("drained", || outbox.pending().is_empty()).await;
+    let error = relay.status().last_error.unwrap_or_default();
+    assert!(error.contains("no answer to event.create seq 1"), "{error}");
+    keeper.abort();
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_frames_from_a_newer_central_are_ignored() {
+    let (listener, url) = listen().await;
+    let outbox = MemOutbox::new();
+    outbox.push(1);
+    let relay = Relay::start(test_settings(&url), outbox.clone());
+    let mut ws = accept_welcomed(&listener).await;
+    let e = recv_event(&mut ws).await;
+    ws.send(Message::text(r#"{"type":"trigger.forward","x":1}"#))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    ack(&mut ws, 99).await; // not in flight: ignored
+    ack(&mut ws, e.seq).await;
+    wait_until("delivered", || outbox.pending().is_empty()).await;
+    let status = relay.status();
+    assert!(status.connected);
+    assert_eq!(status.reconnects, 0);
+    assert_eq!(status.acked_total, 1);
+    assert!(status.last_error.is_none());
+    relay.stop().await;
+}
+
+#[tokio::test]
 async fn answered_pings_keep_an_idle_connection_alive() {
     let (listener, url) = listen().await;
     let outbox = MemOutbox::new();
