@@ -18,7 +18,11 @@ use crate::config;
 const DEFAULT_CONFIG: &str = "/etc/xmagent/agent.toml";
 
 #[derive(Parser)]
-#[command(name = "xmagent", version, about = "xMatters-compatible on-premise integration agent")]
+#[command(
+    name = "xmagent",
+    version,
+    about = "xMatters-compatible on-premise integration agent"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -90,10 +94,15 @@ pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
         Command::Run(args) => runtime_then(|| run_daemon(&args.config)),
         Command::Check(args) => check(&args.config),
         Command::Dev(args) => runtime_then(|| dev(&args.examples)),
-        Command::Request { request_id, config } => {
-            query(&config.config, &format!("{}{request_id}", crate::ingress::REQUESTS_PREFIX))
-        }
-        Command::Activity { integration, limit, config } => query(
+        Command::Request { request_id, config } => query(
+            &config.config,
+            &format!("{}{request_id}", crate::ingress::REQUESTS_PREFIX),
+        ),
+        Command::Activity {
+            integration,
+            limit,
+            config,
+        } => query(
             &config.config,
             &format!("/api/xm/1/integrations/{integration}/logs?limit={limit}"),
         ),
@@ -115,7 +124,11 @@ struct Failure {
 
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
-        let code = if error.downcast_ref::<exit::ConfigError>().is_some() { exit::CONFIG } else { exit::SOFTWARE };
+        let code = if error.downcast_ref::<exit::ConfigError>().is_some() {
+            exit::CONFIG
+        } else {
+            exit::SOFTWARE
+        };
         Failure { code, error }
     }
 }
@@ -125,7 +138,10 @@ where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("xmagent: cannot start the runtime: {error}");
@@ -143,13 +159,20 @@ where
 }
 
 fn load(path: &Path) -> Result<config::Loaded, Failure> {
-    config::load(path).map_err(|e| Failure { code: exit::CONFIG, error: e.into() })
+    config::load(path).map_err(|e| Failure {
+        code: exit::CONFIG,
+        error: e.into(),
+    })
 }
 
 fn check(path: &Path) -> i32 {
     match config::load(path) {
         Ok(loaded) => {
-            println!("config OK: {} integration(s), listening on {}", loaded.integrations.len(), loaded.listen);
+            println!(
+                "config OK: {} integration(s), listening on {}",
+                loaded.integrations.len(),
+                loaded.listen
+            );
             0
         }
         Err(error) => {
@@ -202,14 +225,22 @@ async fn dev(examples: &Path) -> Result<(), Failure> {
     let central_path = examples.join("central.toml");
     let agent_path = examples.join("agent.toml");
     let scratch = std::env::temp_dir().join(format!("xmagent-dev-{}", std::process::id()));
-    let mut central_config = central::config::load(&central_path).map_err(|e| Failure { code: exit::CONFIG, error: e.into() })?;
+    let mut central_config = central::config::load(&central_path).map_err(|e| Failure {
+        code: exit::CONFIG,
+        error: e.into(),
+    })?;
     central_config.data_dir = scratch.join("central");
     let mut agent_config = load(&agent_path)?;
     agent_config.data_dir = scratch.join("agent");
     let shutdown = stop_signal()?;
     let central = central::start(central_config, shutdown.clone()).await?;
     let agent = crate::daemon::start(&agent_path, agent_config, shutdown).await?;
-    println!("\nxmagent dev: central on http://{}, agent on http://{} (data in {})", central.addr, agent.addr, scratch.display());
+    println!(
+        "\nxmagent dev: central on http://{}, agent on http://{} (data in {})",
+        central.addr,
+        agent.addr,
+        scratch.display()
+    );
     println!("Try it:\n\n{}\n", curl_example(&agent_path, agent.addr));
     println!("Then look the event up at the central:\n  curl -s -u admin:admin-change-me 'http://{}/api/xm/1/events?requestId=REQUEST_ID'\n", central.addr);
     println!("Stop with Ctrl-C.");
@@ -221,7 +252,8 @@ async fn dev(examples: &Path) -> Result<(), Failure> {
 /// A ready-to-paste curl command for the first example integration with a URL key.
 fn curl_example(agent_toml: &Path, addr: std::net::SocketAddr) -> String {
     let text = std::fs::read_to_string(agent_toml).unwrap_or_default();
-    let parsed: toml::Value = toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
+    let parsed: toml::Value =
+        toml::from_str(&text).unwrap_or(toml::Value::Table(Default::default()));
     let integration = parsed
         .get("integrations")
         .and_then(|list| list.as_array())
@@ -238,7 +270,9 @@ fn curl_example(agent_toml: &Path, addr: std::net::SocketAddr) -> String {
 
 fn hash_password() -> i32 {
     let mut line = String::new();
-    if std::io::stdin().read_line(&mut line).is_err() || line.trim_end_matches(['\n', '\r']).is_empty() {
+    if std::io::stdin().read_line(&mut line).is_err()
+        || line.trim_end_matches(['\n', '\r']).is_empty()
+    {
         eprintln!("xmagent: give the password on stdin, e.g. `read -s P; echo \"$P\" | xmagent hash-password`");
         return exit::USAGE;
     }
@@ -264,27 +298,36 @@ fn query(config_path: &Path, path_and_query: &str) -> i32 {
             return exit::CONFIG;
         }
     };
-    let token_path = crate::daemon::admin_token_path(&loaded.data_dir);
-    let token = match std::fs::read_to_string(&token_path) {
-        Ok(token) => token,
+    let access = match crate::daemon::AdminAccess::read(&loaded.data_dir) {
+        Ok(access) => access,
         Err(error) => {
-            eprintln!("xmagent: cannot read {} ({error}); is the agent running, and are you its user?", token_path.display());
+            eprintln!("xmagent: {error:#}; is the agent running, and are you its user?");
             return exit::SOFTWARE;
         }
     };
-    let addr = loaded.listen;
     let result = runtime_then(|| async move {
-        let (status, body) = crate::http_client::get(addr, path_and_query, Some(&token), Duration::from_secs(10))
-            .await
-            .with_context(|| format!("cannot reach the agent at {addr}; is it running?"))?;
+        let (status, body) = crate::http_client::get(
+            access.addr,
+            path_and_query,
+            Some(&access.token),
+            Duration::from_secs(10),
+        )
+        .await
+        .with_context(|| format!("cannot reach the agent at {}; is it running?", access.addr))?;
         match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(value) => println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default()),
+            Ok(value) => println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            ),
             Err(_) => println!("{}", String::from_utf8_lossy(&body)),
         }
         if status.is_success() {
             Ok(())
         } else {
-            Err(Failure { code: 1, error: anyhow::anyhow!("the agent answered {status}") })
+            Err(Failure {
+                code: 1,
+                error: anyhow::anyhow!("the agent answered {status}"),
+            })
         }
     });
     result

@@ -68,7 +68,11 @@ impl Shared {
         let (entries, bytes) = self.store.pending();
         let config = &self.live().config.store;
         let room = entries < config.max_entries && bytes < config.max_bytes;
-        let code = if room && status.connected { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let code = if room && status.connected {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         http_util::json(
             code,
             &serde_json::json!({
@@ -86,21 +90,88 @@ impl Shared {
         let m = &self.metrics;
         let mut text = String::new();
         let mut line = |name: &str, kind: &str, help: &str, value: u64| {
-            text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         };
-        line("xmagent_requests_accepted_total", "counter", "Triggers answered 202.", m.accepted.load(Ordering::Relaxed));
-        line("xmagent_responses_client_error_total", "counter", "Responses with a 4xx status.", m.client_errors.load(Ordering::Relaxed));
-        line("xmagent_responses_unavailable_total", "counter", "Responses with a 503 status.", m.unavailable.load(Ordering::Relaxed));
-        line("xmagent_requests_processed_total", "counter", "Requests the worker finished.", m.processed.load(Ordering::Relaxed));
-        line("xmagent_requests_failed_total", "counter", "Requests whose action failed.", m.failed.load(Ordering::Relaxed));
-        line("xmagent_processing_micros_total", "counter", "Time spent processing requests.", m.processing_micros.load(Ordering::Relaxed));
-        line("xmagent_store_pending_entries", "gauge", "Inbox plus outbox entries.", entries);
-        line("xmagent_store_pending_bytes", "gauge", "Inbox plus outbox bytes.", bytes);
-        line("xmagent_outbox_entries", "gauge", "Events waiting for the central.", self.store.outbox_len() as u64);
-        line("xmagent_relay_connected", "gauge", "1 when the websocket to the central is up.", status.connected as u64);
-        line("xmagent_relay_acked_total", "counter", "Events the central acknowledged.", status.acked_total);
-        line("xmagent_relay_rejected_total", "counter", "Events the central refused for good.", status.rejected_total);
-        line("xmagent_relay_reconnects_total", "counter", "Websocket reconnects.", status.reconnects);
+        line(
+            "xmagent_requests_accepted_total",
+            "counter",
+            "Triggers answered 202.",
+            m.accepted.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_responses_client_error_total",
+            "counter",
+            "Responses with a 4xx status.",
+            m.client_errors.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_responses_unavailable_total",
+            "counter",
+            "Responses with a 503 status.",
+            m.unavailable.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_requests_processed_total",
+            "counter",
+            "Requests the worker finished.",
+            m.processed.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_requests_failed_total",
+            "counter",
+            "Requests whose action failed.",
+            m.failed.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_processing_micros_total",
+            "counter",
+            "Time spent processing requests.",
+            m.processing_micros.load(Ordering::Relaxed),
+        );
+        line(
+            "xmagent_store_pending_entries",
+            "gauge",
+            "Inbox plus outbox entries.",
+            entries,
+        );
+        line(
+            "xmagent_store_pending_bytes",
+            "gauge",
+            "Inbox plus outbox bytes.",
+            bytes,
+        );
+        line(
+            "xmagent_outbox_entries",
+            "gauge",
+            "Events waiting for the central.",
+            self.store.outbox_len() as u64,
+        );
+        line(
+            "xmagent_relay_connected",
+            "gauge",
+            "1 when the websocket to the central is up.",
+            status.connected as u64,
+        );
+        line(
+            "xmagent_relay_acked_total",
+            "counter",
+            "Events the central acknowledged.",
+            status.acked_total,
+        );
+        line(
+            "xmagent_relay_rejected_total",
+            "counter",
+            "Events the central refused for good.",
+            status.rejected_total,
+        );
+        line(
+            "xmagent_relay_reconnects_total",
+            "counter",
+            "Websocket reconnects.",
+            status.reconnects,
+        );
         let mut response = Response::new(http_util::full(text));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
@@ -139,7 +210,8 @@ impl Metrics {
         if failed {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        self.processing_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.processing_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -168,7 +240,9 @@ impl AgentHandle {
         let path = self.config_path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&path))
             .await
-            .map_err(|e| ConfigError::new(self.config_path.display(), "(reload)", e.to_string()))??;
+            .map_err(|e| {
+                ConfigError::new(self.config_path.display(), "(reload)", e.to_string())
+            })??;
         let old = self.shared.live();
         for (what, changed) in [
             ("agent.listen", loaded.listen != old.config.listen),
@@ -180,8 +254,14 @@ impl AgentHandle {
             }
         }
         let endpoints = build_endpoints(&loaded)?;
-        *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live { config: loaded, endpoints });
-        tracing::info!(integrations = self.shared.live().config.integrations.len(), "configuration reloaded");
+        *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+            config: loaded,
+            endpoints,
+        });
+        tracing::info!(
+            integrations = self.shared.live().config.integrations.len(),
+            "configuration reloaded"
+        );
         Ok(())
     }
 }
@@ -191,44 +271,76 @@ fn build_endpoints(config: &Loaded) -> Result<Arc<Endpoints>, ConfigError> {
         base_url: config.relay.rest_base_url(),
         bearer_token: config.relay.token().to_owned(),
     };
-    Endpoints::new(&config.endpoints, &config.base_dir, Some(builtin), tokio::runtime::Handle::current())
-        .map(Arc::new)
-        .map_err(|reason| ConfigError::new(config.file.display(), "endpoints", reason))
+    Endpoints::new(
+        &config.endpoints,
+        &config.base_dir,
+        Some(builtin),
+        tokio::runtime::Handle::current(),
+    )
+    .map(Arc::new)
+    .map_err(|reason| ConfigError::new(config.file.display(), "endpoints", reason))
 }
 
-/// Write a fresh random admin token to `data_dir/admin.token` (mode 0600) for the CLI.
-fn write_admin_token(data_dir: &Path) -> anyhow::Result<SecretDigest> {
-    let token = crate::auth::generate_key();
-    let path = admin_token_path(data_dir);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    use std::io::Write;
-    options
-        .open(&path)
-        .and_then(|mut file| file.write_all(token.as_bytes()))
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(SecretDigest::new(&token))
+/// How the CLI reaches the running agent: its bound address and a fresh random admin token,
+/// written to `data_dir/admin.json` (mode 0600) at every start.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct AdminAccess {
+    /// The address ingress is bound to (the real port when the config says 0).
+    pub addr: SocketAddr,
+    /// Bearer token for the admin endpoints.
+    pub token: String,
 }
 
-/// Where the admin token lives.
-pub fn admin_token_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("admin.token")
+impl AdminAccess {
+    /// Where the file lives.
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("admin.json")
+    }
+
+    /// Read the file the running agent wrote.
+    pub fn read(data_dir: &Path) -> anyhow::Result<AdminAccess> {
+        let path = Self::path(data_dir);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    /// Create a new token for `addr` and write it; returns the token's digest for ingress.
+    fn write_new(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<SecretDigest> {
+        let access = AdminAccess {
+            addr,
+            token: crate::auth::generate_key(),
+        };
+        let path = Self::path(data_dir);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        use std::io::Write;
+        options
+            .open(&path)
+            .and_then(|mut file| file.write_all(serde_json::to_string(&access)?.as_bytes()))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(SecretDigest::new(&access.token))
+    }
 }
 
 /// Start everything and return once ingress listens.
-pub async fn start(config_path: &Path, config: Loaded, shutdown: watch::Receiver<bool>) -> anyhow::Result<RunningAgent> {
+pub async fn start(
+    config_path: &Path,
+    config: Loaded,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningAgent> {
     crate::tls::install_crypto_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
     let store = Store::open(&config.store_dir(), config.store.clone())
         .with_context(|| format!("cannot open the store in {}", config.store_dir().display()))?;
-    let admin_token = write_admin_token(&config.data_dir)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let admin_token = AdminAccess::write_new(&config.data_dir, addr)?;
     let endpoints = build_endpoints(&config)?;
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
     let (work_tx, work_rx) = mpsc::unbounded_channel();
@@ -246,7 +358,10 @@ pub async fn start(config_path: &Path, config: Loaded, shutdown: watch::Receiver
     // Requests a previous process accepted but did not finish.
     let leftovers = store.inbox_keys()?;
     if !leftovers.is_empty() {
-        tracing::info!(count = leftovers.len(), "resuming requests accepted before the last stop");
+        tracing::info!(
+            count = leftovers.len(),
+            "resuming requests accepted before the last stop"
+        );
     }
     for key in leftovers {
         shared.enqueue(key);
@@ -265,7 +380,8 @@ pub async fn start(config_path: &Path, config: Loaded, shutdown: watch::Receiver
     drop(live);
     let worker_task = tokio::spawn(crate::worker::run(shared.clone(), work_rx, worker_stop_rx));
     let handler_shared = shared.clone();
-    let handler = move |request, peer| crate::ingress::handle(handler_shared.clone(), request, peer);
+    let handler =
+        move |request, peer| crate::ingress::handle(handler_shared.clone(), request, peer);
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
@@ -279,5 +395,12 @@ pub async fn start(config_path: &Path, config: Loaded, shutdown: watch::Receiver
         tracing::info!("stopped cleanly");
         Ok(())
     });
-    Ok(RunningAgent { addr, task, handle: AgentHandle { shared, config_path: config_path.to_path_buf() } })
+    Ok(RunningAgent {
+        addr,
+        task,
+        handle: AgentHandle {
+            shared,
+            config_path: config_path.to_path_buf(),
+        },
+    })
 }

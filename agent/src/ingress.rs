@@ -13,7 +13,9 @@ use std::sync::Arc;
 use central::http_util::{self, read_body, BodyError};
 use central::serve::Body;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use hyper::header::{
+    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::Instrument;
@@ -32,17 +34,31 @@ pub const REQUESTS_PREFIX: &str = "/api/agent/1/requests/";
 pub const DEAD_LETTERS_PATH: &str = "/api/agent/1/dead-letters";
 
 /// Headers whose values are credentials: they never reach the store, scripts or logs.
-const REDACTED_HEADERS: [&str; 4] = ["authorization", "proxy-authorization", "cookie", "x-api-key"];
+const REDACTED_HEADERS: [&str; 4] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+];
 
 /// Answer one HTTP request.
-pub async fn handle(shared: Arc<Shared>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let response = route(&shared, request, peer, &path).await;
     shared.metrics.count_response(response.status());
     response
 }
 
-async fn route(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAddr, path: &str) -> Response<Body> {
+async fn route(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    path: &str,
+) -> Response<Body> {
     if let Some(rest) = path.strip_prefix(TRIGGER_PREFIX) {
         return match rest.strip_suffix("/triggers") {
             Some(id) if !id.is_empty() && !id.contains('/') => {
@@ -60,7 +76,9 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAdd
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         (TOKEN_PATH, _) => method_not_allowed("POST"),
         (DEAD_LETTERS_PATH, &Method::GET) => admin(shared, &request, |s| {
-            s.store.dead_letters().map(|list| json!({"count": list.len(), "data": list}))
+            s.store
+                .dead_letters()
+                .map(|list| json!({"count": list.len(), "data": list}))
         }),
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
@@ -72,12 +90,17 @@ async fn route(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAdd
                     Err(response) => response,
                     Ok(()) => match shared.store.request(&id) {
                         Ok(Some(record)) => http_util::json(StatusCode::OK, &record),
-                        Ok(None) => http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}")),
+                        Ok(None) => {
+                            http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}"))
+                        }
                         Err(error) => store_failure(error),
                     },
                 };
             }
-            if let Some(id) = path.strip_prefix(LOGS_PREFIX).and_then(|r| r.strip_suffix("/logs")) {
+            if let Some(id) = path
+                .strip_prefix(LOGS_PREFIX)
+                .and_then(|r| r.strip_suffix("/logs"))
+            {
                 if request.method() != Method::GET {
                     return method_not_allowed("GET");
                 }
@@ -119,9 +142,18 @@ fn admin_guard(shared: &Arc<Shared>, request: &Request<Incoming>) -> Result<(), 
             return Ok(());
         }
     }
-    let policy = IntegrationAuth { mode: AuthMode::Any, url_key: None, authenticating_user: None, allowed_users: None };
+    let policy = IntegrationAuth {
+        mode: AuthMode::Any,
+        url_key: None,
+        authenticating_user: None,
+        allowed_users: None,
+    };
     let live = shared.live();
-    live.config.authenticator.authenticate(&policy, headers, None).map(|_| ()).map_err(|error| auth_failure(&error, AuthMode::Any))
+    live.config
+        .authenticator
+        .authenticate(&policy, headers, None)
+        .map(|_| ())
+        .map_err(|error| auth_failure(&error, AuthMode::Any))
 }
 
 async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
@@ -139,23 +171,38 @@ async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     }
 }
 
-async fn trigger(shared: &Arc<Shared>, request: Request<Incoming>, peer: SocketAddr, id: String) -> Response<Body> {
+async fn trigger(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    id: String,
+) -> Response<Body> {
     let live = shared.live();
     let Some(integration) = live.config.integrations.get(&id).cloned() else {
-        return http_util::error(StatusCode::NOT_FOUND, format!("no integration with id {id:?}"));
+        return http_util::error(
+            StatusCode::NOT_FOUND,
+            format!("no integration with id {id:?}"),
+        );
     };
     if request.method() != Method::POST {
         return method_not_allowed("POST");
     }
     let limit = live.config.max_body_bytes;
-    let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return body_failure(BodyError::TooLarge { limit });
     }
     let (parts, body) = request.into_parts();
     let query = parts.uri.query().unwrap_or("");
     let api_key = query_param(Some(query), "apiKey");
-    let principal = match live.config.authenticator.authenticate(&integration.auth, &parts.headers, api_key.as_deref()) {
+    let authenticator = live.config.authenticator.clone();
+    let principal = match authenticator
+        .authenticate_async(&integration.auth, &parts.headers, api_key.as_deref())
+        .await
+    {
         Ok(principal) => principal,
         Err(error) => {
             tracing::info!(integration = %id, %peer, reason = %error, "trigger refused");
@@ -204,7 +251,10 @@ fn principal_record(principal: &Principal) -> PrincipalRecord {
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    PrincipalRecord { user: principal.user.clone(), method }
+    PrincipalRecord {
+        user: principal.user.clone(),
+        method,
+    }
 }
 
 fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
@@ -223,7 +273,9 @@ fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
 
 /// The first value of `name` in a query string, percent-decoded.
 pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The query string with every `apiKey` parameter removed (scripts and logs never see it).
@@ -245,14 +297,18 @@ fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
     };
     let mut response = http_util::error(status, error.to_string());
     if let Some(challenge) = error.www_authenticate(mode) {
-        response.headers_mut().insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response
 }
 
 fn body_failure(error: BodyError) -> Response<Body> {
     match error {
-        BodyError::TooLarge { .. } => http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string()),
+        BodyError::TooLarge { .. } => {
+            http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
+        }
         BodyError::Io(_) => http_util::error(StatusCode::BAD_REQUEST, error.to_string()),
     }
 }
@@ -260,13 +316,17 @@ fn body_failure(error: BodyError) -> Response<Body> {
 fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
     let mut response = http_util::error(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
-    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
     response
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
-    response.headers_mut().insert(ALLOW, HeaderValue::from_static(allow));
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -278,7 +338,10 @@ fn not_found(path: &str) -> Response<Body> {
 pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     let mut response = Response::new(http_util::full(text));
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 
@@ -296,7 +359,10 @@ mod tests {
 
     #[test]
     fn query_param_decodes() {
-        assert_eq!(query_param(Some("a=1&apiKey=k%2By"), "apiKey").as_deref(), Some("k+y"));
+        assert_eq!(
+            query_param(Some("a=1&apiKey=k%2By"), "apiKey").as_deref(),
+            Some("k+y")
+        );
         assert_eq!(query_param(None, "apiKey"), None);
     }
 

@@ -220,6 +220,7 @@ impl RelayConfig {
 }
 
 /// The agent token and where it came from. The value never appears in `Debug` output or logs.
+#[derive(Clone)]
 struct Token {
     value: String,
     file: Option<PathBuf>,
@@ -285,6 +286,7 @@ fn check_token(raw: &str) -> Result<String, String> {
 
 /// The checked, resolved relay configuration handed to [`run`]. Built only by
 /// [`RelayConfig::validate`], so the relay never has to re-check anything at run time.
+#[derive(Clone)]
 pub struct RelaySettings {
     target: Target,
     token: Token,
@@ -320,6 +322,19 @@ impl fmt::Debug for RelaySettings {
 }
 
 impl RelaySettings {
+    /// The central's REST API root (same host and port as the websocket, `http`/`https`): the
+    /// base URL of the built-in `xMatters` endpoint scripts call.
+    pub fn rest_base_url(&self) -> String {
+        let scheme = if self.target.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.target.authority())
+    }
+
+    /// The agent token as currently configured, for the built-in `xMatters` endpoint (the central
+    /// accepts it as a bearer token on its REST API).
+    pub fn token(&self) -> String {
+        self.token.value.clone()
+    }
+
     /// The central URL actually dialled (with the default path filled in), for status pages and
     /// start-up logs.
     pub fn url(&self) -> String {

@@ -215,8 +215,19 @@ struct Inner {
     pending_entries: AtomicU64,
     pending_bytes: AtomicU64,
     activity_counts: Mutex<HashMap<String, u64>>,
+    /// Held while outbox sequence numbers are drawn and committed, so entries become visible in
+    /// sequence order: the relay reads "everything after the last seq I sent" and must never see
+    /// seq 6 before seq 5 exists.
+    outbox_append: Mutex<()>,
     appended: Arc<Notify>,
-    commit: GroupCommit,
+    commit: Arc<GroupCommit>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.commit.stopped.store(true, Ordering::SeqCst);
+        self.commit.wake.notify_one();
+    }
 }
 
 /// One flush serves every write that happened before it started.
@@ -226,10 +237,13 @@ struct Inner {
 /// inserts that completed before the flush began. A failed flush records the range of writes it
 /// covered in `failed`, so exactly those writers report the failure.
 struct GroupCommit {
+    db: sled::Db,
     written: AtomicU64,
     wake: Notify,
     flushed: watch::Sender<u64>,
     failed: Mutex<VecDeque<RangeInclusive<u64>>>,
+    /// Set when the store is dropped, so the flusher ends (releasing the database).
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// How many failed flush ranges are remembered; writers look theirs up right after the flush.
@@ -284,6 +298,14 @@ impl Store {
             }
         }
         let (flushed, _) = watch::channel(0);
+        let commit = Arc::new(GroupCommit {
+            db: db.clone(),
+            written: AtomicU64::new(0),
+            wake: Notify::new(),
+            flushed,
+            failed: Mutex::new(VecDeque::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        });
         let inner = Arc::new(Inner {
             requests: tree("requests")?,
             request_order: tree("request_order")?,
@@ -296,15 +318,11 @@ impl Store {
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
             activity_counts: Mutex::new(HashMap::new()),
+            outbox_append: Mutex::new(()),
             appended: Arc::new(Notify::new()),
-            commit: GroupCommit {
-                written: AtomicU64::new(0),
-                wake: Notify::new(),
-                flushed,
-                failed: Mutex::new(VecDeque::new()),
-            },
+            commit: commit.clone(),
         });
-        tokio::spawn(flusher(Arc::downgrade(&inner)));
+        tokio::spawn(flusher(commit));
         Ok(Store { inner })
     }
 
@@ -328,8 +346,12 @@ impl Store {
         };
         let written = (|| -> Result<(), StoreError> {
             inner.inbox.insert(be(accept_seq), value)?;
-            inner.requests.insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
-            inner.request_order.insert(be(accept_seq), request.request_id.as_bytes())?;
+            inner
+                .requests
+                .insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
+            inner
+                .request_order
+                .insert(be(accept_seq), request.request_id.as_bytes())?;
             Ok(())
         })();
         let durable = match written {
@@ -383,7 +405,12 @@ impl Store {
 
     /// Every request still in the inbox, oldest first, for the worker to (re)process at start-up.
     pub fn inbox_keys(&self) -> Result<Vec<u64>, StoreError> {
-        self.inner.inbox.iter().keys().map(|key| key_u64(&key?)).collect()
+        self.inner
+            .inbox
+            .iter()
+            .keys()
+            .map(|key| key_u64(&key?))
+            .collect()
     }
 
     /// Read one inbox entry (None if it was processed meanwhile).
@@ -401,11 +428,20 @@ impl Store {
         let Some(request) = self.inbox_get(key)? else {
             return Err(StoreError::Corrupt(format!("inbox entry {key} vanished")));
         };
-        let inbox_size = inner.inbox.get(be(key))?.map(|v| v.len() as u64).unwrap_or(0);
+        let inbox_size = inner
+            .inbox
+            .get(be(key))?
+            .map(|v| v.len() as u64)
+            .unwrap_or(0);
+        let append_guard = inner
+            .outbox_append
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let mut entries = Vec::new();
         if processed.failure.is_none() {
             for (index, (form, trigger)) in processed.events.into_iter().enumerate() {
-                let index = u32::try_from(index).map_err(|_| StoreError::Full("too many events"))?;
+                let index =
+                    u32::try_from(index).map_err(|_| StoreError::Full("too many events"))?;
                 entries.push(protocol::EventCreate {
                     seq: inner.db.generate_id()?,
                     request_id: request.request_id.clone(),
@@ -433,7 +469,11 @@ impl Store {
             received_at: request.received_at.clone(),
             events: entries
                 .iter()
-                .map(|e| EventRef { index: e.index, seq: e.seq, event_id: None })
+                .map(|e| EventRef {
+                    index: e.index,
+                    seq: e.seq,
+                    event_id: None,
+                })
                 .collect(),
             reason: processed.failure,
             order: key,
@@ -442,7 +482,12 @@ impl Store {
         let activity_seq = inner.db.generate_id()?;
         let activity_key = activity_key(&request.integration_id, activity_seq);
         let activity_bytes = serde_json::to_vec(&processed.activity)?;
-        (&inner.inbox, &inner.outbox, &inner.requests, &inner.activity)
+        (
+            &inner.inbox,
+            &inner.outbox,
+            &inner.requests,
+            &inner.activity,
+        )
             .transaction(|(inbox, outbox, requests, activity)| {
                 inbox.remove(&be(key))?;
                 for (seq, value) in &encoded {
@@ -453,11 +498,16 @@ impl Store {
                 Ok(())
             })
             .map_err(transaction_error)?;
+        drop(append_guard);
         // Pending accounting: the inbox entry became `n` outbox entries.
         inner.pending_bytes.fetch_sub(inbox_size, Ordering::SeqCst);
-        inner.pending_bytes.fetch_add(outbox_bytes, Ordering::SeqCst);
+        inner
+            .pending_bytes
+            .fetch_add(outbox_bytes, Ordering::SeqCst);
         inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
-        inner.pending_entries.fetch_add(encoded.len() as u64, Ordering::SeqCst);
+        inner
+            .pending_entries
+            .fetch_add(encoded.len() as u64, Ordering::SeqCst);
         if !encoded.is_empty() {
             inner.appended.notify_one();
         }
@@ -493,7 +543,12 @@ impl Store {
 
     /// Dead-lettered events, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        self.inner.dead_letters.iter().values().map(|v| Ok(serde_json::from_slice(&v?)?)).collect()
+        self.inner
+            .dead_letters
+            .iter()
+            .values()
+            .map(|v| Ok(serde_json::from_slice(&v?)?))
+            .collect()
     }
 
     /// Pending (inbox + outbox) entries and bytes, for metrics and readiness.
@@ -563,7 +618,10 @@ impl Store {
     fn prune_activity(&self, integration_id: &str) -> Result<(), StoreError> {
         let inner = &self.inner;
         let prefix = activity_prefix(integration_id);
-        let mut counts = inner.activity_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = inner
+            .activity_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let count = match counts.get_mut(integration_id) {
             Some(count) => {
                 *count += 1;
@@ -589,14 +647,17 @@ impl Store {
     /// never dropped (they are bounded by the store bound instead).
     fn prune_requests(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let excess = (inner.request_order.len() as u64).saturating_sub(inner.config.max_request_records);
+        let excess =
+            (inner.request_order.len() as u64).saturating_sub(inner.config.max_request_records);
         if excess == 0 {
             return Ok(());
         }
         for item in inner.request_order.iter().take(excess as usize) {
             let (order, request_id) = item?;
             let finished = match inner.requests.get(&request_id)? {
-                Some(raw) => serde_json::from_slice::<RequestRecord>(&raw)?.status.is_final(),
+                Some(raw) => serde_json::from_slice::<RequestRecord>(&raw)?
+                    .status
+                    .is_final(),
                 None => true,
             };
             if !finished {
@@ -666,13 +727,19 @@ impl Outbox for Store {
         };
         let entry: protocol::EventCreate =
             serde_json::from_slice(&value).map_err(|e| e.to_string())?;
-        let letter = DeadLetter { entry, status, message: message.to_owned() };
+        let letter = DeadLetter {
+            entry,
+            status,
+            message: message.to_owned(),
+        };
         let letter = serde_json::to_vec(&letter).map_err(|e| e.to_string())?;
         self.remove_outbox_entry(
             seq,
             |record| {
                 record.status = RequestStatus::Failed;
-                record.reason = Some(format!("the central refused event {seq}: {status} {message}"));
+                record.reason = Some(format!(
+                    "the central refused event {seq}: {status} {message}"
+                ));
             },
             Some(&letter),
         )
@@ -685,20 +752,18 @@ impl Outbox for Store {
 }
 
 /// The single flusher: waits for writes, flushes once for all of them, publishes the result.
-async fn flusher(inner: std::sync::Weak<Inner>) {
+async fn flusher(commit: Arc<GroupCommit>) {
     loop {
-        let Some(strong) = inner.upgrade() else { return };
-        let commit = &strong.commit;
         let target = commit.written.load(Ordering::SeqCst);
         let done = *commit.flushed.borrow();
         if target == done {
-            let wake = commit.wake.notified();
-            drop(strong);
-            // Wake up now and then even without writes, so a dropped store ends this task.
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), wake).await;
+            if commit.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            commit.wake.notified().await;
             continue;
         }
-        let db = strong.db.clone();
+        let db = commit.db.clone();
         let failure = match tokio::task::spawn_blocking(move || db.flush()).await {
             Ok(Ok(_)) => None,
             Ok(Err(error)) => Some(error.to_string()),
@@ -735,7 +800,10 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             query: String::new(),
             body: format!("{{\"n\":{n}}}"),
-            principal: PrincipalRecord { user: "svc".into(), method: "url".into() },
+            principal: PrincipalRecord {
+                user: "svc".into(),
+                method: "url".into(),
+            },
             remote_address: "127.0.0.1".into(),
             received_at: timestamp(),
         }
@@ -743,7 +811,9 @@ mod tests {
 
     fn events(n: usize) -> Processed {
         Processed {
-            events: (0..n).map(|i| (Some("Form".to_owned()), json!({"properties": {"i": i}}))).collect(),
+            events: (0..n)
+                .map(|i| (Some("Form".to_owned()), json!({"properties": {"i": i}})))
+                .collect(),
             failure: None,
             activity: json!({"status": "QUEUED"}),
         }
@@ -760,7 +830,10 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
         assert_eq!(store.inbox_keys().unwrap(), vec![key]);
-        assert_eq!(store.request("req-1").unwrap().unwrap().status, RequestStatus::Accepted);
+        assert_eq!(
+            store.request("req-1").unwrap().unwrap().status,
+            RequestStatus::Accepted
+        );
         assert_eq!(store.pending().0, 1);
 
         let record = store.complete(key, events(2)).unwrap();
@@ -769,36 +842,66 @@ mod tests {
         let pending = store.pending_after(None, 10).unwrap();
         assert_eq!(pending.len(), 2);
         assert!(pending[0].seq < pending[1].seq);
-        assert_eq!(store.pending_after(Some(pending[0].seq), 10).unwrap(), vec![pending[1].clone()]);
+        assert_eq!(
+            store.pending_after(Some(pending[0].seq), 10).unwrap(),
+            vec![pending[1].clone()]
+        );
         assert_eq!(store.pending().0, 2);
 
         store.acknowledged(pending[0].seq, "ev-0").unwrap();
-        assert_eq!(store.request("req-1").unwrap().unwrap().status, RequestStatus::Queued);
+        assert_eq!(
+            store.request("req-1").unwrap().unwrap().status,
+            RequestStatus::Queued
+        );
         store.acknowledged(pending[1].seq, "ev-1").unwrap();
         // A duplicate ack after a resend is harmless.
         store.acknowledged(pending[1].seq, "ev-1").unwrap();
         let done = store.request("req-1").unwrap().unwrap();
         assert_eq!(done.status, RequestStatus::Delivered);
-        assert_eq!(done.events.iter().map(|e| e.event_id.clone().unwrap()).collect::<Vec<_>>(), ["ev-0", "ev-1"]);
+        assert_eq!(
+            done.events
+                .iter()
+                .map(|e| e.event_id.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["ev-0", "ev-1"]
+        );
         assert_eq!(store.pending(), (0, 0));
-        assert_eq!(store.activity("int", 10).unwrap(), vec![json!({"status": "QUEUED"})]);
+        assert_eq!(
+            store.activity("int", 10).unwrap(),
+            vec![json!({"status": "QUEUED"})]
+        );
     }
 
     #[tokio::test]
     async fn the_bound_refuses_without_losing_anything() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig { max_entries: 2, ..StoreConfig::default() };
+        let config = StoreConfig {
+            max_entries: 2,
+            ..StoreConfig::default()
+        };
         let store = Store::open(dir.path(), config).unwrap();
         store.accept(&request(1)).await.unwrap();
         store.accept(&request(2)).await.unwrap();
-        assert!(matches!(store.accept(&request(3)).await, Err(StoreError::Full(_))));
-        assert!(store.request("req-3").unwrap().is_none(), "a refused request must not be half-kept");
+        assert!(matches!(
+            store.accept(&request(3)).await,
+            Err(StoreError::Full(_))
+        ));
+        assert!(
+            store.request("req-3").unwrap().is_none(),
+            "a refused request must not be half-kept"
+        );
         assert_eq!(store.inbox_keys().unwrap().len(), 2);
 
-        let config = StoreConfig { max_bytes: 10, ..StoreConfig::default() };
+        let config = StoreConfig {
+            max_bytes: 10,
+            ..StoreConfig::default()
+        };
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config).unwrap();
-        assert!(matches!(store.accept(&request(1)).await, Err(StoreError::Full(_))));
+        assert!(matches!(
+            store.accept(&request(1)).await,
+            Err(StoreError::Full(_))
+        ));
         assert_eq!(store.pending(), (0, 0));
     }
 
@@ -822,17 +925,37 @@ mod tests {
     #[tokio::test]
     async fn failed_processing_and_retention_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let config = StoreConfig { activity_per_integration: 3, max_request_records: 4, ..StoreConfig::default() };
+        let config = StoreConfig {
+            activity_per_integration: 3,
+            max_request_records: 4,
+            ..StoreConfig::default()
+        };
         let store = Store::open(dir.path(), config).unwrap();
         for n in 0..6 {
             let key = store.accept(&request(n)).await.unwrap();
-            let processed = Processed { events: vec![], failure: Some(format!("boom {n}")), activity: json!({"n": n}) };
-            assert_eq!(store.complete(key, processed).unwrap().status, RequestStatus::Failed);
+            let processed = Processed {
+                events: vec![],
+                failure: Some(format!("boom {n}")),
+                activity: json!({"n": n}),
+            };
+            assert_eq!(
+                store.complete(key, processed).unwrap().status,
+                RequestStatus::Failed
+            );
         }
         // Newest first, only the last three kept.
-        assert_eq!(store.activity("int", 10).unwrap(), vec![json!({"n": 5}), json!({"n": 4}), json!({"n": 3})]);
-        assert!(store.request("req-0").unwrap().is_none(), "oldest finished record pruned");
-        assert_eq!(store.request("req-5").unwrap().unwrap().reason.as_deref(), Some("boom 5"));
+        assert_eq!(
+            store.activity("int", 10).unwrap(),
+            vec![json!({"n": 5}), json!({"n": 4}), json!({"n": 3})]
+        );
+        assert!(
+            store.request("req-0").unwrap().is_none(),
+            "oldest finished record pruned"
+        );
+        assert_eq!(
+            store.request("req-5").unwrap().unwrap().reason.as_deref(),
+            Some("boom 5")
+        );
         assert_eq!(store.pending(), (0, 0));
     }
 

@@ -24,7 +24,11 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Text => builder.with_target(false).try_init(),
+        LogFormat::Text => {
+            // Colours only for a person at a terminal, never into journald or a file.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_target(false).with_ansi(ansi).try_init()
+        }
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
