@@ -14,7 +14,9 @@ use std::sync::Arc;
 use central::exit::ConfigError;
 use serde::Deserialize;
 
-use crate::auth::{AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest, UserConfig};
+use crate::auth::{
+    AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest, UserConfig,
+};
 use crate::endpoints::EndpointConfig;
 use crate::relay::{RelayConfig, RelaySettings};
 use crate::store::StoreConfig;
@@ -209,7 +211,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&display, "(file)", format!("cannot read: {e}")))?;
     let file: FileConfig = toml::from_str(&text).map_err(|e| {
-        let key = e.span().map(|span| key_at(&text, span.start)).unwrap_or_default();
+        let key = e
+            .span()
+            .map(|span| key_at(&text, span.start))
+            .unwrap_or_default();
         ConfigError::new(&display, key, e.message().to_owned())
     })?;
     let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -226,7 +231,11 @@ fn key_at(text: &str, offset: usize) -> String {
         .map(str::trim)
         .find(|l| l.starts_with('['))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_owned());
-    let key = line.split('=').next().map(str::trim).filter(|k| !k.is_empty() && !k.starts_with('['));
+    let key = line
+        .split('=')
+        .next()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
     match (table, key) {
         (Some(table), Some(key)) => format!("{table}.{key}"),
         (Some(table), None) => table,
@@ -253,7 +262,11 @@ pub fn secret(
         (None, Some(file)) => {
             let full = base_dir.join(file);
             let value = std::fs::read_to_string(&full).map_err(|e| {
-                ConfigError::new(config_file, format!("{key}_file"), format!("cannot read {}: {e}", full.display()))
+                ConfigError::new(
+                    config_file,
+                    format!("{key}_file"),
+                    format!("cannot read {}: {e}", full.display()),
+                )
             })?;
             Ok(Some(value.trim_end_matches(['\n', '\r']).to_owned()))
         }
@@ -267,23 +280,32 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
     if file.agent.id.trim().is_empty() {
         return Err(err("agent.id", "must not be empty".into()));
     }
-    let listen: SocketAddr = file
-        .agent
-        .listen
-        .parse()
-        .map_err(|e| err("agent.listen", format!("{:?} is not an address like 127.0.0.1:8081 ({e})", file.agent.listen)))?;
+    let listen: SocketAddr = file.agent.listen.parse().map_err(|e| {
+        err(
+            "agent.listen",
+            format!(
+                "{:?} is not an address like 127.0.0.1:8081 ({e})",
+                file.agent.listen
+            ),
+        )
+    })?;
     if file.agent.max_body_bytes == 0 {
         return Err(err("agent.max_body_bytes", "must be greater than 0".into()));
     }
     if file.store.max_entries == 0 || file.store.max_bytes == 0 {
-        return Err(err("store", "max_entries and max_bytes must be greater than 0".into()));
+        return Err(err(
+            "store",
+            "max_entries and max_bytes must be greater than 0".into(),
+        ));
     }
     let relay = file.central.validate(path, base_dir)?;
     let authenticator = Authenticator::from_config(&file.users, &file.oauth, path, base_dir)?;
     let limits = script_limits(&file.scripts);
     let script_threads = match file.scripts.threads {
         Some(n) if n > 0 => n,
-        _ => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        _ => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
 
     let mut endpoint_names = std::collections::HashSet::new();
@@ -291,7 +313,10 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         if !endpoint_names.insert(endpoint.name.as_str()) || endpoint.name == "xMatters" {
             return Err(err(
                 &format!("endpoints[{i}].name"),
-                format!("{:?} is defined twice (xMatters is built in)", endpoint.name),
+                format!(
+                    "{:?} is defined twice (xMatters is built in)",
+                    endpoint.name
+                ),
             ));
         }
     }
@@ -300,11 +325,20 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
     for (i, library) in file.libraries.iter().enumerate() {
         let full = base_dir.join(&library.path);
         let code = std::fs::read_to_string(&full).map_err(|e| {
-            err(&format!("libraries[{i}].path"), format!("cannot read {}: {e}", full.display()))
+            err(
+                &format!("libraries[{i}].path"),
+                format!("cannot read {}: {e}", full.display()),
+            )
         })?;
-        let source = scripts::Source { name: full.display().to_string(), code };
+        let source = scripts::Source {
+            name: full.display().to_string(),
+            code,
+        };
         if libraries.insert(library.name.clone(), source).is_some() {
-            return Err(err(&format!("libraries[{i}].name"), format!("{:?} is defined twice", library.name)));
+            return Err(err(
+                &format!("libraries[{i}].name"),
+                format!("{:?} is defined twice", library.name),
+            ));
         }
     }
 
@@ -312,9 +346,15 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
     for (i, integration) in file.integrations.into_iter().enumerate() {
         let key = |field: &str| format!("integrations[{i}].{field}");
         if integration.id.is_empty()
-            || !integration.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !integration
+                .id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         {
-            return Err(err(&key("id"), "must be non-empty and use only letters, digits, '-' and '_'".into()));
+            return Err(err(
+                &key("id"),
+                "must be non-empty and use only letters, digits, '-' and '_'".into(),
+            ));
         }
         let url_key = secret(
             integration.url_key.as_deref(),
@@ -324,11 +364,17 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
             &key("url_key"),
         )?;
         if matches!(integration.auth, AuthMode::Url) && url_key.is_none() {
-            return Err(err(&key("url_key"), "auth = \"url\" needs url_key or url_key_file".into()));
+            return Err(err(
+                &key("url_key"),
+                "auth = \"url\" needs url_key or url_key_file".into(),
+            ));
         }
         if url_key.is_some() || matches!(integration.auth, AuthMode::Url) {
             let user = integration.authenticating_user.as_deref().ok_or_else(|| {
-                err(&key("authenticating_user"), "an integration with a URL key needs an authenticating user".into())
+                err(
+                    &key("authenticating_user"),
+                    "an integration with a URL key needs an authenticating user".into(),
+                )
             })?;
             authenticator
                 .check_authenticating_user(user)
@@ -336,26 +382,42 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         }
         let program = match (integration.action, &integration.script) {
             (Action::CreateEvent, Some(_)) => {
-                return Err(err(&key("script"), "action \"create_event\" takes no script".into()))
+                return Err(err(
+                    &key("script"),
+                    "action \"create_event\" takes no script".into(),
+                ))
             }
             (Action::CreateEvent, None) => None,
             (_, None) => {
-                return Err(err(&key("script"), "actions \"transform\" and \"run_script\" need a script".into()))
+                return Err(err(
+                    &key("script"),
+                    "actions \"transform\" and \"run_script\" need a script".into(),
+                ))
             }
             (_, Some(script_path)) => {
                 let full = base_dir.join(script_path);
-                let code = std::fs::read_to_string(&full)
-                    .map_err(|e| err(&key("script"), format!("cannot read {}: {e}", full.display())))?;
+                let code = std::fs::read_to_string(&full).map_err(|e| {
+                    err(
+                        &key("script"),
+                        format!("cannot read {}: {e}", full.display()),
+                    )
+                })?;
                 let mut own_libraries = BTreeMap::new();
                 for (j, name) in integration.libraries.iter().enumerate() {
                     let source = libraries.get(name).ok_or_else(|| {
-                        err(&format!("integrations[{i}].libraries[{j}]"), format!("no [[libraries]] entry named {name:?}"))
+                        err(
+                            &format!("integrations[{i}].libraries[{j}]"),
+                            format!("no [[libraries]] entry named {name:?}"),
+                        )
                     })?;
                     own_libraries.insert(name.clone(), source.clone());
                 }
                 let spec = scripts::ProgramSpec {
                     integration_id: integration.id.clone(),
-                    script: scripts::Source { name: full.display().to_string(), code },
+                    script: scripts::Source {
+                        name: full.display().to_string(),
+                        code,
+                    },
                     libraries: own_libraries,
                     constants: integration.constants.clone(),
                 };
@@ -377,8 +439,14 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
             program,
             id: integration.id.clone(),
         };
-        if integrations.insert(integration.id.clone(), Arc::new(resolved)).is_some() {
-            return Err(err(&key("id"), format!("{:?} is defined twice", integration.id)));
+        if integrations
+            .insert(integration.id.clone(), Arc::new(resolved))
+            .is_some()
+        {
+            return Err(err(
+                &key("id"),
+                format!("{:?} is defined twice", integration.id),
+            ));
         }
     }
 
@@ -402,9 +470,18 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
 fn script_limits(section: &ScriptsSection) -> scripts::Limits {
     let defaults = scripts::Limits::default();
     scripts::Limits {
-        timeout: section.timeout_ms.map(std::time::Duration::from_millis).unwrap_or(defaults.timeout),
-        memory_bytes: section.memory_limit_mb.map(|mb| mb << 20).unwrap_or(defaults.memory_bytes),
-        stack_bytes: section.stack_kib.map(|kib| kib << 10).unwrap_or(defaults.stack_bytes),
+        timeout: section
+            .timeout_ms
+            .map(std::time::Duration::from_millis)
+            .unwrap_or(defaults.timeout),
+        memory_bytes: section
+            .memory_limit_mb
+            .map(|mb| mb << 20)
+            .unwrap_or(defaults.memory_bytes),
+        stack_bytes: section
+            .stack_kib
+            .map(|kib| kib << 10)
+            .unwrap_or(defaults.stack_bytes),
         max_log_bytes: section.max_log_bytes.unwrap_or(defaults.max_log_bytes),
         max_http_calls: section.max_http_calls.unwrap_or(defaults.max_http_calls),
         max_posts: section.max_posts.unwrap_or(defaults.max_posts),

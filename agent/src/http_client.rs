@@ -21,16 +21,25 @@ pub async fn get(
 ) -> anyhow::Result<(StatusCode, Bytes)> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(addr).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let mut request = Request::get(path_and_query).header(hyper::header::HOST, addr.to_string());
+        let mut request =
+            Request::get(path_and_query).header(hyper::header::HOST, addr.to_string());
         if let Some(token) = bearer {
-            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {}", token.trim()));
+            request = request.header(
+                hyper::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            );
         }
-        let response = sender.send_request(request.body(Empty::<Bytes>::new())?).await?;
+        let response = sender
+            .send_request(request.body(Empty::<Bytes>::new())?)
+            .await?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         anyhow::Ok((status, body))
     };
-    tokio::time::timeout(timeout, exchange).await.context("timed out")?
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .context("timed out")?
 }

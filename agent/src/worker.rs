@@ -25,8 +25,8 @@ const ACTIVITY_BODY_BYTES: usize = 4096;
 /// Interpret a `create_event` body: an object with `properties` is the trigger itself; any other
 /// object becomes the trigger's `properties`. Anything else is refused with the reason.
 pub fn trigger_from_body(body: &[u8]) -> Result<Value, String> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not valid JSON: {e}"))?;
     match value {
         Value::Object(object) if object.contains_key("properties") => {
             if !object["properties"].is_object() {
@@ -35,7 +35,10 @@ pub fn trigger_from_body(body: &[u8]) -> Result<Value, String> {
             Ok(Value::Object(object))
         }
         Value::Object(object) => Ok(json!({ "properties": object })),
-        other => Err(format!("the body must be a JSON object, not {}", json_kind(&other))),
+        other => Err(format!(
+            "the body must be a JSON object, not {}",
+            json_kind(&other)
+        )),
     }
 }
 
@@ -52,7 +55,11 @@ fn json_kind(value: &Value) -> &'static str {
 
 /// Process inbox keys until shutdown, then let in-flight runs finish. Requests not started by then
 /// stay in the inbox and are processed at the next start.
-pub async fn run(shared: Arc<Shared>, mut keys: mpsc::UnboundedReceiver<u64>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    shared: Arc<Shared>,
+    mut keys: mpsc::UnboundedReceiver<u64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(shared.worker_concurrency));
     let mut running = JoinSet::new();
     loop {
@@ -60,7 +67,9 @@ pub async fn run(shared: Arc<Shared>, mut keys: mpsc::UnboundedReceiver<u64>, mu
             key = keys.recv() => match key { Some(key) => key, None => break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let shared = shared.clone();
         running.spawn(async move {
             process(&shared, key).await;
@@ -83,27 +92,40 @@ async fn process(shared: &Shared, key: u64) {
     let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
     async {
         let started = std::time::Instant::now();
-        let integration = shared.live().config.integrations.get(&request.integration_id).cloned();
+        let integration = shared
+            .live()
+            .config
+            .integrations
+            .get(&request.integration_id)
+            .cloned();
         let processed = match integration {
             None => failed(&request, "the integration is no longer configured".into()),
             Some(integration) => run_action(shared, &integration, &request).await,
         };
         let failure = processed.failure.clone();
         let events = processed.events.len();
-        shared.metrics.count_processed(failure.is_some(), started.elapsed());
+        shared
+            .metrics
+            .count_processed(failure.is_some(), started.elapsed());
         match shared.store.complete(key, processed) {
             Ok(_) => match failure {
                 Some(reason) => tracing::warn!(%reason, "request failed"),
                 None => tracing::info!(events, "processed"),
             },
-            Err(error) => tracing::error!(%error, "cannot record the outcome; it will be retried at restart"),
+            Err(error) => {
+                tracing::error!(%error, "cannot record the outcome; it will be retried at restart")
+            }
         }
     }
     .instrument(span)
     .await
 }
 
-async fn run_action(shared: &Shared, integration: &Integration, request: &InboundRequest) -> Processed {
+async fn run_action(
+    shared: &Shared,
+    integration: &Integration,
+    request: &InboundRequest,
+) -> Processed {
     match (integration.action, &integration.program) {
         (Action::CreateEvent, _) => match trigger_from_body(request.body.as_bytes()) {
             Ok(trigger) => Processed {
@@ -122,14 +144,21 @@ async fn run_action(shared: &Shared, integration: &Integration, request: &Inboun
             let script_request = scripts::ScriptRequest {
                 method: request.method.clone(),
                 headers: request.headers.clone(),
-                parameters: scripts::ScriptRequest::parameters_from(&request.query, content_type, &request.body),
+                parameters: scripts::ScriptRequest::parameters_from(
+                    &request.query,
+                    content_type,
+                    &request.body,
+                ),
                 body: request.body.clone(),
                 request_id: request.request_id.clone(),
                 integration_uuid: request.integration_id.clone(),
                 remote_address: request.remote_address.clone(),
             };
             let http = shared.live().endpoints.clone();
-            let outcome = shared.scripts.run(program.clone(), script_request, http).await;
+            let outcome = shared
+                .scripts
+                .run(program.clone(), script_request, http)
+                .await;
             let failure = outcome.error.as_ref().map(|e| e.to_string());
             let status = match (&failure, outcome.posts.is_empty()) {
                 (Some(_), _) => "FAILED",
@@ -145,7 +174,11 @@ async fn run_action(shared: &Shared, integration: &Integration, request: &Inboun
             });
             Processed {
                 activity: activity(request, status, details),
-                events: outcome.posts.into_iter().map(|post| (integration.form.clone(), post)).collect(),
+                events: outcome
+                    .posts
+                    .into_iter()
+                    .map(|post| (integration.form.clone(), post))
+                    .collect(),
                 failure,
             }
         }
@@ -155,7 +188,11 @@ async fn run_action(shared: &Shared, integration: &Integration, request: &Inboun
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {
     Processed {
-        activity: activity(request, "FAILED", json!({"events": 0, "error": {"message": reason}})),
+        activity: activity(
+            request,
+            "FAILED",
+            json!({"events": 0, "error": {"message": reason}}),
+        ),
         events: Vec::new(),
         failure: Some(reason),
     }
@@ -206,14 +243,23 @@ mod tests {
     #[test]
     fn other_objects_become_properties() {
         let t = trigger_from_body(br#"{"host":"db1","severity":"critical"}"#).unwrap();
-        assert_eq!(t, json!({"properties": {"host": "db1", "severity": "critical"}}));
+        assert_eq!(
+            t,
+            json!({"properties": {"host": "db1", "severity": "critical"}})
+        );
     }
 
     #[test]
     fn non_objects_are_refused_with_the_reason() {
-        assert!(trigger_from_body(b"[1,2]").unwrap_err().contains("an array"));
-        assert!(trigger_from_body(b"not json").unwrap_err().contains("not valid JSON"));
-        assert!(trigger_from_body(br#"{"properties": 3}"#).unwrap_err().contains("properties"));
+        assert!(trigger_from_body(b"[1,2]")
+            .unwrap_err()
+            .contains("an array"));
+        assert!(trigger_from_body(b"not json")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(trigger_from_body(br#"{"properties": 3}"#)
+            .unwrap_err()
+            .contains("properties"));
         assert!(trigger_from_body(b"").is_err());
     }
 
@@ -226,7 +272,10 @@ mod tests {
             headers: vec![],
             query: String::new(),
             body: "é".repeat(ACTIVITY_BODY_BYTES),
-            principal: crate::store::PrincipalRecord { user: "u".into(), method: "basic".into() },
+            principal: crate::store::PrincipalRecord {
+                user: "u".into(),
+                method: "basic".into(),
+            },
             remote_address: "127.0.0.1".into(),
             received_at: "now".into(),
         };

@@ -33,7 +33,10 @@ fn check(config: &str) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.toml");
     std::fs::write(&path, config).unwrap();
-    let out = xmagent().args(["check", "--config", path.to_str().unwrap()]).output().unwrap();
+    let out = xmagent()
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -51,13 +54,44 @@ fn a_good_config_checks_ok() {
 #[test]
 fn config_errors_name_file_key_and_reason_and_exit_78() {
     let cases = [
-        (GOOD.replace("action = \"create_event\"", "action = \"explode\""), "action", "explode"),
-        (GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""), "agent.listen", "nowhere"),
-        (GOOD.replace("roles = [\"REST Web Service User\"]", "roles = []"), "authenticating_user", "REST Web Service User"),
-        (GOOD.replace("authenticating_user = \"svc\"", "authenticating_user = \"ghost\""), "authenticating_user", "ghost"),
-        (GOOD.replace("action = \"create_event\"", "action = \"transform\""), "script", "script"),
-        (format!("{GOOD}\n[[integrations]]\nid = \"i1\"\naction = \"create_event\"\n"), "integrations[1].id", "twice"),
-        (GOOD.replace("[agent]", "[agent]\nbogus = 1"), "agent", "bogus"),
+        (
+            GOOD.replace("action = \"create_event\"", "action = \"explode\""),
+            "action",
+            "explode",
+        ),
+        (
+            GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\""),
+            "agent.listen",
+            "nowhere",
+        ),
+        (
+            GOOD.replace("roles = [\"REST Web Service User\"]", "roles = []"),
+            "authenticating_user",
+            "REST Web Service User",
+        ),
+        (
+            GOOD.replace(
+                "authenticating_user = \"svc\"",
+                "authenticating_user = \"ghost\"",
+            ),
+            "authenticating_user",
+            "ghost",
+        ),
+        (
+            GOOD.replace("action = \"create_event\"", "action = \"transform\""),
+            "script",
+            "script",
+        ),
+        (
+            format!("{GOOD}\n[[integrations]]\nid = \"i1\"\naction = \"create_event\"\n"),
+            "integrations[1].id",
+            "twice",
+        ),
+        (
+            GOOD.replace("[agent]", "[agent]\nbogus = 1"),
+            "agent",
+            "bogus",
+        ),
     ];
     for (config, key, reason) in cases {
         let (code, _, stderr) = check(&config);
@@ -70,7 +104,10 @@ fn config_errors_name_file_key_and_reason_and_exit_78() {
 
 #[test]
 fn a_missing_config_file_is_a_config_error() {
-    let out = xmagent().args(["check", "--config", "/nonexistent/agent.toml"]).output().unwrap();
+    let out = xmagent()
+        .args(["check", "--config", "/nonexistent/agent.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"));
 }
@@ -79,7 +116,10 @@ fn a_missing_config_file_is_a_config_error() {
 fn gen_key_prints_distinct_long_keys() {
     let one = xmagent().arg("gen-key").output().unwrap();
     let two = xmagent().arg("gen-key").output().unwrap();
-    let (one, two) = (String::from_utf8_lossy(&one.stdout), String::from_utf8_lossy(&two.stdout));
+    let (one, two) = (
+        String::from_utf8_lossy(&one.stdout),
+        String::from_utf8_lossy(&two.stdout),
+    );
     assert!(one.trim().len() >= 32, "{one}");
     assert_ne!(one, two);
 }

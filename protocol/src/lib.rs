@@ -136,16 +136,33 @@ mod tests {
     #[test]
     fn central_frames_round_trip() {
         for frame in [
-            CentralFrame::Welcome { version: 1, agent_id: "a".into() },
-            CentralFrame::Ack { seq: 1, event_id: "e".into() },
-            CentralFrame::Reject { seq: 2, retryable: false, status: 400, message: "bad".into() },
+            CentralFrame::Welcome {
+                version: 1,
+                agent_id: "a".into(),
+            },
+            CentralFrame::Ack {
+                seq: 1,
+                event_id: "e".into(),
+            },
+            CentralFrame::Reject {
+                seq: 2,
+                retryable: false,
+                status: 400,
+                message: "bad".into(),
+            },
         ] {
             let back: CentralFrame = serde_json::from_str(&frame.to_text()).unwrap();
             assert_eq!(back, frame);
         }
         let ack: CentralFrame =
             serde_json::from_str(r#"{"type":"ack","seq":3,"eventId":"x"}"#).unwrap();
-        assert_eq!(ack, CentralFrame::Ack { seq: 3, event_id: "x".into() });
+        assert_eq!(
+            ack,
+            CentralFrame::Ack {
+                seq: 3,
+                event_id: "x".into()
+            }
+        );
     }
 
     #[test]

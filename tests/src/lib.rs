@@ -41,7 +41,10 @@ pub fn binary(name: &str) -> PathBuf {
 
 /// A free loopback port (bound and released), for nodes that must come back on the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A running child process.
@@ -70,7 +73,11 @@ impl Node {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").trim_end_matches(['"', ',']);
+                    let addr = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches(['"', ',']);
                     if let (Some(sender), Ok(addr)) = (tx.as_ref(), addr.parse::<SocketAddr>()) {
                         let _ = sender.send(addr);
                         tx = None;
@@ -87,7 +94,11 @@ impl Node {
                 let _ = child.kill();
                 let _ = child.wait();
                 std::thread::sleep(Duration::from_millis(100));
-                panic!("{} did not start listening; its log:\n{}", binary.display(), log.lock().unwrap());
+                panic!(
+                    "{} did not start listening; its log:\n{}",
+                    binary.display(),
+                    log.lock().unwrap()
+                );
             }
         }
     }
@@ -110,7 +121,9 @@ impl Node {
 
     /// SIGTERM, then wait for the exit status (code).
     pub fn terminate(mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -119,12 +132,17 @@ impl Node {
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
-        panic!("process did not stop within 30 s of SIGTERM; log:\n{}", self.log());
+        panic!(
+            "process did not stop within 30 s of SIGTERM; log:\n{}",
+            self.log()
+        );
     }
 
     /// Send a signal by name (e.g. "HUP").
     pub fn signal(&self, name: &str) {
-        let _ = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status();
     }
 }
 
@@ -151,7 +169,10 @@ pub fn central_config(dir: &Path, port: u16) -> PathBuf {
 /// Start `xmcentral` on `port` (0 for any) with its data in `dir`.
 pub fn start_central(dir: &Path, port: u16) -> Node {
     let config = central_config(dir, port);
-    Node::start(&binary("xmcentral"), &["run", "--config", config.to_str().unwrap()])
+    Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
 }
 
 /// Write an agent config into `dir`: the common header pointing at the central on `central_port`,
@@ -169,7 +190,10 @@ pub fn agent_config(dir: &Path, central_port: u16, extra: &str) -> PathBuf {
 
 /// Start `xmagent run` with the config at `config`.
 pub fn start_agent(config: &Path) -> Node {
-    Node::start(&binary("xmagent"), &["run", "--config", config.to_str().unwrap()])
+    Node::start(
+        &binary("xmagent"),
+        &["run", "--config", config.to_str().unwrap()],
+    )
 }
 
 /// A user, an API key and one integration per auth mode, all create_event, ready to append to
@@ -232,13 +256,21 @@ pub struct Answer {
 impl Answer {
     /// The body as JSON (panics with the body if it is not).
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|_| panic!("not JSON ({}): {}", self.status, String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| {
+            panic!(
+                "not JSON ({}): {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// First value of a header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -252,45 +284,91 @@ pub async fn http(
 ) -> std::io::Result<Answer> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let io_error = |e: hyper::Error| std::io::Error::other(e.to_string());
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(io_error)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(io_error)?;
     tokio::spawn(connection);
-    let mut request = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(body.into())).map_err(std::io::Error::other)?;
+    let request = request
+        .body(Full::new(body.into()))
+        .map_err(std::io::Error::other)?;
     let response = sender.send_request(request).await.map_err(io_error)?;
     let status = response.status().as_u16();
     let headers = response
         .headers()
         .iter()
-        .map(|(n, v)| (n.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
-    let body = response.into_body().collect().await.map_err(io_error)?.to_bytes();
-    Ok(Answer { status, headers, body })
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(io_error)?
+        .to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// `Authorization: Basic ...` for user and password.
 pub fn basic(user: &str, password: &str) -> String {
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
 }
 
 /// POST a JSON body to an integration's trigger URL.
-pub async fn trigger(agent: SocketAddr, integration: &str, query: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+pub async fn trigger(
+    agent: SocketAddr,
+    integration: &str,
+    query: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
     let path = format!("/api/integration/1/functions/{integration}/triggers{query}");
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
-    http(agent, "POST", &path, &all, body.to_owned()).await.expect("agent reachable")
+    http(agent, "POST", &path, &all, body.to_owned())
+        .await
+        .expect("agent reachable")
 }
 
 /// The events the central holds for `request_id`.
 pub async fn central_events(central: SocketAddr, request_id: &str) -> Vec<Value> {
     let auth = basic(CENTRAL_USER.0, CENTRAL_USER.1);
-    let answer = http(central, "GET", &format!("/api/xm/1/events?requestId={request_id}"), &[("authorization", &auth)], "")
-        .await
-        .expect("central reachable");
-    assert_eq!(answer.status, 200, "events report: {}", String::from_utf8_lossy(&answer.body));
-    answer.json()["data"].as_array().cloned().unwrap_or_default()
+    let answer = http(
+        central,
+        "GET",
+        &format!("/api/xm/1/events?requestId={request_id}"),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await
+    .expect("central reachable");
+    assert_eq!(
+        answer.status,
+        200,
+        "events report: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Every event the central holds (all pages).
@@ -299,9 +377,19 @@ pub async fn all_central_events(central: SocketAddr) -> Vec<Value> {
     let mut all = Vec::new();
     loop {
         let path = format!("/api/xm/1/events?limit=1000&offset={}", all.len());
-        let answer = http(central, "GET", &path, &[("authorization", &auth)], "").await.expect("central reachable");
-        assert_eq!(answer.status, 200, "events list: {}", String::from_utf8_lossy(&answer.body));
-        let page = answer.json()["data"].as_array().cloned().unwrap_or_default();
+        let answer = http(central, "GET", &path, &[("authorization", &auth)], "")
+            .await
+            .expect("central reachable");
+        assert_eq!(
+            answer.status,
+            200,
+            "events list: {}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let page = answer.json()["data"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if page.is_empty() {
             return all;
         }

@@ -14,17 +14,26 @@ const KEY: &str = "?apiKey=url-key-any";
 async fn events_by_request(central: SocketAddr) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for event in all_central_events(central).await {
-        *counts.entry(event["requestId"].as_str().unwrap_or("").to_owned()).or_insert(0) += 1;
+        *counts
+            .entry(event["requestId"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
     }
     counts
 }
 
 /// Wait until every id in `accepted` has an event, then check each has exactly one.
 async fn assert_exactly_once(central: SocketAddr, accepted: &[String]) {
-    let counts = eventually(Duration::from_secs(60), "all accepted requests at the central", || async {
-        let counts = events_by_request(central).await;
-        accepted.iter().all(|id| counts.contains_key(id)).then_some(counts)
-    })
+    let counts = eventually(
+        Duration::from_secs(60),
+        "all accepted requests at the central",
+        || async {
+            let counts = events_by_request(central).await;
+            accepted
+                .iter()
+                .all(|id| counts.contains_key(id))
+                .then_some(counts)
+        },
+    )
     .await;
     for id in accepted {
         assert_eq!(counts[id], 1, "request {id} produced {} events", counts[id]);
@@ -34,7 +43,11 @@ async fn assert_exactly_once(central: SocketAddr, accepted: &[String]) {
 }
 
 /// `clients` concurrent senders posting until `stop` is set; returns the ids that got a 202.
-fn load(agent: SocketAddr, clients: usize, stop: Arc<std::sync::atomic::AtomicBool>) -> tokio::task::JoinHandle<Vec<String>> {
+fn load(
+    agent: SocketAddr,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
     tokio::spawn(async move {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -46,12 +59,22 @@ fn load(agent: SocketAddr, clients: usize, stop: Arc<std::sync::atomic::AtomicBo
                     n += 1;
                     let body = format!("{{\"client\": {client}, \"n\": {n}}}");
                     let path = format!("/api/integration/1/functions/any/triggers{KEY}");
-                    match http(agent, "POST", &path, &[("content-type", "application/json")], body).await {
+                    match http(
+                        agent,
+                        "POST",
+                        &path,
+                        &[("content-type", "application/json")],
+                        body,
+                    )
+                    .await
+                    {
                         Ok(answer) if answer.status == 202 => {
                             let id = answer.json()["requestId"].as_str().unwrap().to_owned();
                             accepted.lock().unwrap().push(id);
                         }
-                        Ok(answer) => assert_eq!(answer.status, 503, "unexpected {}", answer.status),
+                        Ok(answer) => {
+                            assert_eq!(answer.status, 503, "unexpected {}", answer.status)
+                        }
                         // The agent was killed under us: this request got no 202, so it may or
                         // may not have been kept.
                         Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -99,7 +122,11 @@ async fn central_restarted_mid_stream_loses_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let accepted = sender.await.unwrap();
-    assert!(accepted.len() > 20, "too little load to mean anything: {}", accepted.len());
+    assert!(
+        accepted.len() > 20,
+        "too little load to mean anything: {}",
+        accepted.len()
+    );
     assert_exactly_once(central.addr, &accepted).await;
     assert_eq!(all_central_events(central.addr).await.len(), accepted.len());
 }
@@ -116,10 +143,18 @@ async fn agent_sigkilled_under_load_delivers_every_202_exactly_once() {
     agent.kill();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let accepted = sender.await.unwrap();
-    assert!(accepted.len() > 50, "too little load to mean anything: {}", accepted.len());
+    assert!(
+        accepted.len() > 50,
+        "too little load to mean anything: {}",
+        accepted.len()
+    );
     let _agent = start_agent(&config);
     assert_exactly_once(central.addr, &accepted).await;
-    eprintln!("accepted before SIGKILL: {}, events at the central: {}", accepted.len(), all_central_events(central.addr).await.len());
+    eprintln!(
+        "accepted before SIGKILL: {}, events at the central: {}",
+        accepted.len(),
+        all_central_events(central.addr).await.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,36 +8,61 @@ use serde_json::{json, Value};
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn delivered_event(central: std::net::SocketAddr, request_id: &str) -> Value {
-    eventually(WAIT, &format!("event for {request_id} at the central"), || async {
-        central_events(central, request_id).await.into_iter().next()
-    })
+    eventually(
+        WAIT,
+        &format!("event for {request_id} at the central"),
+        || async { central_events(central, request_id).await.into_iter().next() },
+    )
     .await
 }
 
 fn request_id(answer: &Answer) -> String {
-    assert_eq!(answer.status, 202, "expected 202, got {}: {}", answer.status, String::from_utf8_lossy(&answer.body));
-    answer.json()["requestId"].as_str().expect("requestId").to_owned()
+    assert_eq!(
+        answer.status,
+        202,
+        "expected 202, got {}: {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()["requestId"]
+        .as_str()
+        .expect("requestId")
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
     let dir = tempfile::tempdir().unwrap();
     let central = start_central(dir.path(), 0);
-    let agent = start_agent(&agent_config(dir.path(), central.addr.port(), STANDARD_AGENT));
+    let agent = start_agent(&agent_config(
+        dir.path(),
+        central.addr.port(),
+        STANDARD_AGENT,
+    ));
 
     let body = r#"{"properties": {"summary": "Disk full", "host": "db1"}, "priority": "high", "recipients": [{"targetName": "ops"}]}"#;
     let answer = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], body).await;
     let id = request_id(&answer);
     uuid_v4(&id);
     let event = delivered_event(central.addr, &id).await;
-    assert_eq!(event["properties"], json!({"summary": "Disk full", "host": "db1"}));
+    assert_eq!(
+        event["properties"],
+        json!({"summary": "Disk full", "host": "db1"})
+    );
     assert_eq!(event["priority"], "HIGH");
     assert_eq!(event["requestId"], id.as_str());
     assert_eq!(event["status"], "ACTIVE");
     assert_eq!(event["form"]["name"], "Incident Alert");
 
     // A plain object becomes the properties.
-    let answer = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], r#"{"host": "web2", "cpu": 97}"#).await;
+    let answer = trigger(
+        agent.addr,
+        "any",
+        "?apiKey=url-key-any",
+        &[],
+        r#"{"host": "web2", "cpu": 97}"#,
+    )
+    .await;
     let plain_id = request_id(&answer);
     let event = delivered_event(central.addr, &plain_id).await;
     assert_eq!(event["properties"], json!({"host": "web2", "cpu": 97}));
@@ -45,30 +70,69 @@ async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
     // The request status (HTTP equivalent of `xmagent request`) shows DELIVERED with the event id.
     let admin = basic("svc", "svc-password");
     let status = eventually(WAIT, "DELIVERED status", || async {
-        let answer = http(agent.addr, "GET", &format!("/api/agent/1/requests/{id}"), &[("authorization", &admin)], "").await.ok()?;
+        let answer = http(
+            agent.addr,
+            "GET",
+            &format!("/api/agent/1/requests/{id}"),
+            &[("authorization", &admin)],
+            "",
+        )
+        .await
+        .ok()?;
         let value = answer.json();
         (value["status"] == "DELIVERED").then_some(value)
     })
     .await;
-    assert_eq!(status["events"][0]["eventId"], event_id_of(central.addr, &id).await);
+    assert_eq!(
+        status["events"][0]["eventId"],
+        event_id_of(central.addr, &id).await
+    );
 
     // The CLI shows the same, through the admin token in the data directory.
     let cli = std::process::Command::new(binary("xmagent"))
-        .args(["request", &id, "--config", dir.path().join("agent.toml").to_str().unwrap()])
+        .args([
+            "request",
+            &id,
+            "--config",
+            dir.path().join("agent.toml").to_str().unwrap(),
+        ])
         .output()
         .unwrap();
-    assert!(cli.status.success(), "xmagent request failed: {}", String::from_utf8_lossy(&cli.stderr));
+    assert!(
+        cli.status.success(),
+        "xmagent request failed: {}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
     let printed: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(printed["status"], "DELIVERED");
 
     // The activity stream lists both requests, newest first, without the URL key.
-    let logs = http(agent.addr, "GET", "/api/xm/1/integrations/any/logs", &[("authorization", &admin)], "").await.unwrap();
+    let logs = http(
+        agent.addr,
+        "GET",
+        "/api/xm/1/integrations/any/logs",
+        &[("authorization", &admin)],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(logs.status, 200);
     let logs = logs.json();
-    let ids: Vec<&str> = logs["data"].as_array().unwrap().iter().map(|e| e["requestId"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["requestId"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec![plain_id.as_str(), id.as_str()]);
-    assert!(!logs.to_string().contains("url-key-any"), "URL key leaked into the activity stream");
-    assert!(!agent.log().contains("url-key-any"), "URL key leaked into the log");
+    assert!(
+        !logs.to_string().contains("url-key-any"),
+        "URL key leaked into the activity stream"
+    );
+    assert!(
+        !agent.log().contains("url-key-any"),
+        "URL key leaked into the log"
+    );
 }
 
 async fn event_id_of(central: std::net::SocketAddr, request_id: &str) -> Value {
@@ -77,7 +141,11 @@ async fn event_id_of(central: std::net::SocketAddr, request_id: &str) -> Value {
 
 fn uuid_v4(id: &str) {
     let parts: Vec<&str> = id.split('-').collect();
-    assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), vec![8, 4, 4, 4, 12], "{id}");
+    assert_eq!(
+        parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+        vec![8, 4, 4, 4, 12],
+        "{id}"
+    );
     assert!(parts[2].starts_with('4'), "not a v4 uuid: {id}");
 }
 
@@ -87,7 +155,10 @@ async fn error_paths_answer_honestly_and_store_nothing() {
     let extra = format!("{STANDARD_AGENT}\n[store]\nmax_entries = 3\n");
     // A central that is not running, so accepted events stay in the outbox and fill the store.
     let config = agent_config(dir.path(), free_port(), &extra);
-    let text = std::fs::read_to_string(&config).unwrap().replace("data_dir = \"agent-data\"", "data_dir = \"agent-data\"\nmax_body_bytes = 1024");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "data_dir = \"agent-data\"",
+        "data_dir = \"agent-data\"\nmax_body_bytes = 1024",
+    );
     std::fs::write(&config, text).unwrap();
     let agent = start_agent(&config);
     let key = "?apiKey=url-key-any";
@@ -97,7 +168,15 @@ async fn error_paths_answer_honestly_and_store_nothing() {
     assert_eq!(answer.status, 404);
     assert!(answer.json()["message"].as_str().unwrap().contains("nope"));
     // 405 wrong method, with Allow.
-    let answer = http(agent.addr, "GET", "/api/integration/1/functions/any/triggers", &[], "").await.unwrap();
+    let answer = http(
+        agent.addr,
+        "GET",
+        "/api/integration/1/functions/any/triggers",
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
     assert_eq!(answer.status, 405);
     assert_eq!(answer.header("allow"), Some("POST"));
     // 401 without credentials, with a challenge.
@@ -105,10 +184,20 @@ async fn error_paths_answer_honestly_and_store_nothing() {
     assert_eq!(answer.status, 401);
     assert!(answer.header("www-authenticate").is_some());
     // 401 wrong key.
-    assert_eq!(trigger(agent.addr, "any", "?apiKey=wrong", &[], "{}").await.status, 401);
+    assert_eq!(
+        trigger(agent.addr, "any", "?apiKey=wrong", &[], "{}")
+            .await
+            .status,
+        401
+    );
     // 403 valid user without the REST role.
     let norole = basic("norole", "norole-password");
-    assert_eq!(trigger(agent.addr, "basic", "", &[("authorization", &norole)], "{}").await.status, 403);
+    assert_eq!(
+        trigger(agent.addr, "basic", "", &[("authorization", &norole)], "{}")
+            .await
+            .status,
+        403
+    );
     // 413 over the body limit (declared and streamed).
     let big = format!("{{\"a\": \"{}\"}}", "x".repeat(2000));
     let answer = trigger(agent.addr, "any", key, &[], &big).await;
@@ -127,11 +216,28 @@ async fn error_paths_answer_honestly_and_store_nothing() {
         request_id(&answer);
     }
     let answer = trigger(agent.addr, "any", key, &[], "{\"n\": 3}").await;
-    assert_eq!(answer.status, 503, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     assert!(answer.header("retry-after").is_some());
     // Health stays up; readiness says why it is not ready.
-    assert_eq!(http(agent.addr, "GET", "/healthz", &[], "").await.unwrap().status, 200);
-    assert_eq!(http(agent.addr, "GET", "/readyz", &[], "").await.unwrap().status, 503);
+    assert_eq!(
+        http(agent.addr, "GET", "/healthz", &[], "")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(
+        http(agent.addr, "GET", "/readyz", &[], "")
+            .await
+            .unwrap()
+            .status,
+        503
+    );
     let metrics = http(agent.addr, "GET", "/metrics", &[], "").await.unwrap();
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("xmagent_requests_accepted_total 3"), "{text}");
@@ -142,7 +248,11 @@ async fn error_paths_answer_honestly_and_store_nothing() {
 async fn auth_matrix_each_credential_against_each_mode() {
     let dir = tempfile::tempdir().unwrap();
     let central = start_central(dir.path(), 0);
-    let agent = start_agent(&agent_config(dir.path(), central.addr.port(), STANDARD_AGENT));
+    let agent = start_agent(&agent_config(
+        dir.path(),
+        central.addr.port(),
+        STANDARD_AGENT,
+    ));
 
     let token_answer = http(
         agent.addr,
@@ -153,7 +263,12 @@ async fn auth_matrix_each_credential_against_each_mode() {
     )
     .await
     .unwrap();
-    assert_eq!(token_answer.status, 200, "{}", String::from_utf8_lossy(&token_answer.body));
+    assert_eq!(
+        token_answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&token_answer.body)
+    );
     let tokens = token_answer.json();
     assert_eq!(tokens["token_type"], "bearer");
     let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
@@ -178,8 +293,10 @@ async fn auth_matrix_each_credential_against_each_mode() {
     let accepts = |mode: &str, credential: &str| -> bool {
         matches!(
             (mode, credential),
-            ("any", "url-right" | "basic-right" | "apikey-right" | "bearer-right")
-                | ("url", "url-right")
+            (
+                "any",
+                "url-right" | "basic-right" | "apikey-right" | "bearer-right"
+            ) | ("url", "url-right")
                 | ("basic", "basic-right")
                 | ("api_key", "apikey-right")
                 | ("oauth", "bearer-right")
@@ -188,13 +305,24 @@ async fn auth_matrix_each_credential_against_each_mode() {
     let mut checked = 0;
     for mode in ["any", "url", "basic", "api_key", "oauth"] {
         for (name, query, header) in &credentials {
-            let query = query.replace("{KEY}", &format!("url-key-{}", if mode == "any" { "any" } else { "url" }));
+            let query = query.replace(
+                "{KEY}",
+                &format!("url-key-{}", if mode == "any" { "any" } else { "url" }),
+            );
             let headers: Vec<(&str, &str)> = header.iter().map(|h| ("authorization", *h)).collect();
             let answer = trigger(agent.addr, mode, &query, &headers, r#"{"a": 1}"#).await;
             let expected = if accepts(mode, name) { 202 } else { 401 };
-            assert_eq!(answer.status, expected, "mode {mode}, credential {name}: {}", String::from_utf8_lossy(&answer.body));
+            assert_eq!(
+                answer.status,
+                expected,
+                "mode {mode}, credential {name}: {}",
+                String::from_utf8_lossy(&answer.body)
+            );
             if expected == 401 {
-                assert!(answer.header("www-authenticate").is_some(), "mode {mode}, credential {name}: no challenge");
+                assert!(
+                    answer.header("www-authenticate").is_some(),
+                    "mode {mode}, credential {name}: no challenge"
+                );
             }
             checked += 1;
         }
@@ -205,13 +333,40 @@ async fn auth_matrix_each_credential_against_each_mode() {
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let answer = trigger(agent.addr, "oauth", "", &[("authorization", &bearer)], "{}").await;
     assert_eq!(answer.status, 401, "expired token must be refused");
-    let refresh = format!("grant_type=refresh_token&client_id=test&refresh_token={}", tokens["refresh_token"].as_str().unwrap());
-    let refreshed = http(agent.addr, "POST", "/api/xm/1/oauth2/token", &[("content-type", "application/x-www-form-urlencoded")], refresh.clone()).await.unwrap();
+    let refresh = format!(
+        "grant_type=refresh_token&client_id=test&refresh_token={}",
+        tokens["refresh_token"].as_str().unwrap()
+    );
+    let refreshed = http(
+        agent.addr,
+        "POST",
+        "/api/xm/1/oauth2/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        refresh.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(refreshed.status, 200);
-    let fresh = format!("Bearer {}", refreshed.json()["access_token"].as_str().unwrap());
-    assert_eq!(trigger(agent.addr, "oauth", "", &[("authorization", &fresh)], "{}").await.status, 202);
+    let fresh = format!(
+        "Bearer {}",
+        refreshed.json()["access_token"].as_str().unwrap()
+    );
+    assert_eq!(
+        trigger(agent.addr, "oauth", "", &[("authorization", &fresh)], "{}")
+            .await
+            .status,
+        202
+    );
     // The refresh token was rotated: using it twice fails.
-    let again = http(agent.addr, "POST", "/api/xm/1/oauth2/token", &[("content-type", "application/x-www-form-urlencoded")], refresh).await.unwrap();
+    let again = http(
+        agent.addr,
+        "POST",
+        "/api/xm/1/oauth2/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        refresh,
+    )
+    .await
+    .unwrap();
     assert_eq!(again.status, 400);
     // Wrong password grant.
     let bad = http(
@@ -225,7 +380,12 @@ async fn auth_matrix_each_credential_against_each_mode() {
     .unwrap();
     assert!(bad.status == 400 || bad.status == 401, "{}", bad.status);
     let log = agent.log();
-    for secret in ["svc-password", "svc-key-secret", "url-key-url", tokens["access_token"].as_str().unwrap()] {
+    for secret in [
+        "svc-password",
+        "svc-key-secret",
+        "url-key-url",
+        tokens["access_token"].as_str().unwrap(),
+    ] {
         assert!(!log.contains(secret), "secret {secret} leaked into the log");
     }
 }

@@ -63,7 +63,10 @@ fn main() -> anyhow::Result<()> {
         _ => {}
     }
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(bench(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(bench(args))
 }
 
 fn payload(scenario: Scenario) -> anyhow::Result<(String, &'static str)> {
@@ -71,12 +74,15 @@ fn payload(scenario: Scenario) -> anyhow::Result<(String, &'static str)> {
         Scenario::CreateEvent => {
             // About 1.5 KiB, like a real monitoring alert.
             let text = std::fs::read_to_string(Path::new(EXAMPLES).join("payloads/datadog-1.json"))
-                .unwrap_or_else(|_| json!({"properties": {"summary": "x".repeat(1400)}}).to_string());
+                .unwrap_or_else(|_| {
+                    json!({"properties": {"summary": "x".repeat(1400)}}).to_string()
+                });
             Ok((text, "generic-event"))
         }
         Scenario::Transform => {
-            let text = std::fs::read_to_string(Path::new(EXAMPLES).join("payloads/prometheus-1.json"))
-                .context("examples/payloads/prometheus-1.json")?;
+            let text =
+                std::fs::read_to_string(Path::new(EXAMPLES).join("payloads/prometheus-1.json"))
+                    .context("examples/payloads/prometheus-1.json")?;
             Ok((text, "alertmanager"))
         }
     }
@@ -103,16 +109,43 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let agent_toml = scratch.path().join("agent.toml");
     std::fs::write(&agent_toml, agent_config(central.addr, scratch.path()))?;
     let exe = std::env::current_exe()?;
-    let (mut agent, agent_addr) = spawn_listening(&exe, &["__agent", "run", "--config", agent_toml.to_str().unwrap_or_default()])?;
+    let (mut agent, agent_addr) = spawn_listening(
+        &exe,
+        &[
+            "__agent",
+            "run",
+            "--config",
+            agent_toml.to_str().unwrap_or_default(),
+        ],
+    )?;
     let path = format!("/api/integration/1/functions/{integration}/triggers?apiKey=bench-url-key");
-    let agent_run = drive(agent_addr, &path, &body, args.connections, Duration::from_secs(args.seconds)).await;
-    let delivered = wait_delivered(central.addr, &agent_run.accepted_ids, Duration::from_secs(120)).await?;
+    let agent_run = drive(
+        agent_addr,
+        &path,
+        &body,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    let delivered = wait_delivered(
+        central.addr,
+        &agent_run.accepted_ids,
+        Duration::from_secs(120),
+    )
+    .await?;
     let peak_rss_mib = peak_rss_kib(agent.id()).unwrap_or(0) as f64 / 1024.0;
     let _ = agent.kill();
     let _ = agent.wait();
 
     let (mut baseline, baseline_addr) = spawn_listening(&exe, &["__baseline"])?;
-    let baseline_run = drive(baseline_addr, &path, &body, args.connections, Duration::from_secs(args.seconds)).await;
+    let baseline_run = drive(
+        baseline_addr,
+        &path,
+        &body,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
     let _ = baseline.kill();
     let _ = baseline.wait();
 
@@ -227,7 +260,13 @@ impl Run {
 }
 
 /// `connections` keep-alive connections posting `body` to `path` for `duration`.
-async fn drive(addr: SocketAddr, path: &str, body: &str, connections: usize, duration: Duration) -> Run {
+async fn drive(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    connections: usize,
+    duration: Duration,
+) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let body = Bytes::from(body.to_owned());
     let started = Instant::now();
@@ -239,9 +278,15 @@ async fn drive(addr: SocketAddr, path: &str, body: &str, connections: usize, dur
             let mut latencies = Vec::new();
             let mut refused = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else { break };
+                let Ok(stream) = tokio::net::TcpStream::connect(addr).await else {
+                    break;
+                };
                 let _ = stream.set_nodelay(true);
-                let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else { break };
+                let Ok((mut sender, connection)) =
+                    hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+                else {
+                    break;
+                };
                 tokio::spawn(connection);
                 while !stop.load(Ordering::Relaxed) {
                     if sender.ready().await.is_err() {
@@ -253,9 +298,14 @@ async fn drive(addr: SocketAddr, path: &str, body: &str, connections: usize, dur
                         .body(Full::new(body.clone()))
                         .expect("static request");
                     let sent = Instant::now();
-                    let Ok(response) = sender.send_request(request).await else { break };
+                    let Ok(response) = sender.send_request(request).await else {
+                        break;
+                    };
                     let status = response.status().as_u16();
-                    let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes()) else { break };
+                    let Ok(bytes) = response.into_body().collect().await.map(|b| b.to_bytes())
+                    else {
+                        break;
+                    };
                     latencies.push(sent.elapsed().as_micros() as u64);
                     if status == 202 {
                         let id = serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -273,7 +323,12 @@ async fn drive(addr: SocketAddr, path: &str, body: &str, connections: usize, dur
     }
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut run = Run { accepted_ids: Vec::new(), refused: 0, latencies_us: Vec::new(), elapsed: started.elapsed() };
+    let mut run = Run {
+        accepted_ids: Vec::new(),
+        refused: 0,
+        latencies_us: Vec::new(),
+        elapsed: started.elapsed(),
+    };
     for task in tasks {
         if let Ok((ids, latencies, refused)) = task.await {
             run.accepted_ids.extend(ids);
@@ -293,26 +348,45 @@ struct Delivered {
 }
 
 /// Wait until the central holds an event for every accepted request; count what it holds.
-async fn wait_delivered(central: SocketAddr, accepted: &[String], timeout: Duration) -> anyhow::Result<Delivered> {
+async fn wait_delivered(
+    central: SocketAddr,
+    accepted: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Delivered> {
     let started = Instant::now();
-    let auth = format!("Basic {}", base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:bench"));
+    let auth = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:bench")
+    );
     loop {
         let mut requests = HashSet::new();
         let mut events = 0;
         let mut offset = 0;
         loop {
-            let page = get_json(central, &format!("/api/xm/1/events?limit=1000&offset={offset}"), &auth).await?;
+            let page = get_json(
+                central,
+                &format!("/api/xm/1/events?limit=1000&offset={offset}"),
+                &auth,
+            )
+            .await?;
             let data = page["data"].as_array().cloned().unwrap_or_default();
             if data.is_empty() {
                 break;
             }
             offset += data.len();
             events += data.len();
-            requests.extend(data.iter().filter_map(|e| e["requestId"].as_str().map(str::to_owned)));
+            requests.extend(
+                data.iter()
+                    .filter_map(|e| e["requestId"].as_str().map(str::to_owned)),
+            );
         }
         let delivered = accepted.iter().filter(|id| requests.contains(*id)).count();
         if delivered == accepted.len() || started.elapsed() > timeout {
-            return Ok(Delivered { requests: delivered, events, waited: started.elapsed() });
+            return Ok(Delivered {
+                requests: delivered,
+                events,
+                waited: started.elapsed(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -320,11 +394,17 @@ async fn wait_delivered(central: SocketAddr, accepted: &[String], timeout: Durat
 
 async fn get_json(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<serde_json::Value> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::get(path).header("host", addr.to_string()).header("authorization", auth).body(Full::new(Bytes::new()))?;
+    let request = Request::get(path)
+        .header("host", addr.to_string())
+        .header("authorization", auth)
+        .body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
-    Ok(serde_json::from_slice(&response.into_body().collect().await?.to_bytes())?)
+    Ok(serde_json::from_slice(
+        &response.into_body().collect().await?.to_bytes(),
+    )?)
 }
 
 /// Peak resident set size (VmHWM) of a process, in KiB.
@@ -337,33 +417,43 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 /// The baseline: a bare hyper server that answers every request 202 with a fresh requestId, on
 /// a multi-threaded runtime like the agent's.
 fn baseline_server() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        eprintln!("listening on {}", listener.local_addr()?);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
-                    let _ = request.into_body().collect().await;
-                    let body = json!({"requestId": uuid_like()}).to_string();
-                    Ok::<_, std::convert::Infallible>(
-                        hyper::Response::builder()
-                            .status(202)
-                            .header("content-type", "application/json")
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("static response"),
-                    )
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            eprintln!("listening on {}", listener.local_addr()?);
+            loop {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        |request: Request<hyper::body::Incoming>| async move {
+                            let _ = request.into_body().collect().await;
+                            let body = json!({"requestId": uuid_like()}).to_string();
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .status(202)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .expect("static response"),
+                            )
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-            });
-        }
-    })
+            }
+        })
 }
 
 /// A random id of the same size as a UUID, so both servers send equal-sized answers.
 fn uuid_like() -> String {
     use std::sync::atomic::AtomicU64;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("00000000-0000-4000-8000-{:012x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "00000000-0000-4000-8000-{:012x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
