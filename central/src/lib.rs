@@ -9,6 +9,7 @@
 //! [`telemetry`], [`exit`]): `xmagent` depends on this crate anyway to embed a central in
 //! `xmagent dev`, so the plumbing is written once here.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod config;
 pub mod event;

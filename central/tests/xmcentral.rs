@@ -19,6 +19,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const TOKEN: &str = "test-token-abc";
+const TOKEN_2: &str = "second-agent-token";
 const USER: (&str, &str) = ("admin", "pw-123");
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -31,6 +32,7 @@ fn write_config(dir: &Path) -> PathBuf {
     let text = format!(
         "[central]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\
          [[agents]]\nid = \"agent-01\"\ntoken = \"{TOKEN}\"\n\
+         [[agents]]\nid = \"agent-02\"\ntoken = \"{TOKEN_2}\"\n\
          [[users]]\nname = \"{}\"\npassword = \"{}\"\n",
         USER.0, USER.1
     );
@@ -226,7 +228,11 @@ async fn receive_frame(ws: &mut Ws) -> CentralFrame {
 }
 
 async fn hello(addr: SocketAddr) -> Ws {
-    let mut ws = ws_connect(addr, Some(TOKEN))
+    hello_as(addr, TOKEN, "agent-01").await
+}
+
+async fn hello_as(addr: SocketAddr, token: &str, expected_id: &str) -> Ws {
+    let mut ws = ws_connect(addr, Some(token))
         .await
         .expect("upgrade accepted");
     send(
@@ -241,7 +247,7 @@ async fn hello(addr: SocketAddr) -> Ws {
         receive_frame(&mut ws).await,
         CentralFrame::Welcome {
             version: PROTOCOL_VERSION,
-            agent_id: "agent-01".into()
+            agent_id: expected_id.into()
         }
     );
     ws
@@ -615,4 +621,73 @@ async fn bad_hello_closes_the_socket_with_a_reason() {
     let admin = basic(USER.0, USER.1);
     let all = request(central.addr, "GET", "/api/xm/1/events", Some(&admin), "").await;
     assert_eq!(all.json()["total"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_agents_get_their_own_events_and_pings_are_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::start(&write_config(dir.path()));
+    let addr = central.addr;
+
+    let mut ws = hello(addr).await;
+    ws.send(Message::Ping(Bytes::from_static(b"hb")))
+        .await
+        .expect("ping");
+    let pong = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("in time");
+    assert!(
+        matches!(pong, Some(Ok(Message::Pong(ref data))) if data.as_ref() == b"hb"),
+        "{pong:?}"
+    );
+    drop(ws);
+
+    // Two connections per agent, all sending the same request ids at once. Per agent, both
+    // connections must agree on every event id; across agents the events are distinct.
+    let mut tasks = Vec::new();
+    for (token, agent) in [(TOKEN, "agent-01"), (TOKEN_2, "agent-02")] {
+        for _connection in 0..2 {
+            tasks.push(tokio::spawn(async move {
+                let mut ws = hello_as(addr, token, agent).await;
+                for seq in 0..100u64 {
+                    let index = u32::try_from(seq).expect("small");
+                    send(&mut ws, &create(seq, "shared", index, json!({}))).await;
+                }
+                let mut ids = Vec::new();
+                for seq in 0..100 {
+                    ids.push(expect_ack(&mut ws, seq).await);
+                }
+                (agent, ids)
+            }));
+        }
+    }
+    let mut by_agent: std::collections::HashMap<&str, Vec<Vec<String>>> = Default::default();
+    for task in tasks {
+        let (agent, ids) = task.await.expect("connection task");
+        by_agent.entry(agent).or_default().push(ids);
+    }
+    let mut all = std::collections::HashSet::new();
+    for (agent, runs) in &by_agent {
+        assert_eq!(runs.len(), 2);
+        assert_eq!(
+            runs[0], runs[1],
+            "{agent}: both connections see the same events"
+        );
+        all.extend(runs[0].iter().cloned());
+    }
+    assert_eq!(
+        all.len(),
+        200,
+        "100 events per agent, none shared, none doubled"
+    );
+
+    let admin = basic(USER.0, USER.1);
+    let report = request(
+        addr,
+        "GET",
+        "/api/xm/1/events?requestId=shared&limit=1000",
+        Some(&admin),
+        "",
+    );
+    assert_eq!(report.await.json()["total"], 200);
 }
