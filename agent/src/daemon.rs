@@ -24,6 +24,7 @@ use crate::config::{self, Loaded};
 use crate::endpoints::{BuiltinXmatters, Endpoints};
 use crate::relay::{self, RelayStatus};
 use crate::store::Store;
+use crate::worker::Job;
 
 /// The configuration currently served, with what was built from it. Replaced whole on reload.
 pub struct Live {
@@ -47,7 +48,7 @@ pub struct Shared {
     /// How many requests the worker processes at once.
     pub worker_concurrency: usize,
     relay_status: watch::Receiver<RelayStatus>,
-    work: mpsc::UnboundedSender<u64>,
+    work: mpsc::UnboundedSender<Job>,
 }
 
 impl Shared {
@@ -57,9 +58,9 @@ impl Shared {
     }
 
     /// Hand an accepted request to the worker.
-    pub fn enqueue(&self, key: u64) {
+    pub fn enqueue(&self, job: Job) {
         // A closed channel means shutdown: the entry stays in the inbox for the next start.
-        let _ = self.work.send(key);
+        let _ = self.work.send(job);
     }
 
     /// `/readyz`: ready when the store has room and the relay is connected.
@@ -146,7 +147,7 @@ impl Shared {
             "xmagent_outbox_entries",
             "gauge",
             "Events waiting for the central.",
-            self.store.outbox_len() as u64,
+            self.store.outbox_len(),
         );
         line(
             "xmagent_relay_connected",
@@ -356,15 +357,18 @@ pub async fn start(
         live: RwLock::new(Arc::new(Live { config, endpoints })),
     });
     // Requests a previous process accepted but did not finish.
-    let leftovers = store.inbox_keys()?;
+    let leftovers = store.inbox()?;
     if !leftovers.is_empty() {
         tracing::info!(
             count = leftovers.len(),
             "resuming requests accepted before the last stop"
         );
     }
-    for key in leftovers {
-        shared.enqueue(key);
+    for accepted in leftovers {
+        shared.enqueue(Job {
+            accepted,
+            trigger: None,
+        });
     }
 
     let (relay_stop_tx, relay_stop_rx) = watch::channel(false);

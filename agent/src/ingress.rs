@@ -24,6 +24,7 @@ use crate::auth::{AuthError, AuthMode, IntegrationAuth, Principal};
 use crate::config::Action;
 use crate::daemon::Shared;
 use crate::store::{InboundRequest, PrincipalRecord, StoreError};
+use crate::worker::Job;
 
 const TRIGGER_PREFIX: &str = "/api/integration/1/functions/";
 const TOKEN_PATH: &str = "/api/xm/1/oauth2/token";
@@ -214,11 +215,13 @@ async fn trigger(
         Ok(body) => body,
         Err(error) => return body_failure(error),
     };
-    if integration.action == Action::CreateEvent {
-        if let Err(reason) = crate::worker::trigger_from_body(&body) {
-            return http_util::error(StatusCode::BAD_REQUEST, reason);
-        }
-    }
+    let trigger = match integration.action {
+        Action::CreateEvent => match crate::worker::trigger_from_body(&body) {
+            Ok(trigger) => Some(trigger),
+            Err(reason) => return http_util::error(StatusCode::BAD_REQUEST, reason),
+        },
+        Action::Transform | Action::RunScript => None,
+    };
     let request_id = uuid::Uuid::new_v4().to_string();
     let inbound = InboundRequest {
         request_id: request_id.clone(),
@@ -233,10 +236,10 @@ async fn trigger(
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
     async move {
-        match shared.store.accept(&inbound).await {
-            Ok(key) => {
-                shared.enqueue(key);
-                tracing::info!(user = %principal.user, bytes = body.len(), "accepted");
+        match shared.store.accept(inbound).await {
+            Ok(accepted) => {
+                shared.enqueue(Job { accepted, trigger });
+                tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
                 http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
             }
             Err(error) => store_failure(error),

@@ -4,9 +4,9 @@
 //! Trees and what moves between them:
 //!
 //! ```text
-//! accept ──▶ inbox[accept_seq] + requests[request_id]=ACCEPTED ──(group commit)──▶ 202
-//! worker ──▶ one transaction: inbox −1, outbox +n (event.create), requests=QUEUED|FAILED|COMPLETED,
-//!            activity +1
+//! accept ──▶ inbox[accept_seq] ──(group commit)──▶ 202   (requestId → key kept in memory)
+//! worker ──▶ ordered writes: requests=QUEUED|FAILED|COMPLETED, activity +1, outbox +n
+//!            (event.create, one batch), then inbox −1
 //! relay  ──▶ ack: outbox −1, requests.events[i].event_id (DELIVERED when all are acked)
 //!            reject (final): outbox −1, dead_letter +1, requests=FAILED
 //! ```
@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{watch, Notify};
 
 use crate::relay::Outbox;
@@ -186,7 +185,19 @@ pub struct DeadLetter {
     pub message: String,
 }
 
-/// The result of processing one inbound request, written in one transaction.
+/// A request that is durably in the inbox, handed from ingress (or from the inbox at start-up) to
+/// the worker without reading it back from disk.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The inbox key.
+    pub key: u64,
+    /// The request as stored.
+    pub request: InboundRequest,
+    /// Its stored size, for the pending-bytes bound.
+    pub size: u64,
+}
+
+/// The result of processing one inbound request, recorded by [`Store::complete`].
 #[derive(Debug, Clone)]
 pub struct Processed {
     /// Event triggers to send, each with the form name (if any).
@@ -214,7 +225,13 @@ struct Inner {
     config: StoreConfig,
     pending_entries: AtomicU64,
     pending_bytes: AtomicU64,
+    /// sled's `Tree::len` walks the whole tree, so sizes needed per request are counted here.
+    outbox_entries: AtomicU64,
+    request_records: AtomicU64,
     activity_counts: Mutex<HashMap<String, u64>>,
+    /// requestId → inbox key of every request accepted but not yet processed (rebuilt from the
+    /// inbox at open), so `request()` can answer ACCEPTED without a record on the durable path.
+    accepted: Mutex<HashMap<String, u64>>,
     /// Held while outbox sequence numbers are drawn and committed, so entries become visible in
     /// sequence order: the relay reads "everything after the last seq I sent" and must never see
     /// seq 6 before seq 5 exists.
@@ -265,18 +282,6 @@ fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
-/// Abort a sled transaction with our own error.
-fn abort<T>(error: impl Into<StoreError>) -> Result<T, ConflictableTransactionError<StoreError>> {
-    Err(ConflictableTransactionError::Abort(error.into()))
-}
-
-fn transaction_error(error: TransactionError<StoreError>) -> StoreError {
-    match error {
-        TransactionError::Abort(error) => error,
-        TransactionError::Storage(error) => error.into(),
-    }
-}
-
 impl Store {
     /// Open (or create) the store under `dir` and start its flusher task. Must be called inside a
     /// tokio runtime.
@@ -297,6 +302,15 @@ impl Store {
                 pending_bytes += value.len() as u64;
             }
         }
+        let outbox_entries = outbox.len() as u64;
+        let mut accepted = HashMap::new();
+        for item in inbox.iter() {
+            let (key, value) = item?;
+            let request: InboundRequest = serde_json::from_slice(&value)?;
+            accepted.insert(request.request_id, key_u64(&key)?);
+        }
+        let request_order = tree("request_order")?;
+        let request_records = request_order.len() as u64;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
@@ -308,7 +322,7 @@ impl Store {
         });
         let inner = Arc::new(Inner {
             requests: tree("requests")?,
-            request_order: tree("request_order")?,
+            request_order,
             activity: tree("activity")?,
             dead_letters: tree("dead_letters")?,
             inbox,
@@ -317,7 +331,10 @@ impl Store {
             config,
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
+            outbox_entries: AtomicU64::new(outbox_entries),
+            request_records: AtomicU64::new(request_records),
             activity_counts: Mutex::new(HashMap::new()),
+            accepted: Mutex::new(accepted),
             outbox_append: Mutex::new(()),
             appended: Arc::new(Notify::new()),
             commit: commit.clone(),
@@ -328,45 +345,47 @@ impl Store {
 
     /// Durably record an accepted request. Returns only after the data is flushed to disk; on a
     /// flush failure the request is removed again and an error returned, so a caller that did not
-    /// get `Ok` may safely tell its client "not accepted". Returns the inbox key for the worker.
-    pub async fn accept(&self, request: &InboundRequest) -> Result<u64, StoreError> {
+    /// get `Ok` may safely tell its client "not accepted".
+    pub async fn accept(&self, request: InboundRequest) -> Result<Accepted, StoreError> {
         let inner = &self.inner;
-        let value = serde_json::to_vec(request)?;
+        let value = serde_json::to_vec(&request)?;
         let size = value.len() as u64;
         self.reserve(size)?;
-        let accept_seq = inner.db.generate_id()?;
-        let record = RequestRecord {
-            request_id: request.request_id.clone(),
-            integration_id: request.integration_id.clone(),
-            status: RequestStatus::Accepted,
-            received_at: request.received_at.clone(),
-            events: Vec::new(),
-            reason: None,
-            order: accept_seq,
+        // Only the inbox entry is on the durable path; the status record is written when the
+        // worker finishes (until then the in-memory index answers "ACCEPTED").
+        let durable = match inner.db.generate_id() {
+            Ok(key) => match inner.inbox.insert(be(key), value) {
+                Ok(_) => self
+                    .wait_for_flush()
+                    .await
+                    .map(|()| key)
+                    .map_err(|e| (Some(key), e)),
+                Err(error) => Err((None, error.into())),
+            },
+            Err(error) => Err((None, error.into())),
         };
-        let written = (|| -> Result<(), StoreError> {
-            inner.inbox.insert(be(accept_seq), value)?;
-            inner
-                .requests
-                .insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
-            inner
-                .request_order
-                .insert(be(accept_seq), request.request_id.as_bytes())?;
-            Ok(())
-        })();
-        let durable = match written {
-            Ok(()) => self.wait_for_flush().await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = durable {
-            // Undo what may have been written; the caller answers 503 and the client retries.
-            let _ = inner.inbox.remove(be(accept_seq));
-            let _ = inner.requests.remove(request.request_id.as_bytes());
-            let _ = inner.request_order.remove(be(accept_seq));
-            self.release(size);
-            return Err(error);
+        match durable {
+            Ok(key) => {
+                self.accepted_index()
+                    .insert(request.request_id.clone(), key);
+                Ok(Accepted { key, request, size })
+            }
+            Err((key, error)) => {
+                // Undo the write; the caller answers 503 and the client retries.
+                if let Some(key) = key {
+                    let _ = inner.inbox.remove(be(key));
+                }
+                self.release(size);
+                Err(error)
+            }
         }
-        Ok(accept_seq)
+    }
+
+    fn accepted_index(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.inner
+            .accepted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn reserve(&self, size: u64) -> Result<(), StoreError> {
@@ -404,35 +423,39 @@ impl Store {
     }
 
     /// Every request still in the inbox, oldest first, for the worker to (re)process at start-up.
-    pub fn inbox_keys(&self) -> Result<Vec<u64>, StoreError> {
+    pub fn inbox(&self) -> Result<Vec<Accepted>, StoreError> {
         self.inner
             .inbox
             .iter()
-            .keys()
-            .map(|key| key_u64(&key?))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok(Accepted {
+                    key: key_u64(&key)?,
+                    request: serde_json::from_slice(&value)?,
+                    size: value.len() as u64,
+                })
+            })
             .collect()
     }
 
     /// Read one inbox entry (None if it was processed meanwhile).
-    pub fn inbox_get(&self, key: u64) -> Result<Option<InboundRequest>, StoreError> {
+    fn inbox_get(&self, key: u64) -> Result<Option<InboundRequest>, StoreError> {
         match self.inner.inbox.get(be(key))? {
             Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
             None => Ok(None),
         }
     }
 
-    /// Finish processing inbox entry `key`: in one transaction remove it from the inbox, append
-    /// its events to the outbox, update the request record and write the activity entry.
-    pub fn complete(&self, key: u64, processed: Processed) -> Result<RequestRecord, StoreError> {
+    /// Finish processing inbox entry `key`: write the request record and the activity entry,
+    /// append its events to the outbox, then remove it from the inbox (the order makes a crash at
+    /// any point harmless; see the comment inside).
+    pub fn complete(
+        &self,
+        accepted: &Accepted,
+        processed: Processed,
+    ) -> Result<RequestRecord, StoreError> {
         let inner = &self.inner;
-        let Some(request) = self.inbox_get(key)? else {
-            return Err(StoreError::Corrupt(format!("inbox entry {key} vanished")));
-        };
-        let inbox_size = inner
-            .inbox
-            .get(be(key))?
-            .map(|v| v.len() as u64)
-            .unwrap_or(0);
+        let (key, request, inbox_size) = (accepted.key, &accepted.request, accepted.size);
         let append_guard = inner
             .outbox_append
             .lock()
@@ -482,23 +505,28 @@ impl Store {
         let activity_seq = inner.db.generate_id()?;
         let activity_key = activity_key(&request.integration_id, activity_seq);
         let activity_bytes = serde_json::to_vec(&processed.activity)?;
-        (
-            &inner.inbox,
-            &inner.outbox,
-            &inner.requests,
-            &inner.activity,
-        )
-            .transaction(|(inbox, outbox, requests, activity)| {
-                inbox.remove(&be(key))?;
-                for (seq, value) in &encoded {
-                    outbox.insert(&be(*seq), value.as_slice())?;
-                }
-                requests.insert(request.request_id.as_bytes(), record_bytes.as_slice())?;
-                activity.insert(activity_key.as_slice(), activity_bytes.as_slice())?;
-                Ok(())
-            })
-            .map_err(transaction_error)?;
+        // No multi-tree transaction: the writes are ordered so that a crash between any two of
+        // them is harmless. sled recovers a prefix of its log, so a later write surviving implies
+        // the earlier ones did. Until the inbox entry is removed (last), a restart re-processes
+        // the request with the same requestId and indexes, and the central answers the resent
+        // events with the events it already created. The status record goes first so an ack can
+        // never arrive for an event whose request record is not written yet.
+        inner
+            .requests
+            .insert(request.request_id.as_bytes(), record_bytes)?;
+        inner
+            .request_order
+            .insert(be(key), request.request_id.as_bytes())?;
+        inner.activity.insert(activity_key, activity_bytes)?;
+        let mut batch = sled::Batch::default();
+        for (seq, value) in &encoded {
+            batch.insert(&be(*seq), value.as_slice());
+        }
+        inner.outbox.apply_batch(batch)?;
         drop(append_guard);
+        inner.inbox.remove(be(key))?;
+        self.accepted_index().remove(&request.request_id);
+        inner.request_records.fetch_add(1, Ordering::SeqCst);
         // Pending accounting: the inbox entry became `n` outbox entries.
         inner.pending_bytes.fetch_sub(inbox_size, Ordering::SeqCst);
         inner
@@ -520,10 +548,21 @@ impl Store {
 
     /// The status record of one request.
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        match self.inner.requests.get(request_id.as_bytes())? {
-            Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
-            None => Ok(None),
+        if let Some(value) = self.inner.requests.get(request_id.as_bytes())? {
+            return Ok(Some(serde_json::from_slice(&value)?));
         }
+        let Some(key) = self.accepted_index().get(request_id).copied() else {
+            return Ok(None);
+        };
+        Ok(self.inbox_get(key)?.map(|request| RequestRecord {
+            request_id: request.request_id,
+            integration_id: request.integration_id,
+            status: RequestStatus::Accepted,
+            received_at: request.received_at,
+            events: Vec::new(),
+            reason: None,
+            order: key,
+        }))
     }
 
     /// Activity entries of one integration, newest first, at most `limit`.
@@ -536,7 +575,9 @@ impl Store {
             .activity
             .scan_prefix(activity_prefix(integration_id))
             .values()
-            .take(limit)
+            .rev()
+            // Pruning leaves a little slack; never show more than the retention.
+            .take(limit.min(self.inner.config.activity_per_integration as usize))
             .map(|value| Ok(serde_json::from_slice(&value?)?))
             .collect()
     }
@@ -560,8 +601,8 @@ impl Store {
     }
 
     /// Entries waiting for the central.
-    pub fn outbox_len(&self) -> usize {
-        self.inner.outbox.len()
+    pub fn outbox_len(&self) -> u64 {
+        self.inner.outbox_entries.load(Ordering::SeqCst)
     }
 
     /// Flush everything to disk (shutdown).
@@ -583,30 +624,21 @@ impl Store {
         };
         let entry: protocol::EventCreate = serde_json::from_slice(&value)?;
         let size = value.len() as u64;
-        let removed = (&inner.outbox, &inner.requests, &inner.dead_letters)
-            .transaction(|(outbox, requests, dead_letters)| {
-                if outbox.remove(&be(seq))?.is_none() {
-                    return Ok(false);
-                }
-                if let Some(letter) = dead_letter {
-                    dead_letters.insert(&be(seq), letter)?;
-                }
-                if let Some(raw) = requests.get(entry.request_id.as_bytes())? {
-                    let mut record: RequestRecord = match serde_json::from_slice(&raw) {
-                        Ok(record) => record,
-                        Err(error) => return abort(error),
-                    };
-                    update(&mut record);
-                    let raw = match serde_json::to_vec(&record) {
-                        Ok(raw) => raw,
-                        Err(error) => return abort(error),
-                    };
-                    requests.insert(entry.request_id.as_bytes(), raw)?;
-                }
-                Ok(true)
-            })
-            .map_err(transaction_error)?;
+        // Ordered writes (see `complete`): the dead letter and the request's new status first,
+        // the outbox entry last, so a crash in between only causes a harmless resend.
+        if let Some(letter) = dead_letter {
+            inner.dead_letters.insert(be(seq), letter)?;
+        }
+        if let Some(raw) = inner.requests.get(entry.request_id.as_bytes())? {
+            let mut record: RequestRecord = serde_json::from_slice(&raw)?;
+            update(&mut record);
+            inner
+                .requests
+                .insert(entry.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
+        }
+        let removed = inner.outbox.remove(be(seq))?.is_some();
         if removed {
+            inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             inner.pending_bytes.fetch_sub(size, Ordering::SeqCst);
             self.prune_requests()?;
@@ -614,32 +646,36 @@ impl Store {
         Ok(())
     }
 
-    /// Drop the oldest activity entries of `integration_id` beyond the retention count.
+    /// Drop the oldest activity entries of `integration_id` beyond the retention count. Pruning
+    /// waits for a little slack and then removes in one batch, so the common insert pays nothing.
     fn prune_activity(&self, integration_id: &str) -> Result<(), StoreError> {
         let inner = &self.inner;
         let prefix = activity_prefix(integration_id);
+        let retention = inner.config.activity_per_integration;
+        let slack = retention / 8 + 8;
         let mut counts = inner
             .activity_counts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let count = match counts.get_mut(integration_id) {
-            Some(count) => {
-                *count += 1;
-                count
-            }
-            None => counts
-                .entry(integration_id.to_owned())
-                .or_insert(inner.activity.scan_prefix(&prefix).count() as u64),
-        };
-        while *count > inner.config.activity_per_integration {
-            match inner.activity.scan_prefix(&prefix).keys().next_back() {
-                Some(oldest) => {
-                    inner.activity.remove(oldest?)?;
-                    *count -= 1;
-                }
-                None => break,
-            }
+        let count = counts.entry(integration_id.to_owned()).or_insert_with(|| {
+            (inner.activity.scan_prefix(&prefix).count() as u64).saturating_sub(1)
+        });
+        *count += 1;
+        if *count <= retention + slack {
+            return Ok(());
         }
+        let mut batch = sled::Batch::default();
+        let excess = *count - retention;
+        for key in inner
+            .activity
+            .scan_prefix(&prefix)
+            .keys()
+            .take(excess as usize)
+        {
+            batch.remove(key?);
+        }
+        inner.activity.apply_batch(batch)?;
+        *count = retention;
         Ok(())
     }
 
@@ -647,8 +683,10 @@ impl Store {
     /// never dropped (they are bounded by the store bound instead).
     fn prune_requests(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let excess =
-            (inner.request_order.len() as u64).saturating_sub(inner.config.max_request_records);
+        let excess = inner
+            .request_records
+            .load(Ordering::SeqCst)
+            .saturating_sub(inner.config.max_request_records);
         if excess == 0 {
             return Ok(());
         }
@@ -665,6 +703,7 @@ impl Store {
             }
             inner.requests.remove(&request_id)?;
             inner.request_order.remove(order)?;
+            inner.request_records.fetch_sub(1, Ordering::SeqCst);
         }
         Ok(())
     }
@@ -676,10 +715,11 @@ fn activity_prefix(integration_id: &str) -> Vec<u8> {
     prefix
 }
 
-/// Newest first under a prefix scan: the sequence is stored inverted.
+/// Oldest first under a prefix scan, so pruning walks forward (cheap in sled) and listing walks
+/// backward (rare).
 fn activity_key(integration_id: &str, seq: u64) -> Vec<u8> {
     let mut key = activity_prefix(integration_id);
-    key.extend_from_slice(&be(u64::MAX - seq));
+    key.extend_from_slice(&be(seq));
     key
 }
 
@@ -824,21 +864,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key = {
             let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-            store.accept(&request(1)).await.unwrap()
+            store.accept(request(1)).await.unwrap().key
         };
         // Give the old flusher a moment to notice the drop and release the database.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        assert_eq!(store.inbox_keys().unwrap(), vec![key]);
+        assert_eq!(
+            store
+                .inbox()
+                .unwrap()
+                .iter()
+                .map(|a| a.key)
+                .collect::<Vec<_>>(),
+            vec![key]
+        );
         assert_eq!(
             store.request("req-1").unwrap().unwrap().status,
             RequestStatus::Accepted
         );
         assert_eq!(store.pending().0, 1);
 
-        let record = store.complete(key, events(2)).unwrap();
+        let accepted = store.inbox().unwrap().remove(0);
+        let record = store.complete(&accepted, events(2)).unwrap();
         assert_eq!(record.status, RequestStatus::Queued);
-        assert!(store.inbox_keys().unwrap().is_empty());
+        assert!(store
+            .inbox()
+            .unwrap()
+            .iter()
+            .map(|a| a.key)
+            .collect::<Vec<_>>()
+            .is_empty());
         let pending = store.pending_after(None, 10).unwrap();
         assert_eq!(pending.len(), 2);
         assert!(pending[0].seq < pending[1].seq);
@@ -880,17 +935,26 @@ mod tests {
             ..StoreConfig::default()
         };
         let store = Store::open(dir.path(), config).unwrap();
-        store.accept(&request(1)).await.unwrap();
-        store.accept(&request(2)).await.unwrap();
+        store.accept(request(1)).await.unwrap();
+        store.accept(request(2)).await.unwrap();
         assert!(matches!(
-            store.accept(&request(3)).await,
+            store.accept(request(3)).await,
             Err(StoreError::Full(_))
         ));
         assert!(
             store.request("req-3").unwrap().is_none(),
             "a refused request must not be half-kept"
         );
-        assert_eq!(store.inbox_keys().unwrap().len(), 2);
+        assert_eq!(
+            store
+                .inbox()
+                .unwrap()
+                .iter()
+                .map(|a| a.key)
+                .collect::<Vec<_>>()
+                .len(),
+            2
+        );
 
         let config = StoreConfig {
             max_bytes: 10,
@@ -899,7 +963,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), config).unwrap();
         assert!(matches!(
-            store.accept(&request(1)).await,
+            store.accept(request(1)).await,
             Err(StoreError::Full(_))
         ));
         assert_eq!(store.pending(), (0, 0));
@@ -909,8 +973,8 @@ mod tests {
     async fn a_final_reject_dead_letters_and_fails_the_request() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let key = store.accept(&request(1)).await.unwrap();
-        store.complete(key, events(1)).unwrap();
+        let accepted = store.accept(request(1)).await.unwrap();
+        store.complete(&accepted, events(1)).unwrap();
         let seq = store.pending_after(None, 1).unwrap()[0].seq;
         store.rejected(seq, 400, "bad priority").unwrap();
         assert!(store.pending_after(None, 10).unwrap().is_empty());
@@ -932,14 +996,14 @@ mod tests {
         };
         let store = Store::open(dir.path(), config).unwrap();
         for n in 0..6 {
-            let key = store.accept(&request(n)).await.unwrap();
+            let accepted = store.accept(request(n)).await.unwrap();
             let processed = Processed {
                 events: vec![],
                 failure: Some(format!("boom {n}")),
                 activity: json!({"n": n}),
             };
             assert_eq!(
-                store.complete(key, processed).unwrap().status,
+                store.complete(&accepted, processed).unwrap().status,
                 RequestStatus::Failed
             );
         }
@@ -989,7 +1053,7 @@ mod tests {
             runtime.block_on(async {
                 let dir = tempfile::tempdir().unwrap();
                 let mut store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-                let mut inbox: Vec<(u64, String)> = Vec::new();
+                let mut inbox: Vec<(Accepted, String)> = Vec::new();
                 let mut outbox: Vec<(u64, String)> = Vec::new();
                 let mut status: HashMap<String, RequestStatus> = HashMap::new();
                 let mut next = 0u64;
@@ -997,13 +1061,13 @@ mod tests {
                     match op {
                         Op::Accept => {
                             next += 1;
-                            let key = store.accept(&request(next)).await.unwrap();
-                            inbox.push((key, format!("req-{next}")));
+                            let accepted = store.accept(request(next)).await.unwrap();
+                            inbox.push((accepted, format!("req-{next}")));
                             status.insert(format!("req-{next}"), RequestStatus::Accepted);
                         }
                         Op::Process(i, n) if !inbox.is_empty() => {
-                            let (key, id) = inbox.remove(i % inbox.len());
-                            store.complete(key, events(n as usize)).unwrap();
+                            let (accepted, id) = inbox.remove(i % inbox.len());
+                            store.complete(&accepted, events(n as usize)).unwrap();
                             let pending: Vec<_> = store.pending_after(None, 1000).unwrap();
                             for entry in pending.iter().filter(|e| e.request_id == id) {
                                 outbox.push((entry.seq, id.clone()));
@@ -1032,9 +1096,9 @@ mod tests {
                     outbox.sort();
                     let seqs: Vec<u64> = store.pending_after(None, 1000).unwrap().iter().map(|e| e.seq).collect();
                     prop_assert_eq!(seqs, outbox.iter().map(|(s, _)| *s).collect::<Vec<_>>());
-                    let mut keys: Vec<u64> = inbox.iter().map(|(k, _)| *k).collect();
+                    let mut keys: Vec<u64> = inbox.iter().map(|(a, _)| a.key).collect();
                     keys.sort();
-                    prop_assert_eq!(store.inbox_keys().unwrap(), keys);
+                    prop_assert_eq!(store.inbox().unwrap().iter().map(|a| a.key).collect::<Vec<_>>(), keys);
                     prop_assert_eq!(store.pending().0, (inbox.len() + outbox.len()) as u64);
                     for (id, expected) in &status {
                         prop_assert_eq!(store.request(id).unwrap().unwrap().status, *expected);
@@ -1042,6 +1106,110 @@ mod tests {
                 }
                 Ok(())
             })?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod throughput {
+    use super::*;
+
+    /// Durable accepts per second with 64 concurrent writers (release: `cargo test --release -p
+    /// agent --lib store::throughput -- --ignored --nocapture`). A measurement, not an assertion.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore]
+    async fn group_commit_accepts_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_entries: u64::MAX,
+            max_bytes: u64::MAX,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for writer in 0..64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < std::time::Duration::from_secs(3) {
+                    let mut request = tests_support::request(writer * 1_000_000 + n);
+                    request.body = "x".repeat(1500);
+                    store.accept(request).await.unwrap();
+                    n += 1;
+                }
+                n
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        let rate = total as f64 / started.elapsed().as_secs_f64();
+        eprintln!(
+            "durable accepts: {total} in {:?} = {rate:.0}/s",
+            started.elapsed()
+        );
+    }
+
+    mod tests_support {
+        pub fn request(n: u64) -> super::InboundRequest {
+            super::InboundRequest {
+                request_id: format!("req-{n}"),
+                integration_id: "int".into(),
+                method: "POST".into(),
+                headers: vec![],
+                query: String::new(),
+                body: String::new(),
+                principal: super::PrincipalRecord {
+                    user: "svc".into(),
+                    method: "url".into(),
+                },
+                remote_address: "127.0.0.1".into(),
+                received_at: super::timestamp(),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod sled_costs {
+    /// Raw sled operation costs on this machine (a measurement, run with --ignored --nocapture).
+    #[test]
+    #[ignore]
+    fn sled_op_costs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new()
+            .path(dir.path())
+            .cache_capacity(8 << 20)
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
+        let tree = db.open_tree("t").unwrap();
+        for size in [64usize, 2048] {
+            let value = vec![b'x'; size];
+            let n = 20_000u64;
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                tree.insert(i.to_be_bytes(), value.as_slice()).unwrap();
+            }
+            let insert = t.elapsed() / n as u32;
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                tree.get(i.to_be_bytes()).unwrap();
+            }
+            let get = t.elapsed() / n as u32;
+            let t = std::time::Instant::now();
+            for i in 0..n {
+                tree.remove(i.to_be_bytes()).unwrap();
+            }
+            let remove = t.elapsed() / n as u32;
+            let t = std::time::Instant::now();
+            db.flush().unwrap();
+            eprintln!(
+                "value {size} B: insert {insert:?}, get {get:?}, remove {remove:?}, flush {:?}",
+                t.elapsed()
+            );
         }
     }
 }

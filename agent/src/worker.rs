@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use crate::config::{Action, Integration};
 use crate::daemon::Shared;
-use crate::store::{InboundRequest, Processed};
+use crate::store::{Accepted, InboundRequest, Processed};
 
 /// Most request bytes copied into an activity-stream entry.
 const ACTIVITY_BODY_BYTES: usize = 4096;
@@ -53,18 +53,27 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// Process inbox keys until shutdown, then let in-flight runs finish. Requests not started by then
-/// stay in the inbox and are processed at the next start.
+/// One accepted request for the worker. `trigger` carries the `create_event` trigger ingress
+/// already parsed while validating the body, so it is not parsed twice.
+pub struct Job {
+    /// The request as stored in the inbox.
+    pub accepted: Accepted,
+    /// The parsed trigger, when ingress has it.
+    pub trigger: Option<Value>,
+}
+
+/// Process jobs until shutdown, then let in-flight runs finish. Requests not started by then stay
+/// in the inbox and are processed at the next start.
 pub async fn run(
     shared: Arc<Shared>,
-    mut keys: mpsc::UnboundedReceiver<u64>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.worker_concurrency));
     let mut running = JoinSet::new();
     loop {
-        let key = tokio::select! {
-            key = keys.recv() => match key { Some(key) => key, None => break },
+        let job = tokio::select! {
+            job = jobs.recv() => match job { Some(job) => job, None => break },
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -72,7 +81,7 @@ pub async fn run(
         };
         let shared = shared.clone();
         running.spawn(async move {
-            process(&shared, key).await;
+            process(&shared, job).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -80,15 +89,8 @@ pub async fn run(
     while running.join_next().await.is_some() {}
 }
 
-async fn process(shared: &Shared, key: u64) {
-    let request = match shared.store.inbox_get(key) {
-        Ok(Some(request)) => request,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::error!(%error, key, "cannot read inbox entry");
-            return;
-        }
-    };
+async fn process(shared: &Shared, job: Job) {
+    let request = &job.accepted.request;
     let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
     async {
         let started = std::time::Instant::now();
@@ -99,18 +101,18 @@ async fn process(shared: &Shared, key: u64) {
             .get(&request.integration_id)
             .cloned();
         let processed = match integration {
-            None => failed(&request, "the integration is no longer configured".into()),
-            Some(integration) => run_action(shared, &integration, &request).await,
+            None => failed(request, "the integration is no longer configured".into()),
+            Some(integration) => run_action(shared, &integration, request, job.trigger).await,
         };
         let failure = processed.failure.clone();
         let events = processed.events.len();
         shared
             .metrics
             .count_processed(failure.is_some(), started.elapsed());
-        match shared.store.complete(key, processed) {
+        match shared.store.complete(&job.accepted, processed) {
             Ok(_) => match failure {
                 Some(reason) => tracing::warn!(%reason, "request failed"),
-                None => tracing::info!(events, "processed"),
+                None => tracing::debug!(events, "processed"),
             },
             Err(error) => {
                 tracing::error!(%error, "cannot record the outcome; it will be retried at restart")
@@ -125,16 +127,19 @@ async fn run_action(
     shared: &Shared,
     integration: &Integration,
     request: &InboundRequest,
+    parsed: Option<Value>,
 ) -> Processed {
     match (integration.action, &integration.program) {
-        (Action::CreateEvent, _) => match trigger_from_body(request.body.as_bytes()) {
-            Ok(trigger) => Processed {
-                activity: activity(request, "QUEUED", json!({"events": 1})),
-                events: vec![(integration.form.clone(), trigger)],
-                failure: None,
-            },
-            Err(reason) => failed(request, reason),
-        },
+        (Action::CreateEvent, _) => {
+            match parsed.map_or_else(|| trigger_from_body(request.body.as_bytes()), Ok) {
+                Ok(trigger) => Processed {
+                    activity: activity(request, "QUEUED", json!({"events": 1})),
+                    events: vec![(integration.form.clone(), trigger)],
+                    failure: None,
+                },
+                Err(reason) => failed(request, reason),
+            }
+        }
         (_, Some(program)) => {
             let content_type = request
                 .headers

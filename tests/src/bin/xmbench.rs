@@ -32,6 +32,7 @@ const TOKEN: &str = "bench-agent-token-0123456789";
 #[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum Scenario {
     /// `create_event`: the body is the trigger.
+    #[value(name = "create_event", alias = "create-event")]
     CreateEvent,
     /// `transform`: the Prometheus Alertmanager example script.
     Transform,
@@ -41,7 +42,7 @@ enum Scenario {
 #[command(about = "Load the agent's trigger path and compare with a bare hyper server")]
 struct Args {
     /// Which integration action to drive.
-    #[arg(long, value_enum, default_value = "create-event")]
+    #[arg(long, value_enum, default_value = "create_event")]
     scenario: Scenario,
     /// Seconds of load against each server.
     #[arg(long, default_value_t = 10)]
@@ -152,7 +153,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let agent_rps = agent_run.accepted_ids.len() as f64 / agent_run.elapsed.as_secs_f64();
     let baseline_rps = baseline_run.accepted_ids.len() as f64 / baseline_run.elapsed.as_secs_f64();
     let summary = json!({
-        "scenario": format!("{:?}", args.scenario).to_lowercase(),
+        "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
         "seconds": args.seconds,
         "connections": args.connections,
         "accepted": agent_run.accepted_ids.len(),
