@@ -1,0 +1,374 @@
+//! Transformation scripts end to end: the example integrations fed with real webhook payloads,
+//! "run a script" calling the central through the built-in `xMatters` endpoint, failures in the
+//! activity stream, and SIGHUP reload — all through the real `xmagent` and `xmcentral` binaries.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+
+fn example(path: &str) -> PathBuf {
+    Path::new(EXAMPLES).join(path)
+}
+
+fn payload(name: &str) -> String {
+    std::fs::read_to_string(example(&format!("payloads/{name}"))).expect("payload")
+}
+
+/// One transform integration per example script, plus the scripts this test writes into `dir`.
+fn integrations(dir: &Path) -> String {
+    let mut text = String::from(
+        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"svc-password\"\n",
+    );
+    for (id, script) in [
+        ("alertmanager", example("integrations/alertmanager.js")),
+        ("grafana", example("integrations/grafana.js")),
+        ("nagios", example("integrations/nagios.js")),
+        ("zabbix", example("integrations/zabbix.js")),
+        ("generic-json", example("integrations/generic-json.js")),
+        ("terminator", dir.join("terminator.js")),
+        ("broken", dir.join("broken.js")),
+        ("reloadable", dir.join("reloadable.js")),
+    ] {
+        let action = if id == "terminator" {
+            "run_script"
+        } else {
+            "transform"
+        };
+        text.push_str(&format!(
+            "\n[[integrations]]\nid = \"{id}\"\naction = \"{action}\"\nform = \"Incident Alert\"\n\
+             authenticating_user = \"svc\"\nurl_key = \"key-{id}\"\nscript = \"{}\"\n",
+            script.display()
+        ));
+        if id == "alertmanager" {
+            text.push_str("[integrations.constants]\nDefaultRecipient = \"Ops-Oncall\"\n");
+        }
+    }
+    text
+}
+
+const TERMINATOR: &str = r#"
+var data = JSON.parse(request.body);
+var found = JSON.parse(http.request({ endpoint: 'xMatters', method: 'GET',
+  path: '/api/xm/1/events?status=ACTIVE&propertyName=host%23en&propertyValue=' + encodeURIComponent(data.host) }).write().body);
+for (var i = 0; i < found.data.length; i++) {
+  var r = http.request({ endpoint: 'xMatters', method: 'POST', path: '/api/xm/1/events',
+    headers: { 'Content-Type': 'application/json' } }).write({ id: found.data[i].id, status: 'TERMINATED' });
+  console.log('terminated ' + found.data[i].id + ': ' + r.statusCode);
+}
+"#;
+
+const BROKEN: &str =
+    "var data = JSON.parse(request.body);\nconsole.warn('about to fail');\nnull.explode();\n";
+
+fn write_scripts(dir: &Path) {
+    std::fs::write(dir.join("terminator.js"), TERMINATOR).unwrap();
+    std::fs::write(dir.join("broken.js"), BROKEN).unwrap();
+    std::fs::write(
+        dir.join("reloadable.js"),
+        "trigger.properties.version = 1;\nform.post(trigger);\n",
+    )
+    .unwrap();
+}
+
+async fn post(agent: SocketAddr, id: &str, body: &str) -> String {
+    let answer = trigger(agent, id, &format!("?apiKey=key-{id}"), &[], body).await;
+    assert_eq!(
+        answer.status,
+        202,
+        "{id}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()["requestId"].as_str().unwrap().to_owned()
+}
+
+async fn admin_get(agent: SocketAddr, path: &str) -> Value {
+    let auth = basic("svc", "svc-password");
+    let answer = http(agent, "GET", path, &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()
+}
+
+/// Wait until the request reached a final status; return its record.
+async fn finished(agent: SocketAddr, request_id: &str) -> Value {
+    eventually(WAIT, &format!("request {request_id} finished"), || async {
+        let record = admin_get(agent, &format!("/api/agent/1/requests/{request_id}")).await;
+        matches!(
+            record["status"].as_str(),
+            Some("DELIVERED" | "COMPLETED" | "FAILED")
+        )
+        .then_some(record)
+    })
+    .await
+}
+
+struct System {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    central: Node,
+    agent: Node,
+}
+
+fn start() -> System {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    write_scripts(&path);
+    let central = start_central(&path, 0);
+    let agent = start_agent(&agent_config(
+        &path,
+        central.addr.port(),
+        &integrations(&path),
+    ));
+    System {
+        _dir: dir,
+        dir: path,
+        central,
+        agent,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn example_integrations_turn_real_payloads_into_events() {
+    let sys = start();
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+
+    // Alertmanager: one event per firing alert; a resolved alert makes none.
+    let id = post(agent, "alertmanager", &payload("prometheus-1.json")).await;
+    assert_eq!(finished(agent, &id).await["status"], "DELIVERED");
+    let events = central_events(central, &id).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["properties"]["alertname"], "InstanceDown");
+    assert_eq!(
+        events[0]["properties"]["instance"],
+        "web-03.example.com:9100"
+    );
+    assert_eq!(events[0]["priority"], "HIGH");
+    assert_eq!(
+        events[0]["recipients"],
+        json!([{"targetName": "Checkout-Oncall"}])
+    );
+    assert_eq!(events[0]["form"]["name"], "Incident Alert");
+    let id = post(agent, "alertmanager", &payload("prometheus-2.json")).await;
+    finished(agent, &id).await;
+    assert_eq!(
+        central_events(central, &id).await.len(),
+        1,
+        "only the firing alert of the mixed group"
+    );
+
+    // Grafana, legacy and unified alerting.
+    let id = post(agent, "grafana", &payload("grafana-1.json")).await;
+    finished(agent, &id).await;
+    let event = &central_events(central, &id).await[0];
+    assert_eq!(event["properties"]["ruleName"], "DB CPU high");
+    assert_eq!(event["priority"], "HIGH");
+    let id = post(agent, "grafana", &payload("grafana-2.json")).await;
+    assert_eq!(finished(agent, &id).await["status"], "DELIVERED");
+
+    // Nagios: a PROBLEM becomes an event, an ACKNOWLEDGEMENT does not.
+    let id = post(agent, "nagios", &payload("nagios-1.json")).await;
+    finished(agent, &id).await;
+    let event = &central_events(central, &id).await[0];
+    assert_eq!(event["properties"]["summary"], "edge-router-01 is DOWN");
+    assert_eq!(
+        event["recipients"],
+        json!([{"targetName": "edge-router-01"}])
+    );
+    let id = post(agent, "nagios", &payload("nagios-2.json")).await;
+    assert_eq!(finished(agent, &id).await["status"], "COMPLETED");
+    assert!(central_events(central, &id).await.is_empty());
+
+    // Zabbix.
+    let id = post(agent, "zabbix", &payload("zabbix-1.json")).await;
+    finished(agent, &id).await;
+    let event = &central_events(central, &id).await[0];
+    assert_eq!(event["properties"]["severity"], "High");
+    assert_eq!(event["properties"]["host_name"], "app-srv-14");
+    assert_eq!(event["priority"], "HIGH");
+
+    // Generic JSON mapper: nested fields flattened.
+    let id = post(agent, "generic-json", &payload("datadog-1.json")).await;
+    finished(agent, &id).await;
+    let event = &central_events(central, &id).await[0];
+    let properties = event["properties"].as_object().unwrap();
+    assert!(properties.len() > 3, "{properties:?}");
+    assert!(
+        properties.keys().all(|k| !properties[k].is_object()),
+        "not flattened: {properties:?}"
+    );
+
+    // The activity stream records the script's console output.
+    let logs = admin_get(agent, "/api/xm/1/integrations/alertmanager/logs").await;
+    let newest = &logs["data"][0];
+    assert_eq!(newest["status"], "QUEUED");
+    assert!(
+        newest["log"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1 event(s) of 2 alert(s)"),
+        "{newest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_script_calls_the_central_through_the_builtin_endpoint() {
+    let sys = start();
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+    // Two events about host db-9, one about another host.
+    let mut ids = Vec::new();
+    for host in ["db-9", "db-9", "web-1"] {
+        let answer = trigger(
+            agent,
+            "generic-json",
+            "?apiKey=key-generic-json",
+            &[],
+            &json!({"host": host}).to_string(),
+        )
+        .await;
+        let id = answer.json()["requestId"].as_str().unwrap().to_owned();
+        finished(agent, &id).await;
+        ids.push(id);
+    }
+    let id = post(agent, "terminator", r#"{"host": "db-9"}"#).await;
+    let record = finished(agent, &id).await;
+    assert_eq!(record["status"], "COMPLETED", "{record}");
+    for (request, expected) in ids.iter().zip(["TERMINATED", "TERMINATED", "ACTIVE"]) {
+        assert_eq!(
+            central_events(central, request).await[0]["status"],
+            expected
+        );
+    }
+    let logs = admin_get(agent, "/api/xm/1/integrations/terminator/logs").await;
+    let entry = &logs["data"][0];
+    assert_eq!(entry["http"].as_array().unwrap().len(), 3, "{entry}");
+    assert_eq!(entry["http"][0]["endpoint"], "xMatters");
+    assert_eq!(entry["http"][1]["status"], 202);
+    assert!(entry["log"][0]["message"]
+        .as_str()
+        .unwrap()
+        .ends_with(": 202"));
+    assert!(
+        !logs.to_string().contains(AGENT_TOKEN),
+        "the agent token leaked into the activity stream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_script_fails_its_request_with_the_line_and_the_agent_keeps_serving() {
+    let sys = start();
+    let agent = sys.agent.addr;
+    let id = post(agent, "broken", "{}").await;
+    let record = finished(agent, &id).await;
+    assert_eq!(record["status"], "FAILED");
+    assert!(
+        record["reason"].as_str().unwrap().contains("line 3")
+            || record["reason"].as_str().unwrap().contains(":3"),
+        "{record}"
+    );
+    let logs = admin_get(agent, "/api/xm/1/integrations/broken/logs").await;
+    let entry = &logs["data"][0];
+    assert_eq!(entry["status"], "FAILED");
+    assert_eq!(entry["log"][0]["level"], "warn");
+    assert_eq!(entry["error"]["kind"], "exception");
+    assert_eq!(entry["error"]["line"], 3);
+    // Invalid JSON body: the script's JSON.parse throws; the request fails, others still work.
+    let id = post(agent, "alertmanager", "not json").await;
+    assert_eq!(finished(agent, &id).await["status"], "FAILED");
+    let id = post(agent, "alertmanager", &payload("prometheus-1.json")).await;
+    assert_eq!(finished(agent, &id).await["status"], "DELIVERED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_scripts_and_refuses_a_broken_config() {
+    let sys = start();
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+    let id = post(agent, "reloadable", "{}").await;
+    finished(agent, &id).await;
+    assert_eq!(
+        central_events(central, &id).await[0]["properties"]["version"],
+        1
+    );
+
+    // A new version of the script, picked up on SIGHUP while requests keep arriving: none of them
+    // is refused or fails.
+    std::fs::write(
+        sys.dir.join("reloadable.js"),
+        "trigger.properties.version = 2;\nform.post(trigger);\n",
+    )
+    .unwrap();
+    let during = tokio::spawn(async move {
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push(post(agent, "alertmanager", &payload("prometheus-1.json")).await);
+        }
+        ids
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    sys.agent.signal("HUP");
+    for id in during.await.unwrap() {
+        assert_eq!(
+            finished(agent, &id).await["status"],
+            "DELIVERED",
+            "request {id} during the reload"
+        );
+    }
+    let version = eventually(WAIT, "reloaded script in use", || async {
+        let id = post(agent, "reloadable", "{}").await;
+        finished(agent, &id).await;
+        let version = central_events(central, &id).await[0]["properties"]["version"].clone();
+        (version == 2).then_some(version)
+    })
+    .await;
+    assert_eq!(version, 2);
+
+    // A syntax error is refused: the log names the file and the previous script keeps running.
+    std::fs::write(
+        sys.dir.join("reloadable.js"),
+        "trigger.properties.version = ;\n",
+    )
+    .unwrap();
+    sys.agent.signal("HUP");
+    eventually(WAIT, "reload refusal logged", || async {
+        sys.agent.log().contains("reload refused").then_some(())
+    })
+    .await;
+    assert!(
+        sys.agent.log().contains("reloadable.js"),
+        "the refusal must name the file"
+    );
+    let id = post(agent, "reloadable", "{}").await;
+    finished(agent, &id).await;
+    assert_eq!(
+        central_events(central, &id).await[0]["properties"]["version"],
+        2
+    );
+}
+
+#[test]
+fn check_reports_a_script_syntax_error_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write_scripts(dir.path());
+    std::fs::write(dir.path().join("broken.js"), "var a = 1;\nvar b = ;\n").unwrap();
+    let config = agent_config(dir.path(), 9, &integrations(dir.path()));
+    let out = std::process::Command::new(binary("xmagent"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("broken.js"), "{stderr}");
+    assert!(stderr.contains("integrations[6].script"), "{stderr}");
+    assert!(stderr.contains('2'), "no line number: {stderr}");
+}
