@@ -105,6 +105,36 @@ async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
     );
     let printed: Value = serde_json::from_slice(&cli.stdout).unwrap();
     assert_eq!(printed["status"], "DELIVERED");
+    let config_path = dir.path().join("agent.toml");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary("xmagent"))
+            .args(args)
+            .args(["--config", config_path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "xmagent {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let activity = cli(&["activity", "any", "--limit", "5"]);
+    assert_eq!(activity["data"][0]["requestId"], plain_id.as_str());
+    assert_eq!(cli(&["dead-letters"])["count"], 0);
+    let unknown = std::process::Command::new(binary("xmagent"))
+        .args([
+            "request",
+            "no-such-request",
+            "--config",
+            config_path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !unknown.status.success(),
+        "an unknown request id must not exit 0"
+    );
 
     // The activity stream lists both requests, newest first, without the URL key.
     let logs = http(
