@@ -104,7 +104,7 @@ pub async fn start(
         move |request, peer| rest::route(Arc::clone(&state), request, peer)
     };
     let task = tokio::spawn(async move {
-        serve::serve_with_upgrades(listener, handler, shutdown).await;
+        serve::serve(listener, handler, shutdown).await;
         if tokio::time::timeout(WS_DRAIN_TIMEOUT, state.ws_tracker.wait_idle())
             .await
             .is_err()

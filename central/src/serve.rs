@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -27,68 +26,17 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Serve `handler` on `listener` until `shutdown` turns true, then drain in-flight connections.
-///
 /// `handler` receives the peer address because ingress needs it for the activity stream.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
-where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
-{
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                // EMFILE and friends: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("some connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
-    }
-}
-
-/// Like [`serve`], but connections may be upgraded (HTTP `101 Switching Protocols`), which the
-/// central needs for the agent websocket on the same listener as its REST API.
 ///
+/// Connections may be upgraded (HTTP `101 Switching Protocols`), which the central needs for the
+/// agent websocket on the same listener as its REST API; the agent simply never upgrades.
 /// hyper-util's `GracefulShutdown` cannot watch upgradeable HTTP/1 connections, so this loop
 /// tracks them itself: on shutdown each connection is asked to finish its current request and
 /// close, and the function returns once all have (or after the drain timeout). A connection that
 /// was already upgraded has been handed to its handler and is not waited for here; the handler
 /// must watch `shutdown` itself.
-pub async fn serve_with_upgrades<H, F>(
-    listener: TcpListener,
-    handler: H,
-    mut shutdown: watch::Receiver<bool>,
-) where
+pub async fn serve<H, F>(listener: TcpListener, handler: H, mut shutdown: watch::Receiver<bool>)
+where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
