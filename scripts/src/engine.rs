@@ -333,20 +333,16 @@ impl RunState {
         Ok(uuid::Uuid::new_v4().to_string())
     }
 
-    fn http<'js>(&self, ctx: &Ctx<'js>, json: &str) -> rquickjs::Result<String> {
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct JsCall {
-            endpoint: Option<String>,
-            method: String,
-            path: String,
-            headers: Vec<(String, String)>,
-            body: Option<String>,
-            #[serde(rename = "autoEncodeURI")]
-            auto_encode_uri: bool,
-        }
-        let js: JsCall = serde_json::from_str(json)
-            .map_err(|e| Exception::throw_type(ctx, &format!("http.request: {e}")))?;
+    /// `http.request(...).write()`: `call` is the plain object the prelude assembled from the
+    /// script's options (`endpoint`, `method`, `path`, `headers` as a flat name/value array,
+    /// `body`, `autoEncodeURI`); the reply goes back as `{statusCode, body, headers}`.
+    fn http<'js>(&self, ctx: &Ctx<'js>, call: Object<'js>) -> rquickjs::Result<Object<'js>> {
+        let endpoint: Option<String> = call.get("endpoint")?;
+        let method: String = call.get("method")?;
+        let js_path: String = call.get("path")?;
+        let flat_headers: Vec<String> = call.get("headers")?;
+        let body: Option<String> = call.get("body")?;
+        let auto_encode_uri: bool = call.get("autoEncodeURI")?;
         let max_calls = self.limits.max_http_calls;
         let client = {
             let mut data = self.data.borrow_mut();
@@ -360,17 +356,22 @@ impl RunState {
             data.http_calls += 1;
             data.client.clone()
         };
-        let Some(endpoint) = js.endpoint else {
+        let Some(endpoint) = endpoint else {
             return Err(Exception::throw_type(
                 ctx,
                 "http.request: the options name no endpoint",
             ));
         };
-        let path = if js.auto_encode_uri {
-            encode_uri(&js.path)
+        let path = if auto_encode_uri {
+            encode_uri(&js_path)
         } else {
-            js.path
+            js_path
         };
+        let mut flat_headers = flat_headers.into_iter();
+        let mut headers = Vec::new();
+        while let (Some(name), Some(value)) = (flat_headers.next(), flat_headers.next()) {
+            headers.push((name, value));
+        }
         let now = Instant::now();
         let remaining = self
             .deadline
@@ -379,10 +380,10 @@ impl RunState {
             .unwrap_or(self.limits.timeout);
         let call = HttpCall {
             endpoint,
-            method: js.method,
+            method,
             path,
-            headers: js.headers,
-            body: js.body,
+            headers,
+            body,
             timeout: remaining,
         };
         let result = match client {
@@ -399,24 +400,11 @@ impl RunState {
         }
         match result {
             Ok(reply) => {
-                let mut headers = serde_json::Map::new();
-                for (name, value) in reply.headers {
-                    match headers.get_mut(&name) {
-                        Some(serde_json::Value::String(existing)) => {
-                            existing.push_str(", ");
-                            existing.push_str(&value);
-                        }
-                        _ => {
-                            headers.insert(name, serde_json::Value::String(value));
-                        }
-                    }
-                }
-                Ok(serde_json::json!({
-                    "statusCode": reply.status,
-                    "body": reply.body,
-                    "headers": headers,
-                })
-                .to_string())
+                let object = Object::new(ctx.clone())?;
+                object.set("statusCode", reply.status)?;
+                object.set("body", reply.body)?;
+                object.set("headers", headers_object(ctx, &reply.headers)?)?;
+                Ok(object)
             }
             Err(message) => Err(Exception::throw_message(
                 ctx,
@@ -491,8 +479,8 @@ fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<
     let st = state.clone();
     native.set(
         "http",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, json: String| {
-            st.http(&ctx, &json)
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, call: Object<'js>| {
+            st.http(&ctx, call)
         })?,
     )?;
     Ok(native)
@@ -501,9 +489,8 @@ fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<
 /// A context set up for one program generation. Field order matters: the saved functions must be
 /// released before the context that owns them.
 struct Warm {
-    run: Persistent<Function<'static>>,
-    cleanup: Persistent<Function<'static>>,
-    script: Persistent<Function<'static>>,
+    run: Saved,
+    cleanup: Saved,
     context: Context,
     generation: u64,
     runs: u32,
@@ -608,7 +595,6 @@ impl Engine {
             let warm = self.create(program)?;
             self.warm.insert(key.to_owned(), warm);
         }
-        let sources = source_names(program.spec());
         let max_runs = self.state.limits.max_runs_per_context;
         let state = &self.state;
         let Some(warm) = self.warm.get_mut(key) else {
@@ -621,7 +607,7 @@ impl Engine {
         warm.last_used = self.clock;
         let result = warm
             .context
-            .with(|ctx| run_in(&ctx, warm, request, state, &sources));
+            .with(|ctx| run_in(&ctx, warm, request, state, program.spec()));
         let recycle = match &result {
             Ok(clean) => !clean || warm.runs >= max_runs,
             Err(_) => true,
@@ -657,12 +643,11 @@ impl Engine {
             )
         })?;
         let state = self.state.clone();
-        let (run, cleanup, script) = context.with(|ctx| setup(&ctx, program, &state))?;
+        let (run, cleanup) = context.with(|ctx| setup(&ctx, program, &state))?;
         self.stats.contexts_created += 1;
         Ok(Warm {
             run,
             cleanup,
-            script,
             context,
             generation: program.generation(),
             runs: 0,
@@ -688,7 +673,7 @@ fn setup<'js>(
     ctx: &Ctx<'js>,
     program: &Program,
     state: &Rc<RunState>,
-) -> Result<(Saved, Saved, Saved), ScriptError> {
+) -> Result<(Saved, Saved), ScriptError> {
     let spec = program.spec();
     let sources = source_names(spec);
     let fail = |e: rquickjs::Error| run_error(ctx, e, state, &sources);
@@ -707,15 +692,13 @@ fn setup<'js>(
             .map_err(fail)?;
     }
     let script = compile_fn(ctx, &spec.script, SCRIPT_PARAMS, &sources)?;
+    let set_script: Function = api.get("setScript").map_err(fail)?;
+    set_script.call::<_, ()>((script,)).map_err(fail)?;
     let snapshot: Function = api.get("snapshot").map_err(fail)?;
     snapshot.call::<_, ()>(()).map_err(fail)?;
     let run: Function = api.get("run").map_err(fail)?;
     let cleanup: Function = api.get("cleanup").map_err(fail)?;
-    Ok((
-        Persistent::save(ctx, run),
-        Persistent::save(ctx, cleanup),
-        Persistent::save(ctx, script),
-    ))
+    Ok((Persistent::save(ctx, run), Persistent::save(ctx, cleanup)))
 }
 
 /// Headers as one object: names keep their first spelling, repeated names (in any case) are
@@ -744,19 +727,14 @@ fn headers_object<'js>(
     Ok(object)
 }
 
-fn request_object<'js>(ctx: &Ctx<'js>, request: &ScriptRequest) -> rquickjs::Result<Object<'js>> {
+fn parameters_object<'js>(
+    ctx: &Ctx<'js>,
+    parameters: &std::collections::BTreeMap<String, String>,
+) -> rquickjs::Result<Object<'js>> {
     let object = Object::new(ctx.clone())?;
-    object.set("method", request.method.as_str())?;
-    object.set("body", request.body.as_str())?;
-    object.set("requestId", request.request_id.as_str())?;
-    object.set("integrationUuid", request.integration_uuid.as_str())?;
-    object.set("remoteAddress", request.remote_address.as_str())?;
-    object.set("headers", headers_object(ctx, &request.headers)?)?;
-    let parameters = Object::new(ctx.clone())?;
-    for (name, value) in &request.parameters {
-        parameters.set(name.as_str(), value.as_str())?;
+    for (name, value) in parameters {
+        object.set(name.as_str(), value.as_str())?;
     }
-    object.set("parameters", parameters)?;
     Ok(object)
 }
 
@@ -767,20 +745,36 @@ fn run_in<'js>(
     warm: &Warm,
     request: &ScriptRequest,
     state: &RunState,
-    sources: &[String],
+    spec: &ProgramSpec,
 ) -> Result<bool, ScriptError> {
-    let fail = |e: rquickjs::Error| run_error(ctx, e, state, sources);
+    let fail = |e: rquickjs::Error| run_error(ctx, e, state, &source_names(spec));
     let run = warm.run.clone().restore(ctx).map_err(fail)?;
-    let script = warm.script.clone().restore(ctx).map_err(fail)?;
-    let cleanup = warm.cleanup.clone().restore(ctx).map_err(fail)?;
-    let request = request_object(ctx, request).map_err(fail)?;
-    run.call::<_, ()>((script, request)).map_err(fail)?;
-    // Promise jobs the script queued belong to this run.
-    while state.abort.get().is_none() && ctx.execute_pending_job() {}
+    let headers = headers_object(ctx, &request.headers).map_err(fail)?;
+    let parameters = parameters_object(ctx, &request.parameters).map_err(fail)?;
+    // `run` calls the script and then the leak guard, in one call into the context.
+    let mut clean: bool = run
+        .call((
+            request.method.as_str(),
+            request.body.as_str(),
+            headers,
+            parameters,
+            request.request_id.as_str(),
+            request.integration_uuid.as_str(),
+            request.remote_address.as_str(),
+        ))
+        .map_err(fail)?;
+    // Promise jobs the script queued belong to this run; what they change is cleaned up again.
+    let mut ran_jobs = false;
+    while state.abort.get().is_none() && ctx.execute_pending_job() {
+        ran_jobs = true;
+    }
     if let Some(error) = state.abort_error() {
         return Err(error);
     }
-    let clean: bool = cleanup.call(()).map_err(fail)?;
+    if ran_jobs {
+        let cleanup = warm.cleanup.clone().restore(ctx).map_err(fail)?;
+        clean = cleanup.call(()).map_err(fail)? && clean;
+    }
     Ok(clean)
 }
 

@@ -1,7 +1,7 @@
 // The xMatters script API, set up once per warm context. Evaluated as one function expression and
 // called with the host hooks (`native`) and the integration's constants as JSON. Nothing here is
 // made global except the Java-compatible String methods: everything else reaches scripts only as
-// arguments of the script function, built fresh for every run.
+// arguments of the script function.
 (function (native, constantsJson) {
   'use strict';
   var G = globalThis;
@@ -155,112 +155,147 @@
     return out;
   }
 
-  // ---- per-run built-ins ----------------------------------------------------------------------
+  // ---- the built-ins ---------------------------------------------------------------------------
+  // Creating functions is what made a warm run expensive: every closure is an allocation and
+  // (with its `prototype`) a reference cycle that only the cycle collector frees, and that
+  // collector walks the whole context. So the function-valued built-ins (`form`, `http`,
+  // `console`, `require`, `JXON`, `XMLUtils`) are created once per context and frozen, methods
+  // included, so a run cannot leave state on them for the next one. Per-run data (`request`,
+  // `trigger`, `constants`, the `require` cache) lives in fresh objects and in `current`, which
+  // belongs to the latest run.
+  var freeze = Object.freeze;
   var constantsTemplate = jsonParse(constantsJson);
   var libraries = Object.create(null);
+  var script = null;
+  var current = null;
 
-  function headerView(raw) {
-    var lower = Object.create(null);
-    for (var k in raw) if (hasOwn.call(raw, k)) lower[k.toLowerCase()] = raw[k];
-    return new Proxy(raw, {
-      get: function (t, p, r) {
-        if (typeof p === 'string' && !hasOwn.call(t, p)) {
-          var l = p.toLowerCase();
-          if (l in lower) return lower[l];
-        }
-        return Reflect.get(t, p, r);
-      },
-      has: function (t, p) {
-        return Reflect.has(t, p) || (typeof p === 'string' && (p.toLowerCase() in lower));
-      }
-    });
+  function deepFreeze(obj) {
+    freeze(obj);
+    for (var k in obj) {
+      var v = obj[k];
+      if (hasOwn.call(obj, k) && ((typeof v === 'object' && v !== null) || typeof v === 'function')) deepFreeze(v);
+    }
+    return obj;
   }
 
-  function makeConsole() {
-    function writer(level) {
-      return function () {
-        var parts = [];
-        for (var i = 0; i < arguments.length; i++) parts.push(String(arguments[i]));
-        native.log(level, parts.join(' '));
+  // Case-insensitive reads of a headers object: own names first, then any spelling. One handler
+  // serves every run; it keeps no state.
+  function headerKey(t, p) {
+    var l = p.toLowerCase();
+    var keys = Object.keys(t);
+    for (var i = 0; i < keys.length; i++) if (keys[i].toLowerCase() === l) return keys[i];
+    return undefined;
+  }
+  var headerHandler = freeze({
+    get(t, p, r) {
+      if (typeof p === 'string' && !hasOwn.call(t, p)) {
+        var k = headerKey(t, p);
+        if (k !== undefined) return t[k];
+      }
+      return Reflect.get(t, p, r);
+    },
+    has(t, p) {
+      return Reflect.has(t, p) || (typeof p === 'string' && headerKey(t, p) !== undefined);
+    }
+  });
+
+  function text(args) {
+    var parts = [];
+    for (var i = 0; i < args.length; i++) parts.push(String(args[i]));
+    return parts.join(' ');
+  }
+  var console = {
+    log() { native.log('log', text(arguments)); },
+    info() { native.log('info', text(arguments)); },
+    warn() { native.log('warn', text(arguments)); },
+    error() { native.log('error', text(arguments)); },
+    debug() { native.log('log', text(arguments)); },
+    trace() { native.log('log', text(arguments)); }
+  };
+
+  var form = {
+    post(obj) {
+      if (obj === null || typeof obj !== 'object') throw new TypeError('form.post expects an object');
+      var id = native.post(jsonStringify(obj));
+      return { statusCode: 202, body: '{"requestId":"' + id + '"}' };
+    }
+  };
+
+  var http = {
+    request(options) {
+      if (options === null || typeof options !== 'object') throw new TypeError('http.request expects an options object');
+      var call = {
+        endpoint: options.endpoint === undefined || options.endpoint === null ? null : String(options.endpoint),
+        method: options.method === undefined || options.method === null ? 'GET' : String(options.method).toUpperCase(),
+        path: options.path === undefined || options.path === null ? '' : String(options.path),
+        headers: [],
+        body: null,
+        autoEncodeURI: options.autoEncodeURI !== false
+      };
+      var h = options.headers;
+      if (h !== null && typeof h === 'object') {
+        for (var k in h) if (hasOwn.call(h, k) && h[k] !== undefined && h[k] !== null) call.headers.push(k, String(h[k]));
+      }
+      return {
+        write(body) {
+          call.body = body === undefined || body === null ? null : typeof body === 'string' ? body : jsonStringify(body);
+          if (call.body === undefined) call.body = null;
+          var reply = native.http(call);
+          reply.headers = new Proxy(reply.headers, headerHandler);
+          return reply;
+        }
       };
     }
-    return { log: writer('log'), info: writer('info'), warn: writer('warn'), error: writer('error'),
-             debug: writer('log'), trace: writer('log') };
-  }
+  };
 
-  function makeForm() {
-    return {
-      post: function (obj) {
-        if (obj === null || typeof obj !== 'object') throw new TypeError('form.post expects an object');
-        var id = native.post(jsonStringify(obj));
-        return { statusCode: 202, body: jsonStringify({ requestId: id }) };
-      }
-    };
-  }
+  var JXON = { parse: xmlParse };
+  var XMLUtils = { JXON: JXON };
 
-  function makeHttp() {
-    return {
-      request: function (options) {
-        if (options === null || typeof options !== 'object') throw new TypeError('http.request expects an options object');
-        var endpoint = options.endpoint === undefined || options.endpoint === null ? null : String(options.endpoint);
-        var method = options.method === undefined || options.method === null ? 'GET' : String(options.method).toUpperCase();
-        var path = options.path === undefined || options.path === null ? '' : String(options.path);
-        var headers = [];
-        var h = options.headers;
-        if (h !== null && typeof h === 'object') {
-          for (var k in h) if (hasOwn.call(h, k) && h[k] !== undefined && h[k] !== null) headers.push([k, String(h[k])]);
-        }
-        var autoEncodeURI = options.autoEncodeURI !== false;
-        return {
-          write: function (body) {
-            var payload = null;
-            if (body !== undefined && body !== null) payload = typeof body === 'string' ? body : jsonStringify(body);
-            var reply = jsonParse(native.http(jsonStringify({ endpoint: endpoint, method: method, path: path,
-              headers: headers, body: payload === undefined ? null : payload, autoEncodeURI: autoEncodeURI })));
-            reply.headers = headerView(reply.headers);
-            return reply;
-          }
-        };
-      }
-    };
-  }
-
-  function makeJxon() { return { parse: xmlParse }; }
-
-  function run(script, req) {
-    var env = {};
-    env.request = {
-      method: req.method, body: req.body, headers: headerView(req.headers), parameters: req.parameters,
-      requestId: req.requestId, integrationUuid: req.integrationUuid, remoteAddress: req.remoteAddress
-    };
-    env.trigger = { properties: {} };
-    env.form = makeForm();
-    env.http = makeHttp();
-    env.console = makeConsole();
-    env.constants = Object.assign({}, constantsTemplate);
-    env.JXON = makeJxon();
-    env.XMLUtils = { JXON: makeJxon() };
-    var cache = Object.create(null);
-    function require(name) {
+  // CommonJS for the integration's libraries; the cache lives for one run.
+  var require = {
+    require(name) {
+      if (current === null) throw new Error('require is only available while a script runs');
       name = String(name);
+      var cache = current.cache;
       if (name in cache) return cache[name].exports;
       var lib = libraries[name];
       if (lib === undefined) throw new Error("Cannot find library '" + name + "': it is not configured for this integration");
       var module = { exports: {}, id: name };
       cache[name] = module;
       try {
-        lib.call(G, module.exports, module, require, env.console, env.http, env.form, env.constants,
-          env.JXON, env.XMLUtils, env.request, env.trigger);
+        lib.call(G, module.exports, module, require, console, http, form, current.constants,
+          JXON, XMLUtils, current.request, current.trigger);
       } catch (e) {
         delete cache[name];
         throw e;
       }
       return module.exports;
     }
-    script.call(G, env.request, env.trigger, env.form, env.http, env.console, env.constants, require,
-      env.JXON, env.XMLUtils);
+  }.require;
+
+  deepFreeze(console);
+  deepFreeze(form);
+  deepFreeze(http);
+  deepFreeze(XMLUtils);
+  deepFreeze(require);
+
+  // One run: the request's parts arrive as arguments (headers and parameters as plain objects
+  // built by the host). Returns what `cleanup` returns.
+  function run(method, body, headers, parameters, requestId, integrationUuid, remoteAddress) {
+    var request = {
+      method: method, body: body, headers: new Proxy(headers, headerHandler), parameters: parameters,
+      requestId: requestId, integrationUuid: integrationUuid, remoteAddress: remoteAddress
+    };
+    var trigger = { properties: {} };
+    var constants = Object.assign({}, constantsTemplate);
+    // Kept until the next run replaces it, so promise jobs the host runs after `run` returns can
+    // still `require`.
+    current = { request: request, trigger: trigger, constants: constants, cache: Object.create(null) };
+    script.call(G, request, trigger, form, http, console, constants, require, JXON, XMLUtils);
+    return cleanup();
   }
 
+  function setScript(fn) { script = fn; }
   function registerLibrary(name, fn) { libraries[name] = fn; }
 
   // ---- leak guard -----------------------------------------------------------------------------
@@ -304,5 +339,5 @@
     return clean;
   }
 
-  return { run: run, cleanup: cleanup, snapshot: snapshot, registerLibrary: registerLibrary };
+  return { run: run, cleanup: cleanup, snapshot: snapshot, registerLibrary: registerLibrary, setScript: setScript };
 })
