@@ -109,6 +109,37 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
     assert!(check.is_ok());
 }
 
+/// The function-valued built-ins are shared by the runs of a context, so a run must not be able
+/// to leave anything on them (they are frozen; sloppy-mode writes are silently ignored).
+#[test]
+fn shared_built_ins_cannot_carry_state_between_runs() {
+    let code = r#"
+        console.log(typeof form.extra, typeof console.saved, typeof require.cache,
+                    typeof http.request.memo, typeof JXON.parse.x, typeof XMLUtils.JXON.y,
+                    form.post === form.post, constants.Team, typeof trigger.leftover,
+                    request.headers['CONTENT-TYPE'], 'content-type' in request.headers);
+        form.extra = 1; console.saved = 2; require.cache = 3; http.request.memo = 4;
+        JXON.parse.x = 5; XMLUtils.JXON.y = 6; constants.Team = 'changed';
+        trigger.leftover = 7; console.log = function () {};
+        (function () { 'use strict';
+          try { form.post = null; } catch (e) { console.warn(e instanceof TypeError); } })();
+    "#;
+    let p = program("frozen", code);
+    let mut e = engine(Limits::default());
+    for _ in 0..2 {
+        let outcome = e.run(&p, request("{}"), client());
+        assert!(outcome.is_ok(), "{:?}", outcome.error);
+        assert_eq!(
+            messages(&outcome),
+            [
+                "undefined undefined undefined undefined undefined undefined true Ops undefined application/json true",
+                "true"
+            ]
+        );
+    }
+    assert_eq!(e.stats().contexts_created, 1);
+}
+
 #[test]
 fn two_programs_do_not_share_state() {
     let writer = program(
