@@ -329,14 +329,20 @@
       return 'g.' + name + ' === v[' + i + ']';
     }).join(' && ') + ';');
   }
-  function hasEnumerable(o) {
-    for (var k in o) return true;
-    return false;
+  // Whether `for...in` over `o` still yields exactly the names it had after setup (QuickJS-ng
+  // makes `performance` an enumerable global, so "no enumerable names" is not the usual case).
+  function unchanged(o, base) {
+    var n = 0;
+    for (var k in o) {
+      if (base.indexOf(k) === -1) return false;
+      n++;
+    }
+    return n === base.length;
   }
   function cleanup() {
     var clean = true;
     for (var i = 0; i < extended.length; i++) {
-      if (baseKeys[i].length === 0 && !hasEnumerable(extended[i])) continue;
+      if (unchanged(extended[i], baseKeys[i])) continue;
       var keys = Object.keys(extended[i]);
       for (var j = 0; j < keys.length; j++) {
         if (baseKeys[i].indexOf(keys[j]) === -1 && !deleteProperty(extended[i], keys[j])) clean = false;
