@@ -365,10 +365,7 @@ pub async fn start(
         );
     }
     for accepted in leftovers {
-        shared.enqueue(Job {
-            accepted,
-            trigger: None,
-        });
+        shared.enqueue(Job { accepted });
     }
 
     let (relay_stop_tx, relay_stop_rx) = watch::channel(false);

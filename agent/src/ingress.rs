@@ -88,7 +88,7 @@ async fn route(
                 }
                 let id = id.to_owned();
                 return match admin_guard(shared, &request) {
-                    Err(response) => response,
+                    Err(response) => *response,
                     Ok(()) => match shared.store.request(&id) {
                         Ok(Some(record)) => http_util::json(StatusCode::OK, &record),
                         Ok(None) => {
@@ -128,7 +128,7 @@ fn admin(
     body: impl FnOnce(&Shared) -> Result<serde_json::Value, StoreError>,
 ) -> Response<Body> {
     if let Err(response) = admin_guard(shared, request) {
-        return response;
+        return *response;
     }
     match body(shared) {
         Ok(value) => http_util::json(StatusCode::OK, &value),
@@ -136,7 +136,10 @@ fn admin(
     }
 }
 
-fn admin_guard(shared: &Arc<Shared>, request: &Request<Incoming>) -> Result<(), Response<Body>> {
+fn admin_guard(
+    shared: &Arc<Shared>,
+    request: &Request<Incoming>,
+) -> Result<(), Box<Response<Body>>> {
     let headers = request.headers();
     if let Some(token) = http_util::bearer_token(headers.get(hyper::header::AUTHORIZATION)) {
         if shared.admin_token.matches(&token) {
@@ -154,7 +157,7 @@ fn admin_guard(shared: &Arc<Shared>, request: &Request<Incoming>) -> Result<(), 
         .authenticator
         .authenticate(&policy, headers, None)
         .map(|_| ())
-        .map_err(|error| auth_failure(&error, AuthMode::Any))
+        .map_err(|error| Box::new(auth_failure(&error, AuthMode::Any)))
 }
 
 async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
@@ -236,9 +239,27 @@ async fn trigger(
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
     async move {
+        if let Some(trigger) = trigger {
+            // create_event needs no worker: its one event goes straight to the outbox, durably,
+            // before the 202 (one sled write on the durable path instead of inbox → worker → outbox).
+            let started = std::time::Instant::now();
+            let activity = crate::worker::activity(&inbound, "QUEUED", json!({"events": 1}));
+            let accepted = shared
+                .store
+                .accept_event(&inbound, integration.form.as_deref(), &trigger, activity)
+                .await;
+            return match accepted {
+                Ok(_) => {
+                    shared.metrics.count_processed(false, started.elapsed());
+                    tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
+                    http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
+                }
+                Err(error) => store_failure(error),
+            };
+        }
         match shared.store.accept(inbound).await {
             Ok(accepted) => {
-                shared.enqueue(Job { accepted, trigger });
+                shared.enqueue(Job { accepted });
                 tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
                 http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
             }
@@ -250,7 +271,7 @@ async fn trigger(
 }
 
 fn principal_record(principal: &Principal) -> PrincipalRecord {
-    let method = serde_json::to_value(&principal.method)
+    let method = serde_json::to_value(principal.method)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();

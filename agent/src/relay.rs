@@ -36,7 +36,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use dial::{DialError, DialParams, Proxy, Target, WsStream};
 
@@ -365,11 +365,31 @@ pub struct RelayStatus {
     pub reconnects: u64,
 }
 
+/// One outbox entry as the relay sends it: the complete `event.create` frame text, stored that way
+/// so sending needs no decode/encode round trip.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// The entry's sequence number (also inside `frame`).
+    pub seq: u64,
+    /// The JSON text of the [`AgentFrame::EventCreate`] frame.
+    pub frame: String,
+}
+
+impl OutboxEntry {
+    /// Encode `event` as its frame (for outboxes that keep structured entries).
+    pub fn encode(event: &EventCreate) -> Self {
+        Self {
+            seq: event.seq,
+            frame: AgentFrame::EventCreate(event.clone()).to_text(),
+        }
+    }
+}
+
 /// The store side of the relay. The store implements it; the relay never touches sled directly,
 /// which keeps the at-least-once bookkeeping (remove only on ack) in one place.
 pub trait Outbox: Send + Sync + 'static {
     /// Entries with seq > `after` (all from the start if None), in ascending seq order, at most `max`.
-    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<EventCreate>, String>;
+    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String>;
     /// The central acknowledged `seq`: remove it from the outbox and record event_id on its request.
     fn acknowledged(&self, seq: u64, event_id: &str) -> Result<(), String>;
     /// The central refused `seq` for good: move it to the dead-letter tree with the reason.
@@ -622,7 +642,8 @@ enum SessionEnd {
 
 /// An entry sent on this connection, awaiting its answer.
 struct InFlight {
-    entry: EventCreate,
+    /// The frame as sent (cheap to clone), kept for a resend after a retryable refusal.
+    frame: Utf8Bytes,
     sent_at: Instant,
 }
 
@@ -635,7 +656,7 @@ struct Session<'a> {
     /// Sent and unanswered, by seq.
     in_flight: BTreeMap<u64, InFlight>,
     /// Refused with `retryable: true`: resend at the instant stored with it.
-    waiting: BTreeMap<u64, (EventCreate, Instant)>,
+    waiting: BTreeMap<u64, (Utf8Bytes, Instant)>,
     /// The highest seq taken from the outbox on this connection.
     cursor: Option<u64>,
     /// Spaces out resends after retryable refusals; reset by any ack.
@@ -780,12 +801,11 @@ impl<'a> Session<'a> {
                 continue;
             }
             self.cursor = Some(entry.seq);
-            frames.push(Message::text(
-                AgentFrame::EventCreate(entry.clone()).to_text(),
-            ));
+            let frame = Utf8Bytes::from(entry.frame);
+            frames.push(Message::Text(frame.clone()));
             let sent_at = Instant::now();
             self.in_flight
-                .insert(entry.seq, InFlight { entry, sent_at });
+                .insert(entry.seq, InFlight { frame, sent_at });
         }
         let sent = frames.len();
         if sent > 0 {
@@ -816,14 +836,14 @@ impl<'a> Session<'a> {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in due {
-            if let Some((entry, _)) = self.waiting.remove(&seq) {
+            if let Some((frame, _)) = self.waiting.remove(&seq) {
                 tracing::debug!(seq, "resending after a retryable refusal");
-                let text = AgentFrame::EventCreate(entry.clone()).to_text();
-                send_timed(&mut self.ws, Message::text(text), self.settings.dead_after).await?;
+                let message = Message::Text(frame.clone());
+                send_timed(&mut self.ws, message, self.settings.dead_after).await?;
                 self.in_flight.insert(
                     seq,
                     InFlight {
-                        entry,
+                        frame,
                         sent_at: Instant::now(),
                     },
                 );
@@ -913,7 +933,7 @@ impl<'a> Session<'a> {
                 status,
                 message,
             } => {
-                let Some(InFlight { entry, .. }) = self.in_flight.remove(&seq) else {
+                let Some(InFlight { frame, .. }) = self.in_flight.remove(&seq) else {
                     tracing::warn!(
                         seq,
                         "retryable reject for an entry not in flight on this connection; ignored"
@@ -922,7 +942,7 @@ impl<'a> Session<'a> {
                 };
                 let delay = self.retry_backoff.next_delay();
                 tracing::info!(seq, status, reason = %message, retry_in = ?delay, "the central asked to retry an event later");
-                self.waiting.insert(seq, (entry, Instant::now() + delay));
+                self.waiting.insert(seq, (frame, Instant::now() + delay));
                 // Still counts against the window: a busy central should not get new work.
                 Ok(false)
             }

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
-use crate::relay::Outbox;
+use crate::relay::{Outbox, OutboxEntry};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -229,19 +229,178 @@ struct Inner {
     outbox_entries: AtomicU64,
     request_records: AtomicU64,
     activity_counts: Mutex<HashMap<String, u64>>,
-    /// requestId → inbox key of every request accepted but not yet processed (rebuilt from the
-    /// inbox at open), so `request()` can answer ACCEPTED without a record on the durable path.
-    accepted: Mutex<HashMap<String, u64>>,
+    /// Activity entries not written to sled yet, per integration, oldest first (at most the
+    /// retention each; older ones would be pruned right away). See [`Store::persist_activity`].
+    activity_buffer: Mutex<HashMap<String, VecDeque<(u64, serde_json::Value)>>>,
+    /// requestId → where every unfinished request without a status record is (rebuilt from the
+    /// inbox and outbox at open), so `request()` answers ACCEPTED/QUEUED without a record on the
+    /// durable path.
+    unrecorded: Mutex<HashMap<String, Unrecorded>>,
     /// Held while outbox sequence numbers are drawn and committed, so entries become visible in
     /// sequence order: the relay reads "everything after the last seq I sent" and must never see
     /// seq 6 before seq 5 exists.
     outbox_append: Mutex<()>,
-    appended: Arc<Notify>,
     commit: Arc<GroupCommit>,
+}
+
+/// Where a request without a status record is.
+#[derive(Debug, Clone, Copy)]
+enum Unrecorded {
+    /// In the inbox under this key, waiting for the worker.
+    Inbox(u64),
+    /// Its single event is in the outbox under this seq (the `create_event` fast path); the
+    /// record is written when the central answers.
+    Outbox(u64),
+}
+
+/// What the store keeps next to an outbox entry's frame: enough to write the request's status
+/// record when the central answers, without decoding the (large) frame.
+#[derive(Debug, Serialize, Deserialize)]
+struct OutboxMeta {
+    #[serde(rename = "r")]
+    request_id: String,
+    #[serde(rename = "i")]
+    integration_id: String,
+    #[serde(rename = "x")]
+    index: u32,
+    #[serde(rename = "t")]
+    received_at: String,
+    /// No status record exists yet; the ack (or final reject) writes it.
+    #[serde(rename = "a", default)]
+    record_at_ack: bool,
+}
+
+/// The `event.create` frame without its `seq`, which is drawn later under the append lock.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FrameHead<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    request_id: &'a str,
+    index: u32,
+    integration_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    form: Option<&'a str>,
+    trigger: &'a serde_json::Value,
+}
+
+/// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
+/// `,"seq":N}`. serde_json never writes a raw newline, so the first `\n` splits the two.
+fn outbox_value_head(
+    meta: &OutboxMeta,
+    form: Option<&str>,
+    trigger: &serde_json::Value,
+) -> Result<Vec<u8>, StoreError> {
+    let mut value = serde_json::to_vec(meta)?;
+    value.push(b'\n');
+    serde_json::to_writer(
+        &mut value,
+        &FrameHead {
+            kind: "event.create",
+            request_id: &meta.request_id,
+            index: meta.index,
+            integration_id: &meta.integration_id,
+            form,
+            trigger,
+        },
+    )?;
+    value.pop(); // the closing brace; `finish_outbox_value` closes the object with the seq
+    Ok(value)
+}
+
+fn finish_outbox_value(value: &mut Vec<u8>, seq: u64) {
+    use std::io::Write as _;
+    let _ = write!(value, ",\"seq\":{seq}}}");
+}
+
+/// Split a stored outbox value into its meta and the frame text. Entries written before the
+/// frame was stored whole (a plain `EventCreate` JSON) are converted.
+fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>), StoreError> {
+    if let Some(split) = value.iter().position(|b| *b == b'\n') {
+        let meta = serde_json::from_slice(&value[..split])?;
+        let frame = std::str::from_utf8(&value[split + 1..])
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        return Ok((meta, frame.into()));
+    }
+    let entry: protocol::EventCreate = serde_json::from_slice(value)?;
+    let meta = OutboxMeta {
+        request_id: entry.request_id.clone(),
+        integration_id: entry.integration_id.clone(),
+        index: entry.index,
+        received_at: String::new(),
+        record_at_ack: false,
+    };
+    Ok((
+        meta,
+        protocol::AgentFrame::EventCreate(entry).to_text().into(),
+    ))
+}
+
+impl Inner {
+    /// Write the buffered activity entries to sled (one batch per integration) and prune.
+    fn persist_activity(&self) -> Result<(), StoreError> {
+        let inner = self;
+        let drained: Vec<(String, VecDeque<(u64, serde_json::Value)>)> = {
+            let mut buffer = inner
+                .activity_buffer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            buffer.drain().filter(|(_, q)| !q.is_empty()).collect()
+        };
+        for (integration_id, entries) in drained {
+            let mut batch = sled::Batch::default();
+            let added = entries.len() as u64;
+            for (key, entry) in entries {
+                batch.insert(
+                    activity_key(&integration_id, key),
+                    serde_json::to_vec(&entry)?,
+                );
+            }
+            inner.activity.apply_batch(batch)?;
+            self.prune_activity(&integration_id, added)?;
+        }
+        Ok(())
+    }
+
+    /// Drop the oldest activity entries of `integration_id` beyond the retention count after
+    /// `added` were written. Pruning waits for a little slack and then removes in one batch.
+    fn prune_activity(&self, integration_id: &str, added: u64) -> Result<(), StoreError> {
+        let inner = self;
+        let prefix = activity_prefix(integration_id);
+        let retention = inner.config.activity_per_integration;
+        let slack = retention / 8 + 8;
+        let mut counts = inner
+            .activity_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(integration_id.to_owned()).or_insert_with(|| {
+            (inner.activity.scan_prefix(&prefix).count() as u64).saturating_sub(added)
+        });
+        *count += added;
+        if *count <= retention + slack {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        let excess = *count - retention;
+        for key in inner
+            .activity
+            .scan_prefix(&prefix)
+            .keys()
+            .take(excess as usize)
+        {
+            batch.remove(key?);
+        }
+        inner.activity.apply_batch(batch)?;
+        *count = retention;
+        Ok(())
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        if let Err(error) = self.persist_activity() {
+            tracing::warn!(%error, "cannot write activity entries");
+        }
         self.commit.stopped.store(true, Ordering::SeqCst);
         self.commit.wake.notify_one();
     }
@@ -256,6 +415,14 @@ impl Drop for Inner {
 struct GroupCommit {
     db: sled::Db,
     written: AtomicU64,
+    /// The highest seq inserted into the outbox (stored under the append lock, so every smaller
+    /// seq is inserted too).
+    outbox_appended: AtomicU64,
+    /// The highest seq the relay may read: advanced to `outbox_appended` as read before a
+    /// successful flush, so the central only ever sees entries that are on disk (a failed flush
+    /// leaves sled in its sticky error state, so the watermark never passes unflushed entries).
+    outbox_visible: AtomicU64,
+    appended: Arc<Notify>,
     wake: Notify,
     flushed: watch::Sender<u64>,
     failed: Mutex<VecDeque<RangeInclusive<u64>>>,
@@ -303,18 +470,32 @@ impl Store {
             }
         }
         let outbox_entries = outbox.len() as u64;
-        let mut accepted = HashMap::new();
+        let mut unrecorded = HashMap::new();
         for item in inbox.iter() {
             let (key, value) = item?;
             let request: InboundRequest = serde_json::from_slice(&value)?;
-            accepted.insert(request.request_id, key_u64(&key)?);
+            unrecorded.insert(request.request_id, Unrecorded::Inbox(key_u64(&key)?));
         }
+        for item in outbox.iter() {
+            let (key, value) = item?;
+            let (meta, _) = outbox_parts(&value)?;
+            if meta.record_at_ack {
+                unrecorded.insert(meta.request_id, Unrecorded::Outbox(key_u64(&key)?));
+            }
+        }
+        let last_seq = match outbox.last()? {
+            Some((key, _)) => key_u64(&key)?,
+            None => 0,
+        };
         let request_order = tree("request_order")?;
         let request_records = request_order.len() as u64;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
             written: AtomicU64::new(0),
+            outbox_appended: AtomicU64::new(last_seq),
+            outbox_visible: AtomicU64::new(last_seq),
+            appended: Arc::new(Notify::new()),
             wake: Notify::new(),
             flushed,
             failed: Mutex::new(VecDeque::new()),
@@ -334,12 +515,13 @@ impl Store {
             outbox_entries: AtomicU64::new(outbox_entries),
             request_records: AtomicU64::new(request_records),
             activity_counts: Mutex::new(HashMap::new()),
-            accepted: Mutex::new(accepted),
+            activity_buffer: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(unrecorded),
             outbox_append: Mutex::new(()),
-            appended: Arc::new(Notify::new()),
             commit: commit.clone(),
         });
         tokio::spawn(flusher(commit));
+        tokio::spawn(activity_writer(Arc::downgrade(&inner)));
         Ok(Store { inner })
     }
 
@@ -366,8 +548,8 @@ impl Store {
         };
         match durable {
             Ok(key) => {
-                self.accepted_index()
-                    .insert(request.request_id.clone(), key);
+                self.unrecorded()
+                    .insert(request.request_id.clone(), Unrecorded::Inbox(key));
                 Ok(Accepted { key, request, size })
             }
             Err((key, error)) => {
@@ -381,11 +563,103 @@ impl Store {
         }
     }
 
-    fn accepted_index(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+    /// The `create_event` fast path: durably store the request's one event straight in the outbox
+    /// (no inbox entry, no worker) and record its activity entry. Returns the outbox seq once the
+    /// group commit covering the write finished; on failure nothing is kept and the error is
+    /// returned (503). The status record is written when the central answers; until then the
+    /// in-memory index answers QUEUED.
+    pub async fn accept_event(
+        &self,
+        request: &InboundRequest,
+        form: Option<&str>,
+        trigger: &serde_json::Value,
+        activity: serde_json::Value,
+    ) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let meta = OutboxMeta {
+            request_id: request.request_id.clone(),
+            integration_id: request.integration_id.clone(),
+            index: 0,
+            received_at: request.received_at.clone(),
+            record_at_ack: true,
+        };
+        let mut value = outbox_value_head(&meta, form, trigger)?;
+        let head = value.len() as u64;
+        self.reserve(head)?;
+        let appended = {
+            let _append = inner
+                .outbox_append
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            inner.db.generate_id().and_then(|seq| {
+                finish_outbox_value(&mut value, seq);
+                let size = value.len() as u64;
+                inner.outbox.insert(be(seq), value)?;
+                inner.commit.outbox_appended.store(seq, Ordering::SeqCst);
+                Ok((seq, size))
+            })
+        };
+        let (seq, size) = match appended {
+            Ok(appended) => appended,
+            Err(error) => {
+                self.release(head);
+                return Err(error.into());
+            }
+        };
+        inner.pending_bytes.fetch_add(size - head, Ordering::SeqCst);
+        inner.outbox_entries.fetch_add(1, Ordering::SeqCst);
+        self.unrecorded()
+            .insert(meta.request_id.clone(), Unrecorded::Outbox(seq));
+        if let Err(error) = self.wait_for_flush().await {
+            // Undo; the relay never saw the entry (it only reads what a flush covered).
+            self.unrecorded().remove(&meta.request_id);
+            if inner.outbox.remove(be(seq)).ok().flatten().is_some() {
+                inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
+                self.release(size);
+            }
+            return Err(error);
+        }
+        self.record_activity(&meta.integration_id, activity);
+        Ok(seq)
+    }
+
+    fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unrecorded>> {
         self.inner
-            .accepted
+            .unrecorded
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queue an activity entry; [`activity_writer`] writes it to sled shortly after. Keeping only
+    /// the newest `activity_per_integration` entries in the buffer means a burst costs at most
+    /// that many sled writes per interval instead of one per request. Activity is diagnostic: a
+    /// crash loses at most one interval of it, never a request, event or status.
+    fn record_activity(&self, integration_id: &str, entry: serde_json::Value) {
+        let inner = &self.inner;
+        let Ok(key) = inner.db.generate_id() else {
+            return;
+        };
+        let retention = inner.config.activity_per_integration as usize;
+        let mut buffer = inner
+            .activity_buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let queue = match buffer.get_mut(integration_id) {
+            Some(queue) => queue,
+            None => buffer.entry(integration_id.to_owned()).or_default(),
+        };
+        queue.push_back((key, entry));
+        while queue.len() > retention {
+            queue.pop_front();
+        }
+    }
+
+    /// Ask the flusher for a flush without waiting for it (outbox entries become visible to the
+    /// relay once it finished).
+    fn request_flush(&self) {
+        let commit = &self.inner.commit;
+        commit.written.fetch_add(1, Ordering::SeqCst);
+        commit.wake.notify_one();
     }
 
     fn reserve(&self, size: u64) -> Result<(), StoreError> {
@@ -460,87 +734,93 @@ impl Store {
             .outbox_append
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut entries = Vec::new();
+        let mut events = Vec::new();
+        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
         if processed.failure.is_none() {
-            for (index, (form, trigger)) in processed.events.into_iter().enumerate() {
+            for (index, (form, trigger)) in processed.events.iter().enumerate() {
                 let index =
                     u32::try_from(index).map_err(|_| StoreError::Full("too many events"))?;
-                entries.push(protocol::EventCreate {
-                    seq: inner.db.generate_id()?,
+                let meta = OutboxMeta {
                     request_id: request.request_id.clone(),
-                    index,
                     integration_id: request.integration_id.clone(),
-                    form,
-                    trigger,
+                    index,
+                    received_at: request.received_at.clone(),
+                    record_at_ack: false,
+                };
+                let mut value = outbox_value_head(&meta, form.as_deref(), trigger)?;
+                let seq = inner.db.generate_id()?;
+                finish_outbox_value(&mut value, seq);
+                events.push(EventRef {
+                    index,
+                    seq,
+                    event_id: None,
                 });
+                encoded.push((seq, value));
             }
         }
-        let encoded: Vec<(u64, Vec<u8>)> = entries
-            .iter()
-            .map(|entry| Ok((entry.seq, serde_json::to_vec(entry)?)))
-            .collect::<Result<_, StoreError>>()?;
         let outbox_bytes: u64 = encoded.iter().map(|(_, v)| v.len() as u64).sum();
-        let status = match (&processed.failure, entries.is_empty()) {
+        let status = match (&processed.failure, events.is_empty()) {
             (Some(_), _) => RequestStatus::Failed,
             (None, true) => RequestStatus::Completed,
             (None, false) => RequestStatus::Queued,
         };
-        let record = RequestRecord {
+        let mut record = RequestRecord {
             request_id: request.request_id.clone(),
             integration_id: request.integration_id.clone(),
             status,
             received_at: request.received_at.clone(),
-            events: entries
-                .iter()
-                .map(|e| EventRef {
-                    index: e.index,
-                    seq: e.seq,
-                    event_id: None,
-                })
-                .collect(),
+            events,
             reason: processed.failure,
-            order: key,
+            order: 0,
         };
+        if status.is_final() {
+            record.order = inner.db.generate_id()?;
+        }
         let record_bytes = serde_json::to_vec(&record)?;
-        let activity_seq = inner.db.generate_id()?;
-        let activity_key = activity_key(&request.integration_id, activity_seq);
-        let activity_bytes = serde_json::to_vec(&processed.activity)?;
         // No multi-tree transaction: the writes are ordered so that a crash between any two of
         // them is harmless. sled recovers a prefix of its log, so a later write surviving implies
         // the earlier ones did. Until the inbox entry is removed (last), a restart re-processes
         // the request with the same requestId and indexes, and the central answers the resent
         // events with the events it already created. The status record goes first so an ack can
-        // never arrive for an event whose request record is not written yet.
+        // never arrive for an event whose request record is not written yet (and the relay only
+        // reads entries a flush covered anyway).
         inner
             .requests
             .insert(request.request_id.as_bytes(), record_bytes)?;
-        inner
-            .request_order
-            .insert(be(key), request.request_id.as_bytes())?;
-        inner.activity.insert(activity_key, activity_bytes)?;
-        let mut batch = sled::Batch::default();
-        for (seq, value) in &encoded {
-            batch.insert(&be(*seq), value.as_slice());
+        if status.is_final() {
+            inner
+                .request_order
+                .insert(be(record.order), request.request_id.as_bytes())?;
         }
-        inner.outbox.apply_batch(batch)?;
+        let appended = encoded.len() as u64;
+        if let Some((last, _)) = encoded.last() {
+            let last = *last;
+            let mut batch = sled::Batch::default();
+            for (seq, value) in encoded {
+                batch.insert(&be(seq), value);
+            }
+            inner.outbox.apply_batch(batch)?;
+            inner.commit.outbox_appended.store(last, Ordering::SeqCst);
+        }
         drop(append_guard);
         inner.inbox.remove(be(key))?;
-        self.accepted_index().remove(&request.request_id);
-        inner.request_records.fetch_add(1, Ordering::SeqCst);
+        self.unrecorded().remove(&request.request_id);
+        if status.is_final() {
+            inner.request_records.fetch_add(1, Ordering::SeqCst);
+        }
         // Pending accounting: the inbox entry became `n` outbox entries.
         inner.pending_bytes.fetch_sub(inbox_size, Ordering::SeqCst);
         inner
             .pending_bytes
             .fetch_add(outbox_bytes, Ordering::SeqCst);
         inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
-        inner
-            .pending_entries
-            .fetch_add(encoded.len() as u64, Ordering::SeqCst);
-        if !encoded.is_empty() {
-            inner.appended.notify_one();
+        inner.pending_entries.fetch_add(appended, Ordering::SeqCst);
+        inner.outbox_entries.fetch_add(appended, Ordering::SeqCst);
+        if appended > 0 {
+            self.request_flush();
         }
-        self.prune_activity(&request.integration_id)?;
-        if record.status.is_final() {
+        self.record_activity(&request.integration_id, processed.activity);
+        if status.is_final() {
             self.prune_requests()?;
         }
         Ok(record)
@@ -551,8 +831,20 @@ impl Store {
         if let Some(value) = self.inner.requests.get(request_id.as_bytes())? {
             return Ok(Some(serde_json::from_slice(&value)?));
         }
-        let Some(key) = self.accepted_index().get(request_id).copied() else {
-            return Ok(None);
+        let key = match self.unrecorded().get(request_id).copied() {
+            None => return Ok(None),
+            Some(Unrecorded::Inbox(key)) => key,
+            Some(Unrecorded::Outbox(seq)) => {
+                let Some(value) = self.inner.outbox.get(be(seq))? else {
+                    // Answered meanwhile: the record exists now.
+                    return match self.inner.requests.get(request_id.as_bytes())? {
+                        Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
+                        None => Ok(None),
+                    };
+                };
+                let (meta, _) = outbox_parts(&value)?;
+                return Ok(Some(Self::queued_record(&meta, seq)));
+            }
         };
         Ok(self.inbox_get(key)?.map(|request| RequestRecord {
             request_id: request.request_id,
@@ -565,21 +857,61 @@ impl Store {
         }))
     }
 
-    /// Activity entries of one integration, newest first, at most `limit`.
+    /// The record of a fast-path request whose one event waits in the outbox.
+    fn queued_record(meta: &OutboxMeta, seq: u64) -> RequestRecord {
+        RequestRecord {
+            request_id: meta.request_id.clone(),
+            integration_id: meta.integration_id.clone(),
+            status: RequestStatus::Queued,
+            received_at: meta.received_at.clone(),
+            events: vec![EventRef {
+                index: meta.index,
+                seq,
+                event_id: None,
+            }],
+            reason: None,
+            order: 0,
+        }
+    }
+
+    /// Activity entries of one integration, newest first, at most `limit` (buffered entries not
+    /// written to sled yet included).
     pub fn activity(
         &self,
         integration_id: &str,
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
-        self.inner
+        // Pruning leaves a little slack; never show more than the retention.
+        let limit = limit.min(self.inner.config.activity_per_integration as usize);
+        let mut entries: Vec<serde_json::Value> = {
+            let buffer = self
+                .inner
+                .activity_buffer
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            buffer
+                .get(integration_id)
+                .map(|queue| {
+                    queue
+                        .iter()
+                        .rev()
+                        .take(limit)
+                        .map(|(_, v)| v.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for value in self
+            .inner
             .activity
             .scan_prefix(activity_prefix(integration_id))
             .values()
             .rev()
-            // Pruning leaves a little slack; never show more than the retention.
-            .take(limit.min(self.inner.config.activity_per_integration as usize))
-            .map(|value| Ok(serde_json::from_slice(&value?)?))
-            .collect()
+            .take(limit - entries.len())
+        {
+            entries.push(serde_json::from_slice(&value?)?);
+        }
+        Ok(entries)
     }
 
     /// Dead-lettered events, oldest first.
@@ -605,10 +937,11 @@ impl Store {
         self.inner.outbox_entries.load(Ordering::SeqCst)
     }
 
-    /// Flush everything to disk (shutdown).
+    /// Write buffered activity and flush everything to disk (shutdown), through the group
+    /// commit so buffered outbox entries become visible too.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
-        Ok(())
+        self.inner.persist_activity()?;
+        self.wait_for_flush().await
     }
 
     fn remove_outbox_entry(
@@ -622,65 +955,57 @@ impl Store {
             // Already handled (a duplicate ack after a resend): nothing to do.
             return Ok(());
         };
-        let entry: protocol::EventCreate = serde_json::from_slice(&value)?;
+        let (meta, _) = outbox_parts(&value)?;
         let size = value.len() as u64;
         // Ordered writes (see `complete`): the dead letter and the request's new status first,
-        // the outbox entry last, so a crash in between only causes a harmless resend.
+        // the outbox entry last, so a crash in between only causes a harmless resend (after which
+        // the answer rewrites the same record).
         if let Some(letter) = dead_letter {
             inner.dead_letters.insert(be(seq), letter)?;
         }
-        if let Some(raw) = inner.requests.get(entry.request_id.as_bytes())? {
-            let mut record: RequestRecord = serde_json::from_slice(&raw)?;
+        let existing = match inner.requests.get(meta.request_id.as_bytes())? {
+            Some(raw) => Some(serde_json::from_slice::<RequestRecord>(&raw)?),
+            // A fast-path request: its record is born now.
+            None if meta.record_at_ack => Some(Self::queued_record(&meta, seq)),
+            // A finished record that was pruned already.
+            None => None,
+        };
+        let mut finished = false;
+        if let Some(mut record) = existing {
+            let was_final = record.status.is_final();
             update(&mut record);
+            finished = !was_final && record.status.is_final();
+            if finished {
+                record.order = inner.db.generate_id()?;
+            }
             inner
                 .requests
-                .insert(entry.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
+                .insert(meta.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
+            if finished {
+                inner
+                    .request_order
+                    .insert(be(record.order), meta.request_id.as_bytes())?;
+            }
         }
         let removed = inner.outbox.remove(be(seq))?.is_some();
+        if meta.record_at_ack {
+            self.unrecorded().remove(&meta.request_id);
+        }
         if removed {
             inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             inner.pending_bytes.fetch_sub(size, Ordering::SeqCst);
+        }
+        if finished {
+            inner.request_records.fetch_add(1, Ordering::SeqCst);
             self.prune_requests()?;
         }
         Ok(())
     }
 
-    /// Drop the oldest activity entries of `integration_id` beyond the retention count. Pruning
-    /// waits for a little slack and then removes in one batch, so the common insert pays nothing.
-    fn prune_activity(&self, integration_id: &str) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let prefix = activity_prefix(integration_id);
-        let retention = inner.config.activity_per_integration;
-        let slack = retention / 8 + 8;
-        let mut counts = inner
-            .activity_counts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let count = counts.entry(integration_id.to_owned()).or_insert_with(|| {
-            (inner.activity.scan_prefix(&prefix).count() as u64).saturating_sub(1)
-        });
-        *count += 1;
-        if *count <= retention + slack {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        let excess = *count - retention;
-        for key in inner
-            .activity
-            .scan_prefix(&prefix)
-            .keys()
-            .take(excess as usize)
-        {
-            batch.remove(key?);
-        }
-        inner.activity.apply_batch(batch)?;
-        *count = retention;
-        Ok(())
-    }
-
-    /// Drop the oldest finished request records beyond the retention count. Unfinished ones are
-    /// never dropped (they are bounded by the store bound instead).
+    /// Drop the oldest finished request records beyond the retention count, in one batch per
+    /// tree. `request_order` only ever holds finished records (a record enters it when it becomes
+    /// final), so unfinished ones are never dropped (they are bounded by the store bound instead).
     fn prune_requests(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         let excess = inner
@@ -690,21 +1015,20 @@ impl Store {
         if excess == 0 {
             return Ok(());
         }
+        let mut records = sled::Batch::default();
+        let mut order = sled::Batch::default();
+        let mut dropped = 0;
         for item in inner.request_order.iter().take(excess as usize) {
-            let (order, request_id) = item?;
-            let finished = match inner.requests.get(&request_id)? {
-                Some(raw) => serde_json::from_slice::<RequestRecord>(&raw)?
-                    .status
-                    .is_final(),
-                None => true,
-            };
-            if !finished {
-                break;
-            }
-            inner.requests.remove(&request_id)?;
-            inner.request_order.remove(order)?;
-            inner.request_records.fetch_sub(1, Ordering::SeqCst);
+            let (key, request_id) = item?;
+            records.remove(request_id);
+            order.remove(key);
+            dropped += 1;
         }
+        // Records first: a crash in between leaves order keys without records, which the next
+        // pruning removes harmlessly.
+        inner.requests.apply_batch(records)?;
+        inner.request_order.apply_batch(order)?;
+        inner.request_records.fetch_sub(dropped, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -724,21 +1048,24 @@ fn activity_key(integration_id: &str, seq: u64) -> Vec<u8> {
 }
 
 impl Outbox for Store {
-    fn pending_after(
-        &self,
-        after: Option<u64>,
-        max: usize,
-    ) -> Result<Vec<protocol::EventCreate>, String> {
-        let range = match after {
-            Some(seq) => self.inner.outbox.range(be(seq.saturating_add(1))..),
-            None => self.inner.outbox.iter(),
-        };
-        range
-            .values()
+    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String> {
+        let visible = self.inner.commit.outbox_visible.load(Ordering::SeqCst);
+        let from = after.map_or(0, |seq| seq.saturating_add(1));
+        if from > visible {
+            return Ok(Vec::new());
+        }
+        self.inner
+            .outbox
+            .range(be(from)..=be(visible))
             .take(max)
-            .map(|value| {
-                let value = value.map_err(|e| e.to_string())?;
-                serde_json::from_slice(&value).map_err(|e| e.to_string())
+            .map(|item| {
+                let (key, value) = item.map_err(|e| e.to_string())?;
+                let seq = key_u64(&key).map_err(|e| e.to_string())?;
+                let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
+                Ok(OutboxEntry {
+                    seq,
+                    frame: frame.into_owned(),
+                })
             })
             .collect()
     }
@@ -765,8 +1092,11 @@ impl Outbox for Store {
         let Some(value) = self.inner.outbox.get(be(seq)).map_err(|e| e.to_string())? else {
             return Ok(());
         };
-        let entry: protocol::EventCreate =
-            serde_json::from_slice(&value).map_err(|e| e.to_string())?;
+        let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
+        let entry = match serde_json::from_str(&frame).map_err(|e| e.to_string())? {
+            protocol::AgentFrame::EventCreate(entry) => entry,
+            protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
+        };
         let letter = DeadLetter {
             entry,
             status,
@@ -787,7 +1117,7 @@ impl Outbox for Store {
     }
 
     fn appended(&self) -> Arc<Notify> {
-        self.inner.appended.clone()
+        self.inner.commit.appended.clone()
     }
 }
 
@@ -795,6 +1125,7 @@ impl Outbox for Store {
 async fn flusher(commit: Arc<GroupCommit>) {
     loop {
         let target = commit.written.load(Ordering::SeqCst);
+        let appended = commit.outbox_appended.load(Ordering::SeqCst);
         let done = *commit.flushed.borrow();
         if target == done {
             if commit.stopped.load(Ordering::SeqCst) {
@@ -816,8 +1147,27 @@ async fn flusher(commit: Arc<GroupCommit>) {
                 failed.pop_front();
             }
             failed.push_back(done + 1..=target);
+        } else if appended > commit.outbox_visible.load(Ordering::SeqCst) {
+            commit.outbox_visible.store(appended, Ordering::SeqCst);
+            commit.appended.notify_one();
         }
         commit.flushed.send_replace(target);
+    }
+}
+
+/// How often buffered activity entries are written to sled.
+const ACTIVITY_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Writes buffered activity entries every [`ACTIVITY_WRITE_INTERVAL`] until the store is dropped.
+async fn activity_writer(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(ACTIVITY_WRITE_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let Err(error) = inner.persist_activity() {
+            tracing::warn!(%error, "cannot write activity entries");
+        }
     }
 }
 
@@ -887,6 +1237,8 @@ mod tests {
         let accepted = store.inbox().unwrap().remove(0);
         let record = store.complete(&accepted, events(2)).unwrap();
         assert_eq!(record.status, RequestStatus::Queued);
+        // The relay sees outbox entries once a flush covered them.
+        store.flush().await.unwrap();
         assert!(store
             .inbox()
             .unwrap()
@@ -925,6 +1277,42 @@ mod tests {
             store.activity("int", 10).unwrap(),
             vec![json!({"status": "QUEUED"})]
         );
+    }
+
+    #[tokio::test]
+    async fn a_fast_path_event_is_queued_sent_as_its_frame_and_delivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let request = request(7);
+        let trigger = json!({"properties": {"n": 7}});
+        let seq = store
+            .accept_event(&request, Some("Form"), &trigger, json!({"n": 7}))
+            .await
+            .unwrap();
+        let queued = store.request("req-7").unwrap().unwrap();
+        assert_eq!(queued.status, RequestStatus::Queued);
+        assert_eq!(queued.events[0].seq, seq);
+        let pending = store.pending_after(None, 10).unwrap();
+        assert_eq!(pending.len(), 1);
+        let frame: protocol::AgentFrame = serde_json::from_str(&pending[0].frame).unwrap();
+        assert_eq!(
+            frame,
+            protocol::AgentFrame::EventCreate(protocol::EventCreate {
+                seq,
+                request_id: "req-7".into(),
+                index: 0,
+                integration_id: "int".into(),
+                form: Some("Form".into()),
+                trigger,
+            })
+        );
+        assert_eq!(store.activity("int", 10).unwrap(), vec![json!({"n": 7})]);
+        store.acknowledged(seq, "ev-7").unwrap();
+        let done = store.request("req-7").unwrap().unwrap();
+        assert_eq!(done.status, RequestStatus::Delivered);
+        assert_eq!(done.events[0].event_id.as_deref(), Some("ev-7"));
+        assert_eq!(store.pending(), (0, 0));
+        assert_eq!(store.outbox_len(), 0);
     }
 
     #[tokio::test]
@@ -975,6 +1363,7 @@ mod tests {
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
         let accepted = store.accept(request(1)).await.unwrap();
         store.complete(&accepted, events(1)).unwrap();
+        store.flush().await.unwrap();
         let seq = store.pending_after(None, 1).unwrap()[0].seq;
         store.rejected(seq, 400, "bad priority").unwrap();
         assert!(store.pending_after(None, 10).unwrap().is_empty());
@@ -1067,10 +1456,10 @@ mod tests {
                         }
                         Op::Process(i, n) if !inbox.is_empty() => {
                             let (accepted, id) = inbox.remove(i % inbox.len());
-                            store.complete(&accepted, events(n as usize)).unwrap();
-                            let pending: Vec<_> = store.pending_after(None, 1000).unwrap();
-                            for entry in pending.iter().filter(|e| e.request_id == id) {
-                                outbox.push((entry.seq, id.clone()));
+                            let record = store.complete(&accepted, events(n as usize)).unwrap();
+                            store.flush().await.unwrap();
+                            for event in &record.events {
+                                outbox.push((event.seq, id.clone()));
                             }
                             status.insert(id, if n == 0 { RequestStatus::Completed } else { RequestStatus::Queued });
                         }

@@ -53,13 +53,11 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
-/// One accepted request for the worker. `trigger` carries the `create_event` trigger ingress
-/// already parsed while validating the body, so it is not parsed twice.
+/// One accepted request for the worker. New `create_event` requests never come here (ingress
+/// writes their event straight to the outbox); only ones left in the inbox by an older version do.
 pub struct Job {
     /// The request as stored in the inbox.
     pub accepted: Accepted,
-    /// The parsed trigger, when ingress has it.
-    pub trigger: Option<Value>,
 }
 
 /// Process jobs until shutdown, then let in-flight runs finish. Requests not started by then stay
@@ -102,7 +100,7 @@ async fn process(shared: &Shared, job: Job) {
             .cloned();
         let processed = match integration {
             None => failed(request, "the integration is no longer configured".into()),
-            Some(integration) => run_action(shared, &integration, request, job.trigger).await,
+            Some(integration) => run_action(shared, &integration, request).await,
         };
         let failure = processed.failure.clone();
         let events = processed.events.len();
@@ -127,19 +125,16 @@ async fn run_action(
     shared: &Shared,
     integration: &Integration,
     request: &InboundRequest,
-    parsed: Option<Value>,
 ) -> Processed {
     match (integration.action, &integration.program) {
-        (Action::CreateEvent, _) => {
-            match parsed.map_or_else(|| trigger_from_body(request.body.as_bytes()), Ok) {
-                Ok(trigger) => Processed {
-                    activity: activity(request, "QUEUED", json!({"events": 1})),
-                    events: vec![(integration.form.clone(), trigger)],
-                    failure: None,
-                },
-                Err(reason) => failed(request, reason),
-            }
-        }
+        (Action::CreateEvent, _) => match trigger_from_body(request.body.as_bytes()) {
+            Ok(trigger) => Processed {
+                activity: activity(request, "QUEUED", json!({"events": 1})),
+                events: vec![(integration.form.clone(), trigger)],
+                failure: None,
+            },
+            Err(reason) => failed(request, reason),
+        },
         (_, Some(program)) => {
             let content_type = request
                 .headers
@@ -205,7 +200,7 @@ fn failed(request: &InboundRequest, reason: String) -> Processed {
 
 /// The activity-stream entry of one request: what came in (credentials redacted, body truncated)
 /// and what the action made of it.
-fn activity(request: &InboundRequest, status: &str, details: Value) -> Value {
+pub fn activity(request: &InboundRequest, status: &str, details: Value) -> Value {
     let truncated = request.body.len() > ACTIVITY_BODY_BYTES;
     let mut cut = ACTIVITY_BODY_BYTES.min(request.body.len());
     while !request.body.is_char_boundary(cut) {

@@ -72,14 +72,14 @@ impl MemOutbox {
 }
 
 impl Outbox for MemOutbox {
-    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<EventCreate>, String> {
+    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String> {
         let st = self.state.lock().unwrap();
         let start = after.map_or(0, |a| a + 1);
         Ok(st
             .pending
             .range(start..)
             .take(max)
-            .map(|(_, e)| e.clone())
+            .map(|(_, e)| OutboxEntry::encode(e))
             .collect())
     }
 
