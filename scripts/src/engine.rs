@@ -307,7 +307,15 @@ impl RunState {
         });
     }
 
-    fn post<'js>(&self, ctx: &Ctx<'js>, json: String) -> rquickjs::Result<String> {
+    /// `form.post(obj)`: converts the object to JSON data in one walk (see [`Posted`]); only
+    /// objects the walk does not handle exactly like `JSON.stringify` go through
+    /// `JSON.stringify` and a parse.
+    fn post<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        value: Value<'js>,
+        object_prototype: Object<'js>,
+    ) -> rquickjs::Result<String> {
         let (max_posts, max_bytes) = (self.limits.max_posts, self.limits.max_post_bytes);
         let (count, bytes) = {
             let data = self.data.borrow();
@@ -319,17 +327,44 @@ impl RunState {
                 format!("too many form.post calls: the limit is {max_posts} per run"),
             ));
         }
-        if bytes.saturating_add(json.len()) > max_bytes {
-            return Err(self.hit_limit(
+        let too_big = || {
+            self.hit_limit(
                 ctx,
                 format!("form.post payloads exceed the limit of {max_bytes} bytes per run"),
-            ));
-        }
-        let value: serde_json::Value = serde_json::from_str(&json)
-            .map_err(|e| Exception::throw_type(ctx, &format!("form.post: {e}")))?;
+            )
+        };
+        let mut walk = Posted {
+            object_prototype,
+            room: max_bytes.saturating_sub(bytes),
+            size: 0,
+        };
+        let (converted, size) = match walk.convert(&value, 0) {
+            Ok(converted) => (converted.unwrap_or(serde_json::Value::Null), walk.size),
+            Err(Unposted::TooBig) => return Err(too_big()),
+            Err(Unposted::TooDeep) => {
+                return Err(Exception::throw_type(
+                    ctx,
+                    "form.post: the object is circular or nested too deeply",
+                ))
+            }
+            Err(Unposted::Js(error)) => return Err(error),
+            Err(Unposted::Unusual) => {
+                let json = ctx
+                    .json_stringify(value)?
+                    .map(|s| s.to_string())
+                    .transpose()?
+                    .unwrap_or_else(|| "null".to_owned());
+                if bytes.saturating_add(json.len()) > max_bytes {
+                    return Err(too_big());
+                }
+                let converted = serde_json::from_str(&json)
+                    .map_err(|e| Exception::throw_type(ctx, &format!("form.post: {e}")))?;
+                (converted, json.len())
+            }
+        };
         let mut data = self.data.borrow_mut();
-        data.post_bytes += json.len();
-        data.posts.push(value);
+        data.post_bytes += size;
+        data.posts.push(converted);
         Ok(uuid::Uuid::new_v4().to_string())
     }
 
@@ -459,6 +494,161 @@ fn record(
     }
 }
 
+/// Posted objects nested deeper than this are taken to be circular (`JSON.stringify` throws on
+/// those too).
+const MAX_POST_DEPTH: usize = 256;
+
+/// Why a posted value was not converted by [`Posted::convert`].
+enum Unposted {
+    /// Something `JSON.stringify` treats specially (`toJSON`, a non-plain object such as a `Date`
+    /// or a boxed primitive, a proxy, a BigInt): the whole post goes through `JSON.stringify`.
+    Unusual,
+    /// The run's post budget is used up.
+    TooBig,
+    /// Circular or absurdly deep.
+    TooDeep,
+    /// A getter threw.
+    Js(rquickjs::Error),
+}
+
+impl From<rquickjs::Error> for Unposted {
+    fn from(error: rquickjs::Error) -> Self {
+        Unposted::Js(error)
+    }
+}
+
+/// Converts a posted object straight to JSON data, for the plain objects, arrays and primitives
+/// scripts post. It yields what `JSON.parse(JSON.stringify(value))` would (own enumerable string
+/// keys; `undefined`, functions and symbols skipped in objects and `null` in arrays; non-finite
+/// numbers as `null`; integral numbers as integers) without building and re-parsing the text.
+/// `size` counts the bytes of the compact JSON text, escapes aside, against `room`.
+struct Posted<'js> {
+    object_prototype: Object<'js>,
+    room: usize,
+    size: usize,
+}
+
+impl<'js> Posted<'js> {
+    fn grow(&mut self, bytes: usize) -> Result<(), Unposted> {
+        self.size = self.size.saturating_add(bytes);
+        if self.size > self.room {
+            return Err(Unposted::TooBig);
+        }
+        Ok(())
+    }
+
+    fn number(&mut self, n: f64) -> Result<serde_json::Value, Unposted> {
+        self.grow(8)?;
+        // JSON.stringify writes integral numbers below 1e21 without a fraction or exponent, and
+        // serde_json reads those back as integers when they fit. Exact up to 2^53; above, both
+        // JavaScript and Rust print the shortest round-trip digits padded with zeros, so that text
+        // decides, as it did when posts went through JSON.
+        if n.fract() == 0.0 && n.abs() < 1e21 {
+            if n.abs() <= 9_007_199_254_740_992.0 {
+                return Ok(if n < 0.0 {
+                    serde_json::Value::from(n as i64)
+                } else {
+                    serde_json::Value::from(n as u64)
+                });
+            }
+            if let Ok(number) = serde_json::from_str(&n.to_string()) {
+                return Ok(number);
+            }
+        }
+        Ok(serde_json::Number::from_f64(n)
+            .map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    /// Convert one value; `None` means "omitted" (undefined, a function or a symbol).
+    fn convert(
+        &mut self,
+        value: &Value<'js>,
+        depth: usize,
+    ) -> Result<Option<serde_json::Value>, Unposted> {
+        use rquickjs::Type;
+        let converted = match value.type_of() {
+            Type::Undefined
+            | Type::Uninitialized
+            | Type::Function
+            | Type::Constructor
+            | Type::Symbol => return Ok(None),
+            Type::Null => {
+                self.grow(4)?;
+                serde_json::Value::Null
+            }
+            Type::Bool => {
+                self.grow(5)?;
+                serde_json::Value::Bool(value.as_bool().unwrap_or(false))
+            }
+            Type::Int => {
+                self.grow(8)?;
+                serde_json::Value::from(value.as_int().unwrap_or(0))
+            }
+            Type::Float => self.number(value.as_float().unwrap_or(f64::NAN))?,
+            Type::String => {
+                let text = value
+                    .as_string()
+                    .map(|s| s.to_string())
+                    .transpose()?
+                    .unwrap_or_default();
+                self.grow(text.len() + 2)?;
+                serde_json::Value::String(text)
+            }
+            Type::Array => {
+                if depth >= MAX_POST_DEPTH {
+                    return Err(Unposted::TooDeep);
+                }
+                let Some(array) = value.as_array() else {
+                    return Err(Unposted::Unusual);
+                };
+                if has_to_json(array.as_object())? {
+                    return Err(Unposted::Unusual);
+                }
+                self.grow(2)?;
+                let mut items = Vec::with_capacity(array.len());
+                for item in array.iter::<Value>() {
+                    let item = self.convert(&item?, depth + 1)?;
+                    self.grow(1)?;
+                    items.push(item.unwrap_or(serde_json::Value::Null));
+                }
+                serde_json::Value::Array(items)
+            }
+            Type::Object => {
+                if depth >= MAX_POST_DEPTH {
+                    return Err(Unposted::TooDeep);
+                }
+                let Some(object) = value.as_object() else {
+                    return Err(Unposted::Unusual);
+                };
+                let plain = object
+                    .get_prototype()
+                    .is_none_or(|p| p == self.object_prototype);
+                if !plain || has_to_json(object)? {
+                    return Err(Unposted::Unusual);
+                }
+                self.grow(2)?;
+                let mut map = serde_json::Map::new();
+                for key in object.keys::<String>() {
+                    let key = key?;
+                    let item: Value = object.get(key.as_str())?;
+                    if let Some(item) = self.convert(&item, depth + 1)? {
+                        self.grow(key.len() + 4)?;
+                        map.insert(key, item);
+                    }
+                }
+                serde_json::Value::Object(map)
+            }
+            _ => return Err(Unposted::Unusual),
+        };
+        Ok(Some(converted))
+    }
+}
+
+/// Whether `JSON.stringify` would call a `toJSON` method of this object.
+fn has_to_json(object: &Object<'_>) -> rquickjs::Result<bool> {
+    Ok(object.get::<_, Value>("toJSON")?.is_function())
+}
+
 /// The host hooks the prelude receives as `native`.
 fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<Object<'js>> {
     let native = Object::new(ctx.clone())?;
@@ -472,9 +662,12 @@ fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<
     let st = state.clone();
     native.set(
         "post",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, json: String| {
-            st.post(&ctx, json)
-        })?,
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, value: Value<'js>, object_prototype: Object<'js>| {
+                st.post(&ctx, value, object_prototype)
+            },
+        )?,
     )?;
     let st = state.clone();
     native.set(

@@ -43,7 +43,8 @@ pub struct Limits {
     pub max_http_calls: u32,
     /// Number of `form.post` calls allowed per run.
     pub max_posts: u32,
-    /// Total bytes of JSON passed to `form.post` per run, so the Rust-side copies stay bounded too.
+    /// Total size of the objects passed to `form.post` per run, measured as their compact JSON
+    /// text (escape sequences aside), so the Rust-side copies stay bounded too.
     pub max_post_bytes: usize,
     /// A warm context is recycled after this many runs, to bound any state the leak guard misses.
     pub max_runs_per_context: u32,

@@ -7,6 +7,7 @@
   var G = globalThis;
   var hasOwn = Object.prototype.hasOwnProperty;
   var jsonStringify = JSON.stringify;
+  var objectPrototype = Object.prototype;
   var jsonParse = JSON.parse;
   var defineProperty = Object.defineProperty;
   var getDescriptor = Object.getOwnPropertyDescriptor;
@@ -216,7 +217,7 @@
   var form = {
     post(obj) {
       if (obj === null || typeof obj !== 'object') throw new TypeError('form.post expects an object');
-      var id = native.post(jsonStringify(obj));
+      var id = native.post(obj, objectPrototype);
       return { statusCode: 202, body: '{"requestId":"' + id + '"}' };
     }
   };

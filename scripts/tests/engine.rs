@@ -124,6 +124,54 @@ fn a_global_swapped_for_another_is_still_removed() {
     assert_eq!(e.stats().contexts_created, 1);
 }
 
+/// `form.post` converts plain objects without a JSON round trip; the result must be what
+/// `JSON.parse(JSON.stringify(x))` gives, including for values that take the `JSON.stringify`
+/// path (`toJSON`, dates, boxed primitives, class instances, proxies).
+#[test]
+fn posted_objects_match_json_stringify() {
+    let code = r#"
+        function Point(x) { this.x = x; }
+        var withGetter = {};
+        Object.defineProperty(withGetter, 'g', { get: function () { return 'got'; }, enumerable: true });
+        Object.defineProperty(withGetter, 'hidden', { value: 1, enumerable: false });
+        withGetter[Symbol('s')] = 1;
+        var cases = [
+          { s: 'x"\n\u00e9\ud83d\ude00', n: 1, f: 2.5, neg: -7, zero: -0, big: 9007199254740993,
+            huge: 1e21, tiny: 1e-7, nan: NaN, inf: -Infinity, t: true, nul: null, u: undefined,
+            fn: function () {}, nested: { a: [1, 'two', null, undefined, function () {}, { b: {} }] } },
+          { 2: 'b', 1: 'a', z: 'last', properties: { Summary: 'x' } },
+          { when: new Date(0), boxed: new String('s'), num: new Number(3) },
+          { p: new Point(1), custom: { toJSON: function () { return 'custom'; } } },
+          { headers: request.headers, bare: Object.create(null) },
+          withGetter,
+          [1, [2, [3]], { k: 'v' }],
+          { int: 4 / 2, large: 18446744073709551616, minInt: -9223372036854775808, frac: 0.1 + 0.2,
+            p63: 9223372036854775808, mid: 123456789012345680000, neg53: -9007199254740992 }
+        ];
+        for (var i = 0; i < cases.length; i++) {
+          form.post(cases[i]);
+          console.log(JSON.stringify(cases[i]));
+        }
+        var circular = {}; circular.self = circular;
+        try { form.post(circular); } catch (e) { console.log(String(e instanceof TypeError)); }
+    "#;
+    let p = program("posts", code);
+    let outcome = run_once(
+        &p,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    );
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    let logs = messages(&outcome);
+    assert_eq!(logs.last(), Some(&"true"));
+    assert_eq!(outcome.posts.len(), logs.len() - 1);
+    for (posted, text) in outcome.posts.iter().zip(&logs) {
+        let expected: serde_json::Value = serde_json::from_str(text).expect("valid JSON");
+        assert_eq!(posted, &expected, "{text}");
+    }
+}
+
 /// The function-valued built-ins are shared by the runs of a context, so a run must not be able
 /// to leave anything on them (they are frozen; sloppy-mode writes are silently ignored).
 #[test]
@@ -312,6 +360,24 @@ fn post_limit_is_enforced() {
     let outcome = run_once(&p, request("{}"), &EchoClient::default(), &limits);
     assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Limit));
     assert_eq!(outcome.posts.len(), 3);
+
+    let limits = Limits {
+        max_post_bytes: 1000,
+        ..Limits::default()
+    };
+    for shape in ["{s: big}", "{d: new Date(0), s: big}"] {
+        let p = program(
+            "post-bytes",
+            &format!("var big = new Array(400).join('x'); for (var i = 0; i < 5; i++) {{ try {{ form.post({shape}); }} catch (e) {{}} }}"),
+        );
+        let outcome = run_once(&p, request("{}"), &EchoClient::default(), &limits);
+        assert_eq!(
+            outcome.error.map(|e| e.kind),
+            Some(ErrorKind::Limit),
+            "{shape}"
+        );
+        assert_eq!(outcome.posts.len(), 2, "{shape}");
+    }
 }
 
 #[test]
