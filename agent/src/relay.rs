@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use central::exit::ConfigError;
-use futures_util::{SinkExt as _, StreamExt as _};
+use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use http::HeaderValue;
 use protocol::{AgentFrame, CentralFrame, EventCreate, PROTOCOL_VERSION};
 use rand::Rng as _;
@@ -40,7 +40,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use dial::{DialError, DialParams, Proxy, Target, WsStream};
 
-const DEFAULT_WINDOW: usize = 64;
+/// Large enough that the central's per-batch flush, not the window, paces a busy agent.
+const DEFAULT_WINDOW: usize = 512;
+/// Most frames read in one go before their acks are recorded together.
+const ACK_BATCH: usize = 256;
 const MAX_WINDOW: usize = 4096;
 const DEFAULT_PING_INTERVAL_SECS: u64 = 15;
 const DEFAULT_DEAD_AFTER_SECS: u64 = 45;
@@ -76,7 +79,7 @@ pub struct RelayConfig {
     /// `http://[user:password@]host:port` of an HTTP CONNECT proxy.
     #[serde(default)]
     pub proxy: Option<String>,
-    /// How many `event.create` frames may await an answer at once (default 64).
+    /// How many `event.create` frames may await an answer at once (default 512).
     #[serde(default)]
     pub window: Option<usize>,
     /// Seconds between websocket pings (default 15).
@@ -390,8 +393,9 @@ impl OutboxEntry {
 pub trait Outbox: Send + Sync + 'static {
     /// Entries with seq > `after` (all from the start if None), in ascending seq order, at most `max`.
     fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String>;
-    /// The central acknowledged `seq`: remove it from the outbox and record event_id on its request.
-    fn acknowledged(&self, seq: u64, event_id: &str) -> Result<(), String>;
+    /// The central acknowledged these `(seq, event_id)`s: remove them from the outbox and record
+    /// each event id on its request. Batched, so a burst of acks costs one store write per tree.
+    fn acknowledged(&self, acks: &[(u64, String)]) -> Result<(), String>;
     /// The central refused `seq` for good: move it to the dead-letter tree with the reason.
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String>;
     /// Notified whenever new entries were appended (so the relay wakes without polling).
@@ -664,6 +668,8 @@ struct Session<'a> {
     started: Instant,
     last_rx: Instant,
     acked_any: bool,
+    /// Acks read but not yet recorded in the outbox (see [`Session::record_acks`]).
+    acks: Vec<(u64, String)>,
 }
 
 impl<'a> Session<'a> {
@@ -686,6 +692,7 @@ impl<'a> Session<'a> {
             started: now,
             last_rx: now,
             acked_any: false,
+            acks: Vec::new(),
         }
     }
 
@@ -761,13 +768,26 @@ impl<'a> Session<'a> {
                 _ = wait_shutdown(shutdown) => return self.drain_and_close().await,
                 msg = self.ws.next() => {
                     self.last_rx = Instant::now();
-                    match self.handle(msg) {
-                        Ok(freed) => {
-                            if freed && !exhausted {
-                                need_query = true;
+                    // Take whatever else already arrived too, then record the acks together.
+                    let mut next = Some(msg);
+                    let mut read = 0;
+                    while let Some(msg) = next {
+                        match self.handle(msg) {
+                            Ok(freed) => {
+                                if freed && !exhausted {
+                                    need_query = true;
+                                }
+                            }
+                            Err(e) => {
+                                let _ = self.record_acks();
+                                return self.lost(e);
                             }
                         }
-                        Err(e) => return self.lost(e),
+                        read += 1;
+                        next = if read < ACK_BATCH { self.ws.next().now_or_never() } else { None };
+                    }
+                    if let Err(e) = self.record_acks() {
+                        return self.lost(e);
                     }
                 }
                 _ = appended.as_mut(), if room > 0 && !need_query => need_query = true,
@@ -888,17 +908,10 @@ impl<'a> Session<'a> {
                     );
                     return Ok(false);
                 }
-                self.outbox
-                    .acknowledged(seq, &event_id)
-                    .map_err(RelayError::Outbox)?;
                 self.acked_any = true;
                 self.retry_backoff.reset();
                 tracing::debug!(seq, event_id = %event_id, "event acknowledged");
-                let n = self.outstanding();
-                self.status.send_modify(|s| {
-                    s.acked_total += 1;
-                    s.in_flight = n;
-                });
+                self.acks.push((seq, event_id));
                 Ok(true)
             }
             CentralFrame::Reject {
@@ -917,6 +930,7 @@ impl<'a> Session<'a> {
                     return Ok(false);
                 }
                 tracing::warn!(seq, status, reason = %message, "the central refused an event for good; dead-lettered");
+                self.record_acks()?;
                 self.outbox
                     .rejected(seq, status, &message)
                     .map_err(RelayError::Outbox)?;
@@ -953,6 +967,23 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// Record the acks read so far in the outbox (one batch) and publish the counts.
+    fn record_acks(&mut self) -> Result<(), RelayError> {
+        if self.acks.is_empty() {
+            return Ok(());
+        }
+        let acks = std::mem::take(&mut self.acks);
+        self.outbox
+            .acknowledged(&acks)
+            .map_err(RelayError::Outbox)?;
+        let n = self.outstanding();
+        self.status.send_modify(|s| {
+            s.acked_total += acks.len() as u64;
+            s.in_flight = n;
+        });
+        Ok(())
+    }
+
     /// Shutdown: send nothing new, give outstanding acks a short grace period, then close.
     async fn drain_and_close(&mut self) -> SessionEnd {
         let deadline = Instant::now() + self.settings.shutdown_grace;
@@ -963,8 +994,8 @@ impl<'a> Session<'a> {
                 msg = self.ws.next() => msg,
                 _ = tokio::time::sleep_until(deadline) => break,
             };
-            match self.handle(msg) {
-                Ok(_) => {
+            match self.handle(msg).and_then(|_| self.record_acks()) {
+                Ok(()) => {
                     // A retryable refusal during shutdown is simply left for the next start.
                     self.waiting.clear();
                 }

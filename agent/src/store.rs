@@ -243,6 +243,10 @@ struct Inner {
     commit: Arc<GroupCommit>,
 }
 
+/// One answer from the central: the entry's seq, how it changes the request's record, and the
+/// dead letter to keep (for a final refusal).
+type Answered<'a> = (u64, Box<dyn Fn(&mut RequestRecord) + 'a>, Option<Vec<u8>>);
+
 /// Where a request without a status record is.
 #[derive(Debug, Clone, Copy)]
 enum Unrecorded {
@@ -415,11 +419,11 @@ impl Drop for Inner {
 struct GroupCommit {
     db: sled::Db,
     written: AtomicU64,
-    /// The highest seq inserted into the outbox (stored under the append lock, so every smaller
-    /// seq is inserted too).
+    /// One past the highest seq inserted into the outbox (stored under the append lock, so every
+    /// smaller seq is inserted too; 0 = none, as sled's first id is 0).
     outbox_appended: AtomicU64,
-    /// The highest seq the relay may read: advanced to `outbox_appended` as read before a
-    /// successful flush, so the central only ever sees entries that are on disk (a failed flush
+    /// One past the highest seq the relay may read: advanced to `outbox_appended` as read before
+    /// a successful flush, so the central only ever sees entries that are on disk (a failed flush
     /// leaves sled in its sticky error state, so the watermark never passes unflushed entries).
     outbox_visible: AtomicU64,
     appended: Arc<Notify>,
@@ -483,8 +487,8 @@ impl Store {
                 unrecorded.insert(meta.request_id, Unrecorded::Outbox(key_u64(&key)?));
             }
         }
-        let last_seq = match outbox.last()? {
-            Some((key, _)) => key_u64(&key)?,
+        let appended_end = match outbox.last()? {
+            Some((key, _)) => key_u64(&key)? + 1,
             None => 0,
         };
         let request_order = tree("request_order")?;
@@ -493,8 +497,8 @@ impl Store {
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
             written: AtomicU64::new(0),
-            outbox_appended: AtomicU64::new(last_seq),
-            outbox_visible: AtomicU64::new(last_seq),
+            outbox_appended: AtomicU64::new(appended_end),
+            outbox_visible: AtomicU64::new(appended_end),
             appended: Arc::new(Notify::new()),
             wake: Notify::new(),
             flushed,
@@ -595,7 +599,10 @@ impl Store {
                 finish_outbox_value(&mut value, seq);
                 let size = value.len() as u64;
                 inner.outbox.insert(be(seq), value)?;
-                inner.commit.outbox_appended.store(seq, Ordering::SeqCst);
+                inner
+                    .commit
+                    .outbox_appended
+                    .store(seq + 1, Ordering::SeqCst);
                 Ok((seq, size))
             })
         };
@@ -800,7 +807,10 @@ impl Store {
                 batch.insert(&be(seq), value);
             }
             inner.outbox.apply_batch(batch)?;
-            inner.commit.outbox_appended.store(last, Ordering::SeqCst);
+            inner
+                .commit
+                .outbox_appended
+                .store(last + 1, Ordering::SeqCst);
         }
         drop(append_guard);
         inner.inbox.remove(be(key))?;
@@ -944,60 +954,82 @@ impl Store {
         self.wait_for_flush().await
     }
 
-    fn remove_outbox_entry(
-        &self,
-        seq: u64,
-        update: impl Fn(&mut RequestRecord),
-        dead_letter: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
+    /// Record the central's answers to outbox entries: update (or, for fast-path requests,
+    /// create) their status records, keep dead letters, then remove the entries — one sled batch
+    /// per tree for the whole set of answers.
+    fn answer_outbox_entries(&self, answers: Vec<Answered<'_>>) -> Result<(), StoreError> {
         let inner = &self.inner;
-        let Some(value) = inner.outbox.get(be(seq))? else {
-            // Already handled (a duplicate ack after a resend): nothing to do.
-            return Ok(());
-        };
-        let (meta, _) = outbox_parts(&value)?;
-        let size = value.len() as u64;
-        // Ordered writes (see `complete`): the dead letter and the request's new status first,
-        // the outbox entry last, so a crash in between only causes a harmless resend (after which
-        // the answer rewrites the same record).
-        if let Some(letter) = dead_letter {
-            inner.dead_letters.insert(be(seq), letter)?;
-        }
-        let existing = match inner.requests.get(meta.request_id.as_bytes())? {
-            Some(raw) => Some(serde_json::from_slice::<RequestRecord>(&raw)?),
-            // A fast-path request: its record is born now.
-            None if meta.record_at_ack => Some(Self::queued_record(&meta, seq)),
-            // A finished record that was pruned already.
-            None => None,
-        };
-        let mut finished = false;
-        if let Some(mut record) = existing {
-            let was_final = record.status.is_final();
-            update(&mut record);
-            finished = !was_final && record.status.is_final();
-            if finished {
-                record.order = inner.db.generate_id()?;
+        let mut records: HashMap<String, (RequestRecord, bool)> = HashMap::new();
+        let mut letters = sled::Batch::default();
+        let mut removals = sled::Batch::default();
+        let (mut removed, mut removed_bytes, mut finished) = (0u64, 0u64, 0u64);
+        let mut answered_fast = Vec::new();
+        for (seq, update, dead_letter) in answers {
+            let Some(value) = inner.outbox.get(be(seq))? else {
+                // Already handled (a duplicate ack after a resend): nothing to do.
+                continue;
+            };
+            let (meta, _) = outbox_parts(&value)?;
+            if let Some(letter) = dead_letter {
+                letters.insert(&be(seq), letter);
             }
-            inner
-                .requests
-                .insert(meta.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
-            if finished {
-                inner
-                    .request_order
-                    .insert(be(record.order), meta.request_id.as_bytes())?;
+            let record = match records.remove(&meta.request_id) {
+                Some(known) => Some(known),
+                None => match inner.requests.get(meta.request_id.as_bytes())? {
+                    Some(raw) => Some((serde_json::from_slice::<RequestRecord>(&raw)?, false)),
+                    // A fast-path request: its record is born now.
+                    None if meta.record_at_ack => Some((Self::queued_record(&meta, seq), false)),
+                    // A finished record that was pruned already.
+                    None => None,
+                },
+            };
+            if let Some((mut record, mut order_new)) = record {
+                let was_final = record.status.is_final();
+                update(&mut record);
+                if !was_final && record.status.is_final() {
+                    record.order = inner.db.generate_id()?;
+                    order_new = true;
+                    finished += 1;
+                }
+                records.insert(meta.request_id.clone(), (record, order_new));
+            }
+            if meta.record_at_ack {
+                answered_fast.push(meta.request_id);
+            }
+            removals.remove(&be(seq));
+            removed += 1;
+            removed_bytes += value.len() as u64;
+        }
+        let mut updates = sled::Batch::default();
+        let mut orders = sled::Batch::default();
+        for (request_id, (record, order_new)) in &records {
+            updates.insert(request_id.as_bytes(), serde_json::to_vec(record)?);
+            if *order_new {
+                orders.insert(&be(record.order), request_id.as_bytes());
             }
         }
-        let removed = inner.outbox.remove(be(seq))?.is_some();
-        if meta.record_at_ack {
-            self.unrecorded().remove(&meta.request_id);
+        // Ordered writes (see `complete`): dead letters and the requests' new status first, the
+        // outbox entries last, so a crash in between only causes a harmless resend (after which
+        // the answer rewrites the same records).
+        inner.dead_letters.apply_batch(letters)?;
+        inner.requests.apply_batch(updates)?;
+        inner.request_order.apply_batch(orders)?;
+        inner.outbox.apply_batch(removals)?;
+        {
+            let mut unrecorded = self.unrecorded();
+            for request_id in &answered_fast {
+                unrecorded.remove(request_id);
+            }
         }
-        if removed {
-            inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
-            inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
-            inner.pending_bytes.fetch_sub(size, Ordering::SeqCst);
-        }
-        if finished {
-            inner.request_records.fetch_add(1, Ordering::SeqCst);
+        // Only the relay removes outbox entries, one answer per entry, so the reads above saw
+        // exactly what was removed.
+        inner.outbox_entries.fetch_sub(removed, Ordering::SeqCst);
+        inner.pending_entries.fetch_sub(removed, Ordering::SeqCst);
+        inner
+            .pending_bytes
+            .fetch_sub(removed_bytes, Ordering::SeqCst);
+        if finished > 0 {
+            inner.request_records.fetch_add(finished, Ordering::SeqCst);
             self.prune_requests()?;
         }
         Ok(())
@@ -1049,14 +1081,14 @@ fn activity_key(integration_id: &str, seq: u64) -> Vec<u8> {
 
 impl Outbox for Store {
     fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String> {
-        let visible = self.inner.commit.outbox_visible.load(Ordering::SeqCst);
+        let visible_end = self.inner.commit.outbox_visible.load(Ordering::SeqCst);
         let from = after.map_or(0, |seq| seq.saturating_add(1));
-        if from > visible {
+        if from >= visible_end {
             return Ok(Vec::new());
         }
         self.inner
             .outbox
-            .range(be(from)..=be(visible))
+            .range(be(from)..be(visible_end))
             .take(max)
             .map(|item| {
                 let (key, value) = item.map_err(|e| e.to_string())?;
@@ -1070,22 +1102,26 @@ impl Outbox for Store {
             .collect()
     }
 
-    fn acknowledged(&self, seq: u64, event_id: &str) -> Result<(), String> {
-        self.remove_outbox_entry(
-            seq,
-            |record| {
-                for event in record.events.iter_mut().filter(|e| e.seq == seq) {
-                    event.event_id = Some(event_id.to_owned());
-                }
-                if record.status == RequestStatus::Queued
-                    && record.events.iter().all(|e| e.event_id.is_some())
-                {
-                    record.status = RequestStatus::Delivered;
-                }
-            },
-            None,
-        )
-        .map_err(|e| e.to_string())
+    fn acknowledged(&self, acks: &[(u64, String)]) -> Result<(), String> {
+        let answers = acks
+            .iter()
+            .map(|(seq, event_id)| {
+                let seq = *seq;
+                let update: Box<dyn Fn(&mut RequestRecord) + '_> = Box::new(move |record| {
+                    for event in record.events.iter_mut().filter(|e| e.seq == seq) {
+                        event.event_id = Some(event_id.clone());
+                    }
+                    if record.status == RequestStatus::Queued
+                        && record.events.iter().all(|e| e.event_id.is_some())
+                    {
+                        record.status = RequestStatus::Delivered;
+                    }
+                });
+                (seq, update, None)
+            })
+            .collect();
+        self.answer_outbox_entries(answers)
+            .map_err(|e| e.to_string())
     }
 
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String> {
@@ -1103,17 +1139,14 @@ impl Outbox for Store {
             message: message.to_owned(),
         };
         let letter = serde_json::to_vec(&letter).map_err(|e| e.to_string())?;
-        self.remove_outbox_entry(
-            seq,
-            |record| {
-                record.status = RequestStatus::Failed;
-                record.reason = Some(format!(
-                    "the central refused event {seq}: {status} {message}"
-                ));
-            },
-            Some(&letter),
-        )
-        .map_err(|e| e.to_string())
+        let update: Box<dyn Fn(&mut RequestRecord)> = Box::new(move |record| {
+            record.status = RequestStatus::Failed;
+            record.reason = Some(format!(
+                "the central refused event {seq}: {status} {message}"
+            ));
+        });
+        self.answer_outbox_entries(vec![(seq, update, Some(letter))])
+            .map_err(|e| e.to_string())
     }
 
     fn appended(&self) -> Arc<Notify> {
@@ -1255,14 +1288,20 @@ mod tests {
         );
         assert_eq!(store.pending().0, 2);
 
-        store.acknowledged(pending[0].seq, "ev-0").unwrap();
+        store
+            .acknowledged(&[(pending[0].seq, "ev-0".into())])
+            .unwrap();
         assert_eq!(
             store.request("req-1").unwrap().unwrap().status,
             RequestStatus::Queued
         );
-        store.acknowledged(pending[1].seq, "ev-1").unwrap();
+        store
+            .acknowledged(&[(pending[1].seq, "ev-1".into())])
+            .unwrap();
         // A duplicate ack after a resend is harmless.
-        store.acknowledged(pending[1].seq, "ev-1").unwrap();
+        store
+            .acknowledged(&[(pending[1].seq, "ev-1".into())])
+            .unwrap();
         let done = store.request("req-1").unwrap().unwrap();
         assert_eq!(done.status, RequestStatus::Delivered);
         assert_eq!(
@@ -1289,6 +1328,13 @@ mod tests {
             .accept_event(&request, Some("Form"), &trigger, json!({"n": 7}))
             .await
             .unwrap();
+        // The relay is woken for the very first entry too (sled's first id is 0).
+        tokio::time::timeout(
+            std::time::Duration::from_secs(1),
+            store.appended().notified(),
+        )
+        .await
+        .expect("the relay is told about the new entry");
         let queued = store.request("req-7").unwrap().unwrap();
         assert_eq!(queued.status, RequestStatus::Queued);
         assert_eq!(queued.events[0].seq, seq);
@@ -1307,7 +1353,7 @@ mod tests {
             })
         );
         assert_eq!(store.activity("int", 10).unwrap(), vec![json!({"n": 7})]);
-        store.acknowledged(seq, "ev-7").unwrap();
+        store.acknowledged(&[(seq, "ev-7".into())]).unwrap();
         let done = store.request("req-7").unwrap().unwrap();
         assert_eq!(done.status, RequestStatus::Delivered);
         assert_eq!(done.events[0].event_id.as_deref(), Some("ev-7"));
@@ -1465,7 +1511,7 @@ mod tests {
                         }
                         Op::Ack(i) if !outbox.is_empty() => {
                             let (seq, id) = outbox.remove(i % outbox.len());
-                            store.acknowledged(seq, &format!("ev-{seq}")).unwrap();
+                            store.acknowledged(&[(seq, format!("ev-{seq}"))]).unwrap();
                             if status[&id] == RequestStatus::Queued && !outbox.iter().any(|(_, other)| *other == id) {
                                 status.insert(id, RequestStatus::Delivered);
                             }

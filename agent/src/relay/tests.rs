@@ -83,12 +83,14 @@ impl Outbox for MemOutbox {
             .collect())
     }
 
-    fn acknowledged(&self, seq: u64, event_id: &str) -> Result<(), String> {
+    fn acknowledged(&self, acks: &[(u64, String)]) -> Result<(), String> {
         let mut st = self.state.lock().unwrap();
-        st.pending
-            .remove(&seq)
-            .ok_or_else(|| format!("ack of unknown seq {seq}"))?;
-        st.acked.push((seq, event_id.to_string()));
+        for (seq, event_id) in acks {
+            st.pending
+                .remove(seq)
+                .ok_or_else(|| format!("ack of unknown seq {seq}"))?;
+            st.acked.push((*seq, event_id.clone()));
+        }
         Ok(())
     }
 
@@ -1063,7 +1065,7 @@ fn numeric_limits_are_checked() {
         assert_eq!(err.key, key, "{extra}");
     }
     let settings = validate(base).unwrap();
-    assert_eq!(settings.window(), 64);
+    assert_eq!(settings.window(), DEFAULT_WINDOW);
     assert_eq!(settings.ping_interval, Duration::from_secs(15));
     assert_eq!(settings.dead_after, Duration::from_secs(45));
     assert_eq!(settings.backoff_initial, Duration::from_millis(250));
