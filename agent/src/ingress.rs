@@ -307,8 +307,11 @@ pub fn query_without_api_key(query: &str) -> String {
     query
         .split('&')
         .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            !name.is_empty() && name != "apiKey"
+            // Compare the decoded name: `apiKe%79=...` is the same parameter to the auth check.
+            match form_urlencoded::parse(pair.as_bytes()).next() {
+                Some((name, _)) => !name.is_empty() && name != "apiKey",
+                None => false,
+            }
         })
         .collect::<Vec<_>>()
         .join("&")
