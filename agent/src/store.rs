@@ -4,16 +4,24 @@
 //! Trees and what moves between them:
 //!
 //! ```text
-//! accept ──▶ inbox[accept_seq] ──(group commit)──▶ 202   (requestId → key kept in memory)
-//! worker ──▶ ordered writes: requests=QUEUED|FAILED|COMPLETED, activity +1, outbox +n
-//!            (event.create, one batch), then inbox −1
-//! relay  ──▶ ack: outbox −1, requests.events[i].event_id (DELIVERED when all are acked)
-//!            reject (final): outbox −1, dead_letter +1, requests=FAILED
+//! create_event ──▶ outbox[seq] (the finished event.create frame) ──(group commit)──▶ 202
+//! transform /  ──▶ inbox[key] ──(group commit)──▶ 202;  worker ──▶ ordered writes:
+//! run_script       requests=QUEUED|FAILED|COMPLETED, outbox +n (one batch), then inbox −1
+//! relay        ──▶ sees only outbox entries a flush covered; ack: requests record (event id,
+//!                  DELIVERED when all are acked), outbox −1; final reject: dead_letters +1,
+//!                  requests=FAILED, outbox −1
+//! activity     ──▶ buffered in memory, written to `activity` every 250 ms, pruned by count
 //! ```
 //!
-//! The store never answers "accepted" for data that is not flushed ([`Store::accept`] returns only
-//! after the group commit covering its write), and it is bounded: [`Store::accept`] refuses with
-//! [`StoreError::Full`] instead of growing past `max_entries` pending entries or `max_bytes`.
+//! Until a request has a record in `requests`, an in-memory index (rebuilt from the inbox and the
+//! outbox at open) answers ACCEPTED or QUEUED for it.
+//!
+//! The store never answers "accepted" for data that is not flushed ([`Store::accept`] and
+//! [`Store::accept_event`] return only after the group commit covering their write), and it is
+//! bounded: both refuse with [`StoreError::Full`] instead of growing past `max_entries` pending
+//! entries or `max_bytes`. Multi-tree updates are ordered writes rather than transactions: sled
+//! recovers a prefix of its log, and each order is chosen so a crash between two writes only
+//! causes a resend the central dedupes.
 //!
 //! What it does not do: it does not run scripts, talk to the central, or decide HTTP status codes.
 

@@ -1,9 +1,10 @@
 //! The worker: turns accepted requests into events.
 //!
-//! It takes inbox keys (from ingress after each 202, and from the store at start-up for requests
-//! a previous process accepted but never processed), runs the integration's action, and records
-//! the outcome with one store transaction ([`crate::store::Store::complete`]). Scripts run on the
-//! script pool's own threads; this module only awaits them.
+//! It takes accepted requests of script integrations (from ingress after each 202, and from the
+//! inbox at start-up for requests a previous process accepted but never processed), runs the
+//! script, and records the outcome with [`crate::store::Store::complete`]. Scripts run on the
+//! script pool's own threads; this module only awaits them. `create_event` requests do not pass
+//! through here: ingress builds their event and stores it straight in the outbox.
 //!
 //! What it does not do: it never talks to the central (the relay reads the outbox) and never
 //! answers HTTP.
