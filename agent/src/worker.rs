@@ -38,19 +38,8 @@ pub fn trigger_from_body(body: &[u8]) -> Result<Value, String> {
         Value::Object(object) => Ok(json!({ "properties": object })),
         other => Err(format!(
             "the body must be a JSON object, not {}",
-            json_kind(&other)
+            central::http_util::json_kind(&other)
         )),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -53,17 +53,6 @@ pub enum TriggerError {
     BadProperties(&'static str),
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 /// The identity and provenance of an event, filled in by the central (never by the trigger).
 #[derive(Debug, Clone)]
 pub struct Origin<'a> {
@@ -89,7 +78,9 @@ pub struct Origin<'a> {
 /// `priority` or `properties` counts as absent.
 pub fn build(trigger: &Value, origin: &Origin<'_>) -> Result<Value, TriggerError> {
     let Value::Object(fields) = trigger else {
-        return Err(TriggerError::NotAnObject(kind(trigger)));
+        return Err(TriggerError::NotAnObject(crate::http_util::json_kind(
+            trigger,
+        )));
     };
     let priority = match fields.get("priority") {
         None | Some(Value::Null) => "MEDIUM".to_owned(),
@@ -100,12 +91,20 @@ pub fn build(trigger: &Value, origin: &Origin<'_>) -> Result<Value, TriggerError
             }
             upper
         }
-        Some(other) => return Err(TriggerError::BadPriority(kind(other).to_owned())),
+        Some(other) => {
+            return Err(TriggerError::BadPriority(
+                crate::http_util::json_kind(other).to_owned(),
+            ))
+        }
     };
     let properties = match fields.get("properties") {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(value @ Value::Object(_)) => value.clone(),
-        Some(other) => return Err(TriggerError::BadProperties(kind(other))),
+        Some(other) => {
+            return Err(TriggerError::BadProperties(crate::http_util::json_kind(
+                other,
+            )))
+        }
     };
     let recipients = match fields.get("recipients") {
         None | Some(Value::Null) => Value::Array(Vec::new()),

@@ -42,6 +42,20 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
+/// "an array", "a string", ...: how error messages describe a JSON value of the wrong kind
+/// (shared by the agent's body check and the central's trigger validation).
+pub fn json_kind(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
