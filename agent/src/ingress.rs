@@ -111,7 +111,20 @@ async fn route(
                     .min(1000);
                 let id = id.to_owned();
                 return admin(shared, &request, |s| {
-                    let entries = s.store.activity(&id, limit)?;
+                    let mut entries = s.store.activity(&id, limit)?;
+                    // An entry is written when the request is processed; show where the request
+                    // is now (DELIVERED, with the central's event ids) rather than that snapshot.
+                    for entry in &mut entries {
+                        let request_id = entry["requestId"].as_str().unwrap_or("").to_owned();
+                        if let Some(record) = s.store.request(&request_id)? {
+                            entry["status"] = json!(record.status);
+                            entry["eventIds"] = json!(record
+                                .events
+                                .iter()
+                                .filter_map(|e| e.event_id.clone())
+                                .collect::<Vec<_>>());
+                        }
+                    }
                     Ok(json!({"count": entries.len(), "total": entries.len(), "data": entries}))
                 });
             }

@@ -212,7 +212,8 @@ async fn example_integrations_turn_real_payloads_into_events() {
     // The activity stream records the script's console output.
     let logs = admin_get(agent, "/api/xm/1/integrations/alertmanager/logs").await;
     let newest = &logs["data"][0];
-    assert_eq!(newest["status"], "QUEUED");
+    assert_eq!(newest["status"], "DELIVERED");
+    assert_eq!(newest["eventIds"].as_array().unwrap().len(), 1);
     assert!(
         newest["log"][0]["message"]
             .as_str()
