@@ -248,7 +248,7 @@ async fn trigger(
         body: String::from_utf8_lossy(&body).into_owned(),
         principal: principal_record(&principal),
         remote_address: peer.ip().to_string(),
-        received_at: crate::store::timestamp(),
+        received_at: central::http_util::now_rfc3339(),
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
     async move {

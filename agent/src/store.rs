@@ -455,12 +455,6 @@ fn key_u64(key: &[u8]) -> Result<u64, StoreError> {
         .map_err(|_| StoreError::Corrupt("key is not 8 bytes".into()))
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 impl Store {
     /// Open (or create) the store under `dir` and start its flusher task. Must be called inside a
     /// tokio runtime.
@@ -1212,11 +1206,6 @@ async fn activity_writer(inner: std::sync::Weak<Inner>) {
     }
 }
 
-/// RFC 3339 timestamp of now, shared by ingress and the worker so records agree on the format.
-pub fn timestamp() -> String {
-    now_rfc3339()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1236,7 +1225,7 @@ mod tests {
                 method: "url".into(),
             },
             remote_address: "127.0.0.1".into(),
-            received_at: timestamp(),
+            received_at: central::http_util::now_rfc3339(),
         }
     }
 
@@ -1609,7 +1598,7 @@ mod throughput {
                     method: "url".into(),
                 },
                 remote_address: "127.0.0.1".into(),
-                received_at: super::timestamp(),
+                received_at: central::http_util::now_rfc3339(),
             }
         }
     }

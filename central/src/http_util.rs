@@ -56,6 +56,15 @@ pub fn json_kind(value: &serde_json::Value) -> &'static str {
     }
 }
 
+/// The current time as RFC 3339 UTC with millisecond precision, as xMatters shows `created`;
+/// the agent stamps its records the same way.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
+}
+
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {

@@ -402,7 +402,7 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<EventCreate>) -> Vec<A
     if batch.is_empty() {
         return Vec::new();
     }
-    let created = now_rfc3339();
+    let created = crate::http_util::now_rfc3339();
     let mut answers: Vec<Option<Answer>> = Vec::with_capacity(batch.len());
     let mut writes = Vec::new();
     let mut write_seqs = Vec::new();
@@ -478,14 +478,6 @@ fn unavailable(seq: u64) -> Answer {
         status: 503,
         message: UNAVAILABLE.to_owned(),
     }
-}
-
-/// The current time as RFC 3339 UTC with millisecond precision, as xMatters shows `created`.
-pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let now = now.replace_millisecond(now.millisecond()).unwrap_or(now);
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 async fn write_answers(
