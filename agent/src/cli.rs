@@ -291,14 +291,14 @@ fn hash_password() -> i32 {
 /// Ask the running agent (admin endpoints, authorized by the admin token in its data directory)
 /// and print the JSON answer.
 fn query(config_path: &Path, path_and_query: &str) -> i32 {
-    let loaded = match config::load(config_path) {
-        Ok(loaded) => loaded,
+    let data_dir = match config::data_dir(config_path) {
+        Ok(data_dir) => data_dir,
         Err(error) => {
             eprintln!("xmagent: {error}");
             return exit::CONFIG;
         }
     };
-    let access = match crate::daemon::AdminAccess::read(&loaded.data_dir) {
+    let access = match crate::daemon::AdminAccess::read(&data_dir) {
         Ok(access) => access,
         Err(error) => {
             eprintln!("xmagent: {error:#}; is the agent running, and are you its user?");

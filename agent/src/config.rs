@@ -207,18 +207,39 @@ impl Loaded {
 /// Read and validate `path`. Scripts and libraries are compiled here, so a syntax error is a
 /// config error with file and line, and a broken script never reaches a request.
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let file: FileConfig = parse(path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    resolve(file, path, &base_dir)
+}
+
+/// Only the data directory, for the CLI's admin commands (`request`, `activity`, ...): they must
+/// not compile every script to find it, and must work while a script in the file is broken.
+pub fn data_dir(path: &Path) -> Result<PathBuf, ConfigError> {
+    #[derive(Deserialize)]
+    struct Partial {
+        agent: PartialAgent,
+    }
+    #[derive(Deserialize)]
+    struct PartialAgent {
+        data_dir: PathBuf,
+    }
+    let partial: Partial = parse(path)?;
+    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    Ok(base_dir.join(partial.agent.data_dir))
+}
+
+/// Read and deserialize the file, naming the key where the TOML is wrong.
+fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(&display, "(file)", format!("cannot read: {e}")))?;
-    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+    toml::from_str(&text).map_err(|e| {
         let key = e
             .span()
             .map(|span| key_at(&text, span.start))
             .unwrap_or_default();
         ConfigError::new(&display, key, e.message().to_owned())
-    })?;
-    let base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    resolve(file, path, &base_dir)
+    })
 }
 
 /// Best effort: name the TOML key (or table) where the parser stopped.

@@ -89,90 +89,28 @@ impl Shared {
         let status = self.relay_status.borrow().clone();
         let (entries, bytes) = self.store.pending();
         let m = &self.metrics;
+        #[rustfmt::skip]
+        let series: [(&str, &str, &str, u64); 13] = [
+            ("xmagent_requests_accepted_total", "counter", "Triggers answered 202.", m.accepted.load(Ordering::Relaxed)),
+            ("xmagent_responses_client_error_total", "counter", "Responses with a 4xx status.", m.client_errors.load(Ordering::Relaxed)),
+            ("xmagent_responses_unavailable_total", "counter", "Responses with a 503 status.", m.unavailable.load(Ordering::Relaxed)),
+            ("xmagent_requests_processed_total", "counter", "Requests the worker finished.", m.processed.load(Ordering::Relaxed)),
+            ("xmagent_requests_failed_total", "counter", "Requests whose action failed.", m.failed.load(Ordering::Relaxed)),
+            ("xmagent_processing_micros_total", "counter", "Time spent processing requests.", m.processing_micros.load(Ordering::Relaxed)),
+            ("xmagent_store_pending_entries", "gauge", "Inbox plus outbox entries.", entries),
+            ("xmagent_store_pending_bytes", "gauge", "Inbox plus outbox bytes.", bytes),
+            ("xmagent_outbox_entries", "gauge", "Events waiting for the central.", self.store.outbox_len()),
+            ("xmagent_relay_connected", "gauge", "1 when the websocket to the central is up.", status.connected as u64),
+            ("xmagent_relay_acked_total", "counter", "Events the central acknowledged.", status.acked_total),
+            ("xmagent_relay_rejected_total", "counter", "Events the central refused for good.", status.rejected_total),
+            ("xmagent_relay_reconnects_total", "counter", "Websocket reconnects.", status.reconnects),
+        ];
         let mut text = String::new();
-        let mut line = |name: &str, kind: &str, help: &str, value: u64| {
+        for (name, kind, help, value) in series {
             text.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
             ));
-        };
-        line(
-            "xmagent_requests_accepted_total",
-            "counter",
-            "Triggers answered 202.",
-            m.accepted.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_responses_client_error_total",
-            "counter",
-            "Responses with a 4xx status.",
-            m.client_errors.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_responses_unavailable_total",
-            "counter",
-            "Responses with a 503 status.",
-            m.unavailable.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_requests_processed_total",
-            "counter",
-            "Requests the worker finished.",
-            m.processed.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_requests_failed_total",
-            "counter",
-            "Requests whose action failed.",
-            m.failed.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_processing_micros_total",
-            "counter",
-            "Time spent processing requests.",
-            m.processing_micros.load(Ordering::Relaxed),
-        );
-        line(
-            "xmagent_store_pending_entries",
-            "gauge",
-            "Inbox plus outbox entries.",
-            entries,
-        );
-        line(
-            "xmagent_store_pending_bytes",
-            "gauge",
-            "Inbox plus outbox bytes.",
-            bytes,
-        );
-        line(
-            "xmagent_outbox_entries",
-            "gauge",
-            "Events waiting for the central.",
-            self.store.outbox_len(),
-        );
-        line(
-            "xmagent_relay_connected",
-            "gauge",
-            "1 when the websocket to the central is up.",
-            status.connected as u64,
-        );
-        line(
-            "xmagent_relay_acked_total",
-            "counter",
-            "Events the central acknowledged.",
-            status.acked_total,
-        );
-        line(
-            "xmagent_relay_rejected_total",
-            "counter",
-            "Events the central refused for good.",
-            status.rejected_total,
-        );
-        line(
-            "xmagent_relay_reconnects_total",
-            "counter",
-            "Websocket reconnects.",
-            status.reconnects,
-        );
+        }
         let mut response = Response::new(http_util::full(text));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,

@@ -1212,7 +1212,11 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
 
-    fn request(n: u64) -> InboundRequest {
+    fn inbox_keys(store: &Store) -> Vec<u64> {
+        store.inbox().unwrap().iter().map(|a| a.key).collect()
+    }
+
+    pub(super) fn request(n: u64) -> InboundRequest {
         InboundRequest {
             request_id: format!("req-{n}"),
             integration_id: "int".into(),
@@ -1249,15 +1253,7 @@ mod tests {
         // Give the old flusher a moment to notice the drop and release the database.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        assert_eq!(
-            store
-                .inbox()
-                .unwrap()
-                .iter()
-                .map(|a| a.key)
-                .collect::<Vec<_>>(),
-            vec![key]
-        );
+        assert_eq!(inbox_keys(&store), vec![key]);
         assert_eq!(
             store.request("req-1").unwrap().unwrap().status,
             RequestStatus::Accepted
@@ -1269,13 +1265,7 @@ mod tests {
         assert_eq!(record.status, RequestStatus::Queued);
         // The relay sees outbox entries once a flush covered them.
         store.flush().await.unwrap();
-        assert!(store
-            .inbox()
-            .unwrap()
-            .iter()
-            .map(|a| a.key)
-            .collect::<Vec<_>>()
-            .is_empty());
+        assert!(inbox_keys(&store).is_empty());
         let pending = store.pending_after(None, 10).unwrap();
         assert_eq!(pending.len(), 2);
         assert!(pending[0].seq < pending[1].seq);
@@ -1376,16 +1366,7 @@ mod tests {
             store.request("req-3").unwrap().is_none(),
             "a refused request must not be half-kept"
         );
-        assert_eq!(
-            store
-                .inbox()
-                .unwrap()
-                .iter()
-                .map(|a| a.key)
-                .collect::<Vec<_>>()
-                .len(),
-            2
-        );
+        assert_eq!(inbox_keys(&store).len(), 2);
 
         let config = StoreConfig {
             max_bytes: 10,
@@ -1530,7 +1511,7 @@ mod tests {
                     prop_assert_eq!(seqs, outbox.iter().map(|(s, _)| *s).collect::<Vec<_>>());
                     let mut keys: Vec<u64> = inbox.iter().map(|(a, _)| a.key).collect();
                     keys.sort();
-                    prop_assert_eq!(store.inbox().unwrap().iter().map(|a| a.key).collect::<Vec<_>>(), keys);
+                    prop_assert_eq!(inbox_keys(&store), keys);
                     prop_assert_eq!(store.pending().0, (inbox.len() + outbox.len()) as u64);
                     for (id, expected) in &status {
                         prop_assert_eq!(store.request(id).unwrap().unwrap().status, *expected);
@@ -1565,7 +1546,7 @@ mod throughput {
             tasks.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 while started.elapsed() < std::time::Duration::from_secs(3) {
-                    let mut request = tests_support::request(writer * 1_000_000 + n);
+                    let mut request = super::tests::request(writer * 1_000_000 + n);
                     request.body = "x".repeat(1500);
                     store.accept(request).await.unwrap();
                     n += 1;
@@ -1582,25 +1563,6 @@ mod throughput {
             "durable accepts: {total} in {:?} = {rate:.0}/s",
             started.elapsed()
         );
-    }
-
-    mod tests_support {
-        pub fn request(n: u64) -> super::InboundRequest {
-            super::InboundRequest {
-                request_id: format!("req-{n}"),
-                integration_id: "int".into(),
-                method: "POST".into(),
-                headers: vec![],
-                query: String::new(),
-                body: String::new(),
-                principal: super::PrincipalRecord {
-                    user: "svc".into(),
-                    method: "url".into(),
-                },
-                remote_address: "127.0.0.1".into(),
-                received_at: central::http_util::now_rfc3339(),
-            }
-        }
     }
 }
 
