@@ -120,14 +120,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         ],
     )?;
     let path = format!("/api/integration/1/functions/{integration}/triggers?apiKey=bench-url-key");
-    let agent_run = drive(
-        agent_addr,
-        &path,
-        &body,
-        args.connections,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
+    let duration = Duration::from_secs(args.seconds);
+    let load = |addr| drive(addr, &path, &body, args.connections, duration);
+    let agent_run = load(agent_addr).await;
     let delivered = wait_delivered(
         central.addr,
         &agent_run.accepted_ids,
@@ -139,19 +134,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let _ = agent.wait();
 
     let (mut baseline, baseline_addr) = spawn_listening(&exe, &["__baseline"])?;
-    let baseline_run = drive(
-        baseline_addr,
-        &path,
-        &body,
-        args.connections,
-        Duration::from_secs(args.seconds),
-    )
-    .await;
+    let baseline_run = load(baseline_addr).await;
     let _ = baseline.kill();
     let _ = baseline.wait();
 
-    let agent_rps = agent_run.accepted_ids.len() as f64 / agent_run.elapsed.as_secs_f64();
-    let baseline_rps = baseline_run.accepted_ids.len() as f64 / baseline_run.elapsed.as_secs_f64();
+    let (agent_rps, baseline_rps) = (agent_run.rps(), baseline_run.rps());
     let summary = json!({
         "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
         "seconds": args.seconds,
@@ -251,6 +238,10 @@ struct Run {
 }
 
 impl Run {
+    fn rps(&self) -> f64 {
+        self.accepted_ids.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
     fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies_us.is_empty() {
             return 0.0;
