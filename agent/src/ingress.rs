@@ -256,10 +256,11 @@ async fn trigger(
             // create_event needs no worker: its one event goes straight to the outbox, durably,
             // before the 202 (one sled write on the durable path instead of inbox → worker → outbox).
             let started = std::time::Instant::now();
-            let activity = crate::worker::activity(&inbound, "QUEUED", json!({"events": 1}));
+            let activity =
+                |request| crate::worker::activity(&request, "QUEUED", json!({"events": 1}));
             let accepted = shared
                 .store
-                .accept_event(&inbound, integration.form.as_deref(), &trigger, activity)
+                .accept_event(inbound, integration.form.as_deref(), &trigger, activity)
                 .await;
             return match accepted {
                 Ok(_) => {

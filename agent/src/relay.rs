@@ -374,8 +374,9 @@ pub struct RelayStatus {
 pub struct OutboxEntry {
     /// The entry's sequence number (also inside `frame`).
     pub seq: u64,
-    /// The JSON text of the [`AgentFrame::EventCreate`] frame.
-    pub frame: String,
+    /// The JSON text of the [`AgentFrame::EventCreate`] frame (shared, so handing it out and
+    /// keeping it for a resend copies nothing).
+    pub frame: Utf8Bytes,
 }
 
 impl OutboxEntry {
@@ -383,7 +384,7 @@ impl OutboxEntry {
     pub fn encode(event: &EventCreate) -> Self {
         Self {
             seq: event.seq,
-            frame: AgentFrame::EventCreate(event.clone()).to_text(),
+            frame: AgentFrame::EventCreate(event.clone()).to_text().into(),
         }
     }
 }
@@ -821,7 +822,7 @@ impl<'a> Session<'a> {
                 continue;
             }
             self.cursor = Some(entry.seq);
-            let frame = Utf8Bytes::from(entry.frame);
+            let frame = entry.frame;
             frames.push(Message::Text(frame.clone()));
             let sent_at = Instant::now();
             self.in_flight

@@ -25,7 +25,7 @@
 //!
 //! What it does not do: it does not run scripts, talk to the central, or decide HTTP status codes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,8 +33,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::relay::{Outbox, OutboxEntry};
+
+mod finished;
+use finished::Finished;
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,7 +50,8 @@ pub struct StoreConfig {
     pub max_bytes: u64,
     /// Activity-stream entries kept per integration (oldest dropped first).
     pub activity_per_integration: u64,
-    /// Finished request records kept for `xmagent request` (oldest finished dropped first).
+    /// Finished request records kept for `xmagent request`: the newest half of this many are
+    /// always kept, up to all of it (see `store::finished`).
     pub max_request_records: u64,
     /// sled page cache; small by default because the agent must stay lean.
     pub cache_mib: u64,
@@ -176,9 +181,6 @@ pub struct RequestRecord {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Internal order key used to prune the oldest finished records.
-    #[serde(default)]
-    pub order: u64,
 }
 
 /// An event that will never be delivered, kept for the operator.
@@ -227,7 +229,8 @@ struct Inner {
     inbox: sled::Tree,
     outbox: sled::Tree,
     requests: sled::Tree,
-    request_order: sled::Tree,
+    /// Finished records; `requests` holds only unfinished ones.
+    finished: Finished,
     activity: sled::Tree,
     dead_letters: sled::Tree,
     config: StoreConfig,
@@ -235,11 +238,11 @@ struct Inner {
     pending_bytes: AtomicU64,
     /// sled's `Tree::len` walks the whole tree, so sizes needed per request are counted here.
     outbox_entries: AtomicU64,
-    request_records: AtomicU64,
     activity_counts: Mutex<HashMap<String, u64>>,
     /// Activity entries not written to sled yet, per integration, oldest first (at most the
     /// retention each; older ones would be pruned right away). See [`Store::persist_activity`].
-    activity_buffer: Mutex<HashMap<String, VecDeque<(u64, serde_json::Value)>>>,
+    activity_buffer: Mutex<HashMap<String, VecDeque<(u64, BufferedActivity)>>>,
+    tail: Mutex<OutboxTail>,
     /// requestId → where every unfinished request without a status record is (rebuilt from the
     /// inbox and outbox at open), so `request()` answers ACCEPTED/QUEUED without a record on the
     /// durable path.
@@ -267,7 +270,7 @@ enum Unrecorded {
 
 /// What the store keeps next to an outbox entry's frame: enough to write the request's status
 /// record when the central answers, without decoding the (large) frame.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct OutboxMeta {
     #[serde(rename = "r")]
     request_id: String,
@@ -282,7 +285,8 @@ struct OutboxMeta {
     record_at_ack: bool,
 }
 
-/// The `event.create` frame without its `seq`, which is drawn later under the append lock.
+/// The `event.create` frame without its `trigger` (appended as text) and its `seq` (drawn later
+/// under the append lock).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct FrameHead<'a> {
@@ -293,15 +297,15 @@ struct FrameHead<'a> {
     integration_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     form: Option<&'a str>,
-    trigger: &'a serde_json::Value,
 }
 
 /// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
-/// `,"seq":N}`. serde_json never writes a raw newline, so the first `\n` splits the two.
+/// `,"seq":N}`. The meta is written by serde_json, which never writes a raw newline, so the first
+/// `\n` splits the two. `trigger` is JSON text (a checked request body is embedded as it came).
 fn outbox_value_head(
     meta: &OutboxMeta,
     form: Option<&str>,
-    trigger: &serde_json::Value,
+    trigger: &str,
 ) -> Result<Vec<u8>, StoreError> {
     let mut value = serde_json::to_vec(meta)?;
     value.push(b'\n');
@@ -313,10 +317,11 @@ fn outbox_value_head(
             index: meta.index,
             integration_id: &meta.integration_id,
             form,
-            trigger,
         },
     )?;
-    value.pop(); // the closing brace; `finish_outbox_value` closes the object with the seq
+    value.pop(); // the closing brace; the trigger and `finish_outbox_value` close the object
+    value.extend_from_slice(b",\"trigger\":");
+    value.extend_from_slice(trigger.as_bytes());
     Ok(value)
 }
 
@@ -348,11 +353,104 @@ fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>),
     ))
 }
 
+/// The newest outbox entries, kept in memory so the relay sends them and the acks resolve them
+/// without reading sled back. Bounded by [`TAIL_MAX_BYTES`]: when the relay falls behind (central
+/// down or slow), the oldest entries leave the tail and are read from sled as before.
+struct OutboxTail {
+    /// Every outbox entry with a seq at or above this one is in `entries`.
+    covers_from: u64,
+    entries: BTreeMap<u64, TailEntry>,
+    bytes: usize,
+}
+
+struct TailEntry {
+    frame: Utf8Bytes,
+    meta: OutboxMeta,
+    /// The stored value's size, for the pending-bytes bound.
+    size: u64,
+}
+
+/// Most frame bytes the outbox tail keeps in memory.
+const TAIL_MAX_BYTES: usize = 4 << 20;
+
+impl OutboxTail {
+    fn starting_at(seq: u64) -> Self {
+        Self {
+            covers_from: seq,
+            entries: BTreeMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Add the entry just stored under `seq` (the highest so far); must happen before
+    /// `outbox_appended` moves past it, so [`OutboxTail::forget`] never loses an entry.
+    fn push(&mut self, seq: u64, value: &[u8], meta: OutboxMeta) {
+        let frame = value
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(value, |split| &value[split + 1..]);
+        let frame = Utf8Bytes::from(String::from_utf8_lossy(frame).into_owned());
+        self.bytes += frame.len();
+        let size = value.len() as u64;
+        self.entries.insert(seq, TailEntry { frame, meta, size });
+        while self.bytes > TAIL_MAX_BYTES {
+            let Some((oldest, entry)) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= entry.frame.len();
+            self.covers_from = oldest + 1;
+        }
+    }
+
+    fn remove(&mut self, seq: u64) {
+        if let Some(entry) = self.entries.remove(&seq) {
+            self.bytes -= entry.frame.len();
+        }
+    }
+
+    /// Drop everything after a failed update left the tail and sled possibly disagreeing; the
+    /// entries are read from sled from then on.
+    fn forget(&mut self, appended_end: u64) {
+        *self = Self::starting_at(appended_end);
+    }
+}
+
+/// An activity-stream entry in the buffer. Fast-path entries are rendered only when written or
+/// listed, so the ones a burst pushes out of the buffer never cost their JSON.
+enum BufferedActivity {
+    Pending(Box<dyn FnOnce() -> serde_json::Value + Send>),
+    Ready(serde_json::Value),
+}
+
+impl BufferedActivity {
+    fn render(&mut self) -> &serde_json::Value {
+        if let Self::Pending(_) = self {
+            let pending = std::mem::replace(self, Self::Ready(serde_json::Value::Null));
+            *self = Self::Ready(pending.into_value());
+        }
+        match self {
+            Self::Ready(value) => value,
+            Self::Pending(_) => unreachable!("rendered just above"),
+        }
+    }
+
+    fn into_value(self) -> serde_json::Value {
+        match self {
+            Self::Pending(render) => render(),
+            Self::Ready(value) => value,
+        }
+    }
+}
+
 impl Inner {
+    fn tail(&self) -> std::sync::MutexGuard<'_, OutboxTail> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Write the buffered activity entries to sled (one batch per integration) and prune.
     fn persist_activity(&self) -> Result<(), StoreError> {
         let inner = self;
-        let drained: Vec<(String, VecDeque<(u64, serde_json::Value)>)> = {
+        let drained: Vec<(String, VecDeque<(u64, BufferedActivity)>)> = {
             let mut buffer = inner
                 .activity_buffer
                 .lock()
@@ -365,7 +463,7 @@ impl Inner {
             for (key, entry) in entries {
                 batch.insert(
                     activity_key(&integration_id, key),
-                    serde_json::to_vec(&entry)?,
+                    serde_json::to_vec(&entry.into_value())?,
                 );
             }
             inner.activity.apply_batch(batch)?;
@@ -493,8 +591,9 @@ impl Store {
             Some((key, _)) => key_u64(&key)? + 1,
             None => 0,
         };
-        let request_order = tree("request_order")?;
-        let request_records = request_order.len() as u64;
+        let requests = tree("requests")?;
+        let finished = Finished::open(&db, config.max_request_records)?;
+        move_finished_records(&db, &requests, &finished)?;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
@@ -508,8 +607,8 @@ impl Store {
             stopped: std::sync::atomic::AtomicBool::new(false),
         });
         let inner = Arc::new(Inner {
-            requests: tree("requests")?,
-            request_order,
+            requests,
+            finished,
             activity: tree("activity")?,
             dead_letters: tree("dead_letters")?,
             inbox,
@@ -519,9 +618,9 @@ impl Store {
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
             outbox_entries: AtomicU64::new(outbox_entries),
-            request_records: AtomicU64::new(request_records),
             activity_counts: Mutex::new(HashMap::new()),
             activity_buffer: Mutex::new(HashMap::new()),
+            tail: Mutex::new(OutboxTail::starting_at(appended_end)),
             unrecorded: Mutex::new(unrecorded),
             outbox_append: Mutex::new(()),
             commit: commit.clone(),
@@ -570,16 +669,17 @@ impl Store {
     }
 
     /// The `create_event` fast path: durably store the request's one event straight in the outbox
-    /// (no inbox entry, no worker) and record its activity entry. Returns the outbox seq once the
-    /// group commit covering the write finished; on failure nothing is kept and the error is
-    /// returned (503). The status record is written when the central answers; until then the
-    /// in-memory index answers QUEUED.
+    /// (no inbox entry, no worker) and record its activity entry, which `activity` renders from
+    /// the request only when it is written or listed. Returns the outbox seq once the group commit
+    /// covering the write finished; on failure nothing is kept and the error is returned (503).
+    /// The status record is written when the central answers; until then the in-memory index
+    /// answers QUEUED. `trigger` is JSON text.
     pub async fn accept_event(
         &self,
-        request: &InboundRequest,
+        request: InboundRequest,
         form: Option<&str>,
-        trigger: &serde_json::Value,
-        activity: serde_json::Value,
+        trigger: &str,
+        activity: impl FnOnce(InboundRequest) -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let meta = OutboxMeta {
@@ -599,13 +699,13 @@ impl Store {
                 .unwrap_or_else(|p| p.into_inner());
             inner.db.generate_id().and_then(|seq| {
                 finish_outbox_value(&mut value, seq);
-                let size = value.len() as u64;
-                inner.outbox.insert(be(seq), value)?;
+                inner.outbox.insert(be(seq), value.as_slice())?;
+                inner.tail().push(seq, &value, meta.clone());
                 inner
                     .commit
                     .outbox_appended
                     .store(seq + 1, Ordering::SeqCst);
-                Ok((seq, size))
+                Ok((seq, value.len() as u64))
             })
         };
         let (seq, size) = match appended {
@@ -622,13 +722,15 @@ impl Store {
         if let Err(error) = self.wait_for_flush().await {
             // Undo; the relay never saw the entry (it only reads what a flush covered).
             self.unrecorded().remove(&meta.request_id);
+            inner.tail().remove(seq);
             if inner.outbox.remove(be(seq)).ok().flatten().is_some() {
                 inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
                 self.release(size);
             }
             return Err(error);
         }
-        self.record_activity(&meta.integration_id, activity);
+        let render = Box::new(move || activity(request));
+        self.record_activity(&meta.integration_id, BufferedActivity::Pending(render));
         Ok(seq)
     }
 
@@ -643,7 +745,7 @@ impl Store {
     /// the newest `activity_per_integration` entries in the buffer means a burst costs at most
     /// that many sled writes per interval instead of one per request. Activity is diagnostic: a
     /// crash loses at most one interval of it, never a request, event or status.
-    fn record_activity(&self, integration_id: &str, entry: serde_json::Value) {
+    fn record_activity(&self, integration_id: &str, entry: BufferedActivity) {
         let inner = &self.inner;
         let Ok(key) = inner.db.generate_id() else {
             return;
@@ -744,7 +846,11 @@ impl Store {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut events = Vec::new();
-        let mut encoded: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut encoded: Vec<(u64, Vec<u8>, OutboxMeta)> = Vec::new();
+        // A request with one event needs no QUEUED record: like the fast path, the in-memory
+        // index answers until the central's answer writes the final record. Requests with more
+        // events keep a stored record that collects their event ids ack by ack.
+        let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
         if processed.failure.is_none() {
             for (index, (form, trigger)) in processed.events.iter().enumerate() {
                 let index =
@@ -754,9 +860,10 @@ impl Store {
                     integration_id: request.integration_id.clone(),
                     index,
                     received_at: request.received_at.clone(),
-                    record_at_ack: false,
+                    record_at_ack,
                 };
-                let mut value = outbox_value_head(&meta, form.as_deref(), trigger)?;
+                let trigger = serde_json::to_string(trigger)?;
+                let mut value = outbox_value_head(&meta, form.as_deref(), &trigger)?;
                 let seq = inner.db.generate_id()?;
                 finish_outbox_value(&mut value, seq);
                 events.push(EventRef {
@@ -764,28 +871,23 @@ impl Store {
                     seq,
                     event_id: None,
                 });
-                encoded.push((seq, value));
+                encoded.push((seq, value, meta));
             }
         }
-        let outbox_bytes: u64 = encoded.iter().map(|(_, v)| v.len() as u64).sum();
+        let outbox_bytes: u64 = encoded.iter().map(|(_, v, _)| v.len() as u64).sum();
         let status = match (&processed.failure, events.is_empty()) {
             (Some(_), _) => RequestStatus::Failed,
             (None, true) => RequestStatus::Completed,
             (None, false) => RequestStatus::Queued,
         };
-        let mut record = RequestRecord {
+        let record = RequestRecord {
             request_id: request.request_id.clone(),
             integration_id: request.integration_id.clone(),
             status,
             received_at: request.received_at.clone(),
             events,
             reason: processed.failure,
-            order: 0,
         };
-        if status.is_final() {
-            record.order = inner.db.generate_id()?;
-        }
-        let record_bytes = serde_json::to_vec(&record)?;
         // No multi-tree transaction: the writes are ordered so that a crash between any two of
         // them is harmless. sled recovers a prefix of its log, so a later write surviving implies
         // the earlier ones did. Until the inbox entry is removed (last), a restart re-processes
@@ -793,22 +895,28 @@ impl Store {
         // events with the events it already created. The status record goes first so an ack can
         // never arrive for an event whose request record is not written yet (and the relay only
         // reads entries a flush covered anyway).
-        inner
-            .requests
-            .insert(request.request_id.as_bytes(), record_bytes)?;
         if status.is_final() {
+            let mut batch = sled::Batch::default();
+            batch.insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?);
+            inner.finished.insert(batch, 1)?;
+        } else if !record_at_ack {
             inner
-                .request_order
-                .insert(be(record.order), request.request_id.as_bytes())?;
+                .requests
+                .insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
         }
         let appended = encoded.len() as u64;
-        if let Some((last, _)) = encoded.last() {
+        if let Some((last, _, _)) = encoded.last() {
             let last = *last;
             let mut batch = sled::Batch::default();
-            for (seq, value) in encoded {
-                batch.insert(&be(seq), value);
+            for (seq, value, _) in &encoded {
+                batch.insert(&be(*seq), value.as_slice());
             }
             inner.outbox.apply_batch(batch)?;
+            let mut tail = inner.tail();
+            for (seq, value, meta) in encoded {
+                tail.push(seq, &value, meta);
+            }
+            drop(tail);
             inner
                 .commit
                 .outbox_appended
@@ -816,10 +924,12 @@ impl Store {
         }
         drop(append_guard);
         inner.inbox.remove(be(key))?;
-        self.unrecorded().remove(&request.request_id);
-        if status.is_final() {
-            inner.request_records.fetch_add(1, Ordering::SeqCst);
-        }
+        match record.events.first() {
+            Some(event) if record_at_ack => self
+                .unrecorded()
+                .insert(request.request_id.clone(), Unrecorded::Outbox(event.seq)),
+            _ => self.unrecorded().remove(&request.request_id),
+        };
         // Pending accounting: the inbox entry became `n` outbox entries.
         inner.pending_bytes.fetch_sub(inbox_size, Ordering::SeqCst);
         inner
@@ -831,16 +941,16 @@ impl Store {
         if appended > 0 {
             self.request_flush();
         }
-        self.record_activity(&request.integration_id, processed.activity);
-        if status.is_final() {
-            self.prune_requests()?;
-        }
+        self.record_activity(
+            &request.integration_id,
+            BufferedActivity::Ready(processed.activity),
+        );
         Ok(record)
     }
 
     /// The status record of one request.
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        if let Some(value) = self.inner.requests.get(request_id.as_bytes())? {
+        if let Some(value) = self.stored_record(request_id)? {
             return Ok(Some(serde_json::from_slice(&value)?));
         }
         let key = match self.unrecorded().get(request_id).copied() {
@@ -849,7 +959,7 @@ impl Store {
             Some(Unrecorded::Outbox(seq)) => {
                 let Some(value) = self.inner.outbox.get(be(seq))? else {
                     // Answered meanwhile: the record exists now.
-                    return match self.inner.requests.get(request_id.as_bytes())? {
+                    return match self.stored_record(request_id)? {
                         Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
                         None => Ok(None),
                     };
@@ -865,8 +975,17 @@ impl Store {
             received_at: request.received_at,
             events: Vec::new(),
             reason: None,
-            order: key,
         }))
+    }
+
+    /// A request's stored record: unfinished ones first (a crash between moving a record to the
+    /// finished generations and removing it from `requests` leaves both; the next answer for the
+    /// request completes the move).
+    fn stored_record(&self, request_id: &str) -> Result<Option<sled::IVec>, StoreError> {
+        match self.inner.requests.get(request_id.as_bytes())? {
+            Some(value) => Ok(Some(value)),
+            None => Ok(self.inner.finished.get(request_id)?),
+        }
     }
 
     /// The record of a fast-path request whose one event waits in the outbox.
@@ -882,7 +1001,6 @@ impl Store {
                 event_id: None,
             }],
             reason: None,
-            order: 0,
         }
     }
 
@@ -896,19 +1014,19 @@ impl Store {
         // Pruning leaves a little slack; never show more than the retention.
         let limit = limit.min(self.inner.config.activity_per_integration as usize);
         let mut entries: Vec<serde_json::Value> = {
-            let buffer = self
+            let mut buffer = self
                 .inner
                 .activity_buffer
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             buffer
-                .get(integration_id)
+                .get_mut(integration_id)
                 .map(|queue| {
                     queue
-                        .iter()
+                        .iter_mut()
                         .rev()
                         .take(limit)
-                        .map(|(_, v)| v.clone())
+                        .map(|(_, entry)| entry.render().clone())
                         .collect()
                 })
                 .unwrap_or_default()
@@ -960,62 +1078,95 @@ impl Store {
     /// create) their status records, keep dead letters, then remove the entries — one sled batch
     /// per tree for the whole set of answers.
     fn answer_outbox_entries(&self, answers: Vec<Answered<'_>>) -> Result<(), StoreError> {
+        let mut tail = self.inner.tail();
+        let answered = self.answer_outbox_entries_with(&mut tail, answers);
+        match &answered {
+            Ok(removed) => {
+                for seq in removed {
+                    tail.remove(*seq);
+                }
+            }
+            Err(_) => tail.forget(self.inner.commit.outbox_appended.load(Ordering::SeqCst)),
+        }
+        answered.map(|_| ())
+    }
+
+    /// [`Store::answer_outbox_entries`] with the tail locked (entry metadata comes from it when it
+    /// holds the entry, from sled otherwise); returns the seqs removed from the outbox.
+    fn answer_outbox_entries_with(
+        &self,
+        tail: &mut OutboxTail,
+        answers: Vec<Answered<'_>>,
+    ) -> Result<Vec<u64>, StoreError> {
         let inner = &self.inner;
+        // Request id → (record, whether it is stored in `requests` now).
         let mut records: HashMap<String, (RequestRecord, bool)> = HashMap::new();
         let mut letters = sled::Batch::default();
         let mut removals = sled::Batch::default();
-        let (mut removed, mut removed_bytes, mut finished) = (0u64, 0u64, 0u64);
+        let mut removed_bytes = 0u64;
+        let mut removed = Vec::new();
         let mut answered_fast = Vec::new();
         for (seq, update, dead_letter) in answers {
-            let Some(value) = inner.outbox.get(be(seq))? else {
-                // Already handled (a duplicate ack after a resend): nothing to do.
-                continue;
+            let (meta, size) = match tail.entries.get(&seq) {
+                Some(entry) => (std::borrow::Cow::Borrowed(&entry.meta), entry.size),
+                None => match inner.outbox.get(be(seq))? {
+                    Some(value) => (
+                        std::borrow::Cow::Owned(outbox_parts(&value)?.0),
+                        value.len() as u64,
+                    ),
+                    // Already handled (a duplicate ack after a resend): nothing to do.
+                    None => continue,
+                },
             };
-            let (meta, _) = outbox_parts(&value)?;
             if let Some(letter) = dead_letter {
                 letters.insert(&be(seq), letter);
             }
             let record = match records.remove(&meta.request_id) {
                 Some(known) => Some(known),
+                // A fast-path request: its record is born now (after a crash between the record
+                // write and the outbox removal, a resend's answer rewrites the same record).
+                None if meta.record_at_ack => Some((Self::queued_record(&meta, seq), false)),
                 None => match inner.requests.get(meta.request_id.as_bytes())? {
-                    Some(raw) => Some((serde_json::from_slice::<RequestRecord>(&raw)?, false)),
-                    // A fast-path request: its record is born now.
-                    None if meta.record_at_ack => Some((Self::queued_record(&meta, seq), false)),
-                    // A finished record that was pruned already.
-                    None => None,
+                    Some(raw) => Some((serde_json::from_slice::<RequestRecord>(&raw)?, true)),
+                    None => match inner.finished.get(&meta.request_id)? {
+                        Some(raw) => Some((serde_json::from_slice(&raw)?, false)),
+                        // A finished record that was dropped with its generation already.
+                        None => None,
+                    },
                 },
             };
-            if let Some((mut record, mut order_new)) = record {
-                let was_final = record.status.is_final();
+            if let Some((mut record, in_requests)) = record {
                 update(&mut record);
-                if !was_final && record.status.is_final() {
-                    record.order = inner.db.generate_id()?;
-                    order_new = true;
-                    finished += 1;
-                }
-                records.insert(meta.request_id.clone(), (record, order_new));
+                records.insert(meta.request_id.clone(), (record, in_requests));
             }
             if meta.record_at_ack {
-                answered_fast.push(meta.request_id);
+                answered_fast.push(meta.request_id.clone());
             }
             removals.remove(&be(seq));
-            removed += 1;
-            removed_bytes += value.len() as u64;
+            removed.push(seq);
+            removed_bytes += size;
         }
-        let mut updates = sled::Batch::default();
-        let mut orders = sled::Batch::default();
-        for (request_id, (record, order_new)) in &records {
-            updates.insert(request_id.as_bytes(), serde_json::to_vec(record)?);
-            if *order_new {
-                orders.insert(&be(record.order), request_id.as_bytes());
+        let mut unfinished = sled::Batch::default();
+        let mut finished = sled::Batch::default();
+        let mut finished_count = 0;
+        for (request_id, (record, in_requests)) in &records {
+            let value = serde_json::to_vec(record)?;
+            if record.status.is_final() {
+                finished.insert(request_id.as_bytes(), value);
+                finished_count += 1;
+                if *in_requests {
+                    unfinished.remove(request_id.as_bytes());
+                }
+            } else {
+                unfinished.insert(request_id.as_bytes(), value);
             }
         }
         // Ordered writes (see `complete`): dead letters and the requests' new status first, the
         // outbox entries last, so a crash in between only causes a harmless resend (after which
         // the answer rewrites the same records).
         inner.dead_letters.apply_batch(letters)?;
-        inner.requests.apply_batch(updates)?;
-        inner.request_order.apply_batch(orders)?;
+        inner.finished.insert(finished, finished_count)?;
+        inner.requests.apply_batch(unfinished)?;
         inner.outbox.apply_batch(removals)?;
         {
             let mut unrecorded = self.unrecorded();
@@ -1025,46 +1176,40 @@ impl Store {
         }
         // Only the relay removes outbox entries, one answer per entry, so the reads above saw
         // exactly what was removed.
-        inner.outbox_entries.fetch_sub(removed, Ordering::SeqCst);
-        inner.pending_entries.fetch_sub(removed, Ordering::SeqCst);
+        let count = removed.len() as u64;
+        inner.outbox_entries.fetch_sub(count, Ordering::SeqCst);
+        inner.pending_entries.fetch_sub(count, Ordering::SeqCst);
         inner
             .pending_bytes
             .fetch_sub(removed_bytes, Ordering::SeqCst);
-        if finished > 0 {
-            inner.request_records.fetch_add(finished, Ordering::SeqCst);
-            self.prune_requests()?;
-        }
-        Ok(())
+        Ok(removed)
     }
+}
 
-    /// Drop the oldest finished request records beyond the retention count, in one batch per
-    /// tree. `request_order` only ever holds finished records (a record enters it when it becomes
-    /// final), so unfinished ones are never dropped (they are bounded by the store bound instead).
-    fn prune_requests(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        let excess = inner
-            .request_records
-            .load(Ordering::SeqCst)
-            .saturating_sub(inner.config.max_request_records);
-        if excess == 0 {
-            return Ok(());
-        }
-        let mut records = sled::Batch::default();
-        let mut order = sled::Batch::default();
-        let mut dropped = 0;
-        for item in inner.request_order.iter().take(excess as usize) {
-            let (key, request_id) = item?;
-            records.remove(request_id);
-            order.remove(key);
-            dropped += 1;
-        }
-        // Records first: a crash in between leaves order keys without records, which the next
-        // pruning removes harmlessly.
-        inner.requests.apply_batch(records)?;
-        inner.request_order.apply_batch(order)?;
-        inner.request_records.fetch_sub(dropped, Ordering::SeqCst);
-        Ok(())
+/// Stores written before the finished-record generations kept finished records in `requests`,
+/// listed in a `request_order` tree; move them to the generations (oldest first) and drop that
+/// tree. Nothing to do for newer stores.
+fn move_finished_records(
+    db: &sled::Db,
+    requests: &sled::Tree,
+    finished: &Finished,
+) -> Result<(), StoreError> {
+    const OLD_ORDER_TREE: &[u8] = b"request_order";
+    if !db.tree_names().iter().any(|name| name == OLD_ORDER_TREE) {
+        return Ok(());
     }
+    let order = db.open_tree(OLD_ORDER_TREE)?;
+    for item in order.iter() {
+        let (_, request_id) = item?;
+        if let Some(record) = requests.get(&request_id)? {
+            let mut batch = sled::Batch::default();
+            batch.insert(request_id.clone(), record);
+            finished.insert(batch, 1)?;
+            requests.remove(&request_id)?;
+        }
+    }
+    db.drop_tree(OLD_ORDER_TREE)?;
+    Ok(())
 }
 
 fn activity_prefix(integration_id: &str) -> Vec<u8> {
@@ -1088,6 +1233,20 @@ impl Outbox for Store {
         if from >= visible_end {
             return Ok(Vec::new());
         }
+        {
+            let tail = self.inner.tail();
+            if from >= tail.covers_from {
+                return Ok(tail
+                    .entries
+                    .range(from..visible_end)
+                    .take(max)
+                    .map(|(seq, entry)| OutboxEntry {
+                        seq: *seq,
+                        frame: entry.frame.clone(),
+                    })
+                    .collect());
+            }
+        }
         self.inner
             .outbox
             .range(be(from)..be(visible_end))
@@ -1098,7 +1257,7 @@ impl Outbox for Store {
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
                 Ok(OutboxEntry {
                     seq,
-                    frame: frame.into_owned(),
+                    frame: frame.into_owned().into(),
                 })
             })
             .collect()
@@ -1127,10 +1286,17 @@ impl Outbox for Store {
     }
 
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String> {
-        let Some(value) = self.inner.outbox.get(be(seq)).map_err(|e| e.to_string())? else {
-            return Ok(());
+        let held = self.inner.tail().entries.get(&seq).map(|e| e.frame.clone());
+        let frame = match held {
+            Some(frame) => frame.as_str().to_owned(),
+            None => {
+                let Some(value) = self.inner.outbox.get(be(seq)).map_err(|e| e.to_string())? else {
+                    return Ok(());
+                };
+                let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
+                frame.into_owned()
+            }
         };
-        let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
         let entry = match serde_json::from_str(&frame).map_err(|e| e.to_string())? {
             protocol::AgentFrame::EventCreate(entry) => entry,
             protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
@@ -1309,10 +1475,14 @@ mod tests {
     async fn a_fast_path_event_is_queued_sent_as_its_frame_and_delivered() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let request = request(7);
         let trigger = json!({"properties": {"n": 7}});
         let seq = store
-            .accept_event(&request, Some("Form"), &trigger, json!({"n": 7}))
+            .accept_event(
+                request(7),
+                Some("Form"),
+                &trigger.to_string(),
+                |request| json!({"n": 7, "id": request.request_id}),
+            )
             .await
             .unwrap();
         // The relay is woken for the very first entry too (sled's first id is 0).
@@ -1339,13 +1509,94 @@ mod tests {
                 trigger,
             })
         );
-        assert_eq!(store.activity("int", 10).unwrap(), vec![json!({"n": 7})]);
+        assert_eq!(
+            store.activity("int", 10).unwrap(),
+            vec![json!({"n": 7, "id": "req-7"})]
+        );
         store.acknowledged(&[(seq, "ev-7".into())]).unwrap();
         let done = store.request("req-7").unwrap().unwrap();
         assert_eq!(done.status, RequestStatus::Delivered);
         assert_eq!(done.events[0].event_id.as_deref(), Some("ev-7"));
         assert_eq!(store.pending(), (0, 0));
         assert_eq!(store.outbox_len(), 0);
+    }
+
+    /// More entries than the in-memory tail holds: the oldest are read back from sled, every
+    /// entry is handed out once in seq order with its own frame, and acks resolve either way.
+    #[tokio::test]
+    async fn entries_beyond_the_in_memory_tail_come_from_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let filler = "x".repeat(16 * 1024);
+        let count = TAIL_MAX_BYTES / filler.len() + 40;
+        let mut seqs = Vec::new();
+        for n in 0..count as u64 {
+            let trigger = json!({"properties": {"n": n, "filler": filler}}).to_string();
+            let seq = store
+                .accept_event(request(n), None, &trigger, |_| json!({}))
+                .await
+                .unwrap();
+            seqs.push(seq);
+        }
+        assert!(
+            store.inner.tail().covers_from > seqs[0],
+            "the tail overflowed"
+        );
+        let mut handed = Vec::new();
+        let mut cursor = None;
+        loop {
+            let batch = store.pending_after(cursor, 7).unwrap();
+            let Some(last) = batch.last() else { break };
+            cursor = Some(last.seq);
+            handed.extend(batch);
+        }
+        assert_eq!(handed.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+        for (n, entry) in handed.iter().enumerate() {
+            let frame: protocol::AgentFrame = serde_json::from_str(&entry.frame).unwrap();
+            let protocol::AgentFrame::EventCreate(create) = frame else {
+                panic!("not an event.create frame");
+            };
+            assert_eq!(
+                (create.seq, create.trigger["properties"]["n"].as_u64()),
+                (entry.seq, Some(n as u64))
+            );
+        }
+        let acks: Vec<(u64, String)> = seqs.iter().map(|seq| (*seq, format!("ev-{seq}"))).collect();
+        store.acknowledged(&acks).unwrap();
+        assert_eq!(store.pending(), (0, 0));
+        assert_eq!(store.inner.tail().bytes, 0);
+        let first = store.request("req-0").unwrap().unwrap();
+        assert_eq!(first.status, RequestStatus::Delivered);
+        assert_eq!(first.events[0].event_id, Some(format!("ev-{}", seqs[0])));
+    }
+
+    #[tokio::test]
+    async fn finished_records_of_the_old_layout_are_moved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let record = json!({"requestId": "old-1", "integrationId": "int", "status": "DELIVERED",
+                "receivedAt": "then", "events": [], "order": 9});
+            db.open_tree("requests")
+                .unwrap()
+                .insert("old-1", serde_json::to_vec(&record).unwrap())
+                .unwrap();
+            db.open_tree("request_order")
+                .unwrap()
+                .insert(be(9), "old-1")
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        let record = store.request("old-1").unwrap().unwrap();
+        assert_eq!(record.status, RequestStatus::Delivered);
+        assert!(store.inner.requests.is_empty(), "moved out of `requests`");
+        assert!(!store
+            .inner
+            .db
+            .tree_names()
+            .iter()
+            .any(|name| name == b"request_order".as_slice()));
     }
 
     #[tokio::test]

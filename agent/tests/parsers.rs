@@ -30,7 +30,9 @@ proptest! {
     #[test]
     fn any_object_is_accepted_and_kept(value in json_value()) {
         let body = serde_json::to_vec(&value).unwrap();
-        match (&value, agent::worker::trigger_from_body(&body)) {
+        let parsed = agent::worker::trigger_from_body(&body)
+            .map(|text| serde_json::from_str::<Value>(&text).expect("the trigger text is JSON"));
+        match (&value, parsed) {
             (Value::Object(object), Ok(trigger)) if object.contains_key("properties") => {
                 prop_assert_eq!(&trigger, &value);
             }
