@@ -130,6 +130,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     )
     .await?;
     let peak_rss_mib = peak_rss_kib(agent.id()).unwrap_or(0) as f64 / 1024.0;
+    // Everything the agent spent, accepting and delivering, per accepted request.
+    let agent_cpu_us = cpu_seconds(agent.id()).unwrap_or(0.0) * 1e6
+        / agent_run.accepted_ids.len().max(1) as f64;
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -155,6 +158,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "baseline_p50_ms": baseline_run.percentile_ms(50.0),
         "baseline_p99_ms": baseline_run.percentile_ms(99.0),
         "agent_peak_rss_mib": (peak_rss_mib * 10.0).round() / 10.0,
+        "agent_cpu_us_per_request": agent_cpu_us.round(),
         "delivery_wait_s": delivered.waited.as_secs_f64(),
     });
     println!("{summary}");
@@ -351,6 +355,18 @@ async fn wait_delivered(
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:bench")
     );
     loop {
+        // Cheap progress check first: listing every event on each poll would load the central
+        // while it is still receiving.
+        let metrics = get_body(central, "/metrics", &auth).await?;
+        let created = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|line| line.strip_prefix("xmcentral_events_created_total "))
+            .and_then(|n| n.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if created < accepted.len() && started.elapsed() <= timeout {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
         let mut requests = HashSet::new();
         let mut events = 0;
         let mut offset = 0;
@@ -385,6 +401,10 @@ async fn wait_delivered(
 }
 
 async fn get_json(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_slice(&get_body(addr, path, auth).await?)?)
+}
+
+async fn get_body(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<Bytes> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -394,9 +414,16 @@ async fn get_json(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<se
         .header("authorization", auth)
         .body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
-    Ok(serde_json::from_slice(
-        &response.into_body().collect().await?.to_bytes(),
-    )?)
+    Ok(response.into_body().collect().await?.to_bytes())
+}
+
+/// CPU time (user + system) a process used so far, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Peak resident set size (VmHWM) of a process, in KiB.
