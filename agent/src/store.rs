@@ -923,13 +923,16 @@ impl Store {
                 .store(last + 1, Ordering::SeqCst);
         }
         drop(append_guard);
+        // The index points at the outbox entry before the inbox entry goes, so a status lookup
+        // in between still finds the request.
+        if let (Some(event), true) = (record.events.first(), record_at_ack) {
+            self.unrecorded()
+                .insert(request.request_id.clone(), Unrecorded::Outbox(event.seq));
+        }
         inner.inbox.remove(be(key))?;
-        match record.events.first() {
-            Some(event) if record_at_ack => self
-                .unrecorded()
-                .insert(request.request_id.clone(), Unrecorded::Outbox(event.seq)),
-            _ => self.unrecorded().remove(&request.request_id),
-        };
+        if !record_at_ack {
+            self.unrecorded().remove(&request.request_id);
+        }
         // Pending accounting: the inbox entry became `n` outbox entries.
         inner.pending_bytes.fetch_sub(inbox_size, Ordering::SeqCst);
         inner

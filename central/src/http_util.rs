@@ -42,8 +42,8 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
-/// "an array", "a string", ...: how error messages describe a JSON value of the wrong kind
-/// (shared by the agent's body check and the central's trigger validation).
+/// "an array", "a string", ...: how error messages describe a JSON value of the wrong kind.
+/// [`json_text_kind`] says the same of JSON text.
 pub fn json_kind(value: &serde_json::Value) -> &'static str {
     use serde_json::Value;
     match value {
@@ -53,6 +53,19 @@ pub fn json_kind(value: &serde_json::Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+/// [`json_kind`] of a JSON value's text, told by its first byte (no leading whitespace, as
+/// serde_json writes it). The central's trigger validation reads triggers as text.
+pub fn json_text_kind(text: &[u8]) -> &'static str {
+    match text.first() {
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'"') => "a string",
+        Some(b'[') => "an array",
+        Some(b'{') => "an object",
+        _ => "a number",
     }
 }
 

@@ -20,7 +20,7 @@ use http::header::{
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use protocol::{AgentFrame, CentralFrame, EventCreate, PROTOCOL_VERSION};
+use protocol::{AgentFrame, CentralFrame, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -33,7 +33,10 @@ use crate::http_util;
 use crate::metrics::Metrics;
 use crate::serve::Body;
 use crate::store::NewEvent;
+use crate::ws::frame::Create;
 use crate::State;
+
+mod frame;
 
 /// The most frames written in one transaction and answered after one flush. The agent keeps at
 /// most 64 in flight, so one batch usually holds everything that has arrived.
@@ -254,7 +257,7 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
     let (to_writer, from_reader) = mpsc::channel::<Outgoing>(4);
     let writer = tokio::spawn(write_answers(state.clone(), sink, from_reader));
 
-    let mut batch: Vec<EventCreate> = Vec::new();
+    let mut batch: Vec<Create> = Vec::new();
     let mut answers_before: Vec<Answer> = Vec::new();
     let ending: Option<Message> = loop {
         let first = tokio::select! {
@@ -356,7 +359,7 @@ async fn first_frame(socket: &mut Socket) -> Option<Result<u32, String>> {
 
 /// A frame after `hello`, sorted by what the reader must do with it.
 enum Inbound {
-    Create(EventCreate),
+    Create(Create),
     Malformed { seq: u64, message: String },
     Ignore,
     Closed,
@@ -365,28 +368,9 @@ enum Inbound {
 
 fn classify(message: Message) -> Inbound {
     match message {
-        Message::Text(text) => match serde_json::from_str::<AgentFrame>(text.as_str()) {
-            Ok(AgentFrame::EventCreate(create)) => Inbound::Create(create),
-            Ok(AgentFrame::Hello { .. }) => {
-                Inbound::Fatal(CloseCode::Protocol, "hello was already received".to_owned())
-            }
-            Err(error) => {
-                // If the frame names its seq, answer it so the agent can dead-letter the entry
-                // instead of resending it forever; otherwise the stream is unreadable.
-                let seq = serde_json::from_str::<serde_json::Value>(text.as_str())
-                    .ok()
-                    .and_then(|value| value.get("seq").and_then(serde_json::Value::as_u64));
-                match seq {
-                    Some(seq) => Inbound::Malformed {
-                        seq,
-                        message: format!("malformed event.create frame: {error}"),
-                    },
-                    None => Inbound::Fatal(
-                        CloseCode::Unsupported,
-                        "unreadable frame (not an agent frame with a seq)".to_owned(),
-                    ),
-                }
-            }
+        Message::Text(text) => match Create::parse(text.as_str()) {
+            Ok(create) => Inbound::Create(create),
+            Err(_) => classify_text(text.as_str()),
         },
         Message::Binary(_) => Inbound::Fatal(
             CloseCode::Unsupported,
@@ -397,40 +381,65 @@ fn classify(message: Message) -> Inbound {
     }
 }
 
+/// Classify a text frame the direct [`Create`] reader refused, through the protocol crate's
+/// types: `hello`, malformed frames (and any odd frame serde's tagged enum accepts) are answered
+/// exactly as the protocol defines them, on a path that does not need to be fast.
+fn classify_text(text: &str) -> Inbound {
+    match serde_json::from_str::<AgentFrame>(text) {
+        Ok(AgentFrame::EventCreate(create)) => match Create::from_protocol(create) {
+            Ok(create) => Inbound::Create(create),
+            Err((seq, error)) => Inbound::Malformed {
+                seq,
+                message: format!("malformed event.create frame: {error}"),
+            },
+        },
+        Ok(AgentFrame::Hello { .. }) => {
+            Inbound::Fatal(CloseCode::Protocol, "hello was already received".to_owned())
+        }
+        Err(error) => {
+            // If the frame names its seq, answer it so the agent can dead-letter the entry
+            // instead of resending it forever; otherwise the stream is unreadable.
+            let seq = serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|value| value.get("seq").and_then(serde_json::Value::as_u64));
+            match seq {
+                Some(seq) => Inbound::Malformed {
+                    seq,
+                    message: format!("malformed event.create frame: {error}"),
+                },
+                None => Inbound::Fatal(
+                    CloseCode::Unsupported,
+                    "unreadable frame (not an agent frame with a seq)".to_owned(),
+                ),
+            }
+        }
+    }
+}
+
 /// Validate and write `batch` (emptied), returning one answer per frame in order.
-fn process(state: &State, agent_id: &str, batch: &mut Vec<EventCreate>) -> Vec<Answer> {
+fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer> {
     if batch.is_empty() {
         return Vec::new();
     }
     let created = crate::http_util::now_rfc3339();
     let mut answers: Vec<Option<Answer>> = Vec::with_capacity(batch.len());
-    let mut writes = Vec::new();
-    let mut write_seqs = Vec::new();
-    for create in batch.drain(..) {
-        let event_id = uuid::Uuid::new_v4().to_string();
-        let origin = event::Origin {
-            event_id: &event_id,
-            request_id: &create.request_id,
-            agent_id,
-            integration_id: &create.integration_id,
-            form: create.form.as_deref(),
-            created: &created,
-        };
-        let built = event::build(&create.trigger, &origin)
-            .map_err(|error| error.to_string())
-            .and_then(|event| serde_json::to_vec(&event).map_err(|error| error.to_string()));
-        match built {
-            Ok(json) => {
-                writes.push(NewEvent {
-                    request_id: create.request_id,
-                    index: create.index,
-                    event_id,
-                    json,
+    let mut writes = Vec::with_capacity(batch.len());
+    let mut write_seqs = Vec::with_capacity(batch.len());
+    // Validation first, so an invalid trigger is refused whether or not its key exists.
+    for create in batch.iter() {
+        match event::check(&create.trigger) {
+            Ok(checked) => {
+                writes.push(Pending {
+                    create,
+                    checked,
+                    agent_id,
+                    created: &created,
                 });
                 write_seqs.push((answers.len(), create.seq));
                 answers.push(None);
             }
-            Err(message) => {
+            Err(error) => {
+                let message = error.to_string();
                 tracing::info!(agent = %agent_id, request_id = %create.request_id,
                     index = create.index, %message, "event.create rejected");
                 answers.push(Some(Answer::Reject {
@@ -465,7 +474,38 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<EventCreate>) -> Vec<A
             }
         }
     }
+    drop(writes); // it borrows the batch
+    batch.clear();
     answers.into_iter().flatten().collect()
+}
+
+/// A validated `event.create` waiting for the store to give it an id.
+struct Pending<'a> {
+    create: &'a Create,
+    checked: event::Checked<'a>,
+    agent_id: &'a str,
+    created: &'a str,
+}
+
+impl NewEvent for Pending<'_> {
+    fn request_id(&self) -> &str {
+        &self.create.request_id
+    }
+
+    fn index(&self) -> u32 {
+        self.create.index
+    }
+
+    fn to_json(&self, event_id: &str) -> Vec<u8> {
+        self.checked.to_json(&event::Origin {
+            event_id,
+            request_id: &self.create.request_id,
+            agent_id: self.agent_id,
+            integration_id: &self.create.integration_id,
+            form: self.create.form.as_deref(),
+            created: self.created,
+        })
+    }
 }
 
 /// The reject message when storage failed; the agent keeps the entry and retries.
@@ -550,6 +590,533 @@ async fn write_answers(
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &std::path::Path) -> Arc<State> {
+        let config = crate::CentralConfig::new("127.0.0.1:0".parse().expect("addr"), dir)
+            .with_agent("agent-01", "token");
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        Arc::new(State {
+            config,
+            store: crate::store::Store::open(dir).expect("open store"),
+            metrics: Metrics::default(),
+            shutdown,
+            ws_tracker: Arc::default(),
+        })
+    }
+
+    /// What the protocol's own types make of a frame (the reference for the direct reader).
+    fn by_protocol(text: &str) -> Option<protocol::EventCreate> {
+        match serde_json::from_str::<AgentFrame>(text) {
+            Ok(AgentFrame::EventCreate(create)) => Some(create),
+            _ => None,
+        }
+    }
+
+    fn event_of(create: &Create) -> Result<serde_json::Value, event::TriggerError> {
+        let origin = event::Origin {
+            event_id: "e",
+            request_id: &create.request_id,
+            agent_id: "a",
+            integration_id: &create.integration_id,
+            form: create.form.as_deref(),
+            created: "t",
+        };
+        event::build(&create.trigger, &origin)
+            .map(|json| serde_json::from_slice(&json).expect("event JSON"))
+    }
+
+    /// The direct reader says yes only when the protocol's types say yes, with the same fields.
+    fn assert_agrees(text: &str) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prelude::*;
+        let reference = by_protocol(text);
+        match Create::parse(text) {
+            Ok(create) => {
+                let Some(reference) = reference else {
+                    return Err(TestCaseError::fail(format!(
+                        "accepted only directly: {text}"
+                    )));
+                };
+                prop_assert_eq!(create.seq, reference.seq);
+                prop_assert_eq!(&create.request_id, &reference.request_id);
+                prop_assert_eq!(create.index, reference.index);
+                prop_assert_eq!(&create.integration_id, &reference.integration_id);
+                prop_assert_eq!(&create.form, &reference.form);
+                let via_protocol = Create::from_protocol(reference).expect("readable");
+                prop_assert_eq!(event_of(&create), event_of(&via_protocol));
+            }
+            // Refused here: classify falls back to the protocol's types; it must then find an
+            // event.create exactly when they do.
+            Err(_) => match classify(Message::text(text.to_owned())) {
+                Inbound::Create(create) => {
+                    let Some(reference) = reference else {
+                        return Err(TestCaseError::fail(format!("created from: {text}")));
+                    };
+                    prop_assert_eq!(create.seq, reference.seq);
+                }
+                _ => prop_assert!(reference.is_none(), "{}", text),
+            },
+        }
+        Ok(())
+    }
+
+    /// Frame texts around a valid `event.create`: each required member usually valid, sometimes
+    /// odd (wrong type, escaped, out of range), sometimes missing; extra, repeated and unknown
+    /// members; any order.
+    fn frame_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let member = |valid: &'static str, odd: Vec<&'static str>| {
+            prop_oneof![
+                6 => Just(valid.to_owned()),
+                1 => prop::sample::select(odd).prop_map(str::to_owned),
+            ]
+        };
+        let required = (
+            member(
+                r#""type":"event.create""#,
+                vec![
+                    r#""typ\u0065":"event\u002ecreate""#,
+                    r#""type":"hello""#,
+                    r#""type":1"#,
+                    r#""type":0"#,
+                    r#""type":null"#,
+                ],
+            ),
+            member(
+                r#""seq":7"#,
+                vec![
+                    r#""seq":-1"#,
+                    r#""seq":"7""#,
+                    r#""seq":7.0"#,
+                    r#""s\u0065q":8"#,
+                ],
+            ),
+            member(
+                r#""requestId":"r-1""#,
+                vec![r#""requestId":"r\"\u00e9""#, r#""requestId":1"#],
+            ),
+            member(
+                r#""index":0"#,
+                vec![r#""index":4294967295"#, r#""index":4294967296"#],
+            ),
+            member(r#""integrationId":"i""#, vec![r#""integrationId":null"#]),
+            crate::event::tests::trigger_text().prop_map(|t| format!(r#""trigger":{t}"#)),
+        );
+        let extra = prop_oneof![
+            prop::sample::select(vec![
+                r#""form":null"#,
+                r#""form":"Incident""#,
+                r#""form":3"#,
+                r#""agentId":"x""#,
+                r#""version":1"#,
+                r#""seq":9"#,
+                r#""type":"event.create""#,
+            ])
+            .prop_map(str::to_owned),
+            crate::event::tests::json_text().prop_map(|v| format!(r#""other":{v}"#)),
+        ];
+        let keep = prop_oneof![
+            6 => Just(vec![0usize, 1, 2, 3, 4, 5]),
+            1 => prop::sample::subsequence(vec![0usize, 1, 2, 3, 4, 5], 4..=5),
+        ];
+        (required, prop::collection::vec(extra, 0..3), keep)
+            .prop_flat_map(|((a, b, c, d, e, f), extra, keep)| {
+                let all = [a, b, c, d, e, f];
+                let mut members: Vec<String> = keep.into_iter().map(|i| all[i].clone()).collect();
+                members.extend(extra);
+                Just(members).prop_shuffle()
+            })
+            .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn direct_reader_agrees_with_the_protocol_types(text in frame_text()) {
+            assert_agrees(&text)?;
+        }
+    }
+
+    #[test]
+    fn direct_reader_edge_cases() {
+        /// How a frame is read: directly, only through the protocol's types, or not at all.
+        #[derive(Debug, PartialEq)]
+        enum Read {
+            Directly,
+            Fallback,
+            Refused,
+        }
+        const HEAD: &str = r#""seq":1,"requestId":"r","index":0,"integrationId":"i""#;
+        let trigger = r#"{"priority":"high","properties":{"a":1}}"#;
+        let create = |rest: &str| format!(r#"{{"type":"event.create",{HEAD},{rest}}}"#);
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let cases = [
+            // Member order, escapes in names and the tag, unknown members, null form.
+            (
+                format!(r#"{{"trigger":{trigger},{HEAD},"type":"event.create"}}"#),
+                Read::Directly,
+            ),
+            (
+                format!(
+                    r#"{{"typ\u0065":"event\u002ecreate","s\u0065q":1,"requestId":"r","index":0,
+                    "integrationId":"i","form":null,"trigger":{trigger},"x":[1,{{"y":null}}]}}"#
+                ),
+                Read::Directly,
+            ),
+            // A tagged enum also reads the array form: only the fallback takes it.
+            (
+                format!(r#"["event.create",1,"r",0,"i",null,{trigger}]"#),
+                Read::Fallback,
+            ),
+            // The tag must be a string; members must not repeat; unknown members must be JSON a
+            // `Value` reads (no number out of range); nothing may follow the frame.
+            (
+                format!(r#"{{"type":1,{HEAD},"trigger":{trigger}}}"#),
+                Read::Refused,
+            ),
+            (
+                create(&format!(r#""seq":2,"trigger":{trigger}"#)),
+                Read::Refused,
+            ),
+            (
+                create(&format!(r#""type":"event.create","trigger":{trigger}"#)),
+                Read::Refused,
+            ),
+            (
+                create(&format!(r#""trigger":{trigger},"x":1e400"#)),
+                Read::Refused,
+            ),
+            (
+                create(&format!(r#""trigger":{trigger}}} trailing"#)),
+                Read::Refused,
+            ),
+            // The nesting limit counts from the frame: 127 levels in all.
+            (
+                create(&format!(r#""trigger":{{"a":{}}}"#, nested(125))),
+                Read::Directly,
+            ),
+            (
+                create(&format!(r#""trigger":{{"a":{}}}"#, nested(126))),
+                Read::Refused,
+            ),
+            (
+                create(&format!(r#""x":{},"trigger":{{}}"#, nested(126))),
+                Read::Directly,
+            ),
+            (
+                create(&format!(r#""x":{},"trigger":{{}}"#, nested(127))),
+                Read::Refused,
+            ),
+            (
+                r#"{"type":"hello","version":1,"agentId":"a"}"#.to_owned(),
+                Read::Refused,
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_agrees(&text).unwrap_or_else(|error| panic!("{error}"));
+            let read = match (Create::parse(&text), classify(Message::text(text.clone()))) {
+                (Ok(_), _) => Read::Directly,
+                (Err(_), Inbound::Create(_)) => Read::Fallback,
+                (Err(_), _) => Read::Refused,
+            };
+            assert_eq!(read, expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_other_frames_are_answered_as_before() {
+        // A frame with a seq but not a valid event.create: rejected with the protocol types'
+        // reason, so the agent can dead-letter it.
+        let text = r#"{"type":"event.create","seq":5,"requestId":"r"}"#;
+        let expected = serde_json::from_str::<AgentFrame>(text).expect_err("malformed");
+        match classify(Message::text(text)) {
+            Inbound::Malformed { seq, message } => {
+                assert_eq!(seq, 5);
+                assert_eq!(message, format!("malformed event.create frame: {expected}"));
+                assert!(message.contains("missing field `index`"), "{message}");
+            }
+            _ => panic!("expected a malformed answer"),
+        }
+        let text = r#"{"type":"event.create","seq":6,"requestId":"r","index":-1,
+            "integrationId":"i","trigger":{}}"#;
+        assert!(matches!(
+            classify(Message::text(text)),
+            Inbound::Malformed { seq: 6, .. }
+        ));
+        // Without a seq the stream is unreadable; a second hello is a protocol error.
+        assert!(matches!(
+            classify(Message::text(r#"{"type":"event.create"}"#)),
+            Inbound::Fatal(CloseCode::Unsupported, _)
+        ));
+        assert!(matches!(
+            classify(Message::text("not json")),
+            Inbound::Fatal(CloseCode::Unsupported, _)
+        ));
+        assert!(matches!(
+            classify(Message::text(
+                r#"{"type":"hello","version":1,"agentId":"a"}"#
+            )),
+            Inbound::Fatal(CloseCode::Protocol, _)
+        ));
+        assert!(matches!(
+            classify(Message::binary(vec![1u8])),
+            Inbound::Fatal(CloseCode::Unsupported, _)
+        ));
+    }
+
+    #[test]
+    fn process_answers_in_order_and_dedupes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = state(dir.path());
+        let frame = |seq: u64, request: &str, trigger: &str| {
+            let text = format!(
+                r#"{{"type":"event.create","seq":{seq},"requestId":"{request}","index":0,
+                "integrationId":"i","trigger":{trigger}}}"#
+            );
+            match classify(Message::text(text)) {
+                Inbound::Create(create) => create,
+                _ => panic!("not a create"),
+            }
+        };
+        let mut batch = vec![
+            frame(1, "r-1", r#"{"priority":"high"}"#),
+            frame(2, "r-2", r#"{"priority":"urgent"}"#),
+            frame(3, "r-1", r#"{}"#),
+            frame(4, "r-3", r#"[]"#),
+        ];
+        let answers = process(&state, "agent-01", &mut batch);
+        assert!(batch.is_empty());
+        let ids: Vec<(u64, Option<&str>, bool)> = answers
+            .iter()
+            .map(|answer| match answer {
+                Answer::Ack {
+                    seq,
+                    event_id,
+                    duplicate,
+                } => (*seq, Some(event_id.as_str()), *duplicate),
+                Answer::Reject {
+                    seq,
+                    retryable,
+                    status,
+                    message,
+                } => {
+                    assert!(!retryable && *status == 400, "{message}");
+                    (*seq, None, false)
+                }
+            })
+            .collect();
+        assert_eq!(ids.len(), 4);
+        assert_eq!((ids[0].0, ids[0].2), (1, false));
+        assert_eq!((ids[1].0, ids[1].1), (2, None));
+        assert_eq!((ids[2].0, ids[2].1, ids[2].2), (3, ids[0].1, true));
+        assert_eq!((ids[3].0, ids[3].1), (4, None));
+        let stored = state
+            .store
+            .get(ids[0].1.expect("id"))
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored["priority"], "HIGH");
+        assert_eq!(stored["agentId"], "agent-01");
+    }
+
+    /// A frame as the agent's `create_event` path sends it: the head, the request body embedded
+    /// as it came (a pretty-printed 1 KB alert as `properties`), `seq` last.
+    fn realistic_frame(seq: u64) -> String {
+        let body = include_str!("../../examples/payloads/datadog-1.json");
+        format!(
+            "{{\"type\":\"event.create\",\"requestId\":\"{}\",\"index\":0,\
+             \"integrationId\":\"generic-event\",\"form\":\"Incident\",\
+             \"trigger\":{{\"properties\":{}}},\"seq\":{seq}}}",
+            uuid::Uuid::new_v4(),
+            body.trim()
+        )
+    }
+
+    /// An event whose JSON is a fixed 1300 bytes (the size of a realistic event), to time the
+    /// store alone.
+    struct Prebuilt(String);
+
+    impl NewEvent for Prebuilt {
+        fn request_id(&self) -> &str {
+            &self.0
+        }
+
+        fn index(&self) -> u32 {
+            0
+        }
+
+        fn to_json(&self, _: &str) -> Vec<u8> {
+            vec![b'x'; 1300]
+        }
+    }
+
+    /// Process CPU time (all threads, sled's included), from /proc.
+    fn cpu_time() -> Duration {
+        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        // utime and stime are fields 14 and 15 (1-based, counting pid and comm): 11 and 12 here.
+        Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    }
+
+    /// The ingest path's cost per event on this machine (a measurement, not a check), over 20k
+    /// realistic `event.create` frames (a 1 KB alert as the trigger, as the agent's
+    /// `create_event` path sends it): `classify` alone; encoding as many acks; `classify` +
+    /// `event::build`; the store alone (`create_batch` of events with a fixed 1300-byte JSON);
+    /// and the whole `classify` → `process` path in batches of 64 like an agent's window,
+    /// without and with the per-batch flush (process CPU counted, sled's threads included).
+    /// Each figure is the best of three runs, as the machine is noisy.
+    /// Run with `cargo test -p central --release -- --ignored --nocapture ingest_costs`.
+    #[test]
+    #[ignore]
+    fn ingest_costs() {
+        const N: usize = 20_000;
+        const BATCH: usize = 64;
+        const RUNS: usize = 3;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let frames: Vec<Message> = (0..N as u64)
+            .map(|seq| Message::text(realistic_frame(seq)))
+            .collect();
+        eprintln!("frame size {} B, {N} frames", frames[0].len());
+        let report = |what: &str, best: Duration, cpu: Option<Duration>| {
+            let cpu = cpu.map_or(String::new(), |cpu| {
+                format!(
+                    ", {:.0} events per CPU-second",
+                    N as f64 / cpu.as_secs_f64()
+                )
+            });
+            eprintln!(
+                "{what}: {:.0} events/s ({:?}/event){cpu}",
+                N as f64 / best.as_secs_f64(),
+                best / N as u32
+            );
+        };
+        let classify_all = |chunk: &[Message]| -> Vec<Create> {
+            chunk
+                .iter()
+                .map(|frame| match classify(frame.clone()) {
+                    Inbound::Create(create) => create,
+                    _ => panic!("not a create"),
+                })
+                .collect()
+        };
+
+        let mut best = Duration::MAX;
+        for _ in 0..=RUNS {
+            // The first round only warms up (allocator, caches); `min` keeps the best anyway.
+            let t = std::time::Instant::now();
+            for frame in &frames {
+                assert!(matches!(classify(frame.clone()), Inbound::Create(_)));
+            }
+            best = best.min(t.elapsed());
+        }
+        report("classify", best, None);
+
+        let mut best = Duration::MAX;
+        for _ in 0..RUNS {
+            let t = std::time::Instant::now();
+            for seq in 0..N as u64 {
+                let ack = CentralFrame::Ack {
+                    seq,
+                    event_id: "0190c2a4-7b1e-7c3d-9f00-123456789abc".to_owned(),
+                };
+                std::hint::black_box(Message::text(ack.to_text()));
+            }
+            best = best.min(t.elapsed());
+        }
+        report("ack frames (to_text)", best, None);
+
+        let mut best = Duration::MAX;
+        for _ in 0..RUNS {
+            let t = std::time::Instant::now();
+            for frame in &frames {
+                let Inbound::Create(create) = classify(frame.clone()) else {
+                    panic!("not a create")
+                };
+                let origin = event::Origin {
+                    event_id: "6a1f4c52-1111-4f00-8000-000000000000",
+                    request_id: &create.request_id,
+                    agent_id: "agent-01",
+                    integration_id: &create.integration_id,
+                    form: create.form.as_deref(),
+                    created: "2024-01-01T00:00:00.000Z",
+                };
+                assert!(event::build(&create.trigger, &origin).is_ok());
+            }
+            best = best.min(t.elapsed());
+        }
+        report("classify+build", best, None);
+
+        let (mut best, mut best_cpu) = (Duration::MAX, Duration::MAX);
+        for _ in 0..RUNS {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let state = state(dir.path());
+            let batches: Vec<Vec<Prebuilt>> = frames
+                .chunks(BATCH)
+                .map(|chunk| {
+                    classify_all(chunk)
+                        .into_iter()
+                        .map(|create| Prebuilt(create.request_id))
+                        .collect()
+                })
+                .collect();
+            let (cpu, t) = (cpu_time(), std::time::Instant::now());
+            for batch in &batches {
+                state.store.create_batch("agent-01", batch).expect("write");
+            }
+            best = best.min(t.elapsed());
+            best_cpu = best_cpu.min(cpu_time().saturating_sub(cpu));
+        }
+        report("create_batch alone (1300 B values)", best, Some(best_cpu));
+
+        for flush in [false, true] {
+            let (mut best, mut best_cpu) = (Duration::MAX, Duration::MAX);
+            for _ in 0..RUNS {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let state = state(dir.path());
+                let (cpu, t) = (cpu_time(), std::time::Instant::now());
+                for chunk in frames.chunks(BATCH) {
+                    let mut batch = classify_all(chunk);
+                    let answers = process(&state, "agent-01", &mut batch);
+                    assert!(answers.iter().all(|a| matches!(
+                        a,
+                        Answer::Ack {
+                            duplicate: false,
+                            ..
+                        }
+                    )));
+                    if flush {
+                        runtime.block_on(state.store.wait_durable()).expect("flush");
+                    }
+                }
+                best = best.min(t.elapsed());
+                best_cpu = best_cpu.min(cpu_time().saturating_sub(cpu));
+            }
+            let what = if flush {
+                "classify+process+flush"
+            } else {
+                "classify+process"
+            };
+            report(what, best, Some(best_cpu));
         }
     }
 }

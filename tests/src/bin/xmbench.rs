@@ -122,6 +122,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let path = format!("/api/integration/1/functions/{integration}/triggers?apiKey=bench-url-key");
     let duration = Duration::from_secs(args.seconds);
     let load = |addr| drive(addr, &path, &body, args.connections, duration);
+    let ticks_at_start = cpu_ticks();
     let agent_run = load(agent_addr).await;
     let delivered = wait_delivered(
         central.addr,
@@ -131,8 +132,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .await?;
     let peak_rss_mib = peak_rss_kib(agent.id()).unwrap_or(0) as f64 / 1024.0;
     // Everything the agent spent, accepting and delivering, per accepted request.
-    let agent_cpu_us = cpu_seconds(agent.id()).unwrap_or(0.0) * 1e6
-        / agent_run.accepted_ids.len().max(1) as f64;
+    let agent_cpu_us =
+        cpu_seconds(agent.id()).unwrap_or(0.0) * 1e6 / agent_run.accepted_ids.len().max(1) as f64;
     let _ = agent.kill();
     let _ = agent.wait();
 
@@ -142,6 +143,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let _ = baseline.wait();
 
     let (agent_rps, baseline_rps) = (agent_run.rps(), baseline_run.rps());
+    let steal_pct = match (ticks_at_start, cpu_ticks()) {
+        (Some((steal0, total0)), Some((steal1, total1))) if total1 > total0 => {
+            (steal1 - steal0) as f64 * 100.0 / (total1 - total0) as f64
+        }
+        _ => 0.0,
+    };
     let summary = json!({
         "scenario": args.scenario.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default(),
         "seconds": args.seconds,
@@ -160,6 +167,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "agent_peak_rss_mib": (peak_rss_mib * 10.0).round() / 10.0,
         "agent_cpu_us_per_request": agent_cpu_us.round(),
         "delivery_wait_s": delivered.waited.as_secs_f64(),
+        "cpu_steal_pct": steal_pct.round(),
     });
     println!("{summary}");
     Ok(())
@@ -415,6 +423,20 @@ async fn get_body(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<By
         .body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
     Ok(response.into_body().collect().await?.to_bytes())
+}
+
+/// The machine's CPU time counters (all cores, in ticks): (steal, total). On a virtual machine
+/// the hypervisor's steal time makes every figure of a run lower; the summary reports it.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let counters: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    Some((*counters.get(7)?, counters.iter().take(8).sum()))
 }
 
 /// CPU time (user + system) a process used so far, in seconds.
