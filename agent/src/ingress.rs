@@ -266,7 +266,7 @@ async fn trigger(
                 Ok(_) => {
                     shared.metrics.count_processed(false, started.elapsed());
                     tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
-                    http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
+                    accepted_response(&request_id)
                 }
                 Err(error) => store_failure(error),
             };
@@ -275,13 +275,23 @@ async fn trigger(
             Ok(accepted) => {
                 shared.enqueue(Job { accepted });
                 tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
-                http_util::json(StatusCode::ACCEPTED, &json!({"requestId": request_id}))
+                accepted_response(&request_id)
             }
             Err(error) => store_failure(error),
         }
     }
     .instrument(span)
     .await
+}
+
+/// The 202 answer, as xMatters words it.
+fn accepted_response(request_id: &str) -> Response<Body> {
+    #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Accepted<'a> {
+        request_id: &'a str,
+    }
+    http_util::json(StatusCode::ACCEPTED, &Accepted { request_id })
 }
 
 fn principal_record(principal: &Principal) -> PrincipalRecord {

@@ -307,7 +307,9 @@ fn outbox_value_head(
     form: Option<&str>,
     trigger: &str,
 ) -> Result<Vec<u8>, StoreError> {
-    let mut value = serde_json::to_vec(meta)?;
+    // Sized once: the meta and frame head are a few hundred bytes next to the trigger.
+    let mut value = Vec::with_capacity(trigger.len() + 512);
+    serde_json::to_writer(&mut value, meta)?;
     value.push(b'\n');
     serde_json::to_writer(
         &mut value,
