@@ -63,6 +63,16 @@ fn client() -> Arc<dyn HttpClient> {
     Arc::new(EchoClient::default())
 }
 
+/// One run with an empty JSON body, the echo HTTP client and the default limits.
+fn run_plain(program: &Program) -> Outcome {
+    run_once(
+        program,
+        request("{}"),
+        &EchoClient::default(),
+        &Limits::default(),
+    )
+}
+
 fn messages(outcome: &Outcome) -> Vec<&str> {
     outcome.logs.iter().map(|l| l.message.as_str()).collect()
 }
@@ -156,12 +166,7 @@ fn posted_objects_match_json_stringify() {
         try { form.post(circular); } catch (e) { console.log(String(e instanceof TypeError)); }
     "#;
     let p = program("posts", code);
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert!(outcome.is_ok(), "{:?}", outcome.error);
     let logs = messages(&outcome);
     assert_eq!(logs.last(), Some(&"true"));
@@ -318,12 +323,7 @@ fn stack_overflow_is_a_catchable_exception() {
         "deep",
         "function f(n) { return f(n + 1) + 1; } try { f(0); } catch (e) { console.log('caught', e instanceof RangeError); }",
     );
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert!(outcome.is_ok(), "{:?}", outcome.error);
     assert_eq!(messages(&outcome), ["caught true"]);
 }
@@ -410,12 +410,7 @@ fn http_failures_and_replies_reach_the_script() {
         console.log(raw.body);
         "#,
     );
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert!(outcome.is_ok(), "{:?}", outcome.error);
     assert_eq!(
         messages(&outcome),
@@ -440,12 +435,7 @@ fn jxon_handles_attributes_entities_and_cdata() {
         try { JXON.parse('<a><b></a>'); } catch (e) { console.log(e.name); }
         "#,
     );
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert!(outcome.is_ok(), "{:?}", outcome.error);
     assert_eq!(
         messages(&outcome),
@@ -466,12 +456,7 @@ fn libraries_share_the_run_and_syntax_errors_name_the_library() {
         },
     )]);
     let p = program_with("lib", "console.log(require('util').team());", libs);
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert_eq!(messages(&outcome), ["Ops"]);
 
     let broken = BTreeMap::from([(
@@ -502,12 +487,7 @@ fn script_cannot_see_host_hooks() {
         "probe",
         "console.log(typeof native, typeof run, typeof libraries, typeof registerLibrary, Object.keys(arguments).length);",
     );
-    let outcome = run_once(
-        &p,
-        request("{}"),
-        &EchoClient::default(),
-        &Limits::default(),
-    );
+    let outcome = run_plain(&p);
     assert_eq!(
         messages(&outcome),
         ["undefined undefined undefined undefined 9"]
