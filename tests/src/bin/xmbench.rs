@@ -26,6 +26,11 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+/// The agent runs from this binary (`__agent`), so it gets the allocator `xmagent` has; the
+/// baseline server and the central share it, so the ratio compares like with like.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 const TOKEN: &str = "bench-agent-token-0123456789";
 
