@@ -515,6 +515,19 @@ mod tests {
         }
     }
 
+    /// Open the store again after the previous handle was dropped. sled's I/O threads may hold
+    /// the database (and its file lock) a moment longer after a flush completed, so retry briefly.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(error) if std::time::Instant::now() > deadline => panic!("reopen: {error}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+    }
+
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -546,7 +559,7 @@ mod tests {
             runtime().block_on(store.wait_durable()).expect("flush");
             first[0].event_id.clone()
         };
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let again = store.create_batch("agent-01", &[new_event("r-1", 0, json!({}))]);
         let again = again.expect("write");
         assert_eq!(
@@ -692,7 +705,7 @@ mod tests {
             runtime().block_on(store.wait_durable()).expect("flush");
             id
         };
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let event = store.get(&id).expect("get").expect("present");
         assert_eq!(event["status"], "TERMINATED");
         assert_eq!(store.get("missing").expect("get"), None);
@@ -786,7 +799,7 @@ mod tests {
             runtime().block_on(store.wait_durable()).expect("flush");
             written[0].event_id.clone()
         };
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         let later = store
             .create_batch("a", &[new_event("r", 2, json!({}))])
             .expect("write");
@@ -899,7 +912,7 @@ mod tests {
         ));
         runtime().block_on(store.wait_durable()).expect("flush");
         drop(store);
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = reopen(dir.path());
         assert_eq!(
             store.get(old_a).expect("get").expect("found")["status"],
             "SUSPENDED"
