@@ -90,7 +90,7 @@ impl Shared {
         let (entries, bytes) = self.store.pending();
         let m = &self.metrics;
         #[rustfmt::skip]
-        let series: [(&str, &str, &str, u64); 13] = [
+        let series: [(&str, &str, &str, u64); 14] = [
             ("xmagent_requests_accepted_total", "counter", "Triggers answered 202.", m.accepted.load(Ordering::Relaxed)),
             ("xmagent_responses_client_error_total", "counter", "Responses with a 4xx status.", m.client_errors.load(Ordering::Relaxed)),
             ("xmagent_responses_unavailable_total", "counter", "Responses with a 503 status.", m.unavailable.load(Ordering::Relaxed)),
@@ -100,6 +100,7 @@ impl Shared {
             ("xmagent_store_pending_entries", "gauge", "Inbox plus outbox entries.", entries),
             ("xmagent_store_pending_bytes", "gauge", "Inbox plus outbox bytes.", bytes),
             ("xmagent_outbox_entries", "gauge", "Events waiting for the central.", self.store.outbox_len()),
+            ("xmagent_store_flushes_total", "counter", "Group-commit flushes (writes per flush show the batching).", self.store.flushes()),
             ("xmagent_relay_connected", "gauge", "1 when the websocket to the central is up.", status.connected as u64),
             ("xmagent_relay_acked_total", "counter", "Events the central acknowledged.", status.acked_total),
             ("xmagent_relay_rejected_total", "counter", "Events the central refused for good.", status.rejected_total),
