@@ -356,7 +356,7 @@ impl Store {
         }
         // Writes up to `covering` completed before the flush below starts.
         let covering = self.inner.written.load(Ordering::SeqCst);
-        self.inner.db.flush_async().await?;
+        self.flush().await?;
         *flushed = covering;
         Ok(())
     }
@@ -465,9 +465,16 @@ impl Store {
         Ok(Page { total, events })
     }
 
-    /// Flush everything (shutdown).
+    /// Flush everything written so far.
+    ///
+    /// On tokio's blocking pool rather than sled's `flush_async`: that one hands the flush to
+    /// sled's thread pool, whose every hand-off wakes all its idle threads, and the flush itself
+    /// then hands the log write to the pool again. One such wake-up storm per flush is enough.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.flush_async().await?;
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|error| StoreError::Task(error.to_string()))??;
         Ok(())
     }
 }
