@@ -1564,8 +1564,7 @@ mod tests {
         assert_eq!(store.outbox_len(), 0);
     }
 
-    /// More entries than the in-memory tail holds: the oldest are read back from sled, every
-    /// entry is handed out once in seq order with its own frame, and acks resolve either way.
+    /// Writes that trickle in while the flusher waits share its flush.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_a_gathered_flush() {
         let dir = tempfile::tempdir().unwrap();
@@ -1600,6 +1599,8 @@ mod tests {
         assert_eq!(store.outbox_len(), 16);
     }
 
+    /// More entries than the in-memory tail holds: the oldest are read back from sled, every
+    /// entry is handed out once in seq order with its own frame, and acks resolve either way.
     #[tokio::test]
     async fn entries_beyond_the_in_memory_tail_come_from_sled() {
         let dir = tempfile::tempdir().unwrap();
