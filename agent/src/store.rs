@@ -6,7 +6,7 @@
 //! ```text
 //! create_event ──▶ outbox[seq] (the finished event.create frame) ──(group commit)──▶ 202
 //! transform /  ──▶ inbox[key] ──(group commit)──▶ 202;  worker ──▶ ordered writes:
-//! run_script       requests=QUEUED|FAILED|COMPLETED, outbox +n (one batch), then inbox −1
+//! run_script       requests=QUEUED|FAILED|COMPLETED, outbox +n, then inbox −1
 //! relay        ──▶ sees only outbox entries a flush covered; ack: requests record (event id,
 //!                  DELIVERED when all are acked), outbox −1; final reject: dead_letters +1,
 //!                  requests=FAILED, outbox −1
@@ -455,7 +455,7 @@ impl Inner {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Write the buffered activity entries to sled (one batch per integration) and prune.
+    /// Write the buffered activity entries to sled and prune.
     fn persist_activity(&self) -> Result<(), StoreError> {
         let inner = self;
         let drained: Vec<(String, VecDeque<(u64, BufferedActivity)>)> = {
@@ -466,22 +466,22 @@ impl Inner {
             buffer.drain().filter(|(_, q)| !q.is_empty()).collect()
         };
         for (integration_id, entries) in drained {
-            let mut batch = sled::Batch::default();
+            let mut writes = Writes::default();
             let added = entries.len() as u64;
             for (key, entry) in entries {
-                batch.insert(
+                writes.insert(
                     activity_key(&integration_id, key),
                     serde_json::to_vec(&entry.into_value())?,
                 );
             }
-            inner.activity.apply_batch(batch)?;
+            writes.apply(&inner.activity)?;
             self.prune_activity(&integration_id, added)?;
         }
         Ok(())
     }
 
     /// Drop the oldest activity entries of `integration_id` beyond the retention count after
-    /// `added` were written. Pruning waits for a little slack and then removes in one batch.
+    /// `added` were written. Pruning waits for a little slack and then removes the excess at once.
     fn prune_activity(&self, integration_id: &str, added: u64) -> Result<(), StoreError> {
         let inner = self;
         let prefix = activity_prefix(integration_id);
@@ -498,7 +498,7 @@ impl Inner {
         if *count <= retention + slack {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut writes = Writes::default();
         let excess = *count - retention;
         for key in inner
             .activity
@@ -506,9 +506,9 @@ impl Inner {
             .keys()
             .take(excess as usize)
         {
-            batch.remove(key?);
+            writes.remove(key?.to_vec());
         }
-        inner.activity.apply_batch(batch)?;
+        writes.apply(&inner.activity)?;
         *count = retention;
         Ok(())
     }
@@ -560,6 +560,39 @@ const FAILED_RANGES_KEPT: usize = 64;
 
 fn be(n: u64) -> [u8; 8] {
     n.to_be_bytes()
+}
+
+/// Writes for one tree, applied one after the other in order.
+///
+/// Not `sled::Batch`: `apply_batch` makes a batch atomic by taking sled's global write lock,
+/// which stalls every other reader and writer (ingress included), and by logging a batch
+/// manifest, even for an empty batch. The store never needs that atomicity: its writes are
+/// ordered so that whatever prefix of them survives a crash is harmless (see the module docs).
+#[derive(Default)]
+struct Writes(Vec<(Vec<u8>, Option<Vec<u8>>)>);
+
+impl Writes {
+    fn insert(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), Some(value.into())));
+    }
+
+    fn remove(&mut self, key: impl Into<Vec<u8>>) {
+        self.0.push((key.into(), None));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn apply(self, tree: &sled::Tree) -> Result<(), sled::Error> {
+        for (key, value) in self.0 {
+            match value {
+                Some(value) => tree.insert(key, value)?,
+                None => tree.remove(key)?,
+            };
+        }
+        Ok(())
+    }
 }
 
 fn key_u64(key: &[u8]) -> Result<u64, StoreError> {
@@ -913,9 +946,9 @@ impl Store {
         // never arrive for an event whose request record is not written yet (and the relay only
         // reads entries a flush covered anyway).
         if status.is_final() {
-            let mut batch = sled::Batch::default();
-            batch.insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?);
-            inner.finished.insert(batch, 1)?;
+            let mut writes = Writes::default();
+            writes.insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?);
+            inner.finished.insert(writes)?;
         } else if !record_at_ack {
             inner
                 .requests
@@ -924,11 +957,9 @@ impl Store {
         let appended = encoded.len() as u64;
         if let Some((last, _, _)) = encoded.last() {
             let last = *last;
-            let mut batch = sled::Batch::default();
             for (seq, value, _) in &encoded {
-                batch.insert(&be(*seq), value.as_slice());
+                inner.outbox.insert(be(*seq), value.as_slice())?;
             }
-            inner.outbox.apply_batch(batch)?;
             let mut tail = inner.tail();
             for (seq, value, meta) in encoded {
                 tail.push(seq, &value, meta);
@@ -1100,8 +1131,8 @@ impl Store {
     }
 
     /// Record the central's answers to outbox entries: update (or, for fast-path requests,
-    /// create) their status records, keep dead letters, then remove the entries — one sled batch
-    /// per tree for the whole set of answers.
+    /// create) their status records, keep dead letters, then remove the entries, tree by tree
+    /// in that order for the whole set of answers.
     fn answer_outbox_entries(&self, answers: Vec<Answered<'_>>) -> Result<(), StoreError> {
         let mut tail = self.inner.tail();
         let answered = self.answer_outbox_entries_with(&mut tail, answers);
@@ -1126,8 +1157,8 @@ impl Store {
         let inner = &self.inner;
         // Request id → (record, whether it is stored in `requests` now).
         let mut records: HashMap<String, (RequestRecord, bool)> = HashMap::new();
-        let mut letters = sled::Batch::default();
-        let mut removals = sled::Batch::default();
+        let mut letters = Writes::default();
+        let mut removals = Writes::default();
         let mut removed_bytes = 0u64;
         let mut removed = Vec::new();
         let mut answered_fast = Vec::new();
@@ -1144,7 +1175,7 @@ impl Store {
                 },
             };
             if let Some(letter) = dead_letter {
-                letters.insert(&be(seq), letter);
+                letters.insert(be(seq), letter);
             }
             let record = match records.remove(&meta.request_id) {
                 Some(known) => Some(known),
@@ -1167,18 +1198,16 @@ impl Store {
             if meta.record_at_ack {
                 answered_fast.push(meta.request_id.clone());
             }
-            removals.remove(&be(seq));
+            removals.remove(be(seq));
             removed.push(seq);
             removed_bytes += size;
         }
-        let mut unfinished = sled::Batch::default();
-        let mut finished = sled::Batch::default();
-        let mut finished_count = 0;
+        let mut unfinished = Writes::default();
+        let mut finished = Writes::default();
         for (request_id, (record, in_requests)) in &records {
             let value = serde_json::to_vec(record)?;
             if record.status.is_final() {
                 finished.insert(request_id.as_bytes(), value);
-                finished_count += 1;
                 if *in_requests {
                     unfinished.remove(request_id.as_bytes());
                 }
@@ -1189,10 +1218,10 @@ impl Store {
         // Ordered writes (see `complete`): dead letters and the requests' new status first, the
         // outbox entries last, so a crash in between only causes a harmless resend (after which
         // the answer rewrites the same records).
-        inner.dead_letters.apply_batch(letters)?;
-        inner.finished.insert(finished, finished_count)?;
-        inner.requests.apply_batch(unfinished)?;
-        inner.outbox.apply_batch(removals)?;
+        letters.apply(&inner.dead_letters)?;
+        inner.finished.insert(finished)?;
+        unfinished.apply(&inner.requests)?;
+        removals.apply(&inner.outbox)?;
         {
             let mut unrecorded = self.unrecorded();
             for request_id in &answered_fast {
@@ -1227,9 +1256,9 @@ fn move_finished_records(
     for item in order.iter() {
         let (_, request_id) = item?;
         if let Some(record) = requests.get(&request_id)? {
-            let mut batch = sled::Batch::default();
-            batch.insert(request_id.clone(), record);
-            finished.insert(batch, 1)?;
+            let mut writes = Writes::default();
+            writes.insert(request_id.to_vec(), record.to_vec());
+            finished.insert(writes)?;
             requests.remove(&request_id)?;
         }
     }

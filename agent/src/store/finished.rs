@@ -10,6 +10,7 @@
 //! What it does not do: it never holds unfinished records (those live in the `requests` tree,
 //! where nothing prunes them) and does not decode records.
 
+use super::Writes;
 use std::sync::{Mutex, MutexGuard};
 
 const PREFIX: &str = "finished.";
@@ -95,12 +96,13 @@ impl Finished {
 
     /// Write `count` records (one batch of request id → record JSON) and start a new generation
     /// when the current one is full.
-    pub(super) fn insert(&self, records: sled::Batch, count: u64) -> Result<(), sled::Error> {
+    pub(super) fn insert(&self, records: Writes) -> Result<(), sled::Error> {
+        let count = records.len() as u64;
         if count == 0 {
             return Ok(());
         }
         let mut generations = self.lock();
-        generations.current.apply_batch(records)?;
+        records.apply(&generations.current)?;
         generations.count += count;
         if generations.count >= self.per_generation {
             let number = generations.number + 1;
@@ -126,12 +128,12 @@ impl Finished {
 mod tests {
     use super::*;
 
-    fn batch(ids: std::ops::Range<u32>) -> sled::Batch {
-        let mut batch = sled::Batch::default();
+    fn records(ids: std::ops::Range<u32>) -> Writes {
+        let mut writes = Writes::default();
         for id in ids {
-            batch.insert(format!("r{id}").as_bytes(), &b"{}"[..]);
+            writes.insert(format!("r{id}"), &b"{}"[..]);
         }
-        batch
+        writes
     }
 
     #[test]
@@ -140,7 +142,7 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         let finished = Finished::open(&db, 10).unwrap();
         for id in 0..23 {
-            finished.insert(batch(id..id + 1), 1).unwrap();
+            finished.insert(records(id..id + 1)).unwrap();
         }
         // 23 records, 5 per generation: 20..23 in the current one, 15..20 in the previous one.
         assert!(finished.get("r14").unwrap().is_none());
@@ -150,7 +152,7 @@ mod tests {
         drop(finished);
         let finished = Finished::open(&db, 10).unwrap();
         assert!(finished.get("r15").unwrap().is_some());
-        finished.insert(batch(23..25), 2).unwrap();
+        finished.insert(records(23..25)).unwrap();
         assert!(
             finished.get("r15").unwrap().is_none(),
             "rotated after reopen"
