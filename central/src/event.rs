@@ -101,16 +101,26 @@ struct Member {
     value: Range<usize>,
 }
 
+/// Run `seed` over the whole of `text`: one JSON value, nothing but whitespace after it.
+pub(crate) fn parse_whole<'de, S: DeserializeSeed<'de>>(
+    text: &'de str,
+    seed: S,
+) -> Result<S::Value, serde_json::Error> {
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let value = seed.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
 impl Trigger {
     /// Read a trigger from JSON text.
     pub fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let trigger = TriggerSeed {
-            capacity: text.len(),
-        }
-        .deserialize(&mut deserializer)?;
-        deserializer.end()?;
-        Ok(trigger)
+        parse_whole(
+            text,
+            TriggerSeed {
+                capacity: text.len(),
+            },
+        )
     }
 
     /// Read a trigger from a `Value` (the same path as [`Trigger::parse`], without text).

@@ -24,14 +24,12 @@ pub(super) struct Create {
 impl Create {
     /// Read an `event.create` frame directly (see the type's docs); `Err` for anything else.
     pub(super) fn parse(text: &str) -> Result<Self, serde_json::Error> {
-        use serde::de::DeserializeSeed as _;
-        let mut deserializer = serde_json::Deserializer::from_str(text);
-        let create = CreateSeed {
-            capacity: text.len(),
-        }
-        .deserialize(&mut deserializer)?;
-        deserializer.end()?;
-        Ok(create)
+        event::parse_whole(
+            text,
+            CreateSeed {
+                capacity: text.len(),
+            },
+        )
     }
 
     /// From a frame read by the protocol's types; `Err` carries the seq and the reason.
