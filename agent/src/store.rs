@@ -4,14 +4,18 @@
 //! Trees and what moves between them:
 //!
 //! ```text
-//! create_event ──▶ outbox[seq] (the finished event.create frame) ──(group commit)──▶ 202
-//! transform /  ──▶ inbox[key] ──(group commit)──▶ 202;  worker ──▶ ordered writes:
-//! run_script       requests=QUEUED|FAILED|COMPLETED, outbox +n, then inbox −1
+//! create_event ──▶ outbox (the finished event.create frame) ──(group commit)──▶ 202
+//! transform /  ──▶ inbox ──(group commit)──▶ 202;  worker ──▶ ordered writes:
+//! run_script       requests=QUEUED|FAILED|COMPLETED, outbox +n, then inbox entry done
 //! relay        ──▶ sees only outbox entries a flush covered; ack: requests record (event id,
-//!                  DELIVERED when all are acked), outbox −1; final reject: dead_letters +1,
-//!                  requests=FAILED, outbox −1
+//!                  DELIVERED when all are acked), outbox entry done; final reject:
+//!                  dead_letters +1, requests=FAILED, outbox entry done
 //! activity     ──▶ buffered in memory, written to `activity` every 250 ms, pruned by count
 //! ```
+//!
+//! The inbox and the outbox are [`GroupedLog`]s: the entries one group commit covers are one
+//! sled value, written by the flusher just before its flush, and a group leaves sled when all
+//! its entries are done. Finished records are written in batches too (`store::finished`).
 //!
 //! Until a request has a record in `requests`, an in-memory index (rebuilt from the inbox and the
 //! outbox at open) answers ACCEPTED or QUEUED for it.
@@ -38,7 +42,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::relay::{Outbox, OutboxEntry};
 
 mod finished;
+mod grouped;
 use finished::Finished;
+use grouped::GroupedLog;
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -92,6 +98,15 @@ pub enum StoreError {
 impl From<sled::Error> for StoreError {
     fn from(error: sled::Error) -> Self {
         StoreError::Io(error.to_string())
+    }
+}
+
+impl From<grouped::ReadError> for StoreError {
+    fn from(error: grouped::ReadError) -> Self {
+        match error {
+            grouped::ReadError::Sled(error) => error.into(),
+            grouped::ReadError::Corrupt(reason) => StoreError::Corrupt(reason.into()),
+        }
     }
 }
 
@@ -232,8 +247,8 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
-    inbox: sled::Tree,
-    outbox: sled::Tree,
+    inbox: Arc<GroupedLog>,
+    outbox: Arc<GroupedLog>,
     requests: sled::Tree,
     /// Finished records; `requests` holds only unfinished ones.
     finished: Finished,
@@ -253,10 +268,6 @@ struct Inner {
     /// inbox and outbox at open), so `request()` answers ACCEPTED/QUEUED without a record on the
     /// durable path.
     unrecorded: Mutex<HashMap<String, Unrecorded>>,
-    /// Held while outbox sequence numbers are drawn and committed, so entries become visible in
-    /// sequence order: the relay reads "everything after the last seq I sent" and must never see
-    /// seq 6 before seq 5 exists.
-    outbox_append: Mutex<()>,
     commit: Arc<GroupCommit>,
 }
 
@@ -374,8 +385,6 @@ struct OutboxTail {
 struct TailEntry {
     frame: Utf8Bytes,
     meta: OutboxMeta,
-    /// The stored value's size, for the pending-bytes bound.
-    size: u64,
 }
 
 /// Most frame bytes the outbox tail keeps in memory.
@@ -390,8 +399,8 @@ impl OutboxTail {
         }
     }
 
-    /// Add the entry just stored under `seq` (the highest so far); must happen before
-    /// `outbox_appended` moves past it, so [`OutboxTail::forget`] never loses an entry.
+    /// Add the entry just appended under `seq` (the highest so far); called under the outbox's
+    /// append lock, so the tail sees every entry in seq order.
     fn push(&mut self, seq: u64, value: &[u8], meta: OutboxMeta) {
         let frame = value
             .iter()
@@ -399,8 +408,7 @@ impl OutboxTail {
             .map_or(value, |split| &value[split + 1..]);
         let frame = Utf8Bytes::from(String::from_utf8_lossy(frame).into_owned());
         self.bytes += frame.len();
-        let size = value.len() as u64;
-        self.entries.insert(seq, TailEntry { frame, meta, size });
+        self.entries.insert(seq, TailEntry { frame, meta });
         while self.bytes > TAIL_MAX_BYTES {
             let Some((oldest, entry)) = self.entries.pop_first() else {
                 break;
@@ -414,12 +422,6 @@ impl OutboxTail {
         if let Some(entry) = self.entries.remove(&seq) {
             self.bytes -= entry.frame.len();
         }
-    }
-
-    /// Drop everything after a failed update left the tail and sled possibly disagreeing; the
-    /// entries are read from sled from then on.
-    fn forget(&mut self, appended_end: u64) {
-        *self = Self::starting_at(appended_end);
     }
 }
 
@@ -519,6 +521,23 @@ impl Drop for Inner {
         if let Err(error) = self.persist_activity() {
             tracing::warn!(%error, "cannot write activity entries");
         }
+        // Done marks since the last flush; sled flushes when the database closes.
+        let written = self
+            .commit
+            .write_groups()
+            .map_err(StoreError::from)
+            .and_then(|_| {
+                let _writing = self
+                    .commit
+                    .writing
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                self.inbox.compact()?;
+                Ok(self.outbox.compact()?)
+            });
+        if let Err(error) = written {
+            tracing::warn!(%error, "cannot write the last queue changes");
+        }
         self.commit.stopped.store(true, Ordering::SeqCst);
         self.commit.wake.notify_one();
     }
@@ -532,13 +551,15 @@ impl Drop for Inner {
 /// covered in `failed`, so exactly those writers report the failure.
 struct GroupCommit {
     db: sled::Db,
+    inbox: Arc<GroupedLog>,
+    outbox: Arc<GroupedLog>,
+    /// Held while gathered queue changes are written; see [`GroupCommit::write_groups`].
+    writing: Mutex<()>,
     written: AtomicU64,
-    /// One past the highest seq inserted into the outbox (stored under the append lock, so every
-    /// smaller seq is inserted too; 0 = none, as sled's first id is 0).
-    outbox_appended: AtomicU64,
-    /// One past the highest seq the relay may read: advanced to `outbox_appended` as read before
-    /// a successful flush, so the central only ever sees entries that are on disk (a failed flush
-    /// leaves sled in its sticky error state, so the watermark never passes unflushed entries).
+    /// One past the highest seq the relay may read: advanced past the outbox group a successful
+    /// flush covered, so the central only ever sees entries that are on disk (a failed write or
+    /// flush leaves sled in its sticky error state, so the watermark never passes unflushed
+    /// entries).
     outbox_visible: AtomicU64,
     appended: Arc<Notify>,
     wake: Notify,
@@ -550,6 +571,31 @@ struct GroupCommit {
     gather: std::time::Duration,
     /// Flushes done so far; writes per flush tell an operator how well group commit batches.
     flushes: AtomicU64,
+}
+
+impl GroupCommit {
+    /// Write what the inbox and outbox gathered since the last flush; returns one past the
+    /// highest outbox seq written, if any. The order matters for a crash: an inbox entry is
+    /// marked done only after its events were appended to the outbox, so taking the inbox's
+    /// emptied groups before sealing the outbox, and removing them after writing the outbox
+    /// group, puts every request's events on disk before its inbox group leaves.
+    fn write_groups(&self) -> Result<Option<u64>, sled::Error> {
+        // One writer at a time (the flusher, or the store's drop): the order above must hold
+        // across calls too.
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let (inbox_group, inbox_emptied) = self.inbox.seal();
+        let (outbox_group, outbox_emptied) = self.outbox.seal();
+        let appended = outbox_group.as_ref().map(|group| group.last + 1);
+        if let Some(group) = inbox_group {
+            self.inbox.write(group)?;
+        }
+        if let Some(group) = outbox_group {
+            self.outbox.write(group)?;
+        }
+        self.outbox.remove(outbox_emptied)?;
+        self.inbox.remove(inbox_emptied)?;
+        Ok(appended)
+    }
 }
 
 /// A flush that covers at least this many writes starts at once, without gathering.
@@ -580,10 +626,6 @@ impl Writes {
         self.0.push((key.into(), None));
     }
 
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-
     fn apply(self, tree: &sled::Tree) -> Result<(), sled::Error> {
         for (key, value) in self.0 {
             match value {
@@ -593,12 +635,6 @@ impl Writes {
         }
         Ok(())
     }
-}
-
-fn key_u64(key: &[u8]) -> Result<u64, StoreError> {
-    key.try_into()
-        .map(u64::from_be_bytes)
-        .map_err(|_| StoreError::Corrupt("key is not 8 bytes".into()))
 }
 
 impl Store {
@@ -611,42 +647,36 @@ impl Store {
             .flush_every_ms(None)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
-        let (inbox, outbox) = (tree("inbox")?, tree("outbox")?);
-        let mut pending_entries = 0;
-        let mut pending_bytes = 0;
-        for tree in [&inbox, &outbox] {
-            for item in tree.iter() {
-                let (_, value) = item?;
-                pending_entries += 1;
-                pending_bytes += value.len() as u64;
-            }
-        }
-        let outbox_entries = outbox.len() as u64;
+        let (inbox, inbox_entries) = GroupedLog::open(tree("inbox")?)?;
+        let (outbox, outbox_stored) = GroupedLog::open(tree("outbox")?)?;
+        let (inbox, outbox) = (Arc::new(inbox), Arc::new(outbox));
+        let stored = inbox_entries.iter().chain(&outbox_stored);
+        let pending_entries = stored.clone().count() as u64;
+        let pending_bytes = stored.map(|(_, value)| value.len() as u64).sum();
+        let outbox_entries = outbox_stored.len() as u64;
         let mut unrecorded = HashMap::new();
-        for item in inbox.iter() {
-            let (key, value) = item?;
-            let request: InboundRequest = serde_json::from_slice(&value)?;
-            unrecorded.insert(request.request_id, Unrecorded::Inbox(key_u64(&key)?));
+        for (key, value) in &inbox_entries {
+            let request: InboundRequest = serde_json::from_slice(value)?;
+            unrecorded.insert(request.request_id, Unrecorded::Inbox(*key));
         }
-        for item in outbox.iter() {
-            let (key, value) = item?;
-            let (meta, _) = outbox_parts(&value)?;
+        for (seq, value) in &outbox_stored {
+            let (meta, _) = outbox_parts(value)?;
             if meta.record_at_ack {
-                unrecorded.insert(meta.request_id, Unrecorded::Outbox(key_u64(&key)?));
+                unrecorded.insert(meta.request_id, Unrecorded::Outbox(*seq));
             }
         }
-        let appended_end = match outbox.last()? {
-            Some((key, _)) => key_u64(&key)? + 1,
-            None => 0,
-        };
+        // 0 = none, as sled's first id is 0.
+        let appended_end = outbox_stored.last().map_or(0, |(seq, _)| seq + 1);
         let requests = tree("requests")?;
         let finished = Finished::open(&db, config.max_request_records)?;
         move_finished_records(&db, &requests, &finished)?;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
+            inbox: inbox.clone(),
+            outbox: outbox.clone(),
+            writing: Mutex::new(()),
             written: AtomicU64::new(0),
-            outbox_appended: AtomicU64::new(appended_end),
             outbox_visible: AtomicU64::new(appended_end),
             appended: Arc::new(Notify::new()),
             wake: Notify::new(),
@@ -672,7 +702,6 @@ impl Store {
             activity_buffer: Mutex::new(HashMap::new()),
             tail: Mutex::new(OutboxTail::starting_at(appended_end)),
             unrecorded: Mutex::new(unrecorded),
-            outbox_append: Mutex::new(()),
             commit: commit.clone(),
         });
         tokio::spawn(flusher(commit));
@@ -690,32 +719,25 @@ impl Store {
         self.reserve(size)?;
         // Only the inbox entry is on the durable path; the status record is written when the
         // worker finishes (until then the in-memory index answers "ACCEPTED").
-        let durable = match inner.db.generate_id() {
-            Ok(key) => match inner.inbox.insert(be(key), value) {
-                Ok(_) => self
-                    .wait_for_flush()
-                    .await
-                    .map(|()| key)
-                    .map_err(|e| (Some(key), e)),
-                Err(error) => Err((None, error.into())),
-            },
-            Err(error) => Err((None, error.into())),
-        };
-        match durable {
-            Ok(key) => {
-                self.unrecorded()
-                    .insert(request.request_id.clone(), Unrecorded::Inbox(key));
-                Ok(Accepted { key, request, size })
-            }
-            Err((key, error)) => {
-                // Undo the write; the caller answers 503 and the client retries.
-                if let Some(key) = key {
-                    let _ = inner.inbox.remove(be(key));
-                }
+        let key = match inner
+            .inbox
+            .append(&inner.db, |_| Ok::<_, sled::Error>(value))
+        {
+            Ok(key) => key,
+            Err(error) => {
                 self.release(size);
-                Err(error)
+                return Err(error.into());
             }
+        };
+        if let Err(error) = self.wait_for_flush().await {
+            // Undo the write; the caller answers 503 and the client retries.
+            inner.inbox.done(key);
+            self.release(size);
+            return Err(error);
         }
+        self.unrecorded()
+            .insert(request.request_id.clone(), Unrecorded::Inbox(key));
+        Ok(Accepted { key, request, size })
     }
 
     /// The `create_event` fast path: durably store the request's one event straight in the outbox
@@ -739,27 +761,17 @@ impl Store {
             received_at: request.received_at.clone(),
             record_at_ack: true,
         };
-        let mut value = outbox_value_head(&meta, form, trigger)?;
+        let value = outbox_value_head(&meta, form, trigger)?;
         let head = value.len() as u64;
         self.reserve(head)?;
-        let appended = {
-            let _append = inner
-                .outbox_append
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            inner.db.generate_id().and_then(|seq| {
-                finish_outbox_value(&mut value, seq);
-                inner.outbox.insert(be(seq), value.as_slice())?;
-                inner.tail().push(seq, &value, meta.clone());
-                inner
-                    .commit
-                    .outbox_appended
-                    .store(seq + 1, Ordering::SeqCst);
-                Ok((seq, value.len() as u64))
-            })
-        };
-        let (seq, size) = match appended {
-            Ok(appended) => appended,
+        let mut size = head;
+        let appended = inner.outbox.append(&inner.db, |seq| {
+            let value = self.finish_outbox_entry(seq, value, meta.clone());
+            size = value.len() as u64;
+            Ok::<_, sled::Error>(value)
+        });
+        let seq = match appended {
+            Ok(seq) => seq,
             Err(error) => {
                 self.release(head);
                 return Err(error.into());
@@ -773,7 +785,7 @@ impl Store {
             // Undo; the relay never saw the entry (it only reads what a flush covered).
             self.unrecorded().remove(&meta.request_id);
             inner.tail().remove(seq);
-            if inner.outbox.remove(be(seq)).ok().flatten().is_some() {
+            if inner.outbox.done(seq).is_some() {
                 inner.outbox_entries.fetch_sub(1, Ordering::SeqCst);
                 self.release(size);
             }
@@ -782,6 +794,14 @@ impl Store {
         let render = Box::new(move || activity(request));
         self.record_activity(&meta.integration_id, BufferedActivity::Pending(render));
         Ok(seq)
+    }
+
+    /// Close outbox value `value` with its seq and keep the entry in the tail; runs under the
+    /// outbox's append lock, so the tail sees entries in seq order.
+    fn finish_outbox_entry(&self, seq: u64, mut value: Vec<u8>, meta: OutboxMeta) -> Vec<u8> {
+        finish_outbox_value(&mut value, seq);
+        self.inner.tail().push(seq, &value, meta);
+        value
     }
 
     fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unrecorded>> {
@@ -861,11 +881,11 @@ impl Store {
     pub fn inbox(&self) -> Result<Vec<Accepted>, StoreError> {
         self.inner
             .inbox
-            .iter()
-            .map(|item| {
-                let (key, value) = item?;
+            .entries()?
+            .into_iter()
+            .map(|(key, value)| {
                 Ok(Accepted {
-                    key: key_u64(&key)?,
+                    key,
                     request: serde_json::from_slice(&value)?,
                     size: value.len() as u64,
                 })
@@ -875,15 +895,15 @@ impl Store {
 
     /// Read one inbox entry (None if it was processed meanwhile).
     fn inbox_get(&self, key: u64) -> Result<Option<InboundRequest>, StoreError> {
-        match self.inner.inbox.get(be(key))? {
+        match self.inner.inbox.get(key)? {
             Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
             None => Ok(None),
         }
     }
 
     /// Finish processing inbox entry `key`: write the request record and the activity entry,
-    /// append its events to the outbox, then remove it from the inbox (the order makes a crash at
-    /// any point harmless; see the comment inside).
+    /// append its events to the outbox, then mark it done in the inbox (the order makes a crash
+    /// at any point harmless; see the comment inside).
     pub fn complete(
         &self,
         accepted: &Accepted,
@@ -891,16 +911,11 @@ impl Store {
     ) -> Result<RequestRecord, StoreError> {
         let inner = &self.inner;
         let (key, request, inbox_size) = (accepted.key, &accepted.request, accepted.size);
-        let append_guard = inner
-            .outbox_append
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let mut events = Vec::new();
-        let mut encoded: Vec<(u64, Vec<u8>, OutboxMeta)> = Vec::new();
         // A request with one event needs no QUEUED record: like the fast path, the in-memory
         // index answers until the central's answer writes the final record. Requests with more
         // events keep a stored record that collects their event ids ack by ack.
         let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
+        let mut heads: Vec<(Vec<u8>, OutboxMeta)> = Vec::new();
         if processed.failure.is_none() {
             for (index, (form, trigger)) in processed.events.iter().enumerate() {
                 let index =
@@ -913,71 +928,74 @@ impl Store {
                     record_at_ack,
                 };
                 let trigger = serde_json::to_string(trigger)?;
-                let mut value = outbox_value_head(&meta, form.as_deref(), &trigger)?;
-                let seq = inner.db.generate_id()?;
-                finish_outbox_value(&mut value, seq);
-                events.push(EventRef {
-                    index,
-                    seq,
-                    event_id: None,
-                });
-                encoded.push((seq, value, meta));
+                heads.push((outbox_value_head(&meta, form.as_deref(), &trigger)?, meta));
             }
         }
-        let outbox_bytes: u64 = encoded.iter().map(|(_, v, _)| v.len() as u64).sum();
-        let status = match (&processed.failure, events.is_empty()) {
+        let status = match (&processed.failure, heads.is_empty()) {
             (Some(_), _) => RequestStatus::Failed,
             (None, true) => RequestStatus::Completed,
             (None, false) => RequestStatus::Queued,
         };
-        let record = RequestRecord {
+        let mut record = RequestRecord {
             request_id: request.request_id.clone(),
             integration_id: request.integration_id.clone(),
             status,
             received_at: request.received_at.clone(),
-            events,
+            events: Vec::new(),
             reason: processed.failure,
         };
         // No multi-tree transaction: the writes are ordered so that a crash between any two of
-        // them is harmless. sled recovers a prefix of its log, so a later write surviving implies
-        // the earlier ones did. Until the inbox entry is removed (last), a restart re-processes
-        // the request with the same requestId and indexes, and the central answers the resent
-        // events with the events it already created. The status record goes first so an ack can
-        // never arrive for an event whose request record is not written yet (and the relay only
-        // reads entries a flush covered anyway).
-        if status.is_final() {
-            let mut writes = Writes::default();
-            writes.insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?);
-            inner.finished.insert(writes)?;
-        } else if !record_at_ack {
-            inner
-                .requests
-                .insert(request.request_id.as_bytes(), serde_json::to_vec(&record)?)?;
-        }
-        let appended = encoded.len() as u64;
-        if let Some((last, _, _)) = encoded.last() {
-            let last = *last;
-            for (seq, value, _) in &encoded {
-                inner.outbox.insert(be(*seq), value.as_slice())?;
+        // them is harmless. sled recovers a prefix of its log, and the flusher writes the outbox
+        // group holding these events before the removal of the inbox group holding this request.
+        // Until that removal is on disk, a restart re-processes the request with the same
+        // requestId and indexes, and the central answers the resent events with the events it
+        // already created. The status record goes first, under the outbox's append lock, so an
+        // ack can never arrive for an event whose request record is not written yet.
+        let write_record = |record: &RequestRecord| -> Result<(), StoreError> {
+            if status.is_final() {
+                let json = serde_json::to_vec(record)?;
+                inner
+                    .finished
+                    .insert(vec![(request.request_id.clone(), json)])?;
+            } else if !record_at_ack {
+                inner
+                    .requests
+                    .insert(request.request_id.as_bytes(), serde_json::to_vec(record)?)?;
             }
-            let mut tail = inner.tail();
-            for (seq, value, meta) in encoded {
-                tail.push(seq, &value, meta);
-            }
-            drop(tail);
-            inner
-                .commit
-                .outbox_appended
-                .store(last + 1, Ordering::SeqCst);
+            Ok(())
+        };
+        let mut outbox_bytes = 0u64;
+        let appended = heads.len() as u64;
+        if heads.is_empty() {
+            write_record(&record)?;
+        } else {
+            inner.outbox.append_many(&inner.db, heads.len(), |seqs| {
+                record.events = heads
+                    .iter()
+                    .zip(seqs)
+                    .map(|((_, meta), seq)| EventRef {
+                        index: meta.index,
+                        seq: *seq,
+                        event_id: None,
+                    })
+                    .collect();
+                write_record(&record)?;
+                let values: Vec<Vec<u8>> = heads
+                    .into_iter()
+                    .zip(seqs)
+                    .map(|((head, meta), seq)| self.finish_outbox_entry(*seq, head, meta))
+                    .collect();
+                outbox_bytes = values.iter().map(|v| v.len() as u64).sum();
+                Ok::<_, StoreError>(values)
+            })?;
         }
-        drop(append_guard);
         // The index points at the outbox entry before the inbox entry goes, so a status lookup
         // in between still finds the request.
         if let (Some(event), true) = (record.events.first(), record_at_ack) {
             self.unrecorded()
                 .insert(request.request_id.clone(), Unrecorded::Outbox(event.seq));
         }
-        inner.inbox.remove(be(key))?;
+        inner.inbox.done(key);
         if !record_at_ack {
             self.unrecorded().remove(&request.request_id);
         }
@@ -989,9 +1007,9 @@ impl Store {
         inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
         inner.pending_entries.fetch_add(appended, Ordering::SeqCst);
         inner.outbox_entries.fetch_add(appended, Ordering::SeqCst);
-        if appended > 0 {
-            self.request_flush();
-        }
+        // The next flush writes the new events and removes the inbox entry's group once it is
+        // empty; nothing waits for it.
+        self.request_flush();
         self.record_activity(
             &request.integration_id,
             BufferedActivity::Ready(processed.activity),
@@ -1001,32 +1019,37 @@ impl Store {
 
     /// The status record of one request.
     pub fn request(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
-        if let Some(value) = self.stored_record(request_id)? {
-            return Ok(Some(serde_json::from_slice(&value)?));
-        }
-        let key = match self.unrecorded().get(request_id).copied() {
-            None => return Ok(None),
-            Some(Unrecorded::Inbox(key)) => key,
-            Some(Unrecorded::Outbox(seq)) => {
-                let Some(value) = self.inner.outbox.get(be(seq))? else {
-                    // Answered meanwhile: the record exists now.
-                    return match self.stored_record(request_id)? {
-                        Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
-                        None => Ok(None),
-                    };
-                };
-                let (meta, _) = outbox_parts(&value)?;
-                return Ok(Some(Self::queued_record(&meta, seq)));
+        // The request can move on between the lookups below (inbox → outbox → record); each
+        // move updates the record or the index before the old place goes, so looking again
+        // finds it. Two moves at most can happen while one lookup runs.
+        for _ in 0..3 {
+            if let Some(value) = self.stored_record(request_id)? {
+                return Ok(Some(serde_json::from_slice(&value)?));
             }
-        };
-        Ok(self.inbox_get(key)?.map(|request| RequestRecord {
-            request_id: request.request_id,
-            integration_id: request.integration_id,
-            status: RequestStatus::Accepted,
-            received_at: request.received_at,
-            events: Vec::new(),
-            reason: None,
-        }))
+            let place = self.unrecorded().get(request_id).copied();
+            match place {
+                None => return Ok(None),
+                Some(Unrecorded::Inbox(key)) => {
+                    if let Some(request) = self.inbox_get(key)? {
+                        return Ok(Some(RequestRecord {
+                            request_id: request.request_id,
+                            integration_id: request.integration_id,
+                            status: RequestStatus::Accepted,
+                            received_at: request.received_at,
+                            events: Vec::new(),
+                            reason: None,
+                        }));
+                    }
+                }
+                Some(Unrecorded::Outbox(seq)) => {
+                    if let Some(value) = self.inner.outbox.get(seq)? {
+                        let (meta, _) = outbox_parts(&value)?;
+                        return Ok(Some(Self::queued_record(&meta, seq)));
+                    }
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A request's stored record: unfinished ones first (a crash between moving a record to the
@@ -1035,7 +1058,7 @@ impl Store {
     fn stored_record(&self, request_id: &str) -> Result<Option<sled::IVec>, StoreError> {
         match self.inner.requests.get(request_id.as_bytes())? {
             Some(value) => Ok(Some(value)),
-            None => Ok(self.inner.finished.get(request_id)?),
+            None => Ok(self.inner.finished.get(request_id)?.map(Into::into)),
         }
     }
 
@@ -1131,45 +1154,25 @@ impl Store {
     }
 
     /// Record the central's answers to outbox entries: update (or, for fast-path requests,
-    /// create) their status records, keep dead letters, then remove the entries, tree by tree
-    /// in that order for the whole set of answers.
+    /// create) their status records and keep dead letters, tree by tree for the whole set of
+    /// answers, then mark the entries done (the flusher removes emptied outbox groups later, so
+    /// on disk the removal always follows the records).
     fn answer_outbox_entries(&self, answers: Vec<Answered<'_>>) -> Result<(), StoreError> {
-        let mut tail = self.inner.tail();
-        let answered = self.answer_outbox_entries_with(&mut tail, answers);
-        match &answered {
-            Ok(removed) => {
-                for seq in removed {
-                    tail.remove(*seq);
-                }
-            }
-            Err(_) => tail.forget(self.inner.commit.outbox_appended.load(Ordering::SeqCst)),
-        }
-        answered.map(|_| ())
-    }
-
-    /// [`Store::answer_outbox_entries`] with the tail locked (entry metadata comes from it when it
-    /// holds the entry, from sled otherwise); returns the seqs removed from the outbox.
-    fn answer_outbox_entries_with(
-        &self,
-        tail: &mut OutboxTail,
-        answers: Vec<Answered<'_>>,
-    ) -> Result<Vec<u64>, StoreError> {
         let inner = &self.inner;
         // Request id → (record, whether it is stored in `requests` now).
         let mut records: HashMap<String, (RequestRecord, bool)> = HashMap::new();
         let mut letters = Writes::default();
-        let mut removals = Writes::default();
-        let mut removed_bytes = 0u64;
-        let mut removed = Vec::new();
+        let mut answered = Vec::new();
         let mut answered_fast = Vec::new();
         for (seq, update, dead_letter) in answers {
-            let (meta, size) = match tail.entries.get(&seq) {
-                Some(entry) => (std::borrow::Cow::Borrowed(&entry.meta), entry.size),
-                None => match inner.outbox.get(be(seq))? {
-                    Some(value) => (
-                        std::borrow::Cow::Owned(outbox_parts(&value)?.0),
-                        value.len() as u64,
-                    ),
+            // Entry metadata comes from the tail when it holds the entry, from sled otherwise.
+            // The tail lock is never held while the outbox is read: appends take them in the
+            // other order.
+            let held = inner.tail().entries.get(&seq).map(|e| e.meta.clone());
+            let meta = match held {
+                Some(meta) => meta,
+                None => match inner.outbox.get(seq)? {
+                    Some(value) => outbox_parts(&value)?.0,
                     // Already handled (a duplicate ack after a resend): nothing to do.
                     None => continue,
                 },
@@ -1196,18 +1199,16 @@ impl Store {
                 records.insert(meta.request_id.clone(), (record, in_requests));
             }
             if meta.record_at_ack {
-                answered_fast.push(meta.request_id.clone());
+                answered_fast.push(meta.request_id);
             }
-            removals.remove(be(seq));
-            removed.push(seq);
-            removed_bytes += size;
+            answered.push(seq);
         }
         let mut unfinished = Writes::default();
-        let mut finished = Writes::default();
+        let mut finished = Vec::new();
         for (request_id, (record, in_requests)) in &records {
             let value = serde_json::to_vec(record)?;
             if record.status.is_final() {
-                finished.insert(request_id.as_bytes(), value);
+                finished.push((request_id.clone(), value));
                 if *in_requests {
                     unfinished.remove(request_id.as_bytes());
                 }
@@ -1215,28 +1216,41 @@ impl Store {
                 unfinished.insert(request_id.as_bytes(), value);
             }
         }
-        // Ordered writes (see `complete`): dead letters and the requests' new status first, the
-        // outbox entries last, so a crash in between only causes a harmless resend (after which
-        // the answer rewrites the same records).
+        // Ordered writes (see `complete`): dead letters and the requests' new status first; the
+        // outbox groups go at a later flush, so a crash in between only causes a harmless resend
+        // (after which the answer rewrites the same records).
         letters.apply(&inner.dead_letters)?;
         inner.finished.insert(finished)?;
         unfinished.apply(&inner.requests)?;
-        removals.apply(&inner.outbox)?;
         {
             let mut unrecorded = self.unrecorded();
             for request_id in &answered_fast {
                 unrecorded.remove(request_id);
             }
         }
-        // Only the relay removes outbox entries, one answer per entry, so the reads above saw
-        // exactly what was removed.
-        let count = removed.len() as u64;
+        // Only the relay answers entries, one answer per entry, so the reads above saw exactly
+        // what is marked done here.
+        let mut removed_bytes = 0u64;
+        for seq in &answered {
+            removed_bytes += inner.outbox.done(*seq).unwrap_or(0);
+        }
+        {
+            let mut tail = inner.tail();
+            for seq in &answered {
+                tail.remove(*seq);
+            }
+        }
+        let count = answered.len() as u64;
         inner.outbox_entries.fetch_sub(count, Ordering::SeqCst);
         inner.pending_entries.fetch_sub(count, Ordering::SeqCst);
         inner
             .pending_bytes
             .fetch_sub(removed_bytes, Ordering::SeqCst);
-        Ok(removed)
+        if count > 0 {
+            // Emptied groups leave sled at the next flush.
+            self.request_flush();
+        }
+        Ok(())
     }
 }
 
@@ -1256,9 +1270,8 @@ fn move_finished_records(
     for item in order.iter() {
         let (_, request_id) = item?;
         if let Some(record) = requests.get(&request_id)? {
-            let mut writes = Writes::default();
-            writes.insert(request_id.to_vec(), record.to_vec());
-            finished.insert(writes)?;
+            let request_id_text = String::from_utf8_lossy(&request_id).into_owned();
+            finished.insert(vec![(request_id_text, record.to_vec())])?;
             requests.remove(&request_id)?;
         }
     }
@@ -1301,13 +1314,11 @@ impl Outbox for Store {
                     .collect());
             }
         }
-        self.inner
-            .outbox
-            .range(be(from)..be(visible_end))
-            .take(max)
-            .map(|item| {
-                let (key, value) = item.map_err(|e| e.to_string())?;
-                let seq = key_u64(&key).map_err(|e| e.to_string())?;
+        let stored = self.inner.outbox.range(from, visible_end, max);
+        stored
+            .map_err(|e| StoreError::from(e).to_string())?
+            .into_iter()
+            .map(|(seq, value)| {
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
                 Ok(OutboxEntry {
                     seq,
@@ -1344,7 +1355,8 @@ impl Outbox for Store {
         let frame = match held {
             Some(frame) => frame.as_str().to_owned(),
             None => {
-                let Some(value) = self.inner.outbox.get(be(seq)).map_err(|e| e.to_string())? else {
+                let stored = self.inner.outbox.get(seq);
+                let Some(value) = stored.map_err(|e| StoreError::from(e).to_string())? else {
                     return Ok(());
                 };
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
@@ -1393,34 +1405,39 @@ async fn flusher(commit: Arc<GroupCommit>) {
             if !gather.is_zero() && shared.written.load(Ordering::SeqCst) - done < GATHER_ENOUGH {
                 std::thread::sleep(gather);
             }
-            // Read before the flush starts: every write counted here is covered by it.
+            // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
-            let appended = shared.outbox_appended.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
-            (
-                target,
-                appended,
-                shared.db.flush().map_err(|e| e.to_string()),
-            )
+            let flushed = shared.write_groups().and_then(|appended| {
+                shared.db.flush()?;
+                Ok(appended)
+            });
+            (target, flushed.map_err(|e| e.to_string()))
         })
         .await;
-        let (target, appended, failure) = match flushed {
-            Ok((target, appended, result)) => (target, appended, result.err()),
+        let (target, flushed) = match flushed {
+            Ok(flushed) => flushed,
             // The flush panicked: fail everything written so far, show nothing new to the relay.
             Err(error) => (
                 commit.written.load(Ordering::SeqCst),
-                0,
-                Some(error.to_string()),
+                Err(error.to_string()),
             ),
         };
-        if let Some(error) = failure {
-            tracing::error!(%error, "store flush failed; the writes it covered are refused");
-            let mut failed = commit.failed.lock().unwrap_or_else(|p| p.into_inner());
-            if failed.len() == FAILED_RANGES_KEPT {
-                failed.pop_front();
+        let appended = match flushed {
+            Ok(appended) => appended,
+            Err(error) => {
+                tracing::error!(%error, "store flush failed; the writes it covered are refused");
+                let mut failed = commit.failed.lock().unwrap_or_else(|p| p.into_inner());
+                if failed.len() == FAILED_RANGES_KEPT {
+                    failed.pop_front();
+                }
+                failed.push_back(done + 1..=target);
+                None
             }
-            failed.push_back(done + 1..=target);
-        } else if appended > commit.outbox_visible.load(Ordering::SeqCst) {
+        };
+        if let Some(appended) =
+            appended.filter(|a| *a > commit.outbox_visible.load(Ordering::SeqCst))
+        {
             commit.outbox_visible.store(appended, Ordering::SeqCst);
             commit.appended.notify_one();
         }

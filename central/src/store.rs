@@ -421,23 +421,35 @@ impl Store {
     /// `request_id` only that request's index range is read; other filters are applied while
     /// scanning. Blocking (sled reads).
     pub fn query(&self, query: &Query) -> Result<Page, StoreError> {
-        let mut total = 0;
-        let mut events = Vec::new();
-        let mut consider = |event: Value| {
+        let mut page = Page {
+            total: 0,
+            events: Vec::new(),
+        };
+        // Without a filter on the content, events outside the page are only counted, not
+        // decoded, so paging through a large store stays linear.
+        let filtered = query.status.is_some() || query.property.is_some();
+        let mut consider = |id: &str, json: &[u8]| -> Result<(), StoreError> {
+            let on_page = page.total >= query.offset && page.events.len() < query.limit;
+            if !filtered && !on_page {
+                page.total += 1;
+                return Ok(());
+            }
+            let event = decode(id, json)?;
             if let Some(status) = query.status {
                 if event.get("status").and_then(Value::as_str) != Some(status.as_str()) {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some((name, value)) = &query.property {
                 if !event::property_matches(&event, name, value) {
-                    return;
+                    return Ok(());
                 }
             }
-            if total >= query.offset && events.len() < query.limit {
-                events.push(event);
+            if on_page {
+                page.events.push(event);
             }
-            total += 1;
+            page.total += 1;
+            Ok(())
         };
         match &query.request_id {
             Some(request_id) => {
@@ -451,18 +463,17 @@ impl Store {
                     // Written in the same batch as the index entry; a miss means the data
                     // directory was edited by hand. Skip rather than fail the whole listing.
                     if let Some(json) = self.inner.tree.get(key)? {
-                        consider(decode(&id, &json)?);
+                        consider(&id, &json)?;
                     }
                 }
             }
             None => {
                 for entry in self.inner.tree.scan_prefix([ORDER]) {
-                    let (_, bytes) = entry?;
-                    consider(decode("(scan)", &bytes)?);
+                    consider("(scan)", &entry?.1)?;
                 }
             }
         }
-        Ok(Page { total, events })
+        Ok(page)
     }
 
     /// Flush everything written so far.
