@@ -13,7 +13,7 @@
 //! activity     ──▶ buffered in memory, written to `activity` every 250 ms, pruned by count
 //! ```
 //!
-//! The inbox and the outbox are [`GroupedLog`]s: the entries one group commit covers are one
+//! The inbox and the outbox are `GroupedLog`s: the entries one group commit covers are one
 //! sled value, written by the flusher just before its flush, and a group leaves sled when all
 //! its entries are done. Finished records are written in batches too (`store::finished`).
 //!
@@ -388,7 +388,7 @@ struct TailEntry {
 }
 
 /// Most frame bytes the outbox tail keeps in memory.
-const TAIL_MAX_BYTES: usize = 4 << 20;
+const TAIL_MAX_BYTES: usize = 1 << 20;
 
 impl OutboxTail {
     fn starting_at(seq: u64) -> Self {
@@ -953,10 +953,7 @@ impl Store {
         // ack can never arrive for an event whose request record is not written yet.
         let write_record = |record: &RequestRecord| -> Result<(), StoreError> {
             if status.is_final() {
-                let json = serde_json::to_vec(record)?;
-                inner
-                    .finished
-                    .insert(vec![(request.request_id.clone(), json)])?;
+                inner.finished.insert(&[record])?;
             } else if !record_at_ack {
                 inner
                     .requests
@@ -1023,8 +1020,8 @@ impl Store {
         // move updates the record or the index before the old place goes, so looking again
         // finds it. Two moves at most can happen while one lookup runs.
         for _ in 0..3 {
-            if let Some(value) = self.stored_record(request_id)? {
-                return Ok(Some(serde_json::from_slice(&value)?));
+            if let Some(record) = self.stored_record(request_id)? {
+                return Ok(Some(record));
             }
             let place = self.unrecorded().get(request_id).copied();
             match place {
@@ -1055,10 +1052,10 @@ impl Store {
     /// A request's stored record: unfinished ones first (a crash between moving a record to the
     /// finished generations and removing it from `requests` leaves both; the next answer for the
     /// request completes the move).
-    fn stored_record(&self, request_id: &str) -> Result<Option<sled::IVec>, StoreError> {
+    fn stored_record(&self, request_id: &str) -> Result<Option<RequestRecord>, StoreError> {
         match self.inner.requests.get(request_id.as_bytes())? {
-            Some(value) => Ok(Some(value)),
-            None => Ok(self.inner.finished.get(request_id)?.map(Into::into)),
+            Some(value) => Ok(Some(serde_json::from_slice(&value)?)),
+            None => self.inner.finished.get(request_id),
         }
     }
 
@@ -1187,11 +1184,8 @@ impl Store {
                 None if meta.record_at_ack => Some((Self::queued_record(&meta, seq), false)),
                 None => match inner.requests.get(meta.request_id.as_bytes())? {
                     Some(raw) => Some((serde_json::from_slice::<RequestRecord>(&raw)?, true)),
-                    None => match inner.finished.get(&meta.request_id)? {
-                        Some(raw) => Some((serde_json::from_slice(&raw)?, false)),
-                        // A finished record that was dropped with its generation already.
-                        None => None,
-                    },
+                    // None: a finished record that was dropped with its generation already.
+                    None => inner.finished.get(&meta.request_id)?.map(|r| (r, false)),
                 },
             };
             if let Some((mut record, in_requests)) = record {
@@ -1206,21 +1200,20 @@ impl Store {
         let mut unfinished = Writes::default();
         let mut finished = Vec::new();
         for (request_id, (record, in_requests)) in &records {
-            let value = serde_json::to_vec(record)?;
             if record.status.is_final() {
-                finished.push((request_id.clone(), value));
+                finished.push(record);
                 if *in_requests {
                     unfinished.remove(request_id.as_bytes());
                 }
             } else {
-                unfinished.insert(request_id.as_bytes(), value);
+                unfinished.insert(request_id.as_bytes(), serde_json::to_vec(record)?);
             }
         }
         // Ordered writes (see `complete`): dead letters and the requests' new status first; the
         // outbox groups go at a later flush, so a crash in between only causes a harmless resend
         // (after which the answer rewrites the same records).
         letters.apply(&inner.dead_letters)?;
-        inner.finished.insert(finished)?;
+        inner.finished.insert(&finished)?;
         unfinished.apply(&inner.requests)?;
         {
             let mut unrecorded = self.unrecorded();
@@ -1270,8 +1263,7 @@ fn move_finished_records(
     for item in order.iter() {
         let (_, request_id) = item?;
         if let Some(record) = requests.get(&request_id)? {
-            let request_id_text = String::from_utf8_lossy(&request_id).into_owned();
-            finished.insert(vec![(request_id_text, record.to_vec())])?;
+            finished.insert(&[&serde_json::from_slice(&record)?])?;
             requests.remove(&request_id)?;
         }
     }

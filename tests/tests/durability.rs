@@ -42,9 +42,20 @@ async fn assert_exactly_once(central: SocketAddr, accepted: &[String]) {
     assert!(duplicated.is_empty(), "duplicated events: {duplicated:?}");
 }
 
-/// `clients` concurrent senders posting until `stop` is set; returns the ids that got a 202.
+/// `clients` concurrent senders posting to integration `any` until `stop` is set; returns the
+/// ids that got a 202.
 fn load(
     agent: SocketAddr,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<String>> {
+    load_integration(agent, "any", clients, stop)
+}
+
+/// [`load`] against any integration that accepts the `url-key-any` URL key.
+fn load_integration(
+    agent: SocketAddr,
+    integration: &'static str,
     clients: usize,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<Vec<String>> {
@@ -58,7 +69,7 @@ fn load(
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                     n += 1;
                     let body = format!("{{\"client\": {client}, \"n\": {n}}}");
-                    let path = format!("/api/integration/1/functions/any/triggers{KEY}");
+                    let path = format!("/api/integration/1/functions/{integration}/triggers{KEY}");
                     match http(
                         agent,
                         "POST",
@@ -133,12 +144,42 @@ async fn central_restarted_mid_stream_loses_and_duplicates_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_sigkilled_under_load_delivers_every_202_exactly_once() {
+    sigkill_under_load("any", "").await;
+}
+
+/// The same through a transform script: requests wait in the inbox, the worker turns them into
+/// outbox entries, and a kill can land between any of those writes.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sigkilled_under_transform_load_delivers_every_202_exactly_once() {
+    sigkill_under_load(
+        "mapper",
+        "[[integrations]]\nid = \"mapper\"\naction = \"transform\"\n\
+         authenticating_user = \"svc\"\nurl_key = \"url-key-any\"\nscript = \"SCRIPT\"\n",
+    )
+    .await;
+}
+
+/// Load `integration` (defined in the standard config plus `extra`, where `SCRIPT` names a
+/// script posting one event per request), SIGKILL the agent, restart it, count at the central.
+async fn sigkill_under_load(integration: &'static str, extra: &str) {
     let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("mapper.js");
+    std::fs::write(
+        &script,
+        "var body = JSON.parse(request.body);\ntrigger.properties.client = body.client;\n\
+         trigger.properties.n = body.n;\nform.post(trigger);\n",
+    )
+    .unwrap();
+    let extra = extra.replace("SCRIPT", &script.display().to_string());
     let central = start_central(dir.path(), 0);
-    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    let config = agent_config(
+        dir.path(),
+        central.addr.port(),
+        &format!("{STANDARD_AGENT}\n{extra}"),
+    );
     let agent = start_agent(&config);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sender = load(agent.addr, 8, stop.clone());
+    let sender = load_integration(agent.addr, integration, 8, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     agent.kill();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);

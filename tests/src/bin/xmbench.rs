@@ -172,6 +172,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "agent_peak_rss_mib": (peak_rss_mib * 10.0).round() / 10.0,
         "agent_cpu_us_per_request": agent_cpu_us.round(),
         "delivery_wait_s": delivered.waited.as_secs_f64(),
+        "delivery_lag_s": (delivered.caught_up.as_secs_f64() * 100.0).round() / 100.0,
         "cpu_steal_pct": steal_pct.round(),
     });
     println!("{summary}");
@@ -354,6 +355,8 @@ struct Delivered {
     requests: usize,
     events: usize,
     waited: Duration,
+    /// When the central had created as many events as requests were accepted.
+    caught_up: Duration,
 }
 
 /// Wait until the central holds an event for every accepted request; count what it holds.
@@ -363,6 +366,7 @@ async fn wait_delivered(
     timeout: Duration,
 ) -> anyhow::Result<Delivered> {
     let started = Instant::now();
+    let mut caught_up = None;
     let auth = format!(
         "Basic {}",
         base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "admin:bench")
@@ -377,9 +381,10 @@ async fn wait_delivered(
             .and_then(|n| n.trim().parse::<usize>().ok())
             .unwrap_or(0);
         if created < accepted.len() && started.elapsed() <= timeout {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         }
+        let caught_up = *caught_up.get_or_insert(started.elapsed());
         let mut requests = HashSet::new();
         let mut events = 0;
         let mut offset = 0;
@@ -407,6 +412,7 @@ async fn wait_delivered(
                 requests: delivered,
                 events,
                 waited: started.elapsed(),
+                caught_up,
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
