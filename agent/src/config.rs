@@ -82,6 +82,8 @@ fn default_max_body() -> usize {
 pub struct ScriptsSection {
     /// Script threads; 0 or absent = number of cores.
     pub threads: Option<usize>,
+    /// Request bodies (KiB) accepted and waiting for a script run before ingress waits.
+    pub backlog_kib: Option<usize>,
     /// Wall time per run.
     pub timeout_ms: Option<u64>,
     /// QuickJS heap per runtime.
@@ -187,6 +189,8 @@ pub struct Loaded {
     pub limits: scripts::Limits,
     /// Script threads.
     pub script_threads: usize,
+    /// See [`ScriptsSection::backlog_kib`].
+    pub script_backlog_kib: usize,
     /// Who may call.
     pub authenticator: Authenticator,
     /// `[[endpoints]]` as written (resolved by `Endpoints::new`).
@@ -481,6 +485,7 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         relay,
         limits,
         script_threads,
+        script_backlog_kib: file.scripts.backlog_kib.unwrap_or(8 * 1024).max(1),
         authenticator,
         endpoints: file.endpoints,
         base_dir: base_dir.to_path_buf(),

@@ -16,7 +16,7 @@ use central::exit::ConfigError;
 use central::http_util;
 use central::serve::Body;
 use hyper::{Response, StatusCode};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::auth::SecretDigest;
@@ -49,12 +49,31 @@ pub struct Shared {
     pub worker_concurrency: usize,
     relay_status: watch::Receiver<RelayStatus>,
     work: mpsc::UnboundedSender<Job>,
+    /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
+    /// fixed at start); see [`Shared::reserve_backlog`]. Ingress can store requests faster than
+    /// scripts run; without a bound the difference piles up in memory (the job queue and sled's
+    /// copy of the inbox) for as long as the load lasts.
+    backlog: Arc<Semaphore>,
+    backlog_kib: usize,
 }
+
+/// How long a request waits for backlog room before it gets a 503.
+const BACKLOG_WAIT: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// The current configuration snapshot.
     pub fn live(&self) -> Arc<Live> {
         self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wait until the worker's backlog has room for a request body of `bytes`, so script
+    /// integrations accept no faster than their scripts run (the client sees the wait as
+    /// latency). `None` after [`BACKLOG_WAIT`]: the caller answers 503. The permit travels with
+    /// the [`Job`] and frees its room when the request is processed.
+    pub async fn reserve_backlog(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let kib = (bytes / 1024 + 1).min(self.backlog_kib) as u32;
+        let acquire = self.backlog.clone().acquire_many_owned(kib);
+        tokio::time::timeout(BACKLOG_WAIT, acquire).await.ok()?.ok()
     }
 
     /// Hand an accepted request to the worker.
@@ -293,6 +312,8 @@ pub async fn start(
         admin_token,
         relay_status: status_rx,
         work: work_tx,
+        backlog: Arc::new(Semaphore::new(config.script_backlog_kib)),
+        backlog_kib: config.script_backlog_kib,
         live: RwLock::new(Arc::new(Live { config, endpoints })),
     });
     // Requests a previous process accepted but did not finish.
@@ -304,7 +325,10 @@ pub async fn start(
         );
     }
     for accepted in leftovers {
-        shared.enqueue(Job { accepted });
+        shared.enqueue(Job {
+            accepted,
+            backlog: None,
+        });
     }
 
     let (relay_stop_tx, relay_stop_rx) = watch::channel(false);

@@ -271,9 +271,15 @@ async fn trigger(
                 Err(error) => store_failure(error),
             };
         }
+        let Some(backlog) = shared.reserve_backlog(body.len()).await else {
+            return busy();
+        };
         match shared.store.accept(inbound).await {
             Ok(accepted) => {
-                shared.enqueue(Job { accepted });
+                shared.enqueue(Job {
+                    accepted,
+                    backlog: Some(backlog),
+                });
                 tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
                 accepted_response(&request_id)
             }
@@ -366,7 +372,18 @@ fn body_failure(error: BodyError) -> Response<Body> {
 
 fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
-    let mut response = http_util::error(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+    unavailable(error.to_string())
+}
+
+/// When the scripts are so far behind that a request waited too long for backlog room.
+fn busy() -> Response<Body> {
+    tracing::warn!("the script backlog is full; request refused");
+    unavailable("the agent is still processing earlier requests; retry later".to_owned())
+}
+
+/// 503 with a `Retry-After`: nothing was kept, the client should send the request again.
+fn unavailable(message: String) -> Response<Body> {
+    let mut response = http_util::error(StatusCode::SERVICE_UNAVAILABLE, message);
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from_static("5"));

@@ -145,6 +145,9 @@ mod body_shape {
 pub struct Job {
     /// The request as stored in the inbox.
     pub accepted: Accepted,
+    /// Its room in the backlog (none for requests resumed at start-up), freed when the job is
+    /// dropped after processing.
+    pub backlog: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Process jobs until shutdown, then let in-flight runs finish. Requests not started by then stay

@@ -373,3 +373,31 @@ fn check_reports_a_script_syntax_error_with_file_and_line() {
     assert!(stderr.contains("integrations[6].script"), "{stderr}");
     assert!(stderr.contains('2'), "no line number: {stderr}");
 }
+
+/// A script integration accepts no faster than its scripts run: with room for one waiting
+/// request, a second request's 202 comes only after the first one was processed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_script_backlog_makes_ingress_wait_for_the_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("slow.js"),
+        "var until = Date.now() + 400;\nwhile (Date.now() < until) {}\nform.post(trigger);\n",
+    )
+    .unwrap();
+    let central = start_central(dir.path(), 0);
+    let extra = format!(
+        "[scripts]\nthreads = 1\nbacklog_kib = 1\n\n{STANDARD_AGENT}\n\
+         [[integrations]]\nid = \"slow\"\naction = \"transform\"\nauthenticating_user = \"svc\"\n\
+         url_key = \"key-slow\"\nscript = \"{}\"\n",
+        dir.path().join("slow.js").display()
+    );
+    let agent = start_agent(&agent_config(dir.path(), central.addr.port(), &extra));
+    let first = post(agent.addr, "slow", "{\"n\": 1}").await;
+    let second = post(agent.addr, "slow", "{\"n\": 2}").await;
+    let record = admin_get(agent.addr, &format!("/api/agent/1/requests/{first}")).await;
+    assert_ne!(
+        record["status"], "ACCEPTED",
+        "the second request was accepted while the first still waited: {record}"
+    );
+    assert_eq!(finished(agent.addr, &second).await["status"], "DELIVERED");
+}
