@@ -29,7 +29,8 @@
 //!
 //! What this module does NOT do: validate triggers (see [`crate::event`]) or authenticate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -124,7 +125,7 @@ struct Inner {
     tree: sled::Tree,
     /// Serializes read-check-write sequences (dedupe lookups + batch, status read + write) and
     /// hands out event ids in the order their events are written.
-    writer: Mutex<IdClock>,
+    writer: Mutex<Writer>,
     /// Bumped after every write; a write with generation g is durable once `flushed >= g`.
     written: AtomicU64,
     /// The highest generation a completed flush covers. Holding the lock means "I am flushing",
@@ -134,6 +135,21 @@ struct Inner {
 
 /// Hands out version 7 UUIDs (milliseconds since the epoch, then random bits), each greater
 /// than the one before and than every id in the store, even if the clock goes back.
+/// What the writer lock guards.
+struct Writer {
+    ids: IdClock,
+    /// Digests of every idempotency key in the store. A key whose digest is absent is new, so
+    /// the usual case (not a resend) skips the sled lookup, a random read that cost as much as
+    /// the writes; a digest that is present is checked in sled (a resend, or a collision).
+    known: HashSet<u64>,
+}
+
+fn key_digest(key: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
 struct IdClock {
     last: u128,
 }
@@ -275,18 +291,25 @@ impl Store {
                 .map_or(0, u128::from_be_bytes),
             None => 0,
         };
+        let mut known = HashSet::new();
+        for key in tree.scan_prefix([BY_REQUEST]).keys() {
+            known.insert(key_digest(&key?));
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 tree,
                 db,
-                writer: Mutex::new(IdClock { last }),
+                writer: Mutex::new(Writer {
+                    ids: IdClock { last },
+                    known,
+                }),
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Mutex::new(0),
             }),
         })
     }
 
-    fn lock_writer(&self) -> std::sync::MutexGuard<'_, IdClock> {
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic in another writer leaves the clock consistent (`last` is set in one step).
         self.inner
             .writer
@@ -307,7 +330,8 @@ impl Store {
         let mut results = Vec::with_capacity(batch.len());
         let mut writes = sled::Batch::default();
         let mut in_batch: HashMap<Vec<u8>, String> = HashMap::new();
-        let mut ids = self.lock_writer();
+        let mut writer = self.lock_writer();
+        let mut new_digests = Vec::new();
         for entry in batch {
             let key = request_key(agent_id, entry.request_id(), entry.index());
             if let Some(event_id) = in_batch.get(&key) {
@@ -317,15 +341,19 @@ impl Store {
                 });
                 continue;
             }
-            if let Some(existing) = tree.get(&key)? {
-                let (_, event_id) = split_request_value(&existing)?;
-                results.push(Written {
-                    event_id,
-                    duplicate: true,
-                });
-                continue;
+            let digest = key_digest(&key);
+            if writer.known.contains(&digest) {
+                if let Some(existing) = tree.get(&key)? {
+                    let (_, event_id) = split_request_value(&existing)?;
+                    results.push(Written {
+                        event_id,
+                        duplicate: true,
+                    });
+                    continue;
+                }
             }
-            let id = ids.next();
+            new_digests.push(digest);
+            let id = writer.ids.next();
             let event_id = id.hyphenated().to_string();
             writes.insert(&order_key(id)[..], entry.to_json(&event_id));
             writes.insert(key.clone(), &id.as_bytes()[..]);
@@ -337,6 +365,9 @@ impl Store {
         }
         if !in_batch.is_empty() {
             tree.apply_batch(writes)?;
+            // Only after the batch is in: a failed batch must not make its keys look known
+            // (harmless, but it would cost lookups for nothing).
+            writer.known.extend(new_digests);
         }
         self.inner.written.fetch_add(1, Ordering::SeqCst);
         Ok(results)
