@@ -57,7 +57,9 @@ pub struct StoreConfig {
     /// Activity-stream entries kept per integration (oldest dropped first).
     pub activity_per_integration: u64,
     /// Finished request records kept for `xmagent request`: the newest half of this many are
-    /// always kept, up to all of it (see `store::finished`).
+    /// always kept, up to all of it (see `store::finished`). Each costs about 150 bytes of
+    /// memory as well as disk (sled keeps what it stores in memory), so the default keeps the
+    /// agent lean; raise it for a longer history.
     pub max_request_records: u64,
     /// sled page cache; small by default because the agent must stay lean.
     pub cache_mib: u64,
@@ -74,7 +76,7 @@ impl Default for StoreConfig {
             max_entries: 100_000,
             max_bytes: 1 << 30,
             activity_per_integration: 200,
-            max_request_records: 100_000,
+            max_request_records: 50_000,
             cache_mib: 8,
             group_commit_wait_us: 500,
         }
@@ -372,30 +374,31 @@ fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>),
     ))
 }
 
-/// The newest outbox entries, kept in memory so the relay sends them and the acks resolve them
-/// without reading sled back. Bounded by [`TAIL_MAX_BYTES`]: when the relay falls behind (central
-/// down or slow), the oldest entries leave the tail and are read from sled as before.
+/// Outbox entries in memory, so the relay sends them and the acks resolve them without reading
+/// sled back. Frames are bounded by [`TAIL_MAX_BYTES`]: when the relay falls behind (central
+/// down or slow), the oldest frames leave and are read from sled. The small metadata an answer
+/// needs stays for every entry appended since the store opened until it is answered, so acks
+/// never decode a stored group, however far behind the relay is (it is bounded with the pending
+/// entries by `max_entries`).
 struct OutboxTail {
-    /// Every outbox entry with a seq at or above this one is in `entries`.
+    /// Every outbox entry with a seq at or above this one has its frame in `frames`.
     covers_from: u64,
-    entries: BTreeMap<u64, TailEntry>,
+    frames: BTreeMap<u64, Utf8Bytes>,
+    /// Bytes in `frames`.
     bytes: usize,
-}
-
-struct TailEntry {
-    frame: Utf8Bytes,
-    meta: OutboxMeta,
+    metas: HashMap<u64, OutboxMeta>,
 }
 
 /// Most frame bytes the outbox tail keeps in memory.
-const TAIL_MAX_BYTES: usize = 1 << 20;
+const TAIL_MAX_BYTES: usize = 2 << 20;
 
 impl OutboxTail {
     fn starting_at(seq: u64) -> Self {
         Self {
             covers_from: seq,
-            entries: BTreeMap::new(),
+            frames: BTreeMap::new(),
             bytes: 0,
+            metas: HashMap::new(),
         }
     }
 
@@ -408,19 +411,21 @@ impl OutboxTail {
             .map_or(value, |split| &value[split + 1..]);
         let frame = Utf8Bytes::from(String::from_utf8_lossy(frame).into_owned());
         self.bytes += frame.len();
-        self.entries.insert(seq, TailEntry { frame, meta });
+        self.frames.insert(seq, frame);
+        self.metas.insert(seq, meta);
         while self.bytes > TAIL_MAX_BYTES {
-            let Some((oldest, entry)) = self.entries.pop_first() else {
+            let Some((oldest, frame)) = self.frames.pop_first() else {
                 break;
             };
-            self.bytes -= entry.frame.len();
+            self.bytes -= frame.len();
             self.covers_from = oldest + 1;
         }
     }
 
     fn remove(&mut self, seq: u64) {
-        if let Some(entry) = self.entries.remove(&seq) {
-            self.bytes -= entry.frame.len();
+        self.metas.remove(&seq);
+        if let Some(frame) = self.frames.remove(&seq) {
+            self.bytes -= frame.len();
         }
     }
 }
@@ -1165,7 +1170,7 @@ impl Store {
             // Entry metadata comes from the tail when it holds the entry, from sled otherwise.
             // The tail lock is never held while the outbox is read: appends take them in the
             // other order.
-            let held = inner.tail().entries.get(&seq).map(|e| e.meta.clone());
+            let held = inner.tail().metas.get(&seq).cloned();
             let meta = match held {
                 Some(meta) => meta,
                 None => match inner.outbox.get(seq)? {
@@ -1296,12 +1301,12 @@ impl Outbox for Store {
             let tail = self.inner.tail();
             if from >= tail.covers_from {
                 return Ok(tail
-                    .entries
+                    .frames
                     .range(from..visible_end)
                     .take(max)
-                    .map(|(seq, entry)| OutboxEntry {
+                    .map(|(seq, frame)| OutboxEntry {
                         seq: *seq,
-                        frame: entry.frame.clone(),
+                        frame: frame.clone(),
                     })
                     .collect());
             }
@@ -1343,7 +1348,7 @@ impl Outbox for Store {
     }
 
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String> {
-        let held = self.inner.tail().entries.get(&seq).map(|e| e.frame.clone());
+        let held = self.inner.tail().frames.get(&seq).cloned();
         let frame = match held {
             Some(frame) => frame.as_str().to_owned(),
             None => {
@@ -1681,6 +1686,7 @@ mod tests {
         store.acknowledged(&acks).unwrap();
         assert_eq!(store.pending(), (0, 0));
         assert_eq!(store.inner.tail().bytes, 0);
+        assert!(store.inner.tail().metas.is_empty());
         let first = store.request("req-0").unwrap().unwrap();
         assert_eq!(first.status, RequestStatus::Delivered);
         assert_eq!(first.events[0].event_id, Some(format!("ev-{}", seqs[0])));

@@ -85,13 +85,14 @@ fn encode(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     value
 }
 
-/// The entries of one stored value: a group, or a legacy single entry stored under `key`.
-fn decode(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ReadError> {
+/// The entries of one stored value, borrowed: a group, or a legacy single entry stored under
+/// `key`. Callers copy only the entries they keep (an ack needs one of a group's many).
+fn entries_of<'a>(key: &[u8], value: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, ReadError> {
     let key: [u8; 8] = key
         .try_into()
         .map_err(|_| ReadError::Corrupt("key is not 8 bytes"))?;
     match value.first() {
-        Some(b'{') => return Ok(vec![(u64::from_be_bytes(key), value.to_vec())]),
+        Some(b'{') => return Ok(vec![(u64::from_be_bytes(key), value)]),
         Some(&GROUP_MAGIC) => {}
         _ => return Err(ReadError::Corrupt("unknown entry format")),
     }
@@ -108,7 +109,7 @@ fn decode(key: &[u8], value: &[u8]) -> Result<Vec<(u64, Vec<u8>)>, ReadError> {
         if body.len() < len {
             return Err(ReadError::Corrupt("truncated entry"));
         }
-        entries.push((seq, body[..len].to_vec()));
+        entries.push((seq, &body[..len]));
         rest = &body[len..];
     }
     Ok(entries)
@@ -121,7 +122,7 @@ impl GroupedLog {
         let mut all = Vec::new();
         for item in tree.iter() {
             let (key, value) = item?;
-            let entries = decode(&key, &value)?;
+            let entries = entries_of(&key, &value)?;
             let Some(last) = entries.last() else {
                 continue;
             };
@@ -135,7 +136,7 @@ impl GroupedLog {
                     last: last.0,
                 },
             );
-            all.extend(entries);
+            all.extend(entries.into_iter().map(|(seq, v)| (seq, v.to_vec())));
         }
         all.sort_unstable_by_key(|(seq, _)| *seq);
         let log = Self {
@@ -234,14 +235,8 @@ impl GroupedLog {
                 .collect()
         };
         for key in shrunk {
-            let entries = self.read_group(key)?;
-            let live: Vec<(u64, Vec<u8>)> = {
-                let state = self.lock();
-                entries
-                    .into_iter()
-                    .filter(|(seq, _)| Self::live_group(&state, *seq) == Some(key))
-                    .collect()
-            };
+            let live =
+                self.read_group(key, |state, seq| Self::live_group(state, seq) == Some(key))?;
             if !live.is_empty() {
                 self.tree.insert(key.to_be_bytes(), encode(&live))?;
             }
@@ -290,17 +285,25 @@ impl GroupedLog {
                 None => return Ok(None),
             }
         };
-        Ok(self
-            .read_group(key)?
-            .into_iter()
-            .find_map(|(s, v)| (s == seq).then_some(v)))
+        Ok(self.read_group(key, |_, s| s == seq)?.pop().map(|(_, v)| v))
     }
 
-    fn read_group(&self, key: u64) -> Result<Vec<(u64, Vec<u8>)>, ReadError> {
-        match self.tree.get(key.to_be_bytes())? {
-            Some(value) => decode(&key.to_be_bytes(), &value),
-            None => Ok(Vec::new()),
-        }
+    /// The entries of stored group `key` that `keep` selects (under the log's lock), copied.
+    fn read_group(
+        &self,
+        key: u64,
+        keep: impl Fn(&State, u64) -> bool,
+    ) -> Result<Vec<Entry>, ReadError> {
+        let Some(value) = self.tree.get(key.to_be_bytes())? else {
+            return Ok(Vec::new());
+        };
+        let entries = entries_of(&key.to_be_bytes(), &value)?;
+        let state = self.lock();
+        Ok(entries
+            .into_iter()
+            .filter(|(seq, _)| keep(&state, *seq))
+            .map(|(seq, v)| (seq, v.to_vec()))
+            .collect())
     }
 
     /// Up to `max` live sealed entries with seqs in `from..end`, ascending.
@@ -328,15 +331,14 @@ impl GroupedLog {
                 .collect()
         };
         let mut entries = Vec::new();
+        let wanted = |state: &State, seq| {
+            (from..end).contains(&seq) && Self::live_group(state, seq).is_some()
+        };
         for key in keys {
-            for (seq, value) in self.read_group(key)? {
-                if entries.len() == max {
-                    return Ok(entries);
-                }
-                let live = Self::live_group(&self.lock(), seq).is_some();
-                if (from..end).contains(&seq) && live {
-                    entries.push((seq, value));
-                }
+            entries.extend(self.read_group(key, wanted)?);
+            if entries.len() >= max {
+                entries.truncate(max);
+                break;
             }
         }
         Ok(entries)
@@ -445,7 +447,7 @@ mod tests {
             b"\x01\0\0\0\0\0\0\0\x01\0\0\0\x09ab",
             b"x",
         ] {
-            assert!(decode(&1u64.to_be_bytes(), bad).is_err(), "{bad:?}");
+            assert!(entries_of(&1u64.to_be_bytes(), bad).is_err(), "{bad:?}");
         }
     }
 
