@@ -253,6 +253,12 @@ impl Finished {
             [older, _] => Some((*older, db.open_tree(tree_name(*older))?)),
             _ => None,
         };
+        // Into the current generation, whichever held them: a batch gets a new (highest) key,
+        // and only the current generation may hold keys that high.
+        if let Some((_, tree)) = &previous {
+            Self::batch_legacy_records(db, tree, &current)?;
+        }
+        Self::batch_legacy_records(db, &current, &current)?;
         let mut index = HashMap::new();
         let mut count = 0;
         let (mut current_from, mut previous_from) = (u64::MAX, u64::MAX);
@@ -262,7 +268,6 @@ impl Finished {
             .map(|(n, t)| (*n, t))
             .chain([(number, &current)]);
         for (generation, tree) in trees {
-            Self::batch_legacy_records(db, tree)?;
             // Batch keys are increasing ids, so iteration is oldest first too.
             for item in tree.iter() {
                 let (key, value) = item?;
@@ -300,10 +305,15 @@ impl Finished {
         })
     }
 
-    /// Rewrite records stored one per request id (before batches) as one batch.
-    fn batch_legacy_records(db: &sled::Db, tree: &sled::Tree) -> Result<(), sled::Error> {
+    /// Rewrite the records `from` stores one per request id (before batches) as one batch in
+    /// `into`.
+    fn batch_legacy_records(
+        db: &sled::Db,
+        from: &sled::Tree,
+        into: &sled::Tree,
+    ) -> Result<(), sled::Error> {
         let mut legacy = Vec::new();
-        for item in tree.iter() {
+        for item in from.iter() {
             let (key, value) = item?;
             if value.first() == Some(&b'{') {
                 legacy.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
@@ -312,9 +322,9 @@ impl Finished {
         if legacy.is_empty() {
             return Ok(());
         }
-        tree.insert(db.generate_id()?.to_be_bytes(), encode(&legacy))?;
+        into.insert(db.generate_id()?.to_be_bytes(), encode(&legacy))?;
         for (request_id, _) in legacy {
-            tree.remove(request_id.as_bytes())?;
+            from.remove(request_id.as_bytes())?;
         }
         Ok(())
     }
@@ -518,9 +528,12 @@ mod tests {
                 .insert(id, json)
                 .unwrap();
         }
-        let finished = Finished::open(&db, 10).unwrap();
-        assert!(finished.get("r3").unwrap().is_none());
-        assert!(finished.get("r4").unwrap().is_some());
-        assert!(finished.get("r5").unwrap().is_some());
+        for _ in 0..2 {
+            // Twice: the first open rewrites the legacy records, the second reads the batches.
+            let finished = Finished::open(&db, 10).unwrap();
+            assert!(finished.get("r3").unwrap().is_none());
+            assert!(finished.get("r4").unwrap().is_some(), "previous generation");
+            assert!(finished.get("r5").unwrap().is_some());
+        }
     }
 }
