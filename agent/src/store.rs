@@ -321,33 +321,33 @@ struct FrameHead<'a> {
 /// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
 /// `,"seq":N}`. The meta is written by serde_json, which never writes a raw newline, so the first
 /// `\n` splits the two. `trigger` is JSON text (a checked request body is embedded as it came).
+/// Text, not bytes: the outbox tail keeps the frame part as a string, and a value built from
+/// strings needs no UTF-8 check to become one.
 fn outbox_value_head(
     meta: &OutboxMeta,
     form: Option<&str>,
     trigger: &str,
-) -> Result<Vec<u8>, StoreError> {
+) -> Result<String, StoreError> {
+    let head = FrameHead {
+        kind: "event.create",
+        request_id: &meta.request_id,
+        index: meta.index,
+        integration_id: &meta.integration_id,
+        form,
+    };
+    let mut value = serde_json::to_string(meta)?;
     // Sized once: the meta and frame head are a few hundred bytes next to the trigger.
-    let mut value = Vec::with_capacity(trigger.len() + 512);
-    serde_json::to_writer(&mut value, meta)?;
-    value.push(b'\n');
-    serde_json::to_writer(
-        &mut value,
-        &FrameHead {
-            kind: "event.create",
-            request_id: &meta.request_id,
-            index: meta.index,
-            integration_id: &meta.integration_id,
-            form,
-        },
-    )?;
+    value.reserve(trigger.len() + 320);
+    value.push('\n');
+    value.push_str(&serde_json::to_string(&head)?);
     value.pop(); // the closing brace; the trigger and `finish_outbox_value` close the object
-    value.extend_from_slice(b",\"trigger\":");
-    value.extend_from_slice(trigger.as_bytes());
+    value.push_str(",\"trigger\":");
+    value.push_str(trigger);
     Ok(value)
 }
 
-fn finish_outbox_value(value: &mut Vec<u8>, seq: u64) {
-    use std::io::Write as _;
+fn finish_outbox_value(value: &mut String, seq: u64) {
+    use std::fmt::Write as _;
     let _ = write!(value, ",\"seq\":{seq}}}");
 }
 
@@ -404,12 +404,9 @@ impl OutboxTail {
 
     /// Add the entry just appended under `seq` (the highest so far); called under the outbox's
     /// append lock, so the tail sees every entry in seq order.
-    fn push(&mut self, seq: u64, value: &[u8], meta: OutboxMeta) {
-        let frame = value
-            .iter()
-            .position(|b| *b == b'\n')
-            .map_or(value, |split| &value[split + 1..]);
-        let frame = Utf8Bytes::from(String::from_utf8_lossy(frame).into_owned());
+    fn push(&mut self, seq: u64, value: &str, meta: OutboxMeta) {
+        let frame = value.split_once('\n').map_or(value, |(_, frame)| frame);
+        let frame = Utf8Bytes::from(frame.to_owned());
         self.bytes += frame.len();
         self.frames.insert(seq, frame);
         self.metas.insert(seq, meta);
@@ -803,10 +800,10 @@ impl Store {
 
     /// Close outbox value `value` with its seq and keep the entry in the tail; runs under the
     /// outbox's append lock, so the tail sees entries in seq order.
-    fn finish_outbox_entry(&self, seq: u64, mut value: Vec<u8>, meta: OutboxMeta) -> Vec<u8> {
+    fn finish_outbox_entry(&self, seq: u64, mut value: String, meta: OutboxMeta) -> Vec<u8> {
         finish_outbox_value(&mut value, seq);
         self.inner.tail().push(seq, &value, meta);
-        value
+        value.into_bytes()
     }
 
     fn unrecorded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Unrecorded>> {
@@ -920,7 +917,7 @@ impl Store {
         // index answers until the central's answer writes the final record. Requests with more
         // events keep a stored record that collects their event ids ack by ack.
         let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
-        let mut heads: Vec<(Vec<u8>, OutboxMeta)> = Vec::new();
+        let mut heads: Vec<(String, OutboxMeta)> = Vec::new();
         if processed.failure.is_none() {
             for (index, (form, trigger)) in processed.events.iter().enumerate() {
                 let index =

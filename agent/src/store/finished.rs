@@ -76,20 +76,13 @@ fn digest(request_id: &str) -> u64 {
     hasher.finish()
 }
 
-fn encode(records: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let size = records
-        .iter()
-        .map(|(id, r)| id.len() + r.len() + 8)
-        .sum::<usize>()
-        + 1;
-    let mut value = Vec::with_capacity(size);
-    value.push(BATCH_MAGIC);
+/// A batch value from (request id, stored record) pairs.
+fn encode<'a>(records: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut value = vec![BATCH_MAGIC];
     for (request_id, record) in records {
         // Request ids and records are far below 4 GiB (bounded by the body limit).
-        value.extend_from_slice(&(request_id.len() as u32).to_be_bytes());
-        value.extend_from_slice(request_id.as_bytes());
-        value.extend_from_slice(&(record.len() as u32).to_be_bytes());
-        value.extend_from_slice(record);
+        put_field(&mut value, request_id.as_bytes());
+        put_field(&mut value, record);
     }
     value
 }
@@ -322,7 +315,8 @@ impl Finished {
         if legacy.is_empty() {
             return Ok(());
         }
-        into.insert(db.generate_id()?.to_be_bytes(), encode(&legacy))?;
+        let value = encode(legacy.iter().map(|(id, r)| (id.as_str(), r.as_slice())));
+        into.insert(db.generate_id()?.to_be_bytes(), value)?;
         for (request_id, _) in legacy {
             from.remove(request_id.as_bytes())?;
         }
@@ -368,16 +362,18 @@ impl Finished {
             return Ok(());
         }
         let key = self.db.generate_id()?;
-        let records: Vec<(String, Vec<u8>)> = records
-            .iter()
-            .map(|record| (record.request_id.clone(), encode_record(record)))
-            .collect();
-        let value = encode(&records);
+        let stored: Vec<Vec<u8>> = records.iter().map(|record| encode_record(record)).collect();
+        let value = encode(
+            records
+                .iter()
+                .zip(&stored)
+                .map(|(record, stored)| (record.request_id.as_str(), stored.as_slice())),
+        );
         let mut generations = self.lock();
         generations.current.insert(key.to_be_bytes(), value)?;
         generations.current_from = generations.current_from.min(key);
-        for (request_id, _) in &records {
-            generations.index.insert(digest(request_id), key);
+        for record in records {
+            generations.index.insert(digest(&record.request_id), key);
         }
         generations.count += count;
         if generations.count >= self.per_generation {
