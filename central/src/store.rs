@@ -1,35 +1,36 @@
-//! The central's event store (sled): events, the idempotency index and the secondary indexes
-//! REST queries need, plus a group commit so one flush makes many writes durable.
+//! The central's event store (sled): events, the idempotency index and the lookups REST
+//! queries need, plus a group commit so one flush makes many writes durable.
 //!
-//! Everything lives in one sled tree, `events`, under key prefixes (caller text inside keys is
-//! length-prefixed, so no byte inside a request id can make two keys collide):
-//! - `o` ‖ event id (16 bytes) → event JSON. Event ids are time-ordered UUIDs (version 7) that
-//!   the store hands out in increasing order under its writer lock (never below the last stored
-//!   one, whatever the clock does), so a scan of `o` lists events oldest first, new events never
-//!   shift earlier pages, and the id alone finds the event.
-//! - `r` ‖ len(requestId) ‖ requestId ‖ len(agent) ‖ agent ‖ index (u32 BE) → event id (16
-//!   bytes). One key serves both the idempotency check (an exact get on the agent's triple) and
-//!   the `requestId` filter (a prefix scan), so each event costs two inserts.
+//! Layout: one sled tree, `events`, holding one value per write batch under `b` ‖ the first
+//! event id of the batch (16 bytes). A batch value ([`batch`]) holds, for each event, its id,
+//! agent, request id and index, then the event JSON. Event ids are time-ordered UUIDs (version
+//! 7) handed out in increasing order under the writer lock (never below the newest stored one,
+//! whatever the clock does), so:
+//! - a scan of `b` lists events oldest first, and new events never shift earlier pages;
+//! - an event is found by its id alone: it is in the last batch whose key is at or below it.
 //!
-//! Why ids are time-ordered: sled's cost is per key written, and most of all per key written at
-//! a random place in the tree. The earlier layout (random v4 ids, `o` ‖ sequence → JSON, `e` ‖ id
-//! → sequence, `r` → sequence ‖ id text) paid a third, randomly placed insert per event for the
-//! id lookup; dropping it roughly halved `create_batch` (40–45 µs → 21–28 µs per 1.3 KB event
-//! on the 2-core machine, `ws::tests::ingest_costs`).
-//! Stores written with that layout are still read: an id without an `o` entry is looked up under
-//! `e`, `r` values are told apart by length, and old `o` keys (sequence, first byte 0) sort
-//! before new ones (a v7 id starts with the time), so listing order holds across the change.
+//! The idempotency check and the `requestId` filter use an in-memory index, rebuilt at open
+//! from the batch heads: a 64-bit digest of the request id maps to the batches holding events
+//! of that request. A digest that is absent means "new", so the usual create reads nothing; a
+//! present one (a resend, or a rare collision) is checked against the batch's heads.
 //!
-//! One tree lets a whole batch of events and all their index entries go in with one atomic
-//! `apply_batch`, so a crash never leaves an event without its idempotency key (which would
-//! create a second event on resend). That is also much cheaper than a multi-tree sled
-//! transaction (measured 2–3x on the 2-core machine). Writers are serialized by a mutex held
-//! only for the duplicate lookups, id assignment, JSON writing and the `apply_batch`, never
-//! across an `.await`.
+//! Why batches: sled's cost is per key written, most of all at a random place in the tree. The
+//! previous layout wrote two keys per event (the event, and an index key at a random place) and
+//! the store took about half of the central's CPU under load; one key per batch, written at the
+//! end of the tree, removes most of it. Stores in the older layouts are converted at open
+//! ([`legacy`]).
+//!
+//! A batch is one sled insert, so it is atomic: a crash never leaves an event without its
+//! idempotency key (which would create a second event on resend). Writers are serialized by a
+//! mutex held for the duplicate checks, id assignment, JSON writing and the insert, never across
+//! an `.await`. A status change rewrites its event's batch (status changes are rare).
 //!
 //! What this module does NOT do: validate triggers (see [`crate::event`]) or authenticate.
 
-use std::collections::{HashMap, HashSet};
+mod batch;
+mod legacy;
+
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::event::{self, Status};
+use batch::{Entry, Ids};
 
 /// Why a store operation failed. Callers map these to "try again later" (503 / retryable).
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +51,7 @@ pub enum StoreError {
     /// A stored value could not be decoded; the data directory was altered or is corrupt.
     #[error("event store holds an unreadable event {id}: {reason}")]
     Corrupt {
-        /// The event id whose value is bad.
+        /// The event id (or batch) whose value is bad.
         id: String,
         /// The decoding error.
         reason: String,
@@ -93,7 +95,7 @@ pub enum StatusChange {
 /// Filters for listing events, as the REST `GET /api/xm/1/events` accepts them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Query {
-    /// Only events created for this agent request id (uses the `r` index).
+    /// Only events created for this agent request id (uses the request index).
     pub request_id: Option<String>,
     /// Only events in this status.
     pub status: Option<Status>,
@@ -123,8 +125,8 @@ pub struct Store {
 struct Inner {
     db: sled::Db,
     tree: sled::Tree,
-    /// Serializes read-check-write sequences (dedupe lookups + batch, status read + write) and
-    /// hands out event ids in the order their events are written.
+    /// Serializes read-check-write sequences (dedupe checks + insert, status read + write),
+    /// hands out event ids in the order their batches are written, and guards the index.
     writer: Mutex<Writer>,
     /// Bumped after every write; a write with generation g is durable once `flushed >= g`.
     written: AtomicU64,
@@ -133,23 +135,75 @@ struct Inner {
     flushed: tokio::sync::Mutex<u64>,
 }
 
-/// Hands out version 7 UUIDs (milliseconds since the epoch, then random bits), each greater
-/// than the one before and than every id in the store, even if the clock goes back.
 /// What the writer lock guards.
 struct Writer {
     ids: IdClock,
-    /// Digests of every idempotency key in the store. A key whose digest is absent is new, so
-    /// the usual case (not a resend) skips the sled lookup, a random read that cost as much as
-    /// the writes; a digest that is present is checked in sled (a resend, or a collision).
-    known: HashSet<u64>,
+    index: Index,
 }
 
-fn key_digest(key: &[u8]) -> u64 {
+/// The in-memory lookups, rebuilt from the batch heads at open.
+#[derive(Default)]
+struct Index {
+    /// Request id digest → the batches holding events of that request, oldest first.
+    by_request: HashMap<u64, Batches>,
+    /// Event id → batch key, for the events of [`Ids::Unordered`] batches only.
+    unordered: HashMap<u128, u128>,
+    /// Events in the store.
+    total: usize,
+}
+
+/// The batch keys of one request digest; almost always one, so that case needs no allocation.
+enum Batches {
+    One(u128),
+    Many(Vec<u128>),
+}
+
+impl Batches {
+    fn keys(&self) -> &[u128] {
+        match self {
+            Self::One(key) => std::slice::from_ref(key),
+            Self::Many(keys) => keys,
+        }
+    }
+}
+
+impl Index {
+    /// Record that batch `key` holds an event of the request with this digest. Batches are
+    /// added in key order, so repeating the last key is the only duplicate to skip.
+    fn add(&mut self, digest: u64, key: u128) {
+        match self.by_request.entry(digest) {
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Batches::One(key));
+            }
+            std::collections::hash_map::Entry::Occupied(mut slot) => {
+                let batches = slot.get_mut();
+                if batches.keys().last() == Some(&key) {
+                    return;
+                }
+                match batches {
+                    Batches::One(first) => *batches = Batches::Many(vec![*first, key]),
+                    Batches::Many(keys) => keys.push(key),
+                }
+            }
+        }
+    }
+
+    fn batches_of(&self, request_id: &str) -> Vec<u128> {
+        self.by_request
+            .get(&request_digest(request_id))
+            .map(|batches| batches.keys().to_vec())
+            .unwrap_or_default()
+    }
+}
+
+fn request_digest(request_id: &str) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
+    request_id.hash(&mut hasher);
     hasher.finish()
 }
 
+/// Hands out version 7 UUIDs (milliseconds since the epoch, then random bits), each greater
+/// than the one before and than every id in the store, even if the clock goes back.
 struct IdClock {
     last: u128,
 }
@@ -194,69 +248,34 @@ fn v7_successor(id: u128) -> u128 {
     (id & !RAND_A).wrapping_add(1 << 80)
 }
 
-/// Layout 1 only: `e` ‖ event id → sequence (see the module docs).
-const EVENT: u8 = b'e';
-const ORDER: u8 = b'o';
-const BY_REQUEST: u8 = b'r';
+const BATCH: u8 = b'b';
 
-fn push_text(key: &mut Vec<u8>, text: &str) {
-    // Lengths beyond u32 cannot arrive (frames are size-limited); saturate rather than panic.
-    let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-    key.extend_from_slice(&len.to_be_bytes());
-    key.extend_from_slice(text.as_bytes());
-}
-
-fn order_key(id: Uuid) -> [u8; 17] {
-    let mut key = [ORDER; 17];
-    key[1..].copy_from_slice(id.as_bytes());
+fn batch_key(first_id: u128) -> [u8; 17] {
+    let mut key = [BATCH; 17];
+    key[1..].copy_from_slice(&first_id.to_be_bytes());
     key
 }
 
-/// Layout 1: `e` ‖ event id.
-fn event_key(id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(1 + id.len());
-    key.push(EVENT);
-    key.extend_from_slice(id.as_bytes());
-    key
+fn key_of(sled_key: &[u8]) -> Result<u128, StoreError> {
+    sled_key
+        .get(1..)
+        .and_then(|id| <[u8; 16]>::try_from(id).ok())
+        .map(u128::from_be_bytes)
+        .ok_or_else(|| StoreError::Corrupt {
+            id: "(batch key)".to_owned(),
+            reason: format!("{} bytes long", sled_key.len()),
+        })
 }
 
-/// Layout 1: `o` ‖ sequence.
-fn sequence_order_key(sequence: [u8; 8]) -> [u8; 9] {
-    let mut key = [ORDER; 9];
-    key[1..].copy_from_slice(&sequence);
-    key
+fn decode_batch(key: u128, value: &[u8]) -> Result<batch::Batch<'_>, StoreError> {
+    batch::decode(value).map_err(|reason| StoreError::Corrupt {
+        id: format!("(batch {})", Uuid::from_u128(key)),
+        reason,
+    })
 }
 
-fn request_prefix(request_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(13 + request_id.len());
-    key.push(BY_REQUEST);
-    push_text(&mut key, request_id);
-    key
-}
-
-fn request_key(agent_id: &str, request_id: &str, index: u32) -> Vec<u8> {
-    let mut key = request_prefix(request_id);
-    push_text(&mut key, agent_id);
-    key.extend_from_slice(&index.to_be_bytes());
-    key
-}
-
-/// The `o` key and the event id an `r` value points to: 16 id bytes, or (layout 1) a sequence
-/// and the id's text.
-fn split_request_value(value: &[u8]) -> Result<(Vec<u8>, String), StoreError> {
-    if let Ok(bytes) = <[u8; 16]>::try_from(value) {
-        let id = Uuid::from_bytes(bytes);
-        return Ok((order_key(id).to_vec(), id.hyphenated().to_string()));
-    }
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        id: "(request index entry)".to_owned(),
-        reason: reason.to_owned(),
-    };
-    let (sequence, id) = value
-        .split_first_chunk::<8>()
-        .ok_or_else(|| corrupt("too short"))?;
-    let id = std::str::from_utf8(id).map_err(|_| corrupt("event id is not UTF-8"))?;
-    Ok((sequence_order_key(*sequence).to_vec(), id.to_owned()))
+fn id_text(id: u128) -> String {
+    Uuid::from_u128(id).hyphenated().to_string()
 }
 
 /// `id` as a UUID if it is spelled exactly as this store writes ids (lower-case, hyphenated),
@@ -274,26 +293,46 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
     })
 }
 
+/// A stored event found by id: its batch and its position there.
+struct Located {
+    key: u128,
+    value: sled::IVec,
+    position: usize,
+}
+
 impl Store {
-    /// Open (or create) the store in `dir`. Blocking: call it from a blocking context or at
-    /// start-up.
+    /// Open (or create) the store in `dir`, converting older layouts and rebuilding the index.
+    /// Blocking: call it from a blocking context or at start-up.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("events")?;
-        // New ids continue above the newest stored one (layout 1 keys are shorter and older).
-        let last = match tree.scan_prefix([ORDER]).keys().next_back().transpose()? {
-            Some(key) => key
-                .get(1..)
-                .and_then(|id| <[u8; 16]>::try_from(id).ok())
-                .map_or(0, u128::from_be_bytes),
-            None => 0,
-        };
-        let mut known = HashSet::new();
-        for key in tree.scan_prefix([BY_REQUEST]).keys() {
-            known.insert(key_digest(&key?));
+        let converted = legacy::convert(&tree)?;
+        if converted > 0 {
+            db.flush()?;
+            tracing::info!(
+                events = converted,
+                "converted events from an older store layout"
+            );
+        }
+        let mut index = Index::default();
+        let mut last = 0;
+        for item in tree.scan_prefix([BATCH]) {
+            let (sled_key, value) = item?;
+            let key = key_of(&sled_key)?;
+            let batch = decode_batch(key, &value)?;
+            for entry in &batch.entries {
+                index.add(request_digest(entry.request_id), key);
+                match batch.ids {
+                    Ids::Ordered => last = last.max(entry.id),
+                    Ids::Unordered => {
+                        index.unordered.insert(entry.id, key);
+                    }
+                }
+            }
+            index.total += batch.entries.len();
         }
         Ok(Self {
             inner: Arc::new(Inner {
@@ -301,7 +340,7 @@ impl Store {
                 db,
                 writer: Mutex::new(Writer {
                     ids: IdClock { last },
-                    known,
+                    index,
                 }),
                 written: AtomicU64::new(0),
                 flushed: tokio::sync::Mutex::new(0),
@@ -310,11 +349,40 @@ impl Store {
     }
 
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
-        // A panic in another writer leaves the clock consistent (`last` is set in one step).
+        // A panic in another writer leaves the clock consistent (`last` is set in one step) and
+        // the index at worst missing the batch that was being written.
         self.inner
             .writer
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The id of the stored event for (agent, request, index), if there is one.
+    fn existing(
+        &self,
+        index: &Index,
+        agent_id: &str,
+        request_id: &str,
+        position: u32,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(batches) = index.by_request.get(&request_digest(request_id)) else {
+            return Ok(None);
+        };
+        for &key in batches.keys() {
+            let Some(value) = self.inner.tree.get(batch_key(key))? else {
+                continue;
+            };
+            let batch = decode_batch(key, &value)?;
+            let found = batch.entries.iter().find(|entry| {
+                entry.index == position
+                    && entry.request_id == request_id
+                    && entry.agent_id == agent_id
+            });
+            if let Some(entry) = found {
+                return Ok(Some(id_text(entry.id)));
+            }
+        }
+        Ok(None)
     }
 
     /// Write `batch` for `agent_id` atomically, skipping entries whose (agent, requestId,
@@ -326,48 +394,50 @@ impl Store {
         agent_id: &str,
         batch: &[impl NewEvent],
     ) -> Result<Vec<Written>, StoreError> {
-        let tree = &self.inner.tree;
         let mut results = Vec::with_capacity(batch.len());
-        let mut writes = sled::Batch::default();
-        let mut in_batch: HashMap<Vec<u8>, String> = HashMap::new();
+        let mut encoder = batch::Encoder::default();
+        let mut in_batch: HashMap<(&str, u32), String> = HashMap::new();
+        let mut first = None;
         let mut writer = self.lock_writer();
-        let mut new_digests = Vec::new();
         for entry in batch {
-            let key = request_key(agent_id, entry.request_id(), entry.index());
-            if let Some(event_id) = in_batch.get(&key) {
+            let (request_id, position) = (entry.request_id(), entry.index());
+            let known = match in_batch.get(&(request_id, position)) {
+                Some(event_id) => Some(event_id.clone()),
+                None => self.existing(&writer.index, agent_id, request_id, position)?,
+            };
+            if let Some(event_id) = known {
                 results.push(Written {
-                    event_id: event_id.clone(),
+                    event_id,
                     duplicate: true,
                 });
                 continue;
             }
-            let digest = key_digest(&key);
-            if writer.known.contains(&digest) {
-                if let Some(existing) = tree.get(&key)? {
-                    let (_, event_id) = split_request_value(&existing)?;
-                    results.push(Written {
-                        event_id,
-                        duplicate: true,
-                    });
-                    continue;
-                }
-            }
-            new_digests.push(digest);
-            let id = writer.ids.next();
-            let event_id = id.hyphenated().to_string();
-            writes.insert(&order_key(id)[..], entry.to_json(&event_id));
-            writes.insert(key.clone(), &id.as_bytes()[..]);
-            in_batch.insert(key, event_id.clone());
+            let id = writer.ids.next().as_u128();
+            let event_id = id_text(id);
+            first.get_or_insert(id);
+            encoder.push(&Entry {
+                id,
+                index: position,
+                agent_id,
+                request_id,
+                json: &entry.to_json(&event_id),
+            });
+            in_batch.insert((request_id, position), event_id.clone());
             results.push(Written {
                 event_id,
                 duplicate: false,
             });
         }
-        if !in_batch.is_empty() {
-            tree.apply_batch(writes)?;
-            // Only after the batch is in: a failed batch must not make its keys look known
-            // (harmless, but it would cost lookups for nothing).
-            writer.known.extend(new_digests);
+        if let Some(key) = first {
+            let count = encoder.len() as usize;
+            self.inner
+                .tree
+                .insert(batch_key(key), encoder.finish(Ids::Ordered))?;
+            // Only after the insert: a failed write must not make its requests look known.
+            for (request_id, _) in in_batch.keys() {
+                writer.index.add(request_digest(request_id), key);
+            }
+            writer.index.total += count;
         }
         self.inner.written.fetch_add(1, Ordering::SeqCst);
         Ok(results)
@@ -392,41 +462,66 @@ impl Store {
         Ok(())
     }
 
-    /// The `o` key and stored JSON of event `id`, in either layout.
-    fn locate(&self, id: &str) -> Result<Option<(Vec<u8>, sled::IVec)>, StoreError> {
-        let tree = &self.inner.tree;
-        if let Some(uuid) = parse_id(id) {
-            let key = order_key(uuid);
-            if let Some(json) = tree.get(key)? {
-                return Ok(Some((key.to_vec(), json)));
-            }
-        }
-        let Some(sequence) = tree.get(event_key(id))? else {
+    /// The batch and position of event `id`: from the unordered map, or in the last batch
+    /// whose key is at or below the id.
+    fn locate(&self, index: &Index, id: &str) -> Result<Option<Located>, StoreError> {
+        let Some(id) = parse_id(id).map(|uuid| uuid.as_u128()) else {
             return Ok(None);
         };
-        let sequence = <[u8; 8]>::try_from(sequence.as_ref()).map_err(|_| StoreError::Corrupt {
-            id: id.to_owned(),
-            reason: "id entry is not an 8-byte sequence".to_owned(),
-        })?;
-        let key = sequence_order_key(sequence);
-        Ok(tree.get(key)?.map(|json| (key.to_vec(), json)))
+        let found = match index.unordered.get(&id) {
+            Some(&key) => self
+                .inner
+                .tree
+                .get(batch_key(key))?
+                .map(|value| (key, value)),
+            None => match self
+                .inner
+                .tree
+                .range(batch_key(0)..=batch_key(id))
+                .next_back()
+            {
+                Some(item) => {
+                    let (sled_key, value) = item?;
+                    Some((key_of(&sled_key)?, value))
+                }
+                None => None,
+            },
+        };
+        let Some((key, value)) = found else {
+            return Ok(None);
+        };
+        let position = decode_batch(key, &value)?
+            .entries
+            .iter()
+            .position(|entry| entry.id == id);
+        Ok(position.map(|position| Located {
+            key,
+            value,
+            position,
+        }))
     }
 
     /// The event with this id.
     pub fn get(&self, id: &str) -> Result<Option<Value>, StoreError> {
-        match self.locate(id)? {
-            Some((_, json)) => Ok(Some(decode(id, &json)?)),
-            None => Ok(None),
-        }
+        let located = {
+            let writer = self.lock_writer();
+            self.locate(&writer.index, id)?
+        };
+        let Some(located) = located else {
+            return Ok(None);
+        };
+        let batch = decode_batch(located.key, &located.value)?;
+        Ok(Some(decode(id, batch.entries[located.position].json)?))
     }
 
     /// Change the status of event `id`. Not durable until [`Store::wait_durable`] returns.
     pub fn set_status(&self, id: &str, status: Status) -> Result<StatusChange, StoreError> {
-        let _writer = self.lock_writer();
-        let Some((key, json)) = self.locate(id)? else {
+        let writer = self.lock_writer();
+        let Some(located) = self.locate(&writer.index, id)? else {
             return Ok(StatusChange::NotFound);
         };
-        let mut event = decode(id, &json)?;
+        let batch = decode_batch(located.key, &located.value)?;
+        let mut event = decode(id, batch.entries[located.position].json)?;
         let current = event
             .get("status")
             .and_then(Value::as_str)
@@ -442,30 +537,30 @@ impl Store {
                 id: id.to_owned(),
                 reason: error.to_string(),
             })?;
-            self.inner.tree.insert(key, encoded)?;
+            let value = batch::replace_json(&batch, located.position, &encoded);
+            self.inner.tree.insert(batch_key(located.key), value)?;
             self.inner.written.fetch_add(1, Ordering::SeqCst);
         }
         Ok(StatusChange::Changed(event))
     }
 
-    /// List events matching `query`, oldest first (by request: in agent and index order). With a
-    /// `request_id` only that request's index range is read; other filters are applied while
-    /// scanning. Blocking (sled reads).
+    /// List events matching `query`, oldest first. With a `request_id` only the batches of
+    /// that request are read; other filters are applied while scanning. Blocking (sled reads).
     pub fn query(&self, query: &Query) -> Result<Page, StoreError> {
         let mut page = Page {
             total: 0,
             events: Vec::new(),
         };
         // Without a filter on the content, events outside the page are only counted, not
-        // decoded, so paging through a large store stays linear.
+        // decoded, and the total comes from the index, so paging stays cheap.
         let filtered = query.status.is_some() || query.property.is_some();
-        let mut consider = |id: &str, json: &[u8]| -> Result<(), StoreError> {
+        let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
             let on_page = page.total >= query.offset && page.events.len() < query.limit;
             if !filtered && !on_page {
                 page.total += 1;
                 return Ok(());
             }
-            let event = decode(id, json)?;
+            let event = decode(&id_text(entry.id), entry.json)?;
             if let Some(status) = query.status {
                 if event.get("status").and_then(Value::as_str) != Some(status.as_str()) {
                     return Ok(());
@@ -482,26 +577,35 @@ impl Store {
             page.total += 1;
             Ok(())
         };
-        match &query.request_id {
-            Some(request_id) => {
-                for entry in self
-                    .inner
-                    .tree
-                    .scan_prefix(request_prefix(request_id))
-                    .values()
-                {
-                    let (key, id) = split_request_value(&entry?)?;
-                    // Written in the same batch as the index entry; a miss means the data
-                    // directory was edited by hand. Skip rather than fail the whole listing.
-                    if let Some(json) = self.inner.tree.get(key)? {
-                        consider(&id, &json)?;
+        if let Some(request_id) = &query.request_id {
+            let keys = self.lock_writer().index.batches_of(request_id);
+            for key in keys {
+                let Some(value) = self.inner.tree.get(batch_key(key))? else {
+                    continue;
+                };
+                for entry in decode_batch(key, &value)?.entries {
+                    if entry.request_id == request_id {
+                        consider(&entry, &mut page)?;
                     }
                 }
             }
-            None => {
-                for entry in self.inner.tree.scan_prefix([ORDER]) {
-                    consider("(scan)", &entry?.1)?;
+            return Ok(page);
+        }
+        for item in self.inner.tree.scan_prefix([BATCH]) {
+            let (sled_key, value) = item?;
+            if !filtered {
+                if page.events.len() == query.limit {
+                    page.total = page.total.max(self.lock_writer().index.total);
+                    break;
                 }
+                let count = batch::count(&value).unwrap_or(0) as usize;
+                if page.total + count <= query.offset {
+                    page.total += count;
+                    continue;
+                }
+            }
+            for entry in decode_batch(key_of(&sled_key)?, &value)?.entries {
+                consider(&entry, &mut page)?;
             }
         }
         Ok(page)
@@ -567,14 +671,7 @@ mod tests {
     /// Open the store again after the previous handle was dropped. sled's I/O threads may hold
     /// the database (and its file lock) a moment longer after a flush completed, so retry briefly.
     fn reopen(dir: &Path) -> Store {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            match Store::open(dir) {
-                Ok(store) => return store,
-                Err(error) if std::time::Instant::now() > deadline => panic!("reopen: {error}"),
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
+        reopen_result(dir).unwrap_or_else(|error| panic!("reopen: {error}"))
     }
 
     fn runtime() -> tokio::runtime::Runtime {
@@ -840,10 +937,18 @@ mod tests {
             let (a, b) = (&written[0].event_id, &written[1].event_id);
             assert!(a < b, "{a} {b}");
             // An event stored "in the future" (the clock went back since): later ids go above.
+            let mut encoder = batch::Encoder::default();
+            encoder.push(&Entry {
+                id: future.as_u128(),
+                index: 0,
+                agent_id: "a",
+                request_id: "future",
+                json: b"{\"id\":\"future\"}",
+            });
             store
                 .inner
                 .tree
-                .insert(order_key(future), b"{\"id\":\"future\"}".as_slice())
+                .insert(batch_key(future.as_u128()), encoder.finish(Ids::Ordered))
                 .expect("insert");
             runtime().block_on(store.wait_durable()).expect("flush");
             written[0].event_id.clone()
@@ -875,38 +980,19 @@ mod tests {
         assert_eq!(store.get(&format!("{{{first}}}")).expect("get"), None);
     }
 
-    /// Write events the way the previous layout did (`o` ‖ sequence, `e` ‖ id, `r` → sequence ‖
-    /// id text), as a store written by an older central holds them.
-    fn write_old_layout(tree: &sled::Tree, events: &[(&str, &str, u32, u64)]) {
-        for (id, request_id, index, sequence) in events {
-            let sequence = sequence.to_be_bytes();
-            let json = json!({"id": id, "eventId": id, "status": "ACTIVE", "requestId": request_id,
-                "properties": {"old": true}});
-            tree.insert(
-                sequence_order_key(sequence),
-                serde_json::to_vec(&json).expect("json"),
-            )
-            .expect("o");
-            tree.insert(event_key(id), &sequence[..]).expect("e");
-            let mut value = sequence.to_vec();
-            value.extend_from_slice(id.as_bytes());
-            tree.insert(request_key("agent-01", request_id, *index), value)
-                .expect("r");
-        }
-    }
-
     #[test]
-    fn stores_written_with_the_previous_layout_are_still_read() {
+    fn stores_written_with_the_first_layout_are_converted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
         let old_b = "5d1e3f5a-7b9c-4d1e-8f2a-4b6c8d0e2f4a";
         {
             let db = sled::open(dir.path()).expect("sled");
             let tree = db.open_tree("events").expect("tree");
-            write_old_layout(&tree, &[(old_a, "req-old", 0, 0), (old_b, "req-old", 1, 1)]);
+            legacy::write::layout_1(&tree, &[(old_a, "req-old", 0, 0), (old_b, "req-old", 1, 1)]);
             db.flush().expect("flush");
         }
         let store = Store::open(dir.path()).expect("open");
+        assert_eq!(key_prefixes(&store), [BATCH], "old keys are gone");
         assert_eq!(
             store.get(old_a).expect("get").expect("found")["properties"]["old"],
             true
@@ -970,5 +1056,273 @@ mod tests {
             store.get(&written[1].event_id).expect("get").expect("new")["id"],
             written[1].event_id.as_str()
         );
+    }
+
+    fn key_prefixes(store: &Store) -> Vec<u8> {
+        let mut prefixes: Vec<u8> = store
+            .inner
+            .tree
+            .iter()
+            .keys()
+            .map(|key| key.expect("key")[0])
+            .collect();
+        prefixes.dedup();
+        prefixes
+    }
+
+    fn ids_of(page: &Page) -> Vec<String> {
+        page.events
+            .iter()
+            .filter_map(|e| e["id"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    fn all(store: &Store) -> Page {
+        store
+            .query(&Query {
+                limit: 10_000,
+                ..Query::default()
+            })
+            .expect("query")
+    }
+
+    #[test]
+    fn stores_written_with_the_second_layout_are_converted_in_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut clock = IdClock { last: 0 };
+        // More events than one conversion chunk, after two first-layout ones; one without an
+        // index entry (edited by hand), which still lists and never matches a resend.
+        let ids: Vec<Uuid> = (0..300).map(|_| clock.next()).collect();
+        let events: Vec<(Uuid, &str, Option<u32>)> = ids
+            .iter()
+            .enumerate()
+            .map(|(n, id)| (*id, "req-2", (n != 7).then_some(n as u32)))
+            .collect();
+        let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
+        {
+            let db = sled::open(dir.path()).expect("sled");
+            let tree = db.open_tree("events").expect("tree");
+            legacy::write::layout_1(&tree, &[(old_a, "req-1", 0, 5)]);
+            legacy::write::layout_2(&tree, &events);
+            db.flush().expect("flush");
+        }
+        let store = Store::open(dir.path()).expect("open");
+        assert_eq!(key_prefixes(&store), [BATCH]);
+        let listed = all(&store);
+        assert_eq!(listed.total, 301);
+        let mut expected = vec![old_a.to_owned()];
+        expected.extend(ids.iter().map(Uuid::to_string));
+        assert_eq!(ids_of(&listed), expected, "creation order kept");
+        for id in [&ids[0], &ids[255], &ids[256], &ids[299]] {
+            let event = store.get(&id.to_string()).expect("get").expect("found");
+            assert_eq!(event["properties"]["layout"], 2);
+        }
+        let resend = store
+            .create_batch(
+                "agent-01",
+                &[
+                    new_event("req-2", 256, json!({})),
+                    new_event("req-2", 7, json!({})),
+                ],
+            )
+            .expect("write");
+        assert_eq!(
+            resend[0],
+            Written {
+                event_id: ids[256].to_string(),
+                duplicate: true
+            }
+        );
+        assert!(!resend[1].duplicate, "the unindexed event has no key");
+        assert!(
+            resend[1].event_id > ids[299].to_string(),
+            "new ids go above"
+        );
+        let by_request = store
+            .query(&Query {
+                request_id: Some("req-2".into()),
+                limit: 1000,
+                ..Query::default()
+            })
+            .expect("query");
+        // 300 converted (the unindexed one by its JSON requestId) and the new one.
+        assert_eq!(by_request.total, 301);
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(all(&store).total, 302);
+    }
+
+    #[test]
+    fn a_corrupt_batch_is_reported_not_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store
+                .create_batch("a", &[new_event("r", 0, json!({}))])
+                .expect("write");
+            let (key, value) = store.inner.tree.first().expect("read").expect("batch");
+            store
+                .inner
+                .tree
+                .insert(key, &value[..value.len() - 1])
+                .expect("cut");
+            runtime().block_on(store.wait_durable()).expect("flush");
+        }
+        let error = match reopen_result(dir.path()) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("a cut batch must not open"),
+        };
+        assert!(error.contains("unreadable event (batch"), "{error}");
+    }
+
+    /// [`reopen`], for a store that may rightly fail to open.
+    fn reopen_result(dir: &Path) -> Result<Store, StoreError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Err(StoreError::Sled(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[test]
+    fn paging_without_filters_skips_whole_batches_and_counts_all() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut written = Vec::new();
+        for request in 0..10 {
+            let batch: Vec<TestEvent> = (0..3)
+                .map(|index| new_event(&format!("r-{request}"), index, json!({})))
+                .collect();
+            written.extend(store.create_batch("a", &batch).expect("write"));
+        }
+        for offset in [0, 2, 3, 4, 28, 29, 30, 31] {
+            let page = store
+                .query(&Query {
+                    offset,
+                    limit: 4,
+                    ..Query::default()
+                })
+                .expect("query");
+            assert_eq!(page.total, 30, "offset {offset}");
+            let expected: Vec<String> = written
+                .iter()
+                .skip(offset)
+                .take(4)
+                .map(|w| w.event_id.clone())
+                .collect();
+            assert_eq!(ids_of(&page), expected, "offset {offset}");
+        }
+    }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// Events (agent, request, index) in one batch.
+            Create(Vec<(u8, u8, u32)>),
+            SetStatus(usize, bool),
+            Reopen,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => proptest::collection::vec((0..2u8, 0..5u8, 0..3u32), 1..6).prop_map(Op::Create),
+                2 => (any::<usize>(), any::<bool>()).prop_map(|(n, t)| Op::SetStatus(n, t)),
+                1 => Just(Op::Reopen),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(24))]
+            /// Whatever the mix of new events, resends, status changes and restarts: one event
+            /// per (agent, request, index), the first id answered to every resend, every event
+            /// found by id and by request in creation order, and statuses kept.
+            #[test]
+            fn the_store_behaves_like_a_map_of_keys_to_events(
+                ops in proptest::collection::vec(op(), 1..30),
+            ) {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut store = Store::open(dir.path()).expect("open");
+                // (agent, request, index) → (event id, status), in creation order.
+                let mut model: Vec<((u8, u8, u32), String, &str)> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Create(events) => {
+                            for agent in 0..2u8 {
+                                let batch: Vec<TestEvent> = events
+                                    .iter()
+                                    .filter(|(a, _, _)| *a == agent)
+                                    .map(|&(_, r, i)| new_event(&format!("r-{r}"), i, json!({})))
+                                    .collect();
+                                let keys: Vec<(u8, u8, u32)> =
+                                    events.iter().copied().filter(|(a, _, _)| *a == agent).collect();
+                                if batch.is_empty() {
+                                    continue;
+                                }
+                                let written = store
+                                    .create_batch(&format!("agent-{agent}"), &batch)
+                                    .expect("write");
+                                for (key, written) in keys.into_iter().zip(written) {
+                                    match model.iter().find(|(k, _, _)| *k == key) {
+                                        Some((_, id, _)) => {
+                                            prop_assert!(written.duplicate);
+                                            prop_assert_eq!(&written.event_id, id);
+                                        }
+                                        None => {
+                                            prop_assert!(!written.duplicate);
+                                            model.push((key, written.event_id, "ACTIVE"));
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        Op::SetStatus(n, terminate) if !model.is_empty() => {
+                            let slot = n % model.len();
+                            let status = if terminate { Status::Terminated } else { Status::Suspended };
+                            let change = store.set_status(&model[slot].1, status).expect("set");
+                            if model[slot].2 == "TERMINATED" && !terminate {
+                                prop_assert!(matches!(change, StatusChange::Terminated(_)));
+                            } else {
+                                prop_assert!(matches!(change, StatusChange::Changed(_)));
+                                model[slot].2 = status.as_str();
+                            }
+                        }
+                        Op::SetStatus(..) => {}
+                        Op::Reopen => {
+                            runtime().block_on(store.wait_durable()).expect("flush");
+                            drop(store);
+                            store = reopen(dir.path());
+                        }
+                    }
+                }
+                let listed = all(&store);
+                prop_assert_eq!(listed.total, model.len());
+                let model_ids: Vec<String> = model.iter().map(|(_, id, _)| id.clone()).collect();
+                prop_assert_eq!(ids_of(&listed), model_ids);
+                for ((_, request, _), id, status) in &model {
+                    let event = store.get(id).expect("get").expect("found");
+                    prop_assert_eq!(event["status"].as_str(), Some(*status));
+                    let by_request = store
+                        .query(&Query {
+                            request_id: Some(format!("r-{request}")),
+                            limit: 1000,
+                            ..Query::default()
+                        })
+                        .expect("query");
+                    let expected: Vec<String> = model
+                        .iter()
+                        .filter(|((_, r, _), _, _)| r == request)
+                        .map(|(_, id, _)| id.clone())
+                        .collect();
+                    prop_assert_eq!(ids_of(&by_request), expected);
+                }
+            }
+        }
     }
 }
