@@ -239,16 +239,25 @@ async fn trigger(
         Action::Transform | Action::RunScript => None,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let inbound = InboundRequest {
-        request_id: request_id.clone(),
-        integration_id: id.clone(),
-        method: parts.method.to_string(),
-        headers: redacted_headers(&parts.headers),
-        query: query_without_api_key(query),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        principal: principal_record(&principal),
-        remote_address: peer.ip().to_string(),
-        received_at: central::http_util::now_rfc3339(),
+    let received_at = central::http_util::now_rfc3339();
+    let bytes = body.len();
+    // What scripts and the activity stream see of the request. Built on demand: the activity
+    // entry of a create_event request is rendered only if it is among the newest ones kept,
+    // which under load is a small share of them.
+    let inbound = {
+        let (request_id, integration_id) = (request_id.clone(), id.clone());
+        let (received_at, principal) = (received_at.clone(), principal_record(&principal));
+        move || InboundRequest {
+            request_id,
+            integration_id,
+            method: parts.method.to_string(),
+            headers: redacted_headers(&parts.headers),
+            query: query_without_api_key(parts.uri.query().unwrap_or("")),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            principal,
+            remote_address: peer.ip().to_string(),
+            received_at,
+        }
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
     async move {
@@ -257,30 +266,37 @@ async fn trigger(
             // before the 202 (one sled write on the durable path instead of inbox → worker → outbox).
             let started = std::time::Instant::now();
             let activity =
-                |request| crate::worker::activity(&request, "QUEUED", json!({"events": 1}));
+                move || crate::worker::activity(&inbound(), "QUEUED", json!({"events": 1}));
             let accepted = shared
                 .store
-                .accept_event(inbound, integration.form.as_deref(), &trigger, activity)
+                .accept_event(
+                    &request_id,
+                    &id,
+                    &received_at,
+                    integration.form.as_deref(),
+                    &trigger,
+                    activity,
+                )
                 .await;
             return match accepted {
                 Ok(_) => {
                     shared.metrics.count_processed(false, started.elapsed());
-                    tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
+                    tracing::debug!(user = %principal.user, bytes, "accepted");
                     accepted_response(&request_id)
                 }
                 Err(error) => store_failure(error),
             };
         }
-        let Some(backlog) = shared.reserve_backlog(body.len()).await else {
+        let Some(backlog) = shared.reserve_backlog(bytes).await else {
             return busy();
         };
-        match shared.store.accept(inbound).await {
+        match shared.store.accept(inbound()).await {
             Ok(accepted) => {
                 shared.enqueue(Job {
                     accepted,
                     backlog: Some(backlog),
                 });
-                tracing::debug!(user = %principal.user, bytes = body.len(), "accepted");
+                tracing::debug!(user = %principal.user, bytes, "accepted");
                 accepted_response(&request_id)
             }
             Err(error) => store_failure(error),

@@ -10,7 +10,7 @@
 //! relay        ──▶ sees only outbox entries a flush covered; ack: requests record (event id,
 //!                  DELIVERED when all are acked), outbox entry done; final reject:
 //!                  dead_letters +1, requests=FAILED, outbox entry done
-//! activity     ──▶ buffered in memory, written to `activity` every 250 ms, pruned by count
+//! activity     ──▶ buffered in memory, written to `activity` every second, pruned by count
 //! ```
 //!
 //! The inbox and the outbox are `GroupedLog`s: the entries one group commit covers are one
@@ -743,24 +743,26 @@ impl Store {
     }
 
     /// The `create_event` fast path: durably store the request's one event straight in the outbox
-    /// (no inbox entry, no worker) and record its activity entry, which `activity` renders from
-    /// the request only when it is written or listed. Returns the outbox seq once the group commit
+    /// (no inbox entry, no worker) and record its activity entry, which `activity` renders only
+    /// when it is written or listed (most entries of a burst never are). Returns the outbox seq once the group commit
     /// covering the write finished; on failure nothing is kept and the error is returned (503).
     /// The status record is written when the central answers; until then the in-memory index
     /// answers QUEUED. `trigger` is JSON text.
     pub async fn accept_event(
         &self,
-        request: InboundRequest,
+        request_id: &str,
+        integration_id: &str,
+        received_at: &str,
         form: Option<&str>,
         trigger: &str,
-        activity: impl FnOnce(InboundRequest) -> serde_json::Value + Send + 'static,
+        activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
         let meta = OutboxMeta {
-            request_id: request.request_id.clone(),
-            integration_id: request.integration_id.clone(),
+            request_id: request_id.to_owned(),
+            integration_id: integration_id.to_owned(),
             index: 0,
-            received_at: request.received_at.clone(),
+            received_at: received_at.to_owned(),
             record_at_ack: true,
         };
         let value = outbox_value_head(&meta, form, trigger)?;
@@ -793,8 +795,10 @@ impl Store {
             }
             return Err(error);
         }
-        let render = Box::new(move || activity(request));
-        self.record_activity(&meta.integration_id, BufferedActivity::Pending(render));
+        self.record_activity(
+            &meta.integration_id,
+            BufferedActivity::Pending(Box::new(activity)),
+        );
         Ok(seq)
     }
 
@@ -1440,7 +1444,7 @@ async fn flusher(commit: Arc<GroupCommit>) {
 }
 
 /// How often buffered activity entries are written to sled.
-const ACTIVITY_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+const ACTIVITY_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Writes buffered activity entries every [`ACTIVITY_WRITE_INTERVAL`] until the store is dropped.
 async fn activity_writer(inner: std::sync::Weak<Inner>) {
@@ -1561,10 +1565,12 @@ mod tests {
         let trigger = json!({"properties": {"n": 7}});
         let seq = store
             .accept_event(
-                request(7),
+                &request(7).request_id,
+                "int",
+                "2024-01-01T00:00:00Z",
                 Some("Form"),
                 &trigger.to_string(),
-                |request| json!({"n": 7, "id": request.request_id}),
+                move || json!({"n": 7, "id": request(7).request_id}),
             )
             .await
             .unwrap();
@@ -1621,7 +1627,9 @@ mod tests {
                     tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await;
                     let trigger = json!({"properties": {"n": n}}).to_string();
                     store
-                        .accept_event(request(n), None, &trigger, |_| json!({}))
+                        .accept_event(&request(n).request_id, "int", "", None, &trigger, || {
+                            json!({})
+                        })
                         .await
                 })
             })
@@ -1651,7 +1659,9 @@ mod tests {
         for n in 0..count as u64 {
             let trigger = json!({"properties": {"n": n, "filler": filler}}).to_string();
             let seq = store
-                .accept_event(request(n), None, &trigger, |_| json!({}))
+                .accept_event(&request(n).request_id, "int", "", None, &trigger, || {
+                    json!({})
+                })
                 .await
                 .unwrap();
             seqs.push(seq);

@@ -38,7 +38,14 @@ pub fn trigger_from_body(body: &[u8]) -> Result<String, String> {
     match shape {
         ("an object", Some("an object")) => Ok(text.trim().to_owned()),
         ("an object", Some(_)) => Err("\"properties\" must be a JSON object".into()),
-        ("an object", None) => Ok(format!("{{\"properties\":{}}}", text.trim())),
+        ("an object", None) => {
+            let body = text.trim();
+            let mut trigger = String::with_capacity(body.len() + 15);
+            trigger.push_str("{\"properties\":");
+            trigger.push_str(body);
+            trigger.push('}');
+            Ok(trigger)
+        }
         (kind, _) => Err(format!("the body must be a JSON object, not {kind}")),
     }
 }
