@@ -17,7 +17,8 @@
 //! Why batches: sled's cost is per key written, most of all at a random place in the tree. The
 //! previous layout wrote two keys per event (the event, and an index key at a random place) and
 //! the store took about half of the central's CPU under load; one key per batch, written at the
-//! end of the tree, removes most of it. Stores in the older layouts are converted at open
+//! end of the tree, removes most of it (`create_batch` of 1.3 KB events in batches of 64:
+//! 21–28 µs → 4.3 µs per event on the 2-core machine, `ws::tests::ingest_costs`). Stores in the older layouts are converted at open
 //! ([`legacy`]).
 //!
 //! A batch is one sled insert, so it is atomic: a crash never leaves an event without its
