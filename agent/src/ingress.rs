@@ -241,19 +241,19 @@ async fn trigger(
     let request_id = uuid::Uuid::new_v4().to_string();
     let received_at = central::http_util::now_rfc3339();
     let bytes = body.len();
-    // What scripts and the activity stream see of the request. Built on demand: the activity
-    // entry of a create_event request is rendered only if it is among the newest ones kept,
-    // which under load is a small share of them.
+    // What scripts and the activity stream see of the request, given the body (or the part of
+    // it that will be shown). Built on demand: the activity entry of a create_event request is
+    // rendered only if it is among the newest ones kept, which under load is a small share.
     let inbound = {
         let (request_id, integration_id) = (request_id.clone(), id.clone());
         let (received_at, principal) = (received_at.clone(), principal_record(&principal));
-        move || InboundRequest {
+        move |body: &[u8]| InboundRequest {
             request_id,
             integration_id,
             method: parts.method.to_string(),
             headers: redacted_headers(&parts.headers),
             query: query_without_api_key(parts.uri.query().unwrap_or("")),
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body: String::from_utf8_lossy(body).into_owned(),
             principal,
             remote_address: peer.ip().to_string(),
             received_at,
@@ -265,8 +265,11 @@ async fn trigger(
             // create_event needs no worker: its one event goes straight to the outbox, durably,
             // before the 202 (one sled write on the durable path instead of inbox → worker → outbox).
             let started = std::time::Instant::now();
+            // Only what the entry can show is kept (one byte more, so it still knows it was
+            // cut): up to `activity_per_integration` entries wait in memory.
+            let shown = body[..bytes.min(crate::worker::ACTIVITY_BODY_BYTES + 1)].to_vec();
             let activity =
-                move || crate::worker::activity(&inbound(), "QUEUED", json!({"events": 1}));
+                move || crate::worker::activity(&inbound(&shown), "QUEUED", json!({"events": 1}));
             let accepted = shared
                 .store
                 .accept_event(
@@ -290,7 +293,7 @@ async fn trigger(
         let Some(backlog) = shared.reserve_backlog(bytes).await else {
             return busy();
         };
-        match shared.store.accept(inbound()).await {
+        match shared.store.accept(inbound(&body)).await {
             Ok(accepted) => {
                 shared.enqueue(Job {
                     accepted,

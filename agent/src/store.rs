@@ -744,8 +744,9 @@ impl Store {
 
     /// The `create_event` fast path: durably store the request's one event straight in the outbox
     /// (no inbox entry, no worker) and record its activity entry, which `activity` renders only
-    /// when it is written or listed (most entries of a burst never are). Returns the outbox seq once the group commit
-    /// covering the write finished; on failure nothing is kept and the error is returned (503).
+    /// when it is written or listed (most entries of a burst never are). Returns the outbox seq
+    /// once the group commit covering the write finished; on failure nothing is kept and the
+    /// error is returned (503).
     /// The status record is written when the central answers; until then the in-memory index
     /// answers QUEUED. `trigger` is JSON text.
     pub async fn accept_event(

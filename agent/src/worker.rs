@@ -21,7 +21,7 @@ use crate::daemon::Shared;
 use crate::store::{Accepted, InboundRequest, Processed};
 
 /// Most request bytes copied into an activity-stream entry.
-const ACTIVITY_BODY_BYTES: usize = 4096;
+pub(crate) const ACTIVITY_BODY_BYTES: usize = 4096;
 
 /// Interpret a `create_event` body: an object with `properties` is the trigger itself; any other
 /// object becomes the trigger's `properties`. Anything else is refused with the reason.

@@ -16,6 +16,13 @@ async fn delivered_event(central: std::net::SocketAddr, request_id: &str) -> Val
     .await
 }
 
+/// A central and an agent with the standard integrations, their data under `dir`.
+fn standard_pair(dir: &std::path::Path) -> (Node, Node) {
+    let central = start_central(dir, 0);
+    let agent = start_agent(&agent_config(dir, central.addr.port(), STANDARD_AGENT));
+    (central, agent)
+}
+
 fn request_id(answer: &Answer) -> String {
     assert_eq!(
         answer.status,
@@ -33,12 +40,7 @@ fn request_id(answer: &Answer) -> String {
 #[tokio::test(flavor = "multi_thread")]
 async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
     let dir = tempfile::tempdir().unwrap();
-    let central = start_central(dir.path(), 0);
-    let agent = start_agent(&agent_config(
-        dir.path(),
-        central.addr.port(),
-        STANDARD_AGENT,
-    ));
+    let (central, agent) = standard_pair(dir.path());
 
     let body = r#"{"properties": {"summary": "Disk full", "host": "db1"}, "priority": "high", "recipients": [{"targetName": "ops"}]}"#;
     let answer = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], body).await;
@@ -165,6 +167,54 @@ async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
     );
 }
 
+/// A create_event activity entry keeps the first 4 KiB of the body and says when it was cut,
+/// also when the cut falls inside a multi-byte character; a short body is shown whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn activity_entries_show_the_head_of_a_long_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_central, agent) = standard_pair(dir.path());
+    // "é" is two bytes; after the 15-byte prefix the 4096-byte cut splits one.
+    let long = format!("{{\"summary\":\"{}\"}}", "é".repeat(3000));
+    let short = r#"{"summary":"short"}"#;
+    let long_id = request_id(&trigger(agent.addr, "any", "?apiKey=url-key-any", &[], &long).await);
+    let short_id = request_id(&trigger(agent.addr, "any", "?apiKey=url-key-any", &[], short).await);
+    let logs = http(
+        agent.addr,
+        "GET",
+        "/api/xm/1/integrations/any/logs",
+        &[("authorization", &basic("svc", "svc-password"))],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(logs.status, 200);
+    let logs = logs.json();
+    let entry = |id: &str| {
+        logs["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["requestId"] == id)
+            .unwrap_or_else(|| panic!("no activity entry for {id}: {logs}"))
+            .clone()
+    };
+    let long_entry = entry(&long_id);
+    let shown = long_entry["request"]["body"].as_str().unwrap();
+    assert!(
+        shown.len() <= 4096 && shown.len() > 4000,
+        "{} bytes",
+        shown.len()
+    );
+    assert!(
+        long.starts_with(shown),
+        "the shown body is the start of the body"
+    );
+    assert_eq!(long_entry["request"]["bodyTruncated"], true);
+    let short_entry = entry(&short_id);
+    assert_eq!(short_entry["request"]["body"], short);
+    assert_eq!(short_entry["request"]["bodyTruncated"], false);
+}
+
 async fn event_id_of(central: std::net::SocketAddr, request_id: &str) -> Value {
     central_events(central, request_id).await[0]["id"].clone()
 }
@@ -277,12 +327,7 @@ async fn error_paths_answer_honestly_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_matrix_each_credential_against_each_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let central = start_central(dir.path(), 0);
-    let agent = start_agent(&agent_config(
-        dir.path(),
-        central.addr.port(),
-        STANDARD_AGENT,
-    ));
+    let (_central, agent) = standard_pair(dir.path());
 
     let token_answer = http(
         agent.addr,
