@@ -1176,12 +1176,52 @@ mod tests {
         assert!(error.contains("unreadable event (batch"), "{error}");
     }
 
+    /// An old store whose index entry cannot be read is refused at open, and nothing of it is
+    /// converted or removed: the operator can inspect or repair it.
+    #[test]
+    fn an_unreadable_old_store_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
+        let keys_before = {
+            let db = sled::open(dir.path()).expect("sled");
+            let tree = db.open_tree("events").expect("tree");
+            legacy::write::layout_1(&tree, &[(old_a, "req-old", 0, 0)]);
+            // An index entry cut short.
+            tree.insert(b"r\0\0".as_slice(), b"x".as_slice())
+                .expect("insert");
+            db.flush().expect("flush");
+            tree.len()
+        };
+        let error = match reopen_result(dir.path()) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("an unreadable index entry must not open"),
+        };
+        assert!(error.contains("unreadable key or value"), "{error}");
+        // The refused open's sled threads may hold the file lock a moment longer.
+        let db = retrying(|| sled::open(dir.path()), |_| true).expect("sled");
+        let tree = db.open_tree("events").expect("tree");
+        assert_eq!(tree.len(), keys_before);
+        assert!(tree.scan_prefix(b"b").next().is_none(), "nothing converted");
+    }
+
     /// [`reopen`], for a store that may rightly fail to open.
     fn reopen_result(dir: &Path) -> Result<Store, StoreError> {
+        retrying(
+            || Store::open(dir),
+            |error| matches!(error, StoreError::Sled(_)),
+        )
+    }
+
+    /// Call `open` until it succeeds, fails for good, or keeps failing with a `transient` error
+    /// (sled's lock still held) for 5 s.
+    fn retrying<T, E>(
+        open: impl Fn() -> Result<T, E>,
+        transient: impl Fn(&E) -> bool,
+    ) -> Result<T, E> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
-            match Store::open(dir) {
-                Err(StoreError::Sled(_)) if std::time::Instant::now() < deadline => {
+            match open() {
+                Err(error) if transient(&error) && std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 other => return other,
