@@ -294,13 +294,6 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
     })
 }
 
-/// A stored event found by id: its batch and its position there.
-struct Located {
-    key: u128,
-    value: sled::IVec,
-    position: usize,
-}
-
 impl Store {
     /// Open (or create) the store in `dir`, converting older layouts and rebuilding the index.
     /// Blocking: call it from a blocking context or at start-up.
@@ -463,66 +456,66 @@ impl Store {
         Ok(())
     }
 
-    /// The batch and position of event `id`: from the unordered map, or in the last batch
-    /// whose key is at or below the id.
-    fn locate(&self, index: &Index, id: &str) -> Result<Option<Located>, StoreError> {
-        let Some(id) = parse_id(id).map(|uuid| uuid.as_u128()) else {
-            return Ok(None);
-        };
-        let found = match index.unordered.get(&id) {
-            Some(&key) => self
+    /// The key and value of the batch that would hold event `id`: from the unordered map, or
+    /// the last batch whose key is at or below the id. The caller looks for the id in it.
+    fn batch_for(&self, index: &Index, id: u128) -> Result<Option<(u128, sled::IVec)>, StoreError> {
+        if let Some(&key) = index.unordered.get(&id) {
+            return Ok(self
                 .inner
                 .tree
                 .get(batch_key(key))?
-                .map(|value| (key, value)),
-            None => match self
-                .inner
-                .tree
-                .range(batch_key(0)..=batch_key(id))
-                .next_back()
-            {
-                Some(item) => {
-                    let (sled_key, value) = item?;
-                    Some((key_of(&sled_key)?, value))
-                }
-                None => None,
-            },
-        };
-        let Some((key, value)) = found else {
-            return Ok(None);
-        };
-        let position = decode_batch(key, &value)?
-            .entries
-            .iter()
-            .position(|entry| entry.id == id);
-        Ok(position.map(|position| Located {
-            key,
-            value,
-            position,
-        }))
+                .map(|value| (key, value)));
+        }
+        match self
+            .inner
+            .tree
+            .range(batch_key(0)..=batch_key(id))
+            .next_back()
+        {
+            Some(item) => {
+                let (sled_key, value) = item?;
+                Ok(Some((key_of(&sled_key)?, value)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The event with this id.
     pub fn get(&self, id: &str) -> Result<Option<Value>, StoreError> {
-        let located = {
-            let writer = self.lock_writer();
-            self.locate(&writer.index, id)?
-        };
-        let Some(located) = located else {
+        let Some(uuid) = parse_id(id).map(|uuid| uuid.as_u128()) else {
             return Ok(None);
         };
-        let batch = decode_batch(located.key, &located.value)?;
-        Ok(Some(decode(id, batch.entries[located.position].json)?))
+        let found = {
+            let writer = self.lock_writer();
+            self.batch_for(&writer.index, uuid)?
+        };
+        let Some((key, value)) = found else {
+            return Ok(None);
+        };
+        match decode_batch(key, &value)?
+            .entries
+            .iter()
+            .find(|e| e.id == uuid)
+        {
+            Some(entry) => Ok(Some(decode(id, entry.json)?)),
+            None => Ok(None),
+        }
     }
 
     /// Change the status of event `id`. Not durable until [`Store::wait_durable`] returns.
     pub fn set_status(&self, id: &str, status: Status) -> Result<StatusChange, StoreError> {
-        let writer = self.lock_writer();
-        let Some(located) = self.locate(&writer.index, id)? else {
+        let Some(uuid) = parse_id(id).map(|uuid| uuid.as_u128()) else {
             return Ok(StatusChange::NotFound);
         };
-        let batch = decode_batch(located.key, &located.value)?;
-        let mut event = decode(id, batch.entries[located.position].json)?;
+        let writer = self.lock_writer();
+        let Some((key, value)) = self.batch_for(&writer.index, uuid)? else {
+            return Ok(StatusChange::NotFound);
+        };
+        let batch = decode_batch(key, &value)?;
+        let Some(position) = batch.entries.iter().position(|e| e.id == uuid) else {
+            return Ok(StatusChange::NotFound);
+        };
+        let mut event = decode(id, batch.entries[position].json)?;
         let current = event
             .get("status")
             .and_then(Value::as_str)
@@ -538,8 +531,8 @@ impl Store {
                 id: id.to_owned(),
                 reason: error.to_string(),
             })?;
-            let value = batch::replace_json(&batch, located.position, &encoded);
-            self.inner.tree.insert(batch_key(located.key), value)?;
+            let value = batch::replace_json(&batch, position, &encoded);
+            self.inner.tree.insert(batch_key(key), value)?;
             self.inner.written.fetch_add(1, Ordering::SeqCst);
         }
         Ok(StatusChange::Changed(event))

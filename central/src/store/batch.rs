@@ -57,7 +57,8 @@ pub struct Encoder {
     count: u32,
 }
 
-fn put_text(out: &mut Vec<u8>, text: &str) {
+/// Append `text` as a u32 length and its bytes (also the old layouts' request keys).
+pub(super) fn put_text(out: &mut Vec<u8>, text: &str) {
     // Agent and request ids arrive in size-limited frames, far below u32::MAX.
     out.extend_from_slice(&(text.len() as u32).to_be_bytes());
     out.extend_from_slice(text.as_bytes());
@@ -93,8 +94,9 @@ impl Encoder {
 }
 
 /// Reads the fields of a value front to back, failing on any length that overruns it.
-struct Reader<'a> {
-    rest: &'a [u8],
+pub(super) struct Reader<'a> {
+    /// What is left to read.
+    pub rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
@@ -115,11 +117,11 @@ impl<'a> Reader<'a> {
         Ok(<[u8; N]>::try_from(bytes).unwrap_or([0; N]))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
-    fn text(&mut self) -> Result<&'a str, String> {
+    pub fn text(&mut self) -> Result<&'a str, String> {
         let len = self.u32()? as usize;
         std::str::from_utf8(self.bytes(len)?).map_err(|_| "an id is not UTF-8".to_owned())
     }

@@ -54,23 +54,16 @@ fn corrupt(what: &str, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn take_text(rest: &mut &[u8]) -> Option<String> {
-    let (len, tail) = rest.split_first_chunk::<4>()?;
-    let len = u32::from_be_bytes(*len) as usize;
-    if tail.len() < len {
-        return None;
-    }
-    let (text, tail) = tail.split_at(len);
-    *rest = tail;
-    String::from_utf8(text.to_vec()).ok()
-}
-
 /// The request key fields of an `r` key (after its prefix byte).
-fn parse_request_key(mut rest: &[u8]) -> Option<(String, String, u32)> {
-    let request_id = take_text(&mut rest)?;
-    let agent_id = take_text(&mut rest)?;
-    let index = u32::from_be_bytes(<[u8; 4]>::try_from(rest).ok()?);
-    Some((agent_id, request_id, index))
+fn parse_request_key(rest: &[u8]) -> Option<(String, String, u32)> {
+    let mut reader = batch::Reader { rest };
+    let request_id = reader.text().ok()?.to_owned();
+    let agent_id = reader.text().ok()?.to_owned();
+    let index = reader.u32().ok()?;
+    reader
+        .rest
+        .is_empty()
+        .then_some((agent_id, request_id, index))
 }
 
 /// The `o` key an `r` value points to: 16 id bytes (layout 2) or a sequence then the id text
@@ -221,10 +214,8 @@ pub(super) mod write {
 
     fn request_key(agent_id: &str, request_id: &str, index: u32) -> Vec<u8> {
         let mut key = vec![BY_REQUEST];
-        for text in [request_id, agent_id] {
-            key.extend_from_slice(&(text.len() as u32).to_be_bytes());
-            key.extend_from_slice(text.as_bytes());
-        }
+        batch::put_text(&mut key, request_id);
+        batch::put_text(&mut key, agent_id);
         key.extend_from_slice(&index.to_be_bytes());
         key
     }
