@@ -390,13 +390,13 @@ impl Store {
     ) -> Result<Vec<Written>, StoreError> {
         let mut results = Vec::with_capacity(batch.len());
         let mut encoder = batch::Encoder::default();
-        let mut in_batch: HashMap<(&str, u32), String> = HashMap::new();
+        let mut in_batch: HashMap<(&str, u32), u128> = HashMap::new();
         let mut first = None;
         let mut writer = self.lock_writer();
         for entry in batch {
             let (request_id, position) = (entry.request_id(), entry.index());
             let known = match in_batch.get(&(request_id, position)) {
-                Some(event_id) => Some(event_id.clone()),
+                Some(&id) => Some(id_text(id)),
                 None => self.existing(&writer.index, agent_id, request_id, position)?,
             };
             if let Some(event_id) = known {
@@ -416,7 +416,7 @@ impl Store {
                 request_id,
                 json: &entry.to_json(&event_id),
             });
-            in_batch.insert((request_id, position), event_id.clone());
+            in_batch.insert((request_id, position), id);
             results.push(Written {
                 event_id,
                 duplicate: false,
