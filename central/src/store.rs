@@ -722,12 +722,7 @@ mod tests {
         assert!(others.iter().all(|w| !w.duplicate && w.event_id != first));
         let other_agent = store.create_batch("agent-02", &[new_event("r-1", 0, json!({}))]);
         assert!(!other_agent.expect("write")[0].duplicate);
-        let page = store
-            .query(&Query {
-                limit: 100,
-                ..Query::default()
-            })
-            .expect("query");
+        let page = all(&store);
         assert_eq!(page.total, 4);
         assert_eq!(page.events[0]["id"], first.as_str());
     }
@@ -868,16 +863,7 @@ mod tests {
                 waiter.await.expect("join").expect("durable");
             }
         });
-        assert_eq!(
-            store
-                .query(&Query {
-                    limit: 100,
-                    ..Query::default()
-                })
-                .expect("q")
-                .total,
-            16
-        );
+        assert_eq!(all(&store).total, 16);
     }
 
     #[test]
@@ -952,17 +938,7 @@ mod tests {
             .create_batch("a", &[new_event("r", 2, json!({}))])
             .expect("write");
         assert!(later[0].event_id.as_str() > future.to_string().as_str());
-        let page = store
-            .query(&Query {
-                limit: 10,
-                ..Query::default()
-            })
-            .expect("query");
-        let ids: Vec<&str> = page
-            .events
-            .iter()
-            .filter_map(|e| e["id"].as_str())
-            .collect();
+        let ids = ids_of(&all(&store));
         assert_eq!(ids.len(), 4);
         assert_eq!(ids[0], first);
         assert_eq!(ids[2], "future");
@@ -1009,28 +985,12 @@ mod tests {
             }
         );
         assert!(!written[1].duplicate);
-        let by_request = store
-            .query(&Query {
-                request_id: Some("req-old".into()),
-                limit: 10,
-                ..Query::default()
-            })
-            .expect("query");
-        let ids: Vec<&str> = by_request
-            .events
-            .iter()
-            .filter_map(|e| e["id"].as_str())
-            .collect();
-        assert_eq!(ids, [old_a, old_b, written[1].event_id.as_str()]);
-        let all = store
-            .query(&Query {
-                limit: 10,
-                ..Query::default()
-            })
-            .expect("query");
-        let ids: Vec<&str> = all.events.iter().filter_map(|e| e["id"].as_str()).collect();
         assert_eq!(
-            ids,
+            ids_of(&by_request(&store, "req-old")),
+            [old_a, old_b, written[1].event_id.as_str()]
+        );
+        assert_eq!(
+            ids_of(&all(&store)),
             [old_a, old_b, written[1].event_id.as_str()],
             "old events list first"
         );
@@ -1074,6 +1034,16 @@ mod tests {
     fn all(store: &Store) -> Page {
         store
             .query(&Query {
+                limit: 10_000,
+                ..Query::default()
+            })
+            .expect("query")
+    }
+
+    fn by_request(store: &Store, request_id: &str) -> Page {
+        store
+            .query(&Query {
+                request_id: Some(request_id.to_owned()),
                 limit: 10_000,
                 ..Query::default()
             })
@@ -1132,15 +1102,8 @@ mod tests {
             resend[1].event_id > ids[299].to_string(),
             "new ids go above"
         );
-        let by_request = store
-            .query(&Query {
-                request_id: Some("req-2".into()),
-                limit: 1000,
-                ..Query::default()
-            })
-            .expect("query");
         // 300 converted (the unindexed one by its JSON requestId) and the new one.
-        assert_eq!(by_request.total, 301);
+        assert_eq!(by_request(&store, "req-2").total, 301);
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(all(&store).total, 302);
@@ -1342,19 +1305,13 @@ mod tests {
                 for ((_, request, _), id, status) in &model {
                     let event = store.get(id).expect("get").expect("found");
                     prop_assert_eq!(event["status"].as_str(), Some(*status));
-                    let by_request = store
-                        .query(&Query {
-                            request_id: Some(format!("r-{request}")),
-                            limit: 1000,
-                            ..Query::default()
-                        })
-                        .expect("query");
+                    let listed = by_request(&store, &format!("r-{request}"));
                     let expected: Vec<String> = model
                         .iter()
                         .filter(|((_, r, _), _, _)| r == request)
                         .map(|(_, id, _)| id.clone())
                         .collect();
-                    prop_assert_eq!(ids_of(&by_request), expected);
+                    prop_assert_eq!(ids_of(&listed), expected);
                 }
             }
         }
