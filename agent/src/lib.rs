@@ -9,6 +9,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod endpoints;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http_client;
 pub mod ingress;
 pub mod relay;

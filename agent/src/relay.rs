@@ -406,7 +406,7 @@ pub trait Outbox: Send + Sync + 'static {
 /// Why a connection ended or could not be used. The `Display` text goes to logs and
 /// [`RelayStatus::last_error`], so it never contains the token.
 #[derive(Debug, thiserror::Error)]
-enum RelayError {
+pub(crate) enum RelayError {
     #[error(transparent)]
     Dial(#[from] DialError),
     #[error("no welcome from the central within {0:?} after hello")]
@@ -564,7 +564,7 @@ async fn connect(settings: &mut RelaySettings, agent_id: &str) -> Result<WsStrea
     Ok(ws)
 }
 
-fn parse_welcome(text: &str, agent_id: &str) -> Result<(), RelayError> {
+pub(crate) fn parse_welcome(text: &str, agent_id: &str) -> Result<(), RelayError> {
     match serde_json::from_str::<CentralFrame>(text) {
         Ok(CentralFrame::Welcome {
             version,

@@ -302,7 +302,7 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
             .find_map(|prefix| message.strip_prefix(prefix))
             .and_then(|rest| rest.split('`').next())
             .map(str::to_owned);
-        let key = match (path.as_str(), field) {
+        let mut key = match (path.as_str(), field) {
             (".", Some(field)) | ("", Some(field)) => field,
             (".", None) | ("", None) => "(syntax)".to_owned(),
             (path, Some(field)) if path == field || path.ends_with(&format!(".{field}")) => {
@@ -311,6 +311,10 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
             (path, Some(field)) => format!("{path}.{field}"),
             (path, None) => path.to_owned(),
         };
+        if key.is_empty() || key.ends_with('.') {
+            // The key is the empty one (`"" = 1` is legal TOML): name it as it is written.
+            key.push_str("\"\"");
+        }
         let reason = match line {
             Some(line) => format!("{message} (line {line})"),
             None => message,
@@ -438,6 +442,13 @@ mod tests {
         assert!(!config.user_is_valid("root", "pw"));
         // Debug output must not carry the secret.
         assert!(!format!("{config:?}").contains("tok-1"));
+    }
+
+    /// Found by the `central_config` fuzz target: an unknown empty key gave an empty key name.
+    #[test]
+    fn an_unknown_empty_key_is_named_as_written() {
+        assert_eq!(parse_err("\"\" = 1\n").key, "\"\"");
+        assert_eq!(parse_err("[central]\n\"\" = 1\n").key, "central.\"\"");
     }
 
     #[test]

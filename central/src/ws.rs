@@ -37,6 +37,8 @@ use crate::ws::frame::Create;
 use crate::State;
 
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 
 /// The most frames written in one transaction and answered after one flush. The agent keeps at
 /// most 64 in flight, so one batch usually holds everything that has arrived.

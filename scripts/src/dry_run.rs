@@ -213,7 +213,9 @@ impl DryRun {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
             .map(|(_, v)| v.as_str());
-        let parameters = ScriptRequest::parameters_from(&file.query, content_type, &file.body);
+        // A request file may write the query with its URL's `?`; the parser takes what follows.
+        let query = file.query.strip_prefix('?').unwrap_or(&file.query);
+        let parameters = ScriptRequest::parameters_from(query, content_type, &file.body);
         let integration_uuid = file
             .integration_uuid
             .unwrap_or_else(|| "00000000-0000-4000-8000-000000000000".to_owned());

@@ -158,6 +158,10 @@ impl ScriptRequest {
     /// Build `request.parameters` the way xMatters does: the query parameters plus the fields of an
     /// `application/x-www-form-urlencoded` body. `apiKey` is the integration's URL credential and is
     /// never handed to scripts. When a name repeats, the first value wins (query before body).
+    ///
+    /// `query` is the text after the URL's `?`, read exactly as the agent's URL authentication
+    /// reads it: a further `?` belongs to the first name (`??a=1` names `?a`), so the script sees
+    /// the parameters authentication saw.
     pub fn parameters_from(
         query: &str,
         content_type: Option<&str>,
@@ -172,7 +176,7 @@ impl ScriptRequest {
                 out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
             }
         };
-        add(query.trim_start_matches('?'));
+        add(query);
         let is_form = content_type
             .and_then(|ct| ct.split(';').next())
             .map(|mime| {
@@ -383,7 +387,7 @@ mod tests {
     #[test]
     fn parameters_merge_query_and_form_without_api_key() {
         let p = ScriptRequest::parameters_from(
-            "?a=1&apiKey=secret&b=x%20y",
+            "a=1&apiKey=secret&b=x%20y",
             Some("application/x-www-form-urlencoded; charset=utf-8"),
             "c=3&a=2",
         );
@@ -391,6 +395,16 @@ mod tests {
         assert_eq!(p.get("b").map(String::as_str), Some("x y"));
         assert_eq!(p.get("c").map(String::as_str), Some("3"));
         assert!(!p.contains_key("apiKey"));
+    }
+
+    /// Found by the `trigger_query` fuzz target: `??x=1` once reached scripts as `x` while URL
+    /// authentication and the query cleaning read the name `?x`.
+    #[test]
+    fn a_question_mark_in_the_query_belongs_to_the_name() {
+        let p = ScriptRequest::parameters_from("?x=1&?apiKey=k", None, "");
+        assert_eq!(p.get("?x").map(String::as_str), Some("1"));
+        assert_eq!(p.get("?apiKey").map(String::as_str), Some("k"));
+        assert!(!p.contains_key("x"));
     }
 
     #[test]

@@ -195,7 +195,7 @@ impl Proxy {
 /// Why a connection attempt failed. Messages are written for the operator and never contain the
 /// agent token or proxy credentials.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum DialError {
+pub(crate) enum DialError {
     /// TCP connect (to the central or the proxy) failed.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
