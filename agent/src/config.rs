@@ -242,7 +242,7 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> 
             .span()
             .map(|span| key_at(&text, span.start))
             .unwrap_or_default();
-        ConfigError::new(&display, key, e.message().to_owned())
+        ConfigError::new(&display, key, central::exit::toml_reason(&e))
     })
 }
 
@@ -255,7 +255,8 @@ fn key_at(text: &str, offset: usize) -> String {
         .rev()
         .map(str::trim)
         .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_owned());
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_owned())
+        .filter(|table| !table.is_empty());
     let key = line
         .split('=')
         .next()
@@ -512,5 +513,32 @@ fn script_limits(section: &ScriptsSection) -> scripts::Limits {
         max_http_calls: section.max_http_calls.unwrap_or(defaults.max_http_calls),
         max_posts: section.max_posts.unwrap_or(defaults.max_posts),
         ..defaults
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `agent_config` fuzz target: an error inside a table header with no name yet
+    /// (`[!...`) gave an empty key.
+    #[test]
+    fn an_error_in_a_nameless_table_header_still_names_a_place() {
+        assert_eq!(key_at("[!agent]\nid = 1\n", 1), "(top level)");
+        assert_eq!(key_at("[agent]\nid = x\n", 13), "agent.id");
+    }
+
+    /// Found by the `agent_config` fuzz target: a key without a value at the end of the file gave
+    /// an empty reason.
+    #[test]
+    fn a_key_without_a_value_at_the_end_has_a_reason() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "[agent]\nid = ").expect("write the config");
+        let Err(error) = load(&path) else {
+            panic!("incomplete TOML was accepted");
+        };
+        assert_eq!(error.key, "agent.id");
+        assert!(error.reason.starts_with("malformed TOML"), "{error}");
     }
 }

@@ -23,8 +23,10 @@ use crate::store::{Accepted, InboundRequest, Processed};
 /// Most request bytes copied into an activity-stream entry.
 pub(crate) const ACTIVITY_BODY_BYTES: usize = 4096;
 
-/// Interpret a `create_event` body: an object with `properties` is the trigger itself; any other
-/// object becomes the trigger's `properties`. Anything else is refused with the reason.
+/// Interpret a `create_event` body: an object with `properties` is the trigger itself (its
+/// `priority`, if not null, must then be LOW, MEDIUM or HIGH in any letter case, as the central
+/// requires); any other object becomes the trigger's `properties`. Anything else is refused with
+/// the reason.
 ///
 /// Returns the trigger as JSON text. The body is checked in one pass without building a value
 /// tree and then embedded as it came, because this runs on every request of the busiest path.
@@ -36,9 +38,10 @@ pub fn trigger_from_body(body: &[u8]) -> Result<String, String> {
         .and_then(|shape| reader.end().map(|()| shape))
         .map_err(|e| not_json(&e))?;
     match shape {
-        ("an object", Some("an object")) => Ok(text.trim().to_owned()),
-        ("an object", Some(_)) => Err("\"properties\" must be a JSON object".into()),
-        ("an object", None) => {
+        ("an object", Some("an object"), Err(reason)) => Err(reason),
+        ("an object", Some("an object"), Ok(())) => Ok(text.trim().to_owned()),
+        ("an object", Some(_), _) => Err("\"properties\" must be a JSON object".into()),
+        ("an object", None, _) => {
             let body = text.trim();
             let mut trigger = String::with_capacity(body.len() + 15);
             trigger.push_str("{\"properties\":");
@@ -46,7 +49,7 @@ pub fn trigger_from_body(body: &[u8]) -> Result<String, String> {
             trigger.push('}');
             Ok(trigger)
         }
-        (kind, _) => Err(format!("the body must be a JSON object, not {kind}")),
+        (kind, _, _) => Err(format!("the body must be a JSON object, not {kind}")),
     }
 }
 
@@ -56,8 +59,8 @@ mod body_shape {
     use std::fmt;
 
     /// Skips a value and answers its JSON kind ("an object", "an array", ...) and, when asked to
-    /// look, the kind of its `properties` member (the last one, as JSON parsers keep the last of
-    /// duplicate keys).
+    /// look, the kind of its `properties` member and whether its `priority` member is one the
+    /// central takes (the last of each, as JSON parsers keep the last of duplicate keys).
     #[derive(Clone, Copy)]
     pub struct Shape {
         look_for_properties: bool,
@@ -70,7 +73,8 @@ mod body_shape {
         };
     }
 
-    type Found = (&'static str, Option<&'static str>);
+    /// The kind, the kind of `properties` (if looked for and present), and the priority check.
+    type Found = (&'static str, Option<&'static str>, Result<(), String>);
 
     impl<'de> DeserializeSeed<'de> for Shape {
         type Value = Found;
@@ -86,63 +90,134 @@ mod body_shape {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
             let mut properties = None;
+            let mut priority = Ok(());
             if self.look_for_properties {
-                while let Some(is_properties) = map.next_key_seed(IsProperties)? {
-                    if is_properties {
-                        let nested = Shape {
-                            look_for_properties: false,
-                        };
-                        properties = Some(map.next_value_seed(nested)?.0);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
+                while let Some(key) = map.next_key_seed(ReadTopKey)? {
+                    match key {
+                        TopKey::Properties => {
+                            let nested = Shape {
+                                look_for_properties: false,
+                            };
+                            properties = Some(map.next_value_seed(nested)?.0);
+                        }
+                        TopKey::Priority => priority = map.next_value_seed(Priority)?,
+                        TopKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
                     }
                 }
             } else {
                 while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             }
-            Ok(("an object", properties))
+            Ok(("an object", properties, priority))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
             while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(("an array", None))
+            Ok(("an array", None, Ok(())))
         }
         fn visit_str<E>(self, _: &str) -> Result<Found, E> {
-            Ok(("a string", None))
+            Ok(("a string", None, Ok(())))
         }
         fn visit_bool<E>(self, _: bool) -> Result<Found, E> {
-            Ok(("a boolean", None))
+            Ok(("a boolean", None, Ok(())))
         }
         fn visit_i64<E>(self, _: i64) -> Result<Found, E> {
-            Ok(("a number", None))
+            Ok(("a number", None, Ok(())))
         }
         fn visit_u64<E>(self, _: u64) -> Result<Found, E> {
-            Ok(("a number", None))
+            Ok(("a number", None, Ok(())))
         }
         fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
-            Ok(("a number", None))
+            Ok(("a number", None, Ok(())))
         }
         fn visit_unit<E>(self) -> Result<Found, E> {
-            Ok(("null", None))
+            Ok(("null", None, Ok(())))
         }
     }
 
-    /// Reads a key and answers whether it is `properties`, without allocating it.
-    struct IsProperties;
+    /// A top-level key: the two the check looks at, or another, read without allocating it.
+    enum TopKey {
+        Properties,
+        Priority,
+        Other,
+    }
 
-    impl<'de> DeserializeSeed<'de> for IsProperties {
-        type Value = bool;
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    /// Reads a [`TopKey`].
+    struct ReadTopKey;
+
+    impl<'de> DeserializeSeed<'de> for ReadTopKey {
+        type Value = TopKey;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<TopKey, D::Error> {
             d.deserialize_str(self)
         }
     }
 
-    impl<'de> Visitor<'de> for IsProperties {
-        type Value = bool;
+    impl<'de> Visitor<'de> for ReadTopKey {
+        type Value = TopKey;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("an object key")
         }
-        fn visit_str<E>(self, key: &str) -> Result<bool, E> {
-            Ok(key == "properties")
+        fn visit_str<E>(self, key: &str) -> Result<TopKey, E> {
+            Ok(match key {
+                "properties" => TopKey::Properties,
+                "priority" => TopKey::Priority,
+                _ => TopKey::Other,
+            })
+        }
+    }
+
+    /// Reads a trigger's `priority` and answers whether the central takes it (null counts as
+    /// absent there); the refusal names the value. Syntax errors stay deserializer errors.
+    struct Priority;
+
+    const PRIORITIES: &str = "\"priority\" must be LOW, MEDIUM or HIGH";
+
+    impl<'de> DeserializeSeed<'de> for Priority {
+        type Value = Result<(), String>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Priority {
+        type Value = Result<(), String>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a priority")
+        }
+        fn visit_str<E>(self, priority: &str) -> Result<Self::Value, E> {
+            let known = ["LOW", "MEDIUM", "HIGH"];
+            Ok(
+                match known.iter().any(|p| p.eq_ignore_ascii_case(priority)) {
+                    true => Ok(()),
+                    false => Err(format!("{PRIORITIES}, not {priority:?}")),
+                },
+            )
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(Ok(()))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            let skip = Shape {
+                look_for_properties: false,
+            };
+            let (kind, _, _) = skip.visit_map(map)?;
+            Ok(Err(format!("{PRIORITIES}, not {kind}")))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            let (kind, _, _) = Shape::TOP.visit_seq(seq)?;
+            Ok(Err(format!("{PRIORITIES}, not {kind}")))
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(Err(format!("{PRIORITIES}, not a boolean")))
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(Err(format!("{PRIORITIES}, not a number")))
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(Err(format!("{PRIORITIES}, not a number")))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(Err(format!("{PRIORITIES}, not a number")))
         }
     }
 }
@@ -338,6 +413,28 @@ mod tests {
         let t = trigger_from_body(br#"{"properties":{"a":1},"priority":"HIGH"}"#).unwrap();
         let t: Value = serde_json::from_str(&t).unwrap();
         assert_eq!(t, json!({"properties": {"a": 1}, "priority": "HIGH"}));
+    }
+
+    /// Found by the `create_event_body` fuzz target: a body with `properties` and a priority the
+    /// central refuses got 202 and was dead-lettered later; it is now a 400 with the reason.
+    #[test]
+    fn a_priority_the_central_refuses_is_refused_at_ingress() {
+        for bad in [r#""HIspecGH""#, "3", "true", "[]", r#"{"a":1}"#] {
+            let body = format!(r#"{{"properties":{{}},"priority":{bad}}}"#);
+            let reason = trigger_from_body(body.as_bytes()).expect_err(&body);
+            assert!(reason.contains("LOW, MEDIUM or HIGH"), "{reason}");
+        }
+        for good in [
+            r#""high""#,
+            r#""Low""#,
+            "null",
+            r#""x","priority":"MEDIUM""#,
+        ] {
+            let body = format!(r#"{{"properties":{{}},"priority":{good}}}"#);
+            trigger_from_body(body.as_bytes()).expect(&body);
+        }
+        // Without `properties` the body is the properties: its priority is just a property.
+        trigger_from_body(br#"{"priority":"URGENT"}"#).expect("a property");
     }
 
     #[test]

@@ -293,7 +293,7 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        let message = inner.message().to_owned();
+        let message = crate::exit::toml_reason(&inner);
         let line = inner.span().map(|span| line_of(text, span.start));
         // A missing field is reported on the enclosing table (an unknown one already on itself);
         // either way the key names the field.
@@ -442,6 +442,14 @@ mod tests {
         assert!(!config.user_is_valid("root", "pw"));
         // Debug output must not carry the secret.
         assert!(!format!("{config:?}").contains("tok-1"));
+    }
+
+    /// Found by the `agent_config` fuzz target: a key without a value at the end of the file
+    /// gave an empty reason.
+    #[test]
+    fn a_key_without_a_value_at_the_end_has_a_reason() {
+        let error = parse_err("[central]\nlisten = ");
+        assert!(error.reason.starts_with("malformed TOML"), "{error}");
     }
 
     /// Found by the `central_config` fuzz target: an unknown empty key gave an empty key name.

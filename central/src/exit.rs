@@ -36,3 +36,13 @@ impl ConfigError {
         }
     }
 }
+
+/// The reason to give for a TOML syntax or type error, never empty: the `toml` crate leaves the
+/// message empty for some syntax errors (a key with no value at the end of the file), and a
+/// config error must always say what is wrong.
+pub fn toml_reason(error: &toml::de::Error) -> String {
+    match error.message() {
+        "" => "malformed TOML here (for example a key without a value)".to_owned(),
+        message => message.to_owned(),
+    }
+}

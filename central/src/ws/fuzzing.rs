@@ -62,7 +62,9 @@ pub fn read_text_frame(text: &str) -> Verdict {
 /// Whether the direct one-pass reader takes `text` as an `event.create`, and with which seq.
 /// The fuzzers compare it with the protocol crate's types, which must agree.
 pub fn direct_reader_seq(text: &str) -> Option<u64> {
-    super::frame::Create::parse(text).ok().map(|create| create.seq)
+    super::frame::Create::parse(text)
+        .ok()
+        .map(|create| create.seq)
 }
 
 #[cfg(test)]
@@ -86,7 +88,10 @@ mod tests {
     #[test]
     fn a_bad_trigger_is_rejected_and_garbage_closes() {
         let bad = CREATE.replace(r#"{"properties":{"a":1}}"#, r#"{"priority":"URGENT"}"#);
-        assert!(matches!(read_text_frame(&bad), Verdict::Rejected { seq: 3, .. }));
+        assert!(matches!(
+            read_text_frame(&bad),
+            Verdict::Rejected { seq: 3, .. }
+        ));
         assert!(matches!(read_text_frame("not json"), Verdict::Closed(_)));
         assert_eq!(direct_reader_seq("not json"), None);
     }
