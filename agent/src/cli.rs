@@ -141,6 +141,13 @@ struct Failure {
     error: anyhow::Error,
 }
 
+impl Failure {
+    fn report(&self) {
+        tracing::error!("{:#}", self.error);
+        eprintln!("xmagent: {:#}", self.error);
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let code = if error.downcast_ref::<exit::ConfigError>().is_some() {
@@ -173,10 +180,9 @@ where
     };
     match runtime.block_on(body()) {
         Ok(()) => 0,
-        Err(Failure { code, error }) => {
-            tracing::error!("{error:#}");
-            eprintln!("xmagent: {error:#}");
-            code
+        Err(failure) => {
+            failure.report();
+            failure.code
         }
     }
 }
@@ -233,7 +239,18 @@ async fn run_daemon(path: &Path, recovery: Recovery) -> Result<(), Failure> {
         tokio::select! {
             result = &mut task => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                return result.context("agent task panicked")?.map_err(Failure::from);
+                let result = result.context("agent task panicked")?.map_err(Failure::from);
+                if let Err(failure) = &result {
+                    if failure.code == exit::TEMPFAIL {
+                        // The store failed: sled's drop would wait forever for a flush its
+                        // failed log can never complete, so leave before anything drops it.
+                        // Nothing is lost: every 202 was synced, and the refused writes are
+                        // recorded in the seal.
+                        failure.report();
+                        std::process::exit(exit::TEMPFAIL);
+                    }
+                }
+                return result;
             }
             _ = hangup.recv() => {
                 if let Err(error) = agent.handle.reload().await {

@@ -415,3 +415,193 @@ async fn an_intact_store_after_a_kill_opens_and_delivers_everything() {
     );
     assert_eq!(agent.terminate(), Some(0));
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mount a tmpfs of `mib` MiB, or `None` where this machine does not allow it.
+    fn mount(mib: u64) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then_some(SmallDisk { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn free_bytes(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(self.path())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap()
+    }
+
+    /// Fill the disk until `leave` bytes are free.
+    fn fill(&self, name: &str, leave: u64) {
+        let size = self.free_bytes().saturating_sub(leave);
+        let status = Command::new("fallocate")
+            .args(["-l", &size.to_string()])
+            .arg(self.path().join(name))
+            .status()
+            .unwrap();
+        assert!(status.success(), "fallocate");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn disk_agent(disk: &SmallDisk, central_port: u16, min_free_mib: u64) -> PathBuf {
+    agent_config(
+        disk.path(),
+        central_port,
+        &format!("[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 1\n{STANDARD_AGENT}"),
+    )
+}
+
+async fn readiness(agent: &Node) -> (u16, Value) {
+    let answer = http(agent.addr, "GET", "/readyz", &[], "").await.unwrap();
+    (answer.status, answer.json())
+}
+
+/// While the store's disk is almost full, triggers get 503 + Retry-After, nothing is stored
+/// and `/readyz` says why; when space returns the agent accepts again by itself.
+#[tokio::test]
+async fn a_full_disk_refuses_honestly_and_recovers_by_itself() {
+    let Some(disk) = SmallDisk::mount(48) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let config = disk_agent(&disk, central.addr.port(), 16);
+    let agent = start_agent(&config);
+    assert_eq!(
+        trigger(agent.addr, "any", KEY, &[], r#"{"a": 1}"#)
+            .await
+            .status,
+        202
+    );
+
+    disk.fill("filler", 8 * 1024 * 1024);
+    let refused = eventually(Duration::from_secs(5), "503 on a full disk", || async {
+        let answer = trigger(agent.addr, "any", KEY, &[], r#"{"a": 2}"#).await;
+        (answer.status == 503).then_some(answer)
+    })
+    .await;
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.json()["message"].as_str().unwrap().contains("disk"));
+    let (status, ready) = readiness(&agent).await;
+    assert_eq!(status, 503);
+    assert_eq!(ready["store"]["diskHasRoom"], false, "{ready}");
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let accepted = eventually(
+        Duration::from_secs(5),
+        "202 once space returned",
+        || async {
+            let answer = trigger(agent.addr, "any", KEY, &[], r#"{"a": 3}"#).await;
+            (answer.status == 202).then_some(answer)
+        },
+    )
+    .await;
+    let id = accepted.json()["requestId"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the event after recovery",
+        || async { (central_events(central.addr, &id).await.len() == 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(readiness(&agent).await.0, 200);
+    assert!(agent.log().contains("has room again"), "{}", agent.log());
+    assert_eq!(agent.terminate(), Some(0));
+}
+
+/// When a write does fail for lack of space (no free-space margin configured), the client gets
+/// 503, the agent stops (exit 75) instead of serving from a store that cannot write, and after
+/// the restart the refused request is not processed.
+#[tokio::test]
+async fn a_failed_flush_answers_503_and_the_request_never_reappears() {
+    let Some(disk) = SmallDisk::mount(48) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let config = disk_agent(&disk, central.addr.port(), 0);
+    let agent = start_agent(&config);
+    assert_eq!(
+        trigger(agent.addr, "any", KEY, &[], r#"{"a": 1}"#)
+            .await
+            .status,
+        202
+    );
+    disk.fill("filler", 0);
+    // Large bodies, so the write cannot fit in pages the store's file already has.
+    let body = format!(r#"{{"pad": "{}"}}"#, "p".repeat(512 * 1024));
+    let mut refused = None;
+    let mut accepted_large = 0;
+    for _ in 0..20 {
+        let answer = trigger(agent.addr, "any", KEY, &[], &body).await;
+        if answer.status == 503 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(answer.status, 202);
+        accepted_large += 1;
+    }
+    let refused = refused.expect("a write on a full disk is refused");
+    assert!(refused.header("retry-after").is_some());
+    let code = agent.wait();
+    assert_eq!(code, Some(75), "the agent stops once its store failed");
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    let agent = start_agent(&config);
+    // Nothing that got 503 comes back: every event at the central belongs to a 202.
+    let after = trigger(agent.addr, "any", KEY, &[], r#"{"after": true}"#).await;
+    assert_eq!(after.status, 202);
+    let id = after.json()["requestId"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(10),
+        "the event after the restart",
+        || async { (central_events(central.addr, &id).await.len() == 1).then_some(()) },
+    )
+    .await;
+    let padded = all_central_events(central.addr)
+        .await
+        .into_iter()
+        .filter(|e| e["properties"]["pad"].is_string())
+        .count();
+    eprintln!("large bodies: {accepted_large} got 202, {padded} events at the central");
+    assert_eq!(
+        padded, accepted_large,
+        "a request answered 503 was delivered"
+    );
+    let log = agent.log();
+    assert!(
+        log.contains("dropping writes a failed flush refused"),
+        "{log}"
+    );
+    assert_eq!(agent.terminate(), Some(0), "{log}");
+}
