@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
 use crate::config;
+use crate::store::Recovery;
 
 /// Default config path of the packaged agent.
 const DEFAULT_CONFIG: &str = "/etc/xmagent/agent.toml";
@@ -41,7 +42,15 @@ struct ConfigArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon (SIGTERM/SIGINT stop it gracefully, SIGHUP reloads the configuration).
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start even when the store lost requests it had acknowledged (a truncated or damaged
+        /// file): the loss is logged and the store goes on with what is left. Without it the
+        /// agent refuses to start (exit 65) and names what is missing.
+        #[arg(long)]
+        accept_store_loss: bool,
+    },
     /// Validate the configuration (including compiling every script) and exit.
     Check(ConfigArg),
     /// Try it out: an agent and a central in one process on loopback, with the examples.
@@ -91,7 +100,17 @@ pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
     let cli = Cli::parse_from(args);
     telemetry::init(cli.log_format);
     match cli.command {
-        Command::Run(args) => runtime_then(|| run_daemon(&args.config)),
+        Command::Run {
+            config,
+            accept_store_loss,
+        } => {
+            let recovery = if accept_store_loss {
+                Recovery::AcceptLoss
+            } else {
+                Recovery::Refuse
+            };
+            runtime_then(|| run_daemon(&config.config, recovery))
+        }
         Command::Check(args) => check(&args.config),
         Command::Dev(args) => runtime_then(|| dev(&args.examples)),
         Command::Request { request_id, config } => query(
@@ -122,10 +141,21 @@ struct Failure {
     error: anyhow::Error,
 }
 
+impl Failure {
+    fn report(&self) {
+        tracing::error!("{:#}", self.error);
+        eprintln!("xmagent: {:#}", self.error);
+    }
+}
+
 impl From<anyhow::Error> for Failure {
     fn from(error: anyhow::Error) -> Self {
         let code = if error.downcast_ref::<exit::ConfigError>().is_some() {
             exit::CONFIG
+        } else if error.downcast_ref::<crate::daemon::StoreBroken>().is_some() {
+            exit::TEMPFAIL
+        } else if let Some(crate::store::StoreError::Damaged { .. }) = error.downcast_ref() {
+            exit::DATA
         } else {
             exit::SOFTWARE
         };
@@ -150,10 +180,9 @@ where
     };
     match runtime.block_on(body()) {
         Ok(()) => 0,
-        Err(Failure { code, error }) => {
-            tracing::error!("{error:#}");
-            eprintln!("xmagent: {error:#}");
-            code
+        Err(failure) => {
+            failure.report();
+            failure.code
         }
     }
 }
@@ -198,10 +227,10 @@ fn stop_signal() -> anyhow::Result<watch::Receiver<bool>> {
     Ok(rx)
 }
 
-async fn run_daemon(path: &Path) -> Result<(), Failure> {
+async fn run_daemon(path: &Path, recovery: Recovery) -> Result<(), Failure> {
     let loaded = load(path)?;
     let shutdown = stop_signal()?;
-    let agent = crate::daemon::start(path, loaded, shutdown).await?;
+    let agent = crate::daemon::start(path, loaded, shutdown, recovery).await?;
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
@@ -210,7 +239,18 @@ async fn run_daemon(path: &Path) -> Result<(), Failure> {
         tokio::select! {
             result = &mut task => {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-                return result.context("agent task panicked")?.map_err(Failure::from);
+                let result = result.context("agent task panicked")?.map_err(Failure::from);
+                if let Err(failure) = &result {
+                    if failure.code == exit::TEMPFAIL {
+                        // The store failed: sled's drop would wait forever for a flush its
+                        // failed log can never complete, so leave before anything drops it.
+                        // Nothing is lost: every 202 was synced, and the refused writes are
+                        // recorded in the seal.
+                        failure.report();
+                        std::process::exit(exit::TEMPFAIL);
+                    }
+                }
+                return result;
             }
             _ = hangup.recv() => {
                 if let Err(error) = agent.handle.reload().await {
@@ -234,7 +274,7 @@ async fn dev(examples: &Path) -> Result<(), Failure> {
     agent_config.data_dir = scratch.join("agent");
     let shutdown = stop_signal()?;
     let central = central::start(central_config, shutdown.clone()).await?;
-    let agent = crate::daemon::start(&agent_path, agent_config, shutdown).await?;
+    let agent = crate::daemon::start(&agent_path, agent_config, shutdown, Recovery::Refuse).await?;
     println!(
         "\nxmagent dev: central on http://{}, agent on http://{} (data in {})",
         central.addr,

@@ -23,7 +23,7 @@ use crate::auth::SecretDigest;
 use crate::config::{self, Loaded};
 use crate::endpoints::{BuiltinXmatters, Endpoints};
 use crate::relay::{self, RelayStatus};
-use crate::store::Store;
+use crate::store::{Recovery, Store};
 use crate::worker::Job;
 
 /// The configuration currently served, with what was built from it. Replaced whole on reload.
@@ -87,8 +87,10 @@ impl Shared {
         let status = self.relay_status.borrow().clone();
         let (entries, bytes) = self.store.pending();
         let config = &self.live().config.store;
-        let room = entries < config.max_entries && bytes < config.max_bytes;
-        let code = if room && status.connected {
+        let disk = self.store.disk_has_room();
+        let broken = self.store.broken().borrow().clone();
+        let room = entries < config.max_entries && bytes < config.max_bytes && disk;
+        let code = if room && broken.is_none() && status.connected {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
@@ -97,7 +99,13 @@ impl Shared {
             code,
             &serde_json::json!({
                 "ready": code == StatusCode::OK,
-                "store": {"pendingEntries": entries, "pendingBytes": bytes, "hasRoom": room},
+                "store": {
+                    "pendingEntries": entries,
+                    "pendingBytes": bytes,
+                    "hasRoom": room,
+                    "diskHasRoom": disk,
+                    "failed": broken,
+                },
                 "relay": status,
             }),
         )
@@ -284,17 +292,47 @@ impl AdminAccess {
     }
 }
 
+/// The agent stopped because its store failed; a restart (by the service manager) reopens it.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped because the store failed ({0}); restart the agent to go on")]
+pub struct StoreBroken(pub String);
+
+/// A shutdown signal that also fires when the store breaks: it can take nothing more, and
+/// serving 503s forever would hide that a restart is all it needs.
+fn stop_on_store_failure(
+    mut shutdown: watch::Receiver<bool>,
+    mut broken: watch::Receiver<Option<String>>,
+) -> watch::Receiver<bool> {
+    let (stop_tx, stop) = watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            Ok(reason) = broken.wait_for(Option::is_some) => {
+                tracing::error!(
+                    reason = reason.as_deref().unwrap_or_default(),
+                    "the store failed: refusing requests (503) and stopping so that a restart \
+                     can reopen it; writes whose flush failed are not kept"
+                );
+            }
+        }
+        let _ = stop_tx.send(true);
+    });
+    stop
+}
+
 /// Start everything and return once ingress listens.
 pub async fn start(
     config_path: &Path,
     config: Loaded,
     shutdown: watch::Receiver<bool>,
+    recovery: Recovery,
 ) -> anyhow::Result<RunningAgent> {
     crate::tls::install_crypto_provider();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let store = Store::open(&config.store_dir(), config.store.clone())
+    let store = Store::open_with(&config.store_dir(), config.store.clone(), recovery)
         .with_context(|| format!("cannot open the store in {}", config.store_dir().display()))?;
+    let shutdown = stop_on_store_failure(shutdown, store.broken());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -355,6 +393,9 @@ pub async fn start(
         let _ = worker_task.await;
         let _ = relay_stop_tx.send(true);
         let _ = relay_task.await;
+        if let Some(reason) = task_shared.store.broken().borrow().clone() {
+            return Err(StoreBroken(reason).into());
+        }
         task_shared.store.flush().await.context("final flush")?;
         tracing::info!("stopped cleanly");
         Ok(())

@@ -68,6 +68,10 @@ pub struct StoreConfig {
     /// I/O threads, so under load fewer, larger flushes leave more CPU for requests; an idle
     /// agent pays this once per request in latency.
     pub group_commit_wait_us: u64,
+    /// Free space (MiB) the store's filesystem must keep. Below it ingress answers 503 and
+    /// `/readyz` says not ready, until space returns: sled cannot go on after a write failed
+    /// for lack of space, so the agent stops writing before that happens.
+    pub min_free_mib: u64,
 }
 
 impl Default for StoreConfig {
@@ -79,6 +83,7 @@ impl Default for StoreConfig {
             max_request_records: 50_000,
             cache_mib: 8,
             group_commit_wait_us: 500,
+            min_free_mib: 64,
         }
     }
 }
@@ -95,6 +100,47 @@ pub enum StoreError {
     /// A stored value could not be decoded (a bug or a corrupted file; never input-derived).
     #[error("stored data is unreadable: {0}")]
     Corrupt(String),
+    /// The store holds less than it acknowledged (see [`durable::Seal`]): the database file
+    /// was truncated, damaged or replaced. Opening refuses unless [`Recovery::AcceptLoss`].
+    #[error(
+        "the store {dir}/db holds {missing_entries} fewer acknowledged entries (written by \
+         {missing_flushes} group commits) than its seal {dir}/{SEAL_FILE} records: the \
+         database was truncated, damaged or replaced. Start with --accept-store-loss to go on \
+         with what is left, or move {dir} aside to start with an empty store"
+    )]
+    Damaged {
+        /// The store directory.
+        dir: String,
+        /// Entries the seal records beyond what the database holds.
+        missing_entries: u64,
+        /// Group commits the seal records beyond what the database holds.
+        missing_flushes: u64,
+    },
+}
+
+/// The seal file inside the store directory (see [`durable::Seal`]).
+pub const SEAL_FILE: &str = "xmagent.seal";
+
+/// Where the database keeps its copy of the acknowledged mark (default tree).
+const MARK_KEY: &[u8] = b"acknowledged-mark";
+
+/// Queue numbers in the seal's refused ranges.
+const INBOX_QUEUE: u8 = 0;
+const OUTBOX_QUEUE: u8 = 1;
+
+/// What [`Store::open`] does when the database holds less than its seal records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Refuse to open with [`StoreError::Damaged`] (the default: an operator decides).
+    Refuse,
+    /// Log the loss, open what is left and reset the seal (`--accept-store-loss`).
+    AcceptLoss,
+}
+
+impl From<durable::SealError> for StoreError {
+    fn from(error: durable::SealError) -> Self {
+        StoreError::Io(error.to_string())
+    }
 }
 
 impl From<sled::Error> for StoreError {
@@ -271,6 +317,11 @@ struct Inner {
     /// durable path.
     unrecorded: Mutex<HashMap<String, Unrecorded>>,
     commit: Arc<GroupCommit>,
+    /// Whether the store's filesystem has more than `min_free_mib` free, as last measured by
+    /// [`disk_watch`].
+    disk_has_room: std::sync::atomic::AtomicBool,
+    /// The store directory, for measuring free space.
+    dir: std::path::PathBuf,
 }
 
 /// One answer from the central: the entry's seq, how it changes the request's record, and the
@@ -455,6 +506,28 @@ impl BufferedActivity {
 }
 
 impl Inner {
+    /// Measure free space; logs when room runs out and when it returns.
+    fn measure_disk(&self) {
+        let needed = self.config.min_free_mib.saturating_mul(1024 * 1024);
+        let room = match durable::available_bytes(&self.dir) {
+            Ok(free) => free > needed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot measure the free space of the store's disk");
+                true
+            }
+        };
+        let had = self.disk_has_room.swap(room, Ordering::Relaxed);
+        if had && !room {
+            tracing::error!(
+                dir = %self.dir.display(),
+                min_free_mib = self.config.min_free_mib,
+                "the store's disk is almost full: refusing requests (503) until space returns"
+            );
+        } else if room && !had {
+            tracing::info!("the store's disk has room again: accepting requests");
+        }
+    }
+
     fn tail(&self) -> std::sync::MutexGuard<'_, OutboxTail> {
         self.tail.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -523,20 +596,27 @@ impl Drop for Inner {
         if let Err(error) = self.persist_activity() {
             tracing::warn!(%error, "cannot write activity entries");
         }
-        // Done marks since the last flush; sled flushes when the database closes.
-        let written = self
-            .commit
-            .write_groups()
-            .map_err(StoreError::from)
-            .and_then(|_| {
-                let _writing = self
-                    .commit
-                    .writing
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                self.inbox.compact()?;
-                Ok(self.outbox.compact()?)
-            });
+        // Done marks since the last flush, then a last stable flush (a broken store writes
+        // nothing more).
+        let commit = &self.commit;
+        let written = if commit.broken.borrow().is_some() {
+            Ok(())
+        } else {
+            commit
+                .write_groups(&mut Vec::new())
+                .map_err(StoreError::from)
+                .and_then(|_| {
+                    let _writing = commit.writing.lock().unwrap_or_else(|p| p.into_inner());
+                    self.inbox.compact()?;
+                    self.outbox.compact()?;
+                    commit.db.flush()?;
+                    commit
+                        .disk
+                        .sync()
+                        .map_err(|e| StoreError::Io(e.to_string()))?;
+                    Ok(commit.seal.sync()?)
+                })
+        };
         if let Err(error) = written {
             tracing::warn!(%error, "cannot write the last queue changes");
         }
@@ -553,6 +633,16 @@ impl Drop for Inner {
 /// covered in `failed`, so exactly those writers report the failure.
 struct GroupCommit {
     db: sled::Db,
+    /// Makes a flush stable (fsync); sled's flush alone is not.
+    disk: durable::DiskSync,
+    /// Records what was acknowledged, and the writes a failed flush refused.
+    seal: durable::Seal,
+    /// The mark the next write extends; only the single writer (under `writing`) changes it.
+    mark: Mutex<durable::Mark>,
+    /// Set by the first failed write, flush or sync, with its reason. From then on the store
+    /// takes nothing: after a failed `fsync` the kernel may have dropped the pages it could not
+    /// write, and sled keeps failing after a failed write, so only a restart can go on.
+    broken: watch::Sender<Option<String>>,
     inbox: Arc<GroupedLog>,
     outbox: Arc<GroupedLog>,
     /// Held while gathered queue changes are written; see [`GroupCommit::write_groups`].
@@ -576,18 +666,35 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Write what the inbox and outbox gathered since the last flush; returns one past the
-    /// highest outbox seq written, if any. The order matters for a crash: an inbox entry is
+    /// Write what the inbox and outbox gathered since the last flush, and the mark that counts
+    /// it; answers one past the highest outbox seq written (if any) and the new mark (if
+    /// anything was written). The seq ranges written are added to `refusable` first, so a
+    /// failed flush can refuse exactly them. The order matters for a crash: an inbox entry is
     /// marked done only after its events were appended to the outbox, so taking the inbox's
     /// emptied groups before sealing the outbox, and removing them after writing the outbox
-    /// group, puts every request's events on disk before its inbox group leaves.
-    fn write_groups(&self) -> Result<Option<u64>, sled::Error> {
+    /// group, puts every request's events on disk before its inbox group leaves. The mark is
+    /// written last, so a database that kept it kept everything before it.
+    fn write_groups(
+        &self,
+        refusable: &mut Vec<durable::Voided>,
+    ) -> Result<(Option<u64>, Option<durable::Mark>), sled::Error> {
         // One writer at a time (the flusher, or the store's drop): the order above must hold
         // across calls too.
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let (inbox_group, inbox_emptied) = self.inbox.seal();
         let (outbox_group, outbox_emptied) = self.outbox.seal();
         let appended = outbox_group.as_ref().map(|group| group.last + 1);
+        let mut entries = 0;
+        for (queue, group) in [(INBOX_QUEUE, &inbox_group), (OUTBOX_QUEUE, &outbox_group)] {
+            if let Some(group) = group {
+                entries += group.count;
+                refusable.push(durable::Voided {
+                    queue,
+                    first: group.key,
+                    last: group.last,
+                });
+            }
+        }
         if let Some(group) = inbox_group {
             self.inbox.write(group)?;
         }
@@ -596,7 +703,56 @@ impl GroupCommit {
         }
         self.outbox.remove(outbox_emptied)?;
         self.inbox.remove(inbox_emptied)?;
-        Ok(appended)
+        if entries == 0 {
+            return Ok((appended, None));
+        }
+        let mut mark = self.mark.lock().unwrap_or_else(|p| p.into_inner());
+        mark.flushes += 1;
+        mark.entries += entries;
+        self.db.insert(MARK_KEY, &mark.to_bytes())?;
+        Ok((appended, Some(*mark)))
+    }
+
+    /// One group commit, on a blocking thread: write, flush, sync, then record the mark. On
+    /// any failure the store breaks and the writes this commit covered are recorded as refused
+    /// before their writers hear so, so a restart cannot bring them back.
+    fn commit(&self) -> Result<Option<u64>, String> {
+        if let Some(reason) = self.broken.borrow().clone() {
+            return Err(reason);
+        }
+        let mut refusable = Vec::new();
+        let result = self
+            .write_groups(&mut refusable)
+            .map_err(|e| format!("write: {e}"))
+            .and_then(|written| {
+                self.db.flush().map_err(|e| format!("flush: {e}"))?;
+                self.disk
+                    .sync()
+                    .map_err(|e| format!("fsync of {}: {e}", self.disk.dir().display()))?;
+                Ok(written)
+            });
+        match result {
+            Ok((appended, mark)) => {
+                if let Some(mark) = mark {
+                    if let Err(error) = self.seal.record(mark) {
+                        // The seal only detects losses; the data itself is durable.
+                        tracing::warn!(%error, "cannot update the store's seal");
+                    }
+                }
+                Ok(appended)
+            }
+            Err(reason) => {
+                if let Err(error) = self.seal.void(&refusable) {
+                    tracing::error!(
+                        %error,
+                        "cannot record the refused writes; requests answered 503 may be \
+                         processed after a restart"
+                    );
+                }
+                self.broken.send_replace(Some(reason.clone()));
+                Err(reason)
+            }
+        }
     }
 }
 
@@ -639,18 +795,90 @@ impl Writes {
     }
 }
 
+/// Compare the database's mark with its seal's (see [`durable::Seal`]); answers the refused
+/// write ranges to drop, or [`StoreError::Damaged`] when the database lost acknowledged data
+/// and `recovery` does not accept that.
+fn check_seal(
+    dir: &Path,
+    mark: durable::Mark,
+    sealed: Option<&durable::Sealed>,
+    recovery: Recovery,
+) -> Result<Vec<durable::Voided>, StoreError> {
+    let Some(sealed) = sealed else {
+        if mark != durable::Mark::default() {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the store has no seal file ({SEAL_FILE}); a new one starts from what it holds"
+            );
+        }
+        return Ok(Vec::new());
+    };
+    if sealed.mark.flushes > mark.flushes || sealed.mark.entries > mark.entries {
+        let damage = StoreError::Damaged {
+            dir: dir.display().to_string(),
+            missing_entries: sealed.mark.entries.saturating_sub(mark.entries),
+            missing_flushes: sealed.mark.flushes.saturating_sub(mark.flushes),
+        };
+        match recovery {
+            Recovery::Refuse => return Err(damage),
+            Recovery::AcceptLoss => {
+                tracing::warn!("{damage}; going on with what is left (--accept-store-loss)")
+            }
+        }
+    }
+    if !sealed.voided.is_empty() {
+        tracing::warn!(
+            ranges = sealed.voided.len(),
+            "dropping writes a failed flush refused (their clients got 503)"
+        );
+    }
+    Ok(sealed.voided.clone())
+}
+
 impl Store {
     /// Open (or create) the store under `dir` and start its flusher task. Must be called inside a
     /// tokio runtime.
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        Self::open_with(dir, config, Recovery::Refuse)
+    }
+
+    /// [`Store::open`], saying what to do when the database lost acknowledged data.
+    pub fn open_with(
+        dir: &Path,
+        config: StoreConfig,
+        recovery: Recovery,
+    ) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_mib.max(1) * 1024 * 1024)
             .flush_every_ms(None)
             .open()?;
+        let disk = durable::DiskSync::open(dir)
+            .map_err(|e| StoreError::Io(format!("cannot sync {}: {e}", dir.display())))?;
+        let (seal, sealed) = durable::Seal::open(&dir.join(SEAL_FILE))?;
+        let mark = match db.get(MARK_KEY)? {
+            Some(bytes) => durable::Mark::from_bytes(&bytes)
+                .ok_or_else(|| StoreError::Corrupt("the acknowledged mark is unreadable".into()))?,
+            None => durable::Mark::default(),
+        };
+        let refused = check_seal(dir, mark, sealed.as_ref(), recovery)?;
         let tree = |name: &str| db.open_tree(name);
-        let (inbox, inbox_entries) = GroupedLog::open(tree("inbox")?)?;
-        let (outbox, outbox_stored) = GroupedLog::open(tree("outbox")?)?;
+        let (inbox, mut inbox_entries) = GroupedLog::open(tree("inbox")?)?;
+        let (outbox, mut outbox_stored) = GroupedLog::open(tree("outbox")?)?;
+        for (queue, log, entries) in [
+            (INBOX_QUEUE, &inbox, &mut inbox_entries),
+            (OUTBOX_QUEUE, &outbox, &mut outbox_stored),
+        ] {
+            entries.retain(|(seq, _)| {
+                let keep = !refused
+                    .iter()
+                    .any(|r| r.queue == queue && (r.first..=r.last).contains(seq));
+                if !keep {
+                    log.done(*seq);
+                }
+                keep
+            });
+        }
         let (inbox, outbox) = (Arc::new(inbox), Arc::new(outbox));
         let stored = inbox_entries.iter().chain(&outbox_stored);
         let pending_entries = stored.clone().count() as u64;
@@ -675,6 +903,10 @@ impl Store {
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
+            disk,
+            seal,
+            mark: Mutex::new(mark),
+            broken: watch::channel(None).0,
             inbox: inbox.clone(),
             outbox: outbox.clone(),
             writing: Mutex::new(()),
@@ -705,9 +937,24 @@ impl Store {
             tail: Mutex::new(OutboxTail::starting_at(appended_end)),
             unrecorded: Mutex::new(unrecorded),
             commit: commit.clone(),
+            disk_has_room: std::sync::atomic::AtomicBool::new(true),
+            dir: dir.to_owned(),
         });
+        inner.measure_disk();
+        // Refused writes leave the database, durably, before the seal forgets them; the seal
+        // then starts from what the database holds.
+        commit.write_groups(&mut Vec::new())?;
+        commit.db.flush()?;
+        commit
+            .disk
+            .sync()
+            .map_err(|e| StoreError::Io(format!("cannot sync {}: {e}", dir.display())))?;
+        commit
+            .seal
+            .reset(*commit.mark.lock().unwrap_or_else(|p| p.into_inner()))?;
         tokio::spawn(flusher(commit));
         tokio::spawn(activity_writer(Arc::downgrade(&inner)));
+        tokio::spawn(disk_watch(Arc::downgrade(&inner)));
         Ok(Store { inner })
     }
 
@@ -715,6 +962,7 @@ impl Store {
     /// flush failure the request is removed again and an error returned, so a caller that did not
     /// get `Ok` may safely tell its client "not accepted".
     pub async fn accept(&self, request: InboundRequest) -> Result<Accepted, StoreError> {
+        self.check_not_broken()?;
         let inner = &self.inner;
         let value = serde_json::to_vec(&request)?;
         let size = value.len() as u64;
@@ -758,6 +1006,7 @@ impl Store {
         trigger: &str,
         activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
+        self.check_not_broken()?;
         let inner = &self.inner;
         let meta = OutboxMeta {
             request_id: request_id.to_owned(),
@@ -842,6 +1091,21 @@ impl Store {
         }
     }
 
+    /// Set once a write, flush or sync failed, with the reason: the store then takes nothing
+    /// more and the daemon must restart to go on (see [`GroupCommit::broken`]).
+    pub fn broken(&self) -> watch::Receiver<Option<String>> {
+        self.inner.commit.broken.subscribe()
+    }
+
+    fn check_not_broken(&self) -> Result<(), StoreError> {
+        match &*self.inner.commit.broken.borrow() {
+            Some(reason) => Err(StoreError::Io(format!(
+                "the store failed earlier ({reason}); the agent must restart"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Ask the flusher for a flush without waiting for it (outbox entries become visible to the
     /// relay once it finished).
     fn request_flush(&self) {
@@ -852,6 +1116,11 @@ impl Store {
 
     fn reserve(&self, size: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
+        if !inner.disk_has_room.load(Ordering::Relaxed) {
+            return Err(StoreError::Full(
+                "the disk holding the store is almost full",
+            ));
+        }
         if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= inner.config.max_entries {
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Full("pending entry limit reached"));
@@ -1140,6 +1409,11 @@ impl Store {
         )
     }
 
+    /// Whether the store's disk has more than `[store] min_free_mib` free (last measurement).
+    pub fn disk_has_room(&self) -> bool {
+        self.inner.disk_has_room.load(Ordering::Relaxed)
+    }
+
     /// Group-commit flushes since the store was opened.
     pub fn flushes(&self) -> u64 {
         self.inner.commit.flushes.load(Ordering::Relaxed)
@@ -1407,11 +1681,7 @@ async fn flusher(commit: Arc<GroupCommit>) {
             // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
-            let flushed = shared.write_groups().and_then(|appended| {
-                shared.db.flush()?;
-                Ok(appended)
-            });
-            (target, flushed.map_err(|e| e.to_string()))
+            (target, shared.commit())
         })
         .await;
         let (target, flushed) = match flushed {
@@ -1441,6 +1711,23 @@ async fn flusher(commit: Arc<GroupCommit>) {
             commit.appended.notify_one();
         }
         commit.flushed.send_replace(target);
+    }
+}
+
+/// How often the free space of the store's disk is measured.
+const DISK_WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Measures free space every [`DISK_WATCH_INTERVAL`] until the store is dropped, so ingress
+/// refuses before sled runs out of space and accepts again by itself when space returns.
+async fn disk_watch(inner: std::sync::Weak<Inner>) {
+    loop {
+        tokio::time::sleep(DISK_WATCH_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        tokio::task::spawn_blocking(move || inner.measure_disk())
+            .await
+            .ok();
     }
 }
 

@@ -30,20 +30,31 @@ pub(crate) const ACTIVITY_BODY_BYTES: usize = 4096;
 ///
 /// Returns the trigger as JSON text. The body is checked in one pass without building a value
 /// tree and then embedded as it came, because this runs on every request of the busiest path.
+///
+/// The check is the one the central applies to every event (`protocol::limits`), so a body
+/// accepted here can never be refused there and block the relay.
 pub fn trigger_from_body(body: &[u8]) -> Result<String, String> {
-    let not_json = |e: &dyn std::fmt::Display| format!("the body is not valid JSON: {e}");
-    let text = std::str::from_utf8(body).map_err(|e| not_json(&e))?;
+    use protocol::limits::{LimitError, MAX_TRIGGER_BYTES};
+    let refused = |error: LimitError| match error {
+        LimitError::Invalid(reason) => format!("the body is not valid JSON: {reason}"),
+        other => format!("the body is outside the limits of an event: {other}"),
+    };
+    let text =
+        std::str::from_utf8(body).map_err(|e| refused(LimitError::Invalid(e.to_string())))?;
+    if text.len() + TRIGGER_WRAP_BYTES > MAX_TRIGGER_BYTES {
+        return Err(refused(LimitError::TooLarge { bytes: text.len() }));
+    }
     let mut reader = serde_json::Deserializer::from_str(text);
     let shape = serde::de::DeserializeSeed::deserialize(body_shape::Shape::TOP, &mut reader)
         .and_then(|shape| reader.end().map(|()| shape))
-        .map_err(|e| not_json(&e))?;
+        .map_err(|e| refused(e.into()))?;
     match shape {
         ("an object", Some("an object"), Err(reason)) => Err(reason),
         ("an object", Some("an object"), Ok(())) => Ok(text.trim().to_owned()),
         ("an object", Some(_), _) => Err("\"properties\" must be a JSON object".into()),
         ("an object", None, _) => {
             let body = text.trim();
-            let mut trigger = String::with_capacity(body.len() + 15);
+            let mut trigger = String::with_capacity(body.len() + TRIGGER_WRAP_BYTES);
             trigger.push_str("{\"properties\":");
             trigger.push_str(body);
             trigger.push('}');
@@ -53,23 +64,31 @@ pub fn trigger_from_body(body: &[u8]) -> Result<String, String> {
     }
 }
 
+/// What wrapping a body as `{"properties":...}` adds.
+const TRIGGER_WRAP_BYTES: usize = 15;
+
 /// A one-pass check of a body's top-level shape that allocates nothing for the values it skips.
 mod body_shape {
-    use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use protocol::limits::Bounded;
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
     use std::fmt;
 
-    /// Skips a value and answers its JSON kind ("an object", "an array", ...) and, when asked to
-    /// look, the kind of its `properties` member and whether its `priority` member is one the
-    /// central takes (the last of each, as JSON parsers keep the last of duplicate keys).
+    /// Reads a value completely, checking it against the shared limits (`protocol::limits`), and
+    /// answers its JSON kind ("an object", "an array", ...) and, when asked to look, the kind of
+    /// its `properties` member and whether its `priority` member is one the central takes (the
+    /// last of each, as JSON parsers keep the last of duplicate keys).
     #[derive(Clone, Copy)]
     pub struct Shape {
         look_for_properties: bool,
+        bounded: Bounded,
     }
 
     impl Shape {
-        /// For the top level of a body.
+        /// For the top level of a body. It counts as one level down, since a body without
+        /// `properties` becomes the `properties` of the trigger.
         pub const TOP: Shape = Shape {
             look_for_properties: true,
+            bounded: Bounded::top().inner(),
         };
     }
 
@@ -89,30 +108,29 @@ mod body_shape {
             f.write_str("a JSON value")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+            let inner = self.bounded.nested()?;
             let mut properties = None;
             let mut priority = Ok(());
-            if self.look_for_properties {
-                while let Some(key) = map.next_key_seed(ReadTopKey)? {
-                    match key {
-                        TopKey::Properties => {
-                            let nested = Shape {
-                                look_for_properties: false,
-                            };
-                            properties = Some(map.next_value_seed(nested)?.0);
-                        }
-                        TopKey::Priority => priority = map.next_value_seed(Priority)?,
-                        TopKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
+            let nested = Shape {
+                look_for_properties: false,
+                bounded: inner,
+            };
+            while let Some(key) = map.next_key_seed(ReadTopKey)? {
+                match key {
+                    TopKey::Properties if self.look_for_properties => {
+                        properties = Some(map.next_value_seed(nested)?.0);
                     }
+                    TopKey::Priority if self.look_for_properties => {
+                        priority = map.next_value_seed(Priority(nested))?;
+                    }
+                    _ => map.next_value_seed(inner)?,
                 }
-            } else {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             }
             Ok(("an object", properties, priority))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            let inner = self.bounded.nested()?;
+            while seq.next_element_seed(inner)?.is_some() {}
             Ok(("an array", None, Ok(())))
         }
         fn visit_str<E>(self, _: &str) -> Result<Found, E> {
@@ -127,8 +145,12 @@ mod body_shape {
         fn visit_u64<E>(self, _: u64) -> Result<Found, E> {
             Ok(("a number", None, Ok(())))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<Found, E> {
-            Ok(("a number", None, Ok(())))
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Found, E> {
+            if value.is_finite() {
+                Ok(("a number", None, Ok(())))
+            } else {
+                Err(E::custom("number out of range"))
+            }
         }
         fn visit_unit<E>(self) -> Result<Found, E> {
             Ok(("null", None, Ok(())))
@@ -167,10 +189,15 @@ mod body_shape {
     }
 
     /// Reads a trigger's `priority` and answers whether the central takes it (null counts as
-    /// absent there); the refusal names the value. Syntax errors stay deserializer errors.
-    struct Priority;
+    /// absent there); the refusal names what was given. Any other kind of value is read by the
+    /// wrapped [`Shape`], so it is checked against the limits like every other value.
+    struct Priority(Shape);
 
-    const PRIORITIES: &str = "\"priority\" must be LOW, MEDIUM or HIGH";
+    fn not_a_priority(given: &str) -> Result<(), String> {
+        Err(format!(
+            "\"priority\" must be LOW, MEDIUM or HIGH, not {given}"
+        ))
+    }
 
     impl<'de> DeserializeSeed<'de> for Priority {
         type Value = Result<(), String>;
@@ -189,7 +216,7 @@ mod body_shape {
             Ok(
                 match known.iter().any(|p| p.eq_ignore_ascii_case(priority)) {
                     true => Ok(()),
-                    false => Err(format!("{PRIORITIES}, not {priority:?}")),
+                    false => not_a_priority(&format!("{priority:?}")),
                 },
             )
         }
@@ -197,27 +224,22 @@ mod body_shape {
             Ok(Ok(()))
         }
         fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-            let skip = Shape {
-                look_for_properties: false,
-            };
-            let (kind, _, _) = skip.visit_map(map)?;
-            Ok(Err(format!("{PRIORITIES}, not {kind}")))
+            Ok(not_a_priority(self.0.visit_map(map)?.0))
         }
         fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-            let (kind, _, _) = Shape::TOP.visit_seq(seq)?;
-            Ok(Err(format!("{PRIORITIES}, not {kind}")))
+            Ok(not_a_priority(self.0.visit_seq(seq)?.0))
         }
-        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-            Ok(Err(format!("{PRIORITIES}, not a boolean")))
+        fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Self::Value, E> {
+            Ok(not_a_priority(self.0.visit_bool(value)?.0))
         }
-        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
-            Ok(Err(format!("{PRIORITIES}, not a number")))
+        fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Self::Value, E> {
+            Ok(not_a_priority(self.0.visit_i64(value)?.0))
         }
-        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
-            Ok(Err(format!("{PRIORITIES}, not a number")))
+        fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Self::Value, E> {
+            Ok(not_a_priority(self.0.visit_u64(value)?.0))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
-            Ok(Err(format!("{PRIORITIES}, not a number")))
+        fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Self::Value, E> {
+            Ok(not_a_priority(self.0.visit_f64(value)?.0))
         }
     }
 }
@@ -333,23 +355,37 @@ async fn run_action(
                 .scripts
                 .run(program.clone(), script_request, http)
                 .await;
-            let failure = outcome.error.as_ref().map(|e| e.to_string());
-            let status = match (&failure, outcome.posts.is_empty()) {
+            let mut error = outcome
+                .error
+                .as_ref()
+                .map(|e| json!({"kind": e.kind, "message": e.message, "line": e.line}));
+            let mut failure = outcome.error.as_ref().map(|e| e.to_string());
+            let mut posts = outcome.posts;
+            if failure.is_none() {
+                if let Some(reason) = unsendable_post(&posts) {
+                    error = Some(json!({"kind": "limit", "message": reason}));
+                    failure = Some(reason);
+                }
+            }
+            if failure.is_some() {
+                // A failed run creates no events, so its activity does not report any.
+                posts.clear();
+            }
+            let status = match (&failure, posts.is_empty()) {
                 (Some(_), _) => "FAILED",
                 (None, true) => "COMPLETED",
                 (None, false) => "QUEUED",
             };
             let details = json!({
-                "events": outcome.posts.len(),
+                "events": posts.len(),
                 "log": outcome.logs,
                 "http": outcome.http,
-                "error": outcome.error.as_ref().map(|e| json!({"kind": e.kind, "message": e.message, "line": e.line})),
+                "error": error,
                 "durationMs": outcome.duration.as_millis() as u64,
             });
             Processed {
                 activity: activity(request, status, details),
-                events: outcome
-                    .posts
+                events: posts
                     .into_iter()
                     .map(|post| (integration.form.clone(), post))
                     .collect(),
@@ -358,6 +394,17 @@ async fn run_action(
         }
         (_, None) => failed(request, "the integration has no script".into()),
     }
+}
+
+/// The first `form.post` of a run the central could not take (`protocol::limits`), as the
+/// reason the request fails: sending it would only earn a reject, and the run's other events
+/// would be half of what the script meant to create.
+fn unsendable_post(posts: &[serde_json::Value]) -> Option<String> {
+    posts.iter().enumerate().find_map(|(index, post)| {
+        protocol::limits::check_json(&post.to_string())
+            .err()
+            .map(|error| format!("form.post call {} cannot be sent: {error}", index + 1))
+    })
 }
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {

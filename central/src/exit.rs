@@ -6,6 +6,11 @@
 pub const CONFIG: i32 = 78;
 /// Something failed at run time (EX_SOFTWARE).
 pub const SOFTWARE: i32 = 70;
+/// Stored data is damaged and the daemon will not guess (EX_DATAERR): an operator decides.
+pub const DATA: i32 = 65;
+/// A temporary failure that a restart clears (EX_TEMPFAIL), such as a store that stopped
+/// taking writes.
+pub const TEMPFAIL: i32 = 75;
 /// The command line or an input file was wrong (EX_USAGE / EX_DATAERR collapsed).
 pub const USAGE: i32 = 64;
 

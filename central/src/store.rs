@@ -60,6 +60,9 @@ pub enum StoreError {
     /// A blocking store task could not complete (runtime shutting down).
     #[error("event store task failed: {0}")]
     Task(String),
+    /// Making flushed data stable (fsync) failed.
+    #[error("event store: cannot sync to disk: {0}")]
+    Sync(#[from] std::io::Error),
 }
 
 /// One event to create: validated, its JSON written only once the store knows it is new and
@@ -125,6 +128,8 @@ pub struct Store {
 
 struct Inner {
     db: sled::Db,
+    /// fsync after sled's flush, so an ack means the event is on stable storage.
+    disk: durable::DiskSync,
     tree: sled::Tree,
     /// Serializes read-check-write sequences (dedupe checks + insert, status read + write),
     /// hands out event ids in the order their batches are written, and guards the index.
@@ -328,10 +333,12 @@ impl Store {
             }
             index.total += batch.entries.len();
         }
+        let disk = durable::DiskSync::open(dir)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 tree,
                 db,
+                disk,
                 writer: Mutex::new(Writer {
                     ids: IdClock { last },
                     index,
@@ -610,11 +617,17 @@ impl Store {
     /// On tokio's blocking pool rather than sled's `flush_async`: that one hands the flush to
     /// sled's thread pool, whose every hand-off wakes all its idle threads, and the flush itself
     /// then hands the log write to the pool again. One such wake-up storm per flush is enough.
+    /// It then syncs the files (`durable::DiskSync`): sled's flush alone survives a killed
+    /// process but not a power cut, and an ack promises the event is kept.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|error| StoreError::Task(error.to_string()))??;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.db.flush()?;
+            inner.disk.sync()?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|error| StoreError::Task(error.to_string()))??;
         Ok(())
     }
 }

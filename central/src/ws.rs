@@ -24,7 +24,7 @@ use protocol::{AgentFrame, CentralFrame, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -155,9 +155,12 @@ pub fn upgrade(
         let _guard = guard;
         match on_upgrade.await {
             Ok(upgraded) => {
-                let socket =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let socket = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(socket_limits()),
+                )
+                .await;
                 run(state, socket, agent_id, peer).await;
             }
             Err(error) => tracing::debug!(%error, %peer, "websocket upgrade did not complete"),
@@ -171,6 +174,14 @@ pub fn upgrade(
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
     response
+}
+
+/// A message (however it is fragmented) may not exceed what a frame within the shared limits
+/// needs, so a peer cannot make the central buffer more than that.
+fn socket_limits() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(protocol::limits::MAX_FRAME_BYTES))
+        .max_frame_size(Some(protocol::limits::MAX_FRAME_BYTES))
 }
 
 fn close(code: CloseCode, reason: &str) -> Message {
@@ -401,9 +412,14 @@ fn classify_text(text: &str) -> Inbound {
         Err(error) => {
             // If the frame names its seq, answer it so the agent can dead-letter the entry
             // instead of resending it forever; otherwise the stream is unreadable.
-            let seq = serde_json::from_str::<serde_json::Value>(text)
-                .ok()
-                .and_then(|value| value.get("seq").and_then(serde_json::Value::as_u64));
+            // The members around `seq` are skipped unread (serde_json skips a value without
+            // converting numbers or checking nesting), so a trigger the reader refused still
+            // lets the frame be answered by its seq.
+            #[derive(serde::Deserialize)]
+            struct Envelope {
+                seq: u64,
+            }
+            let seq = serde_json::from_str::<Envelope>(text).ok().map(|e| e.seq);
             match seq {
                 Some(seq) => Inbound::Malformed {
                     seq,

@@ -10,6 +10,8 @@
 //! shape without pulling in each other's runtime. It deliberately does no I/O.
 #![forbid(unsafe_code)]
 
+pub mod limits;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -138,6 +138,18 @@ impl Node {
         );
     }
 
+    /// Wait (up to 30 s) for the process to exit by itself; answers its exit code.
+    pub fn wait(mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("process did not exit within 30 s; log:\n{}", self.log());
+    }
+
     /// Send a signal by name (e.g. "HUP").
     pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")

@@ -53,10 +53,13 @@ struct Group {
 
 /// One sealed group: write it before the flush that makes its entries durable.
 pub(super) struct Sealed {
-    key: u64,
+    /// The group's first seq.
+    pub(super) key: u64,
     value: Vec<u8>,
     /// The highest seq in the group.
     pub(super) last: u64,
+    /// How many entries the group holds.
+    pub(super) count: u64,
 }
 
 /// Why a stored group could not be read.
@@ -196,6 +199,7 @@ impl GroupedLog {
             return (None, emptied);
         };
         let value = encode(&open);
+        let count = open.len() as u64;
         let live = open.iter().map(|(s, v)| (*s, v.len() as u64)).collect();
         state.groups.insert(
             key,
@@ -205,7 +209,15 @@ impl GroupedLog {
                 last,
             },
         );
-        (Some(Sealed { key, value, last }), emptied)
+        (
+            Some(Sealed {
+                key,
+                value,
+                last,
+                count,
+            }),
+            emptied,
+        )
     }
 
     /// Write a sealed group.
