@@ -34,7 +34,10 @@ fuzz_target!(|text: &str| {
         }
         Verdict::Ignored => panic!("a text frame was ignored: {text}"),
         Verdict::Closed(reason) => {
-            assert_eq!(by_protocol, None, "an event.create dropped the connection ({reason})")
+            assert_eq!(
+                by_protocol, None,
+                "an event.create dropped the connection ({reason})"
+            )
         }
     }
 });

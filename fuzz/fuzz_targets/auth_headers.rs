@@ -17,11 +17,15 @@ fuzz_target!(|bytes: &[u8]| {
     };
     let basic = basic_credentials(Some(&header));
     let bearer = bearer_token(Some(&header));
-    assert!(basic.is_none() || bearer.is_none(), "both schemes: {header:?}");
+    assert!(
+        basic.is_none() || bearer.is_none(),
+        "both schemes: {header:?}"
+    );
 
     if let Some((user, password)) = basic {
         assert!(!user.contains(':'), "user with a colon from {header:?}");
-        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let again = HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is ASCII");
         assert_eq!(basic_credentials(Some(&again)), Some((user, password)));
     }

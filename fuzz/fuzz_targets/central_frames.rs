@@ -15,7 +15,8 @@ fuzz_target!(|text: &str| {
         assert_eq!(&again, frame);
     }
     let welcomed = agent::fuzzing::welcome(text, "fuzz-agent");
-    let expected = matches!(parsed, Ok(CentralFrame::Welcome { version, .. }) if version == PROTOCOL_VERSION);
+    let expected =
+        matches!(parsed, Ok(CentralFrame::Welcome { version, .. }) if version == PROTOCOL_VERSION);
     assert_eq!(welcomed.is_ok(), expected, "{welcomed:?} for {text}");
     if let Err(reason) = welcomed {
         assert!(!reason.is_empty());

@@ -32,7 +32,10 @@ fuzz_target!(|body: &[u8]| {
             };
             let expected = match object.get("properties") {
                 Some(Value::Object(_)) => {
-                    assert!(priority_ok(object.get("priority")), "priority accepted: {value}");
+                    assert!(
+                        priority_ok(object.get("priority")),
+                        "priority accepted: {value}"
+                    );
                     value.clone()
                 }
                 Some(other) => panic!("a body with properties {other} was accepted"),

@@ -29,10 +29,16 @@ fuzz_target!(|input: (&str, &str, bool)| {
         let expected = from_query.get(name).or_else(|| from_body.get(name));
         assert_eq!(expected, Some(value), "parameter {name:?}");
     }
-    assert!(from_query.keys().chain(from_body.keys()).all(|name| parameters.contains_key(name)));
+    assert!(from_query
+        .keys()
+        .chain(from_body.keys())
+        .all(|name| parameters.contains_key(name)));
     for (name, value) in form_urlencoded::parse(body.as_bytes()) {
         if name != "apiKey" && !from_query.contains_key(name.as_ref()) {
-            assert!(parameters.contains_key(name.as_ref()), "{name:?} = {value:?} lost");
+            assert!(
+                parameters.contains_key(name.as_ref()),
+                "{name:?} = {value:?} lost"
+            );
         }
     }
 });

@@ -32,9 +32,16 @@ thread_local! {
 }
 
 fuzz_target!(|xml: &str| {
-    let request = ScriptRequest { body: xml.to_owned(), ..ScriptRequest::default() };
+    let request = ScriptRequest {
+        body: xml.to_owned(),
+        ..ScriptRequest::default()
+    };
     let outcome = PROGRAM.with(|program| {
-        ENGINE.with(|engine| engine.borrow_mut().run(program, request, Arc::new(FixtureClient::empty())))
+        ENGINE.with(|engine| {
+            engine
+                .borrow_mut()
+                .run(program, request, Arc::new(FixtureClient::empty()))
+        })
     });
     match &outcome.error {
         None => {
