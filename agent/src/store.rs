@@ -128,6 +128,31 @@ const MARK_KEY: &[u8] = b"acknowledged-mark";
 const INBOX_QUEUE: u8 = 0;
 const OUTBOX_QUEUE: u8 = 1;
 
+/// How much of the `[store]` bounds an accepted request may fill.
+#[derive(Debug, Clone, Copy)]
+enum Headroom {
+    /// All of it: a create_event request is its one outbox entry already.
+    None,
+    /// All but a tenth, kept for the events of script requests: a full inbox whose scripts
+    /// could not store their events would never drain.
+    ForEvents,
+}
+
+impl Headroom {
+    fn bounds(self, config: &StoreConfig) -> (u64, u64) {
+        match self {
+            Headroom::None => (config.max_entries, config.max_bytes),
+            Headroom::ForEvents => (
+                config.max_entries - config.max_entries / 10,
+                config.max_bytes - config.max_bytes / 10,
+            ),
+        }
+    }
+}
+
+/// About what an outbox value adds to its trigger (request id, integration, form, seq).
+const OUTBOX_HEAD_BYTES: u64 = 200;
+
 /// What [`Store::open`] does when the database holds less than its seal records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recovery {
@@ -966,7 +991,7 @@ impl Store {
         let inner = &self.inner;
         let value = serde_json::to_vec(&request)?;
         let size = value.len() as u64;
-        self.reserve(size)?;
+        self.reserve(size, Headroom::ForEvents)?;
         // Only the inbox entry is on the durable path; the status record is written when the
         // worker finishes (until then the in-memory index answers "ACCEPTED").
         let key = match inner
@@ -1017,7 +1042,7 @@ impl Store {
         };
         let value = outbox_value_head(&meta, form, trigger)?;
         let head = value.len() as u64;
-        self.reserve(head)?;
+        self.reserve(head, Headroom::None)?;
         let mut size = head;
         let appended = inner.outbox.append(&inner.db, |seq| {
             let value = self.finish_outbox_entry(seq, value, meta.clone());
@@ -1114,22 +1139,50 @@ impl Store {
         commit.wake.notify_one();
     }
 
-    fn reserve(&self, size: u64) -> Result<(), StoreError> {
+    fn reserve(&self, size: u64, headroom: Headroom) -> Result<(), StoreError> {
         let inner = &self.inner;
         if !inner.disk_has_room.load(Ordering::Relaxed) {
             return Err(StoreError::Full(
                 "the disk holding the store is almost full",
             ));
         }
-        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= inner.config.max_entries {
+        let (max_entries, max_bytes) = headroom.bounds(&inner.config);
+        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= max_entries {
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Full("pending entry limit reached"));
         }
-        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > inner.config.max_bytes {
+        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > max_bytes {
             self.release(size);
             return Err(StoreError::Full("pending byte limit reached"));
         }
         Ok(())
+    }
+
+    /// Whether `processed`'s events fit the `[store]` bounds in place of `accepted`'s inbox
+    /// entry. Script requests are accepted only below [`Headroom::ForEvents`], so their events
+    /// have the rest; when the outbox is empty nothing could free room by waiting, so the
+    /// events are let through.
+    pub fn has_room_for(&self, accepted: &Accepted, processed: &Processed) -> bool {
+        if processed.failure.is_some() || processed.events.len() <= 1 {
+            return true;
+        }
+        let inner = &self.inner;
+        if inner.outbox_entries.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let added = processed.events.len() as u64 - 1;
+        let entries = inner.pending_entries.load(Ordering::SeqCst) + added;
+        let event_bytes: u64 = processed
+            .events
+            .iter()
+            .map(|(_, trigger)| trigger.to_string().len() as u64 + OUTBOX_HEAD_BYTES)
+            .sum();
+        let bytes = inner
+            .pending_bytes
+            .load(Ordering::SeqCst)
+            .saturating_sub(accepted.size)
+            + event_bytes;
+        entries <= inner.config.max_entries && bytes <= inner.config.max_bytes
     }
 
     fn release(&self, size: u64) {
@@ -2047,6 +2100,45 @@ mod tests {
             Err(StoreError::Full(_))
         ));
         assert_eq!(store.pending(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn script_events_count_against_the_bound_and_ingress_keeps_them_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_entries: 10,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        for n in 0..7 {
+            let id = request(100 + n).request_id;
+            store
+                .accept_event(&id, "int", "", None, "{}", || json!({}))
+                .await
+                .unwrap();
+        }
+        let script = store.accept(request(1)).await.unwrap();
+        store.accept(request(2)).await.unwrap();
+        // 9 pending: a script request would take the tenth, which is kept for events.
+        assert!(matches!(
+            store.accept(request(3)).await,
+            Err(StoreError::Full(_))
+        ));
+        // One request's inbox entry becomes its events: 3 events need 11 places.
+        assert!(store.has_room_for(&script, &events(2)));
+        assert!(!store.has_room_for(&script, &events(3)));
+        assert!(store.has_room_for(&script, &events(1)));
+        // The relay delivers: room appears.
+        let acks: Vec<(u64, String)> = store
+            .pending_after(None, 10)
+            .unwrap()
+            .iter()
+            .map(|entry| (entry.seq, "ev".to_owned()))
+            .collect();
+        store.acknowledged(&acks).unwrap();
+        assert!(store.has_room_for(&script, &events(3)));
+        store.complete(&script, events(3)).unwrap();
+        assert_eq!(store.pending().0, 4);
     }
 
     #[tokio::test]

@@ -196,8 +196,9 @@ pub async fn run(
             break;
         };
         let shared = shared.clone();
+        let stop = shutdown.clone();
         running.spawn(async move {
-            process(&shared, job).await;
+            process(&shared, job, stop).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -205,7 +206,10 @@ pub async fn run(
     while running.join_next().await.is_some() {}
 }
 
-async fn process(shared: &Shared, job: Job) {
+/// How often a request whose events do not fit the store looks for room again.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+async fn process(shared: &Shared, job: Job, mut stop: watch::Receiver<bool>) {
     let request = &job.accepted.request;
     let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
     async {
@@ -225,6 +229,22 @@ async fn process(shared: &Shared, job: Job) {
         shared
             .metrics
             .count_processed(failure.is_some(), started.elapsed());
+        // The events count against the store's bounds: wait while the relay makes room.
+        // A shutdown meanwhile leaves the request in the inbox, to run again at the next start.
+        let mut waited = false;
+        while !shared.store.has_room_for(&job.accepted, &processed) {
+            if !waited {
+                tracing::warn!(
+                    events,
+                    "the store is full; the request's events wait for room"
+                );
+                waited = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ROOM_POLL) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
         match shared.store.complete(&job.accepted, processed) {
             Ok(_) => match failure {
                 Some(reason) => tracing::warn!(%reason, "request failed"),
