@@ -199,23 +199,29 @@ fn stop_signal() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 async fn run_daemon(path: &Path) -> Result<(), Failure> {
+    use crate::notify::{self, Health};
     let loaded = load(path)?;
     let shutdown = stop_signal()?;
-    let agent = crate::daemon::start(path, loaded, shutdown).await?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let agent = crate::daemon::start(path, loaded, shutdown.clone()).await?;
+    // Store open, listener bound, scripts compiled: ready.
+    let shared = agent.handle.shared();
+    notify::ready(&shared.status_line());
+    tokio::spawn(notify::supervise(shared.clone(), shutdown));
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let mut task = agent.task;
     loop {
         tokio::select! {
             result = &mut task => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                notify::stopping();
                 return result.context("agent task panicked")?.map_err(Failure::from);
             }
             _ = hangup.recv() => {
+                notify::reloading();
                 if let Err(error) = agent.handle.reload().await {
                     tracing::error!("reload refused, the previous configuration stays active: {error}");
                 }
+                notify::ready(&shared.status_line());
             }
         }
     }

@@ -1,5 +1,12 @@
 //! The running agent: wires config, store, ingress, worker, script pool and relay together, and
-//! owns start-up, reload (SIGHUP) and graceful shutdown.
+//! owns start-up, reload (SIGHUP), the health checks behind the systemd watchdog, and graceful
+//! shutdown.
+//!
+//! Reload applies every section it can while requests flow: users, integrations, scripts and
+//! libraries, endpoints, `[scripts]` limits and threads (a new script pool; runs in progress
+//! finish on the old one), `[store]` bounds, `[central]` (the relay reconnects when the section
+//! changed). Keys that only a restart can change ([`RESTART_ONLY`]) keep their running value;
+//! reload logs them and `xmagent status` says "restart needed".
 //!
 //! Shutdown order matters for invariant 1 and 2: stop accepting (in-flight requests still get
 //! their flush and their 202), stop the worker (running scripts finish; unstarted requests stay in
@@ -7,9 +14,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use central::exit::ConfigError;
@@ -39,8 +46,8 @@ pub struct Shared {
     live: RwLock<Arc<Live>>,
     /// The durable store.
     pub store: Store,
-    /// The script threads.
-    pub scripts: scripts::ScriptPool,
+    /// The script threads; replaced whole when a reload changes `[scripts]` limits or threads.
+    scripts: RwLock<Arc<scripts::ScriptPool>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// The CLI's credential for the admin endpoints (the file is in the data directory).
@@ -48,6 +55,16 @@ pub struct Shared {
     /// How many requests the worker processes at once.
     pub worker_concurrency: usize,
     relay_status: watch::Receiver<RelayStatus>,
+    relay_status_tx: watch::Sender<RelayStatus>,
+    /// The running relay task; replaced when a reload changes `[central]`.
+    relay: tokio::sync::Mutex<Option<RelayTask>>,
+    /// The `[central]` table the running relay was started from, to notice a change on reload.
+    central_section: Mutex<Option<toml::Value>>,
+    /// Keys changed in the file that keep their running value until a restart.
+    restart_needed: Mutex<Vec<&'static str>>,
+    started: Instant,
+    /// Requests processed at the last sign of progress, and when that was (watchdog).
+    script_progress: Mutex<(u64, Instant)>,
     work: mpsc::UnboundedSender<Job>,
     /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
     /// fixed at start); see [`Shared::reserve_backlog`]. Ingress can store requests faster than
@@ -78,8 +95,35 @@ impl Shared {
 
     /// Hand an accepted request to the worker.
     pub fn enqueue(&self, job: Job) {
+        self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
         // A closed channel means shutdown: the entry stays in the inbox for the next start.
         let _ = self.work.send(job);
+    }
+
+    /// The script pool to run the next script on.
+    pub fn scripts(&self) -> Arc<scripts::ScriptPool> {
+        self.scripts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The relay's current state (connected, last error, counters).
+    pub fn relay_status(&self) -> RelayStatus {
+        self.relay_status.borrow().clone()
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Keys changed in the configuration file that need a restart to take effect.
+    pub fn restart_needed(&self) -> Vec<&'static str> {
+        self.restart_needed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// `/readyz`: ready when the store has room and the relay is connected.
@@ -140,9 +184,87 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The script threads are stuck when requests wait for them and none finished for longer
+    /// than two script time limits plus a margin (every run is bounded by the time limit).
+    fn check_script_progress(&self) -> Result<(), String> {
+        let processed = self.metrics.processed.load(Ordering::Relaxed);
+        let waiting = self
+            .metrics
+            .enqueued
+            .load(Ordering::Relaxed)
+            .saturating_sub(processed);
+        let mut progress = self
+            .script_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if processed != progress.0 || waiting == 0 {
+            *progress = (processed, Instant::now());
+            return Ok(());
+        }
+        let stall_limit = self.live().config.limits.timeout * 2 + Duration::from_secs(30);
+        let stalled = progress.1.elapsed();
+        if stalled > stall_limit {
+            return Err(format!(
+                "script threads: {waiting} request(s) waiting, none finished for {}s",
+                stalled.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl crate::notify::Health for Shared {
+    fn status_line(&self) -> String {
+        let relay = self.relay_status();
+        let (pending, _) = self.store.pending();
+        let outbox = self.store.outbox_len();
+        let central = if relay.connected {
+            "central connected".to_owned()
+        } else {
+            match &relay.last_error {
+                Some(error) => format!("central NOT connected ({error})"),
+                None => "central NOT connected".to_owned(),
+            }
+        };
+        let mut line = format!(
+            "{central}; queue {pending} ({} accepted, {outbox} waiting for the central)",
+            pending.saturating_sub(outbox)
+        );
+        if !self.restart_needed().is_empty() {
+            line.push_str("; restart needed");
+        }
+        line
+    }
+
+    async fn check(&self, deadline: Duration) -> Result<(), String> {
+        match tokio::time::timeout(deadline, self.store.flush()).await {
+            Err(_) => {
+                return Err(format!(
+                    "store flusher: no flush within {}s",
+                    deadline.as_secs()
+                ))
+            }
+            // A failing disk is reported by the requests that hit it; restarting does not help.
+            Ok(Err(error)) => tracing::warn!(%error, "watchdog flush failed"),
+            Ok(Ok(())) => {}
+        }
+        self.check_script_progress()?;
+        match &*self.relay.lock().await {
+            Some(relay) if !relay.alive.load(Ordering::SeqCst) => {
+                Err("relay: its task ended".to_owned())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Counters for `/metrics`.
 #[derive(Default)]
 pub struct Metrics {
+    /// Requests handed to the worker (at start-up and by ingress); with `processed` it tells
+    /// the watchdog whether the script threads make progress.
+    enqueued: AtomicU64,
     accepted: AtomicU64,
     client_errors: AtomicU64,
     unavailable: AtomicU64,
@@ -192,36 +314,160 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
-    /// Reload the configuration file: scripts, libraries, users, integrations and endpoints are
-    /// replaced atomically; requests in flight finish with the snapshot they started with. An
-    /// invalid file is refused and the old configuration keeps running.
+    /// Reload the configuration file and apply every section that can change live (see the
+    /// module docs); requests in flight finish with the snapshot they started with. An invalid
+    /// file is refused whole and the running configuration stays.
     pub async fn reload(&self) -> Result<(), ConfigError> {
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+        let mut loaded = tokio::task::spawn_blocking(move || config::load(&path))
             .await
             .map_err(|e| {
                 ConfigError::new(self.config_path.display(), "(reload)", e.to_string())
             })??;
-        let old = self.shared.live();
-        for (what, changed) in [
-            ("agent.listen", loaded.listen != old.config.listen),
-            ("agent.data_dir", loaded.data_dir != old.config.data_dir),
-            ("agent.id", loaded.agent_id != old.config.agent_id),
-        ] {
-            if changed {
-                tracing::warn!(key = what, "this setting changes only at restart");
-            }
-        }
         let endpoints = build_endpoints(&loaded)?;
-        *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+        let shared = &self.shared;
+        let old = shared.live();
+        let pending = keep_restart_only_values(&mut loaded, &old.config);
+        for key in &pending {
+            tracing::warn!(
+                key,
+                "this setting changes only at restart; the running value stays"
+            );
+        }
+        *shared
+            .restart_needed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = pending;
+        shared.store.set_bounds(&loaded.store);
+        if loaded.limits != old.config.limits || loaded.script_threads != old.config.script_threads
+        {
+            let pool = scripts::ScriptPool::new(loaded.script_threads, loaded.limits.clone());
+            *shared.scripts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pool);
+            tracing::info!(
+                threads = loaded.script_threads,
+                "script limits changed: new script threads started"
+            );
+        }
+        let central = central_section(&loaded.file);
+        let central_changed = {
+            let mut running = shared
+                .central_section
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed = *running != central;
+            *running = central;
+            changed
+        };
+        let relay = loaded.relay.clone();
+        let integrations = loaded.integrations.len();
+        *shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
             config: loaded,
             endpoints,
         });
-        tracing::info!(
-            integrations = self.shared.live().config.integrations.len(),
-            "configuration reloaded"
-        );
+        if central_changed {
+            tracing::info!("[central] changed: reconnecting to the central");
+            let mut running = shared.relay.lock().await;
+            if let Some(old_task) = running.take() {
+                old_task.stop().await;
+            }
+            *running = Some(RelayTask::spawn(shared, relay));
+        }
+        tracing::info!(integrations, "configuration reloaded");
         Ok(())
+    }
+
+    /// What the watchdog and the admin endpoints look at.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// Keys read once at start (they size or locate things that exist once per process).
+pub const RESTART_ONLY: [&str; 7] = [
+    "agent.id",
+    "agent.listen",
+    "agent.data_dir",
+    "scripts.backlog_kib",
+    "store.cache_mib",
+    "store.group_commit_wait_us",
+    "store.max_request_records",
+];
+
+/// Put the running value of every [`RESTART_ONLY`] key back into `new` and return the keys
+/// whose value in the file differs.
+fn keep_restart_only_values(new: &mut Loaded, running: &Loaded) -> Vec<&'static str> {
+    let changed = [
+        new.agent_id != running.agent_id,
+        new.listen != running.listen,
+        new.data_dir != running.data_dir,
+        new.script_backlog_kib != running.script_backlog_kib,
+        new.store.cache_mib != running.store.cache_mib,
+        new.store.group_commit_wait_us != running.store.group_commit_wait_us,
+        new.store.max_request_records != running.store.max_request_records,
+    ];
+    new.agent_id.clone_from(&running.agent_id);
+    new.listen = running.listen;
+    new.data_dir.clone_from(&running.data_dir);
+    new.script_backlog_kib = running.script_backlog_kib;
+    new.store.cache_mib = running.store.cache_mib;
+    new.store.group_commit_wait_us = running.store.group_commit_wait_us;
+    new.store.max_request_records = running.store.max_request_records;
+    RESTART_ONLY
+        .into_iter()
+        .zip(changed)
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
+
+/// The `[central]` table of the file as written (None when unreadable: the file was just
+/// loaded, so that only happens when it changes again in between, and the next reload sees it).
+fn central_section(path: &Path) -> Option<toml::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<toml::Table>(&text).ok()?.remove("central")
+}
+
+/// A running relay and how to stop it.
+struct RelayTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// False once the relay task ended (or panicked) while it should run.
+    alive: Arc<AtomicBool>,
+}
+
+/// Sets the flag to false when the relay task ends, however it ends (a panic included).
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl RelayTask {
+    fn spawn(shared: &Arc<Shared>, settings: relay::RelaySettings) -> RelayTask {
+        let (stop, stop_rx) = watch::channel(false);
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = AliveFlag(alive.clone());
+        let agent_id = shared.live().config.agent_id.clone();
+        let relay = relay::run(
+            settings,
+            agent_id,
+            Arc::new(shared.store.clone()),
+            shared.relay_status_tx.clone(),
+            stop_rx,
+        );
+        let task = tokio::spawn(async move {
+            let _flag = flag;
+            relay.await;
+        });
+        RelayTask { stop, task, alive }
+    }
+
+    /// Stop the relay (it waits briefly for outstanding acks; unanswered entries are resent by
+    /// the next relay).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }
 
@@ -304,13 +550,23 @@ pub async fn start(
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
     let (work_tx, work_rx) = mpsc::unbounded_channel();
     let script_threads = config.script_threads;
+    let central = central_section(&config.file);
     let shared = Arc::new(Shared {
-        scripts: scripts::ScriptPool::new(script_threads, config.limits.clone()),
+        scripts: RwLock::new(Arc::new(scripts::ScriptPool::new(
+            script_threads,
+            config.limits.clone(),
+        ))),
         worker_concurrency: script_threads * 4,
         store: store.clone(),
         metrics: Metrics::default(),
         admin_token,
         relay_status: status_rx,
+        relay_status_tx: status_tx,
+        relay: tokio::sync::Mutex::new(None),
+        central_section: Mutex::new(central),
+        restart_needed: Mutex::new(Vec::new()),
+        started: Instant::now(),
+        script_progress: Mutex::new((0, Instant::now())),
         work: work_tx,
         backlog: Arc::new(Semaphore::new(config.script_backlog_kib)),
         backlog_kib: config.script_backlog_kib,
@@ -331,17 +587,9 @@ pub async fn start(
         });
     }
 
-    let (relay_stop_tx, relay_stop_rx) = watch::channel(false);
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
-    let live = shared.live();
-    let relay_task = tokio::spawn(relay::run(
-        live.config.relay.clone(),
-        live.config.agent_id.clone(),
-        Arc::new(store.clone()),
-        status_tx,
-        relay_stop_rx,
-    ));
-    drop(live);
+    let relay_settings = shared.live().config.relay.clone();
+    *shared.relay.lock().await = Some(RelayTask::spawn(&shared, relay_settings));
     let worker_task = tokio::spawn(crate::worker::run(shared.clone(), work_rx, worker_stop_rx));
     let handler_shared = shared.clone();
     let handler =
@@ -353,8 +601,9 @@ pub async fn start(
         tracing::info!("ingress stopped; finishing running requests");
         let _ = worker_stop_tx.send(true);
         let _ = worker_task.await;
-        let _ = relay_stop_tx.send(true);
-        let _ = relay_task.await;
+        if let Some(relay) = task_shared.relay.lock().await.take() {
+            relay.stop().await;
+        }
         task_shared.store.flush().await.context("final flush")?;
         tracing::info!("stopped cleanly");
         Ok(())

@@ -43,8 +43,11 @@ use crate::relay::{Outbox, OutboxEntry};
 
 mod finished;
 mod grouped;
+mod operations;
 use finished::Finished;
 use grouped::GroupedLog;
+use operations::LiveBounds;
+pub use operations::{QueueEntry, QueueState};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -256,7 +259,8 @@ struct Inner {
     finished: Finished,
     activity: sled::Tree,
     dead_letters: sled::Tree,
-    config: StoreConfig,
+    /// The `[store]` bounds a reload may change (see `store::operations`).
+    bounds: LiveBounds,
     pending_entries: AtomicU64,
     pending_bytes: AtomicU64,
     /// sled's `Tree::len` walks the whole tree, so sizes needed per request are counted here.
@@ -489,7 +493,7 @@ impl Inner {
     fn prune_activity(&self, integration_id: &str, added: u64) -> Result<(), StoreError> {
         let inner = self;
         let prefix = activity_prefix(integration_id);
-        let retention = inner.config.activity_per_integration;
+        let retention = inner.bounds.activity_per_integration();
         let slack = retention / 8 + 8;
         let mut counts = inner
             .activity_counts
@@ -696,7 +700,7 @@ impl Store {
             inbox,
             outbox,
             db,
-            config,
+            bounds: LiveBounds::new(&config),
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
             outbox_entries: AtomicU64::new(outbox_entries),
@@ -827,7 +831,7 @@ impl Store {
         let Ok(key) = inner.db.generate_id() else {
             return;
         };
-        let retention = inner.config.activity_per_integration as usize;
+        let retention = inner.bounds.activity_per_integration() as usize;
         let mut buffer = inner
             .activity_buffer
             .lock()
@@ -852,11 +856,11 @@ impl Store {
 
     fn reserve(&self, size: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
-        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= inner.config.max_entries {
+        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= inner.bounds.max_entries() {
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Full("pending entry limit reached"));
         }
-        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > inner.config.max_bytes {
+        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > inner.bounds.max_bytes() {
             self.release(size);
             return Err(StoreError::Full("pending byte limit reached"));
         }
@@ -1090,7 +1094,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         // Pruning leaves a little slack; never show more than the retention.
-        let limit = limit.min(self.inner.config.activity_per_integration as usize);
+        let limit = limit.min(self.inner.bounds.activity_per_integration() as usize);
         let mut entries: Vec<serde_json::Value> = {
             let mut buffer = self
                 .inner

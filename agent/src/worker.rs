@@ -255,7 +255,7 @@ async fn run_action(
             };
             let http = shared.live().endpoints.clone();
             let outcome = shared
-                .scripts
+                .scripts()
                 .run(program.clone(), script_request, http)
                 .await;
             let failure = outcome.error.as_ref().map(|e| e.to_string());

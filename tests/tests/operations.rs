@@ -247,3 +247,71 @@ fn xmcentral_package_has_binary_unit_and_conffile() {
         );
     }
 }
+
+/// A fake systemd: the datagram socket named by `NOTIFY_SOCKET`.
+struct FakeSystemd {
+    socket: std::os::unix::net::UnixDatagram,
+    seen: Vec<String>,
+}
+
+impl FakeSystemd {
+    fn bind(path: &Path) -> FakeSystemd {
+        let socket = std::os::unix::net::UnixDatagram::bind(path).expect("bind NOTIFY_SOCKET");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        FakeSystemd {
+            socket,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next notification that satisfies `wanted` (earlier ones are kept for the message).
+    fn wait_for(&mut self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = self
+                .socket
+                .recv(&mut buffer)
+                .unwrap_or_else(|e| panic!("no {what} notification ({e}); seen: {:#?}", self.seen));
+            let message = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            self.seen.push(message.clone());
+            if wanted(&message) {
+                return message;
+            }
+        }
+    }
+}
+
+#[test]
+fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = start_central(dir.path(), 0);
+    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    let socket_path = dir.path().join("notify.sock");
+    let mut systemd = FakeSystemd::bind(&socket_path);
+    let agent = Node::start_with_env(
+        &binary("xmagent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+
+    let ready = systemd.wait_for("READY=1", |m| m.contains("READY=1"));
+    assert!(ready.contains("STATUS=central"), "{ready}");
+    assert!(ready.contains("queue 0"), "{ready}");
+    let ping = systemd.wait_for("a watchdog ping once connected", |m| {
+        m.contains("WATCHDOG=1") && m.contains("STATUS=central connected")
+    });
+    assert!(ping.contains("waiting for the central"), "{ping}");
+
+    agent.signal("HUP");
+    let reloading = systemd.wait_for("RELOADING=1", |m| m.contains("RELOADING=1"));
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    systemd.wait_for("READY=1 after the reload", |m| m.contains("READY=1"));
+
+    assert_eq!(agent.terminate(), Some(0));
+    systemd.wait_for("STOPPING=1", |m| m.contains("STOPPING=1"));
+}
