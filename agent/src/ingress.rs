@@ -81,6 +81,7 @@ async fn route(
                 .dead_letters()
                 .map(|list| json!({"count": list.len(), "data": list}))
         }),
+        _ if crate::admin::serves(path) => crate::admin::handle(shared, request, path).await,
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
                 if request.method() != Method::GET {
@@ -149,7 +150,8 @@ fn admin(
     }
 }
 
-fn admin_guard(
+/// The admin check, shared with the `admin` module's endpoints.
+pub(crate) fn admin_guard(
     shared: &Arc<Shared>,
     request: &Request<Incoming>,
 ) -> Result<(), Box<Response<Body>>> {
@@ -389,7 +391,7 @@ fn body_failure(error: BodyError) -> Response<Body> {
     }
 }
 
-fn store_failure(error: StoreError) -> Response<Body> {
+pub(crate) fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
     unavailable(error.to_string())
 }
@@ -409,7 +411,7 @@ fn unavailable(message: String) -> Response<Body> {
     response
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
     response
         .headers_mut()

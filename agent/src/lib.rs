@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the map of these modules and their invariants.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

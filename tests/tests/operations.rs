@@ -315,3 +315,271 @@ fn systemd_hears_ready_status_watchdog_reloading_and_stopping() {
     assert_eq!(agent.terminate(), Some(0));
     systemd.wait_for("STOPPING=1", |m| m.contains("STOPPING=1"));
 }
+
+/// `xmagent ARGS --config CONFIG`: (exit code, stdout, stderr).
+fn xmagent(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("xmagent"))
+        .args(args)
+        .args(["--config", config.to_str().unwrap()])
+        .output()
+        .expect("run xmagent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `xmagent ARGS --json` that must succeed, parsed.
+fn xmagent_json(config: &Path, args: &[&str]) -> serde_json::Value {
+    let (code, stdout, stderr) = xmagent(config, &[args, &["--json"]].concat());
+    assert_eq!(code, 0, "xmagent {args:?}: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+}
+
+/// The standard agent plus `refused`, whose script posts an event the central refuses for good
+/// (an unknown priority), so every request to it ends as a dead letter.
+fn agent_with_a_refused_integration(dir: &Path, central_port: u16, extra: &str) -> PathBuf {
+    let script = dir.join("refused.js");
+    std::fs::write(
+        &script,
+        "form.post({properties: {summary: 'x'}, priority: 'urgent'});\n",
+    )
+    .expect("script");
+    let integration = format!(
+        "\n[[integrations]]\nid = \"refused\"\naction = \"run_script\"\n\
+         authenticating_user = \"svc\"\nurl_key = \"key-refused\"\nscript = \"{}\"\n",
+        script.display()
+    );
+    agent_config(
+        dir,
+        central_port,
+        &format!("{extra}{STANDARD_AGENT}{integration}"),
+    )
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+async fn dead_letters(config: &Path, at_least: u64) -> serde_json::Value {
+    let config = config.to_path_buf();
+    eventually(WAIT, "dead letters", || {
+        let config = config.clone();
+        async move {
+            let status = xmagent_json(&config, &["status"]);
+            (status["deadLetters"].as_u64() >= Some(at_least)).then_some(status)
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_and_queue_tools_show_and_repair_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = start_central(dir.path(), 0);
+    let config = agent_with_a_refused_integration(dir.path(), central.addr.port(), "");
+    let agent = start_agent(&config);
+
+    let answer = trigger(agent.addr, "refused", "?apiKey=key-refused", &[], "{}").await;
+    assert_eq!(answer.status, 202, "{answer:?}");
+    let status = dead_letters(&config, 1).await;
+    assert_eq!(status["deadLetters"], 1);
+    assert_eq!(status["central"]["connected"], true);
+    assert_eq!(status["restartNeeded"], serde_json::json!([]));
+    assert!(status["version"].as_str().is_some_and(|v| !v.is_empty()));
+
+    let (code, text, _) = xmagent(&config, &["status"]);
+    assert_eq!(code, 0);
+    assert!(text.contains("central:         connected"), "{text}");
+    assert!(text.contains("dead letters:    1"), "{text}");
+    assert!(text.contains("restart needed:  no"), "{text}");
+
+    let listed = xmagent_json(&config, &["queue", "list", "--state", "dead"]);
+    assert_eq!(listed["count"], 1, "{listed}");
+    let letter = &listed["data"][0];
+    assert_eq!(letter["integrationId"], "refused");
+    assert!(
+        letter["reason"].as_str().unwrap().contains("priority"),
+        "{letter}"
+    );
+    let id = letter["id"].as_u64().unwrap().to_string();
+    let none = xmagent_json(&config, &["queue", "list", "--integration", "any"]);
+    assert_eq!(none["count"], 0, "{none}");
+    let (_, table, _) = xmagent(&config, &["queue", "list"]);
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("dead      refused"), "{table}");
+
+    // Purge wants a confirmation; without it nothing is deleted.
+    let (code, _, stderr) = xmagent(&config, &["queue", "purge", "--dead"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    assert_eq!(xmagent_json(&config, &["status"])["deadLetters"], 1);
+
+    // An unknown id is refused with the agent's reason.
+    let (code, _, stderr) = xmagent(&config, &["queue", "retry", "987654321"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("404") && stderr.contains("no dead letter"),
+        "{stderr}"
+    );
+
+    // Retry sends it again: the central refuses it again, so it comes back as a new letter.
+    let retried = xmagent_json(&config, &["queue", "retry", &id]);
+    assert_eq!(retried["retried"], 1, "{retried}");
+    let again = eventually(WAIT, "the retried event refused again", || {
+        let config = config.clone();
+        let id = id.clone();
+        async move {
+            let listed = xmagent_json(&config, &["queue", "list", "--state", "dead"]);
+            let ids: Vec<String> = listed["data"]
+                .as_array()?
+                .iter()
+                .map(|e| e["id"].to_string())
+                .collect();
+            (ids.len() == 1 && ids[0] != id).then_some(listed)
+        }
+    })
+    .await;
+    assert_eq!(again["data"][0]["integrationId"], "refused");
+
+    let (code, text, stderr) = xmagent(&config, &["queue", "purge", "--dead", "--yes"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(text, "purged 1 dead letter(s)\n");
+    assert_eq!(xmagent_json(&config, &["status"])["deadLetters"], 0);
+
+    // The admin endpoints want the admin credential.
+    for (method, path) in [
+        ("GET", "/api/agent/1/status"),
+        ("GET", "/api/agent/1/queue"),
+        ("POST", "/api/agent/1/queue/retry?allDead=true"),
+        ("POST", "/api/agent/1/queue/purge?dead=true&confirm=yes"),
+    ] {
+        let answer = http(agent.addr, method, path, &[], "").await.expect("http");
+        assert_eq!(answer.status, 401, "{method} {path}: {answer:?}");
+        let keyed = format!(
+            "{path}{}apiKey=url-key-any",
+            if path.contains('?') { "&" } else { "?" }
+        );
+        let answer = http(agent.addr, method, &keyed, &[], "")
+            .await
+            .expect("http");
+        assert_eq!(
+            answer.status, 401,
+            "the public URL key opens {method} {path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn activity_follow_prints_new_requests_as_they_come() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = start_central(dir.path(), 0);
+    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    let agent = start_agent(&config);
+    let mut follow = Command::new(binary("xmagent"))
+        .args([
+            "activity",
+            "any",
+            "--follow",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("xmagent activity --follow");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    for n in 0..2 {
+        let answer = trigger(
+            agent.addr,
+            "any",
+            "?apiKey=url-key-any",
+            &[],
+            &format!("{{\"properties\": {{\"n\": {n}}}}}"),
+        )
+        .await;
+        assert_eq!(answer.status, 202, "{answer:?}");
+        let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
+        let line = lines
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("--follow printed nothing for request {n}"));
+        assert!(line.contains(&request_id), "{line}");
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_bounds_and_central_live_and_flags_restart_only_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = start_central(dir.path(), 0);
+    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    let agent = start_agent(&config);
+    let accepted = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], "{}").await;
+    assert_eq!(accepted.status, 202);
+
+    // A store bound of one byte, a new listen address and new relay back-off settings.
+    let original = std::fs::read_to_string(&config).unwrap();
+    let changed = original
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"")
+        .replace("backoff_initial_ms = 50", "backoff_initial_ms = 60")
+        .replace("[oauth]", "[store]\nmax_bytes = 1\n\n[oauth]");
+    assert_ne!(original, changed);
+    std::fs::write(&config, changed).unwrap();
+    agent.signal("HUP");
+    let status = eventually(WAIT, "restart needed after the reload", || {
+        let config = config.clone();
+        async move {
+            let status = xmagent_json(&config, &["status"]);
+            (status["restartNeeded"] != serde_json::json!([])).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status["restartNeeded"], serde_json::json!(["agent.listen"]));
+    let (_, text, _) = xmagent(&config, &["status"]);
+    assert!(
+        text.contains("restart needed:  yes (agent.listen"),
+        "{text}"
+    );
+    // The running listener stays; the new bound applies at once.
+    let full = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], "{}").await;
+    assert_eq!(full.status, 503, "{full:?}");
+    assert!(full.header("retry-after").is_some());
+    // [central] changed: the relay reconnects and is connected again.
+    eventually(WAIT, "relay reconnected after the reload", || async {
+        agent
+            .log()
+            .contains("[central] changed: reconnecting")
+            .then_some(())
+    })
+    .await;
+    eventually(WAIT, "connected again", || {
+        let config = config.clone();
+        async move {
+            let status = xmagent_json(&config, &["status"]);
+            (status["central"]["connected"] == true).then_some(())
+        }
+    })
+    .await;
+    // Back to the original file: the bound is lifted, nothing waits for a restart.
+    std::fs::write(&config, original).unwrap();
+    agent.signal("HUP");
+    eventually(WAIT, "restart no longer needed", || {
+        let config = config.clone();
+        async move {
+            let status = xmagent_json(&config, &["status"]);
+            (status["restartNeeded"] == serde_json::json!([])).then_some(())
+        }
+    })
+    .await;
+    let accepted = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], "{}").await;
+    assert_eq!(accepted.status, 202, "{accepted:?}");
+}
