@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::auth::SecretDigest;
 use crate::config::{self, Loaded};
 use crate::endpoints::{BuiltinXmatters, Endpoints};
+use crate::metrics::{Gauge, Metrics};
 use crate::relay::{self, RelayStatus};
 use crate::store::Store;
 use crate::worker::Job;
@@ -147,35 +148,39 @@ impl Shared {
         )
     }
 
-    /// `/metrics` in the Prometheus text format.
+    /// `/metrics` in the Prometheus text format: the counters and histograms of [`Metrics`]
+    /// plus the state of the store and the relay now.
     pub fn metrics_response(&self) -> Response<Body> {
-        let status = self.relay_status.borrow().clone();
+        let status = self.relay_status();
         let (entries, bytes) = self.store.pending();
-        let m = &self.metrics;
+        let oldest_age = self
+            .store
+            .queue_entries(1)
+            .ok()
+            .and_then(|entries| {
+                entries
+                    .into_iter()
+                    .filter(|e| e.state != crate::store::QueueState::Dead)
+                    .filter_map(|e| age_secs(&e.received_at))
+                    .reduce(f64::max)
+            })
+            .unwrap_or(0.0);
         #[rustfmt::skip]
-        let series: [(&str, &str, &str, u64); 14] = [
-            ("xmagent_requests_accepted_total", "counter", "Triggers answered 202.", m.accepted.load(Ordering::Relaxed)),
-            ("xmagent_responses_client_error_total", "counter", "Responses with a 4xx status.", m.client_errors.load(Ordering::Relaxed)),
-            ("xmagent_responses_unavailable_total", "counter", "Responses with a 503 status.", m.unavailable.load(Ordering::Relaxed)),
-            ("xmagent_requests_processed_total", "counter", "Requests the worker finished.", m.processed.load(Ordering::Relaxed)),
-            ("xmagent_requests_failed_total", "counter", "Requests whose action failed.", m.failed.load(Ordering::Relaxed)),
-            ("xmagent_processing_micros_total", "counter", "Time spent processing requests.", m.processing_micros.load(Ordering::Relaxed)),
-            ("xmagent_store_pending_entries", "gauge", "Inbox plus outbox entries.", entries),
-            ("xmagent_store_pending_bytes", "gauge", "Inbox plus outbox bytes.", bytes),
-            ("xmagent_outbox_entries", "gauge", "Events waiting for the central.", self.store.outbox_len()),
-            ("xmagent_store_flushes_total", "counter", "Group-commit flushes (writes per flush show the batching).", self.store.flushes()),
-            ("xmagent_relay_connected", "gauge", "1 when the websocket to the central is up.", status.connected as u64),
-            ("xmagent_relay_acked_total", "counter", "Events the central acknowledged.", status.acked_total),
-            ("xmagent_relay_rejected_total", "counter", "Events the central refused for good.", status.rejected_total),
-            ("xmagent_relay_reconnects_total", "counter", "Websocket reconnects.", status.reconnects),
+        let gauges = [
+            Gauge { name: "xmagent_store_pending_entries", kind: "gauge", help: "Inbox plus outbox entries.", value: entries as f64 },
+            Gauge { name: "xmagent_store_pending_bytes", kind: "gauge", help: "Inbox plus outbox bytes.", value: bytes as f64 },
+            Gauge { name: "xmagent_outbox_entries", kind: "gauge", help: "Events waiting for the central.", value: self.store.outbox_len() as f64 },
+            Gauge { name: "xmagent_queue_oldest_age_seconds", kind: "gauge", help: "Age of the oldest pending request (0 when none).", value: oldest_age },
+            Gauge { name: "xmagent_dead_letters", kind: "gauge", help: "Events the central refused for good, kept for `xmagent queue`.", value: self.store.dead_letter_count() as f64 },
+            Gauge { name: "xmagent_store_flushes_total", kind: "counter", help: "Group-commit flushes (writes per flush show the batching).", value: self.store.flushes() as f64 },
+            Gauge { name: "xmagent_relay_connected", kind: "gauge", help: "1 when the websocket to the central is up.", value: u8::from(status.connected).into() },
+            Gauge { name: "xmagent_relay_in_flight", kind: "gauge", help: "Events sent and not answered yet.", value: status.in_flight as f64 },
+            Gauge { name: "xmagent_relay_acked_total", kind: "counter", help: "Events the central acknowledged.", value: status.acked_total as f64 },
+            Gauge { name: "xmagent_relay_rejected_total", kind: "counter", help: "Events the central refused for good.", value: status.rejected_total as f64 },
+            Gauge { name: "xmagent_relay_reconnects_total", kind: "counter", help: "Websocket reconnects.", value: status.reconnects as f64 },
+            Gauge { name: "xmagent_restart_needed", kind: "gauge", help: "1 when the file changed keys that apply only at restart.", value: u8::from(!self.restart_needed().is_empty()).into() },
         ];
-        let mut text = String::new();
-        for (name, kind, help, value) in series {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        }
-        let mut response = Response::new(http_util::full(text));
+        let mut response = Response::new(http_util::full(self.metrics.render(&gauges)));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -184,11 +189,22 @@ impl Shared {
     }
 }
 
+/// Seconds since an RFC 3339 time (None when it does not parse).
+fn age_secs(rfc3339: &str) -> Option<f64> {
+    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(
+        (time::OffsetDateTime::now_utc() - then)
+            .as_seconds_f64()
+            .max(0.0),
+    )
+}
+
 impl Shared {
     /// The script threads are stuck when requests wait for them and none finished for longer
     /// than two script time limits plus a margin (every run is bounded by the time limit).
     fn check_script_progress(&self) -> Result<(), String> {
-        let processed = self.metrics.processed.load(Ordering::Relaxed);
+        let processed = self.metrics.worker_done.load(Ordering::Relaxed);
         let waiting = self
             .metrics
             .enqueued
@@ -256,43 +272,6 @@ impl crate::notify::Health for Shared {
             }
             _ => Ok(()),
         }
-    }
-}
-
-/// Counters for `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    /// Requests handed to the worker (at start-up and by ingress); with `processed` it tells
-    /// the watchdog whether the script threads make progress.
-    enqueued: AtomicU64,
-    accepted: AtomicU64,
-    client_errors: AtomicU64,
-    unavailable: AtomicU64,
-    processed: AtomicU64,
-    failed: AtomicU64,
-    processing_micros: AtomicU64,
-}
-
-impl Metrics {
-    /// Count one ingress response.
-    pub fn count_response(&self, status: StatusCode) {
-        let counter = match status.as_u16() {
-            202 => &self.accepted,
-            503 => &self.unavailable,
-            400..=499 => &self.client_errors,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Count one processed request.
-    pub fn count_processed(&self, failed: bool, took: Duration) {
-        self.processed.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-        }
-        self.processing_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 

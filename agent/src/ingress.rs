@@ -49,10 +49,35 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
     let response = route(&shared, request, peer, &path).await;
-    shared.metrics.count_response(response.status());
+    let integration = path
+        .strip_prefix(TRIGGER_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/triggers"));
+    let known = integration.map(|id| (id, shared.live().config.integrations.contains_key(id)));
+    shared
+        .metrics
+        .count_response(known, response.status(), started.elapsed());
+    if let Some(integration) = integration {
+        // One line per trigger outcome, for people tailing the log.
+        let request_id = response
+            .extensions()
+            .get::<AcceptedId>()
+            .map(|id| id.0.as_str());
+        tracing::info!(
+            request_id = request_id.unwrap_or("-"),
+            integration,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "trigger answered"
+        );
+    }
     response
 }
+
+/// The requestId of a 202, carried to the outcome log line in the response's extensions.
+#[derive(Clone)]
+struct AcceptedId(String);
 
 async fn route(
     shared: &Arc<Shared>,
@@ -318,7 +343,11 @@ fn accepted_response(request_id: &str) -> Response<Body> {
     struct Accepted<'a> {
         request_id: &'a str,
     }
-    http_util::json(StatusCode::ACCEPTED, &Accepted { request_id })
+    let mut response = http_util::json(StatusCode::ACCEPTED, &Accepted { request_id });
+    response
+        .extensions_mut()
+        .insert(AcceptedId(request_id.to_owned()));
+    response
 }
 
 fn principal_record(principal: &Principal) -> PrincipalRecord {

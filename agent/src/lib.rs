@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod endpoints;
 pub mod http_client;
 pub mod ingress;
+pub mod metrics;
 pub mod notify;
 pub mod relay;
 pub mod store;

@@ -583,3 +583,88 @@ async fn reload_applies_bounds_and_central_live_and_flags_restart_only_keys() {
     let accepted = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], "{}").await;
     assert_eq!(accepted.status, 202, "{accepted:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_metrics_count() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = start_central(dir.path(), 0);
+    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    // The journal is a file here: JOURNAL_STREAM names the stderr it was opened as.
+    let journal_path = dir.path().join("journal");
+    let journal = std::fs::File::create(&journal_path).expect("journal file");
+    let meta = journal.metadata().expect("metadata");
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let mut agent = Command::new(binary("xmagent"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env("JOURNAL_STREAM", &stream)
+        .stderr(journal)
+        .spawn()
+        .expect("start xmagent");
+    let addr: std::net::SocketAddr = eventually(WAIT, "listening line", || async {
+        let log = std::fs::read_to_string(&journal_path).ok()?;
+        let rest = log.split("listening on ").nth(1)?;
+        rest.split_whitespace().next()?.trim_matches('"').parse().ok()
+    })
+    .await;
+
+    let accepted = trigger(addr, "any", "?apiKey=url-key-any", &[], "{\"properties\": {}}").await;
+    assert_eq!(accepted.status, 202);
+    let request_id = accepted.json()["requestId"].as_str().unwrap().to_owned();
+    let refused = trigger(addr, "any", "?apiKey=wrong-key-123", &[], "{}").await;
+    assert_eq!(refused.status, 401);
+    let unknown = trigger(addr, "no-such-integration", "", &[], "{}").await;
+    assert_eq!(unknown.status, 404);
+
+    let metrics = http(addr, "GET", "/metrics", &[], "").await.expect("metrics");
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    for series in [
+        "xmagent_requests_total{integration=\"any\",status=\"202\"} 1\n",
+        "xmagent_requests_total{integration=\"any\",status=\"401\"} 1\n",
+        "xmagent_requests_total{integration=\"unknown\",status=\"404\"} 1\n",
+        "xmagent_auth_failures_total{integration=\"any\"} 1\n",
+        "xmagent_request_duration_seconds_count 3\n",
+        "# TYPE xmagent_script_duration_seconds histogram\n",
+        "# TYPE xmagent_queue_oldest_age_seconds gauge\n",
+        "xmagent_dead_letters 0\n",
+        "xmagent_restart_needed 0\n",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+    }
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status();
+    let _ = agent.wait();
+    let log = std::fs::read_to_string(&journal_path).expect("journal");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("<3>")
+                || line.starts_with("<4>")
+                || line.starts_with("<6>")
+                || line.starts_with("<7>"),
+            "a journal line without a priority: {line}\n{log}"
+        );
+        assert!(
+            !line[3..].starts_with("20"),
+            "a timestamp journald would duplicate: {line}"
+        );
+    }
+    let outcome = log
+        .lines()
+        .find(|l| l.contains("trigger answered") && l.contains(&request_id))
+        .unwrap_or_else(|| panic!("no outcome line for {request_id}:\n{log}"));
+    assert!(outcome.starts_with("<6>"), "{outcome}");
+    for field in ["integration=\"any\"", "status=202", "duration_ms="] {
+        assert!(outcome.contains(field), "{field} missing: {outcome}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("trigger answered") && l.contains("status=401")),
+        "{log}"
+    );
+    for secret in ["url-key-any", "wrong-key-123", AGENT_TOKEN] {
+        assert!(!log.contains(secret), "a secret in the log: {secret}\n{log}");
+    }
+}
