@@ -429,7 +429,7 @@ impl RelayTask {
         let flag = AliveFlag(alive.clone());
         let agent_id = shared.live().config.agent_id.clone();
         let relay = relay::run(
-            settings,
+            settings.with_ack_latency(shared.metrics.ack_latency.clone()),
             agent_id,
             Arc::new(shared.store.clone()),
             shared.relay_status_tx.clone(),

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::StatusCode;
@@ -86,6 +86,8 @@ pub struct Metrics {
     auth_failures: Mutex<BTreeMap<String, u64>>,
     request_duration: Histogram,
     script_duration: Histogram,
+    /// Send-to-ack time of events, recorded by the relay.
+    pub(crate) ack_latency: Arc<Histogram>,
     script_failures: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -200,6 +202,11 @@ impl Metrics {
             &mut out,
             "xmagent_request_duration_seconds",
             "Time from request to answer of triggers (202 includes the durable write).",
+        );
+        self.ack_latency.render(
+            &mut out,
+            "xmagent_relay_ack_latency_seconds",
+            "Time from sending an event to the central's ack.",
         );
         self.script_duration.render(
             &mut out,

@@ -605,11 +605,22 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
     let addr: std::net::SocketAddr = eventually(WAIT, "listening line", || async {
         let log = std::fs::read_to_string(&journal_path).ok()?;
         let rest = log.split("listening on ").nth(1)?;
-        rest.split_whitespace().next()?.trim_matches('"').parse().ok()
+        rest.split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .parse()
+            .ok()
     })
     .await;
 
-    let accepted = trigger(addr, "any", "?apiKey=url-key-any", &[], "{\"properties\": {}}").await;
+    let accepted = trigger(
+        addr,
+        "any",
+        "?apiKey=url-key-any",
+        &[],
+        "{\"properties\": {}}",
+    )
+    .await;
     assert_eq!(accepted.status, 202);
     let request_id = accepted.json()["requestId"].as_str().unwrap().to_owned();
     let refused = trigger(addr, "any", "?apiKey=wrong-key-123", &[], "{}").await;
@@ -617,8 +628,14 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
     let unknown = trigger(addr, "no-such-integration", "", &[], "{}").await;
     assert_eq!(unknown.status, 404);
 
-    let metrics = http(addr, "GET", "/metrics", &[], "").await.expect("metrics");
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let metrics = eventually(WAIT, "the event acknowledged", || async {
+        let metrics = http(addr, "GET", "/metrics", &[], "").await.ok()?;
+        let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+        metrics
+            .contains("xmagent_relay_acked_total 1\n")
+            .then_some(metrics)
+    })
+    .await;
     for series in [
         "xmagent_requests_total{integration=\"any\",status=\"202\"} 1\n",
         "xmagent_requests_total{integration=\"any\",status=\"401\"} 1\n",
@@ -628,9 +645,13 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
         "# TYPE xmagent_script_duration_seconds histogram\n",
         "# TYPE xmagent_queue_oldest_age_seconds gauge\n",
         "xmagent_dead_letters 0\n",
+        "xmagent_relay_ack_latency_seconds_count 1\n",
         "xmagent_restart_needed 0\n",
     ] {
-        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+        assert!(
+            metrics.contains(series),
+            "{series} missing from:\n{metrics}"
+        );
     }
 
     let _ = Command::new("kill")
@@ -665,6 +686,9 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
         "{log}"
     );
     for secret in ["url-key-any", "wrong-key-123", AGENT_TOKEN] {
-        assert!(!log.contains(secret), "a secret in the log: {secret}\n{log}");
+        assert!(
+            !log.contains(secret),
+            "a secret in the log: {secret}\n{log}"
+        );
     }
 }
