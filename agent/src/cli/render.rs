@@ -87,7 +87,7 @@ pub fn queue(answer: &Value) -> String {
         let _ = writeln!(
             out,
             "{:<8} {:<9} {:<24} {:<36} {:<25} {}",
-            entry["id"],
+            entry["id"].to_string(),
             text(&entry["state"]),
             text(&entry["integrationId"]),
             text(&entry["requestId"]),
