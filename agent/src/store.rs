@@ -762,7 +762,6 @@ impl Store {
         trigger: &str,
         activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
-        let inner = &self.inner;
         let meta = OutboxMeta {
             request_id: request_id.to_owned(),
             integration_id: integration_id.to_owned(),
@@ -770,7 +769,26 @@ impl Store {
             received_at: received_at.to_owned(),
             record_at_ack: true,
         };
-        let value = outbox_value_head(&meta, form, trigger)?;
+        let seq = self.append_event_durably(&meta, form, trigger).await?;
+        self.record_activity(
+            &meta.integration_id,
+            BufferedActivity::Pending(Box::new(activity)),
+        );
+        Ok(seq)
+    }
+
+    /// Append one outbox entry whose status record is written when the central answers
+    /// (`meta.record_at_ack`), and wait for the flush that covers it; until the answer the
+    /// in-memory index says QUEUED. On failure nothing is kept and the error is returned. Used
+    /// by the `create_event` fast path and by a dead letter's retry.
+    async fn append_event_durably(
+        &self,
+        meta: &OutboxMeta,
+        form: Option<&str>,
+        trigger: &str,
+    ) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let value = outbox_value_head(meta, form, trigger)?;
         let head = value.len() as u64;
         self.reserve(head)?;
         let mut size = head;
@@ -800,10 +818,6 @@ impl Store {
             }
             return Err(error);
         }
-        self.record_activity(
-            &meta.integration_id,
-            BufferedActivity::Pending(Box::new(activity)),
-        );
         Ok(seq)
     }
 

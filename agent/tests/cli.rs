@@ -170,7 +170,10 @@ fn operator_commands_say_when_no_agent_runs() {
     ] {
         let (code, stderr) = operator(args);
         assert_eq!(code, 70, "{args:?}: {stderr}");
-        assert!(stderr.contains("is the agent running"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is the agent running"),
+            "{args:?}: {stderr}"
+        );
     }
     let (code, stderr) = operator(&["queue", "list", "--state", "lost"]);
     assert_eq!(code, 2, "{stderr}");

@@ -124,24 +124,47 @@ fn verify_unit(root: &Path, unit: &str, binary_name: &str) -> Option<Output> {
     ))
 }
 
-#[test]
-fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
-    let Some(package) = built_package("xmagent") else {
-        return;
-    };
+/// Build package `name`, check that it holds the binary, the unit and `conffile` (declared as
+/// the only conffile), unpack it into a scratch root and verify the unit there. Returns the
+/// package and the root; `None` when a tool is missing.
+fn checked_package(name: &str, conffile: &str) -> Option<(PathBuf, tempfile::TempDir)> {
+    let package = built_package(name)?;
     let listing = text(&run("dpkg-deb", &["-c", package.to_str().unwrap()]));
     for path in [
-        "./usr/bin/xmagent",
-        "./usr/lib/systemd/system/xmagent.service",
-        "./etc/xmagent/agent.toml",
-        "./usr/share/doc/xmagent/README.md",
+        format!("./usr/bin/{name}"),
+        format!("./usr/lib/systemd/system/{name}.service"),
+        format!(".{conffile}"),
+        format!("./usr/share/doc/{name}/README.md"),
     ] {
-        assert!(listing.contains(path), "{path} missing from:\n{listing}");
+        assert!(listing.contains(&path), "{path} missing from:\n{listing}");
     }
-    assert_eq!(
-        control_file(&package, "conffiles").trim(),
-        "/etc/xmagent/agent.toml"
+    assert_eq!(control_file(&package, "conffiles").trim(), conffile);
+    let root = tempfile::tempdir().expect("tempdir");
+    let unpack = run(
+        "dpkg-deb",
+        &[
+            "-x",
+            package.to_str().unwrap(),
+            root.path().to_str().unwrap(),
+        ],
     );
+    assert!(unpack.status.success(), "dpkg-deb -x: {}", text(&unpack));
+    let unit = format!("{name}.service");
+    if let Some(verified) = verify_unit(root.path(), &unit, name) {
+        assert!(
+            verified.status.success() && text(&verified).trim().is_empty(),
+            "systemd-analyze verify: {}",
+            text(&verified)
+        );
+    }
+    Some((package, root))
+}
+
+#[test]
+fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
+    let Some((package, root)) = checked_package("xmagent", "/etc/xmagent/agent.toml") else {
+        return;
+    };
     let postinst = control_file(&package, "postinst");
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
     assert!(postinst.contains("install -d -o xmagent"), "{postinst}");
@@ -158,16 +181,6 @@ fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
         "must not start on first install: {postinst}"
     );
 
-    let root = tempfile::tempdir().expect("tempdir");
-    let unpack = run(
-        "dpkg-deb",
-        &[
-            "-x",
-            package.to_str().unwrap(),
-            root.path().to_str().unwrap(),
-        ],
-    );
-    assert!(unpack.status.success(), "dpkg-deb -x: {}", text(&unpack));
     let unit = std::fs::read_to_string(root.path().join("usr/lib/systemd/system/xmagent.service"))
         .expect("unit");
     assert!(unit.contains("Type=notify"));
@@ -177,13 +190,6 @@ fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
         !unit.lines().any(|l| l.starts_with("ExecStartPre=")),
         "a failing ExecStartPre restart-loops: RestartPreventExitStatus only sees the main process"
     );
-    if let Some(verified) = verify_unit(root.path(), "xmagent.service", "xmagent") {
-        assert!(
-            verified.status.success() && text(&verified).trim().is_empty(),
-            "systemd-analyze verify: {}",
-            text(&verified)
-        );
-    }
 
     // The packaged binary checks the packaged configuration: as shipped it names the missing
     // token file (exit 78); with the token in place it passes.
@@ -214,38 +220,12 @@ fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
 
 #[test]
 fn xmcentral_package_has_binary_unit_and_conffile() {
-    let Some(package) = built_package("xmcentral") else {
+    let Some((package, _root)) = checked_package("xmcentral", "/etc/xmcentral/central.toml") else {
         return;
     };
-    let listing = text(&run("dpkg-deb", &["-c", package.to_str().unwrap()]));
-    for path in [
-        "./usr/bin/xmcentral",
-        "./usr/lib/systemd/system/xmcentral.service",
-        "./etc/xmcentral/central.toml",
-    ] {
-        assert!(listing.contains(path), "{path} missing from:\n{listing}");
-    }
-    assert_eq!(
-        control_file(&package, "conffiles").trim(),
-        "/etc/xmcentral/central.toml"
-    );
-    let root = tempfile::tempdir().expect("tempdir");
-    let unpack = run(
-        "dpkg-deb",
-        &[
-            "-x",
-            package.to_str().unwrap(),
-            root.path().to_str().unwrap(),
-        ],
-    );
-    assert!(unpack.status.success(), "dpkg-deb -x: {}", text(&unpack));
-    if let Some(verified) = verify_unit(root.path(), "xmcentral.service", "xmcentral") {
-        assert!(
-            verified.status.success() && text(&verified).trim().is_empty(),
-            "systemd-analyze verify: {}",
-            text(&verified)
-        );
-    }
+    let postinst = control_file(&package, "postinst");
+    assert!(postinst.contains("install -d -o xmcentral"), "{postinst}");
+    assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
 }
 
 /// A fake systemd: the datagram socket named by `NOTIFY_SOCKET`.

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use super::{
-    be, outbox_parts, outbox_value_head, DeadLetter, InboundRequest, OutboxMeta, Store,
-    StoreConfig, StoreError, Unrecorded,
+    be, outbox_parts, DeadLetter, InboundRequest, OutboxMeta, Store, StoreConfig, StoreError,
 };
 
 /// The `[store]` bounds read on every request, as atomics so a reload can change them while
@@ -158,27 +157,8 @@ impl Store {
             record_at_ack: true,
         };
         let trigger = serde_json::to_string(&event.trigger)?;
-        let value = outbox_value_head(&meta, event.form.as_deref(), &trigger)?;
-        let head = value.len() as u64;
-        self.reserve(head)?;
-        let mut size = head;
-        let appended = inner.outbox.append(&inner.db, |seq| {
-            let value = self.finish_outbox_entry(seq, value, meta.clone());
-            size = value.len() as u64;
-            Ok::<_, sled::Error>(value)
-        });
-        let seq = match appended {
-            Ok(seq) => seq,
-            Err(error) => {
-                self.release(head);
-                return Err(error.into());
-            }
-        };
-        inner.pending_bytes.fetch_add(size - head, Ordering::SeqCst);
-        inner.outbox_entries.fetch_add(1, Ordering::SeqCst);
-        self.unrecorded()
-            .insert(meta.request_id.clone(), Unrecorded::Outbox(seq));
-        self.wait_for_flush().await?;
+        self.append_event_durably(&meta, event.form.as_deref(), &trigger)
+            .await?;
         inner.dead_letters.remove(be(id))?;
         self.wait_for_flush().await?;
         Ok(true)
