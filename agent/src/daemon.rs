@@ -180,7 +180,9 @@ impl Shared {
             Gauge { name: "xmagent_relay_reconnects_total", kind: "counter", help: "Websocket reconnects.", value: status.reconnects as f64 },
             Gauge { name: "xmagent_restart_needed", kind: "gauge", help: "1 when the file changed keys that apply only at restart.", value: u8::from(!self.restart_needed().is_empty()).into() },
         ];
-        let mut response = Response::new(http_util::full(self.metrics.render(&gauges)));
+        let mut response = Response::new(http_util::full(
+            self.metrics.render(&gauges, self.store.flush_latency()),
+        ));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),

@@ -152,8 +152,9 @@ impl Metrics {
         }
     }
 
-    /// The whole exposition: these metrics plus the scrape-time `gauges`.
-    pub fn render(&self, gauges: &[Gauge]) -> String {
+    /// The whole exposition: these metrics plus the scrape-time `gauges` and the store's
+    /// `flush_latency`.
+    pub fn render(&self, gauges: &[Gauge], flush_latency: &Histogram) -> String {
         let mut out = String::new();
         #[rustfmt::skip]
         let counters: [(&str, &str, &AtomicU64); 6] = [
@@ -208,6 +209,11 @@ impl Metrics {
             "xmagent_relay_ack_latency_seconds",
             "Time from sending an event to the central's ack.",
         );
+        flush_latency.render(
+            &mut out,
+            "xmagent_store_flush_duration_seconds",
+            "Time of one group commit: writing the batched entries and flushing them to disk.",
+        );
         self.script_duration.render(
             &mut out,
             "xmagent_script_duration_seconds",
@@ -259,7 +265,7 @@ mod tests {
         metrics.count_response(Some(("made-up-2", false)), StatusCode::NOT_FOUND, ms);
         metrics.count_response(None, StatusCode::OK, ms);
         metrics.observe_script(ms, Some(scripts::ErrorKind::Timeout));
-        let out = metrics.render(&[]);
+        let out = metrics.render(&[], &Histogram::default());
         assert!(
             out.contains("xmagent_requests_total{integration=\"alerts\",status=\"202\"} 1\n"),
             "{out}"

@@ -577,6 +577,8 @@ struct GroupCommit {
     gather: std::time::Duration,
     /// Flushes done so far; writes per flush tell an operator how well group commit batches.
     flushes: AtomicU64,
+    /// Time of each group commit's write and flush (`/metrics`).
+    flush_latency: crate::metrics::Histogram,
 }
 
 impl GroupCommit {
@@ -691,6 +693,7 @@ impl Store {
             stopped: std::sync::atomic::AtomicBool::new(false),
             gather: std::time::Duration::from_micros(config.group_commit_wait_us),
             flushes: AtomicU64::new(0),
+            flush_latency: Default::default(),
         });
         let inner = Arc::new(Inner {
             requests,
@@ -1163,6 +1166,11 @@ impl Store {
         self.inner.commit.flushes.load(Ordering::Relaxed)
     }
 
+    /// How long group commits take (write and flush), for `/metrics`.
+    pub fn flush_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.commit.flush_latency
+    }
+
     /// Entries waiting for the central.
     pub fn outbox_len(&self) -> u64 {
         self.inner.outbox_entries.load(Ordering::SeqCst)
@@ -1425,10 +1433,12 @@ async fn flusher(commit: Arc<GroupCommit>) {
             // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
+            let started = std::time::Instant::now();
             let flushed = shared.write_groups().and_then(|appended| {
                 shared.db.flush()?;
                 Ok(appended)
             });
+            shared.flush_latency.observe(started.elapsed());
             (target, flushed.map_err(|e| e.to_string()))
         })
         .await;

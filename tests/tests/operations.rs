@@ -626,6 +626,7 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
         "# TYPE xmagent_queue_oldest_age_seconds gauge\n",
         "xmagent_dead_letters 0\n",
         "xmagent_relay_ack_latency_seconds_count 1\n",
+        "# TYPE xmagent_store_flush_duration_seconds histogram\n",
         "xmagent_restart_needed 0\n",
     ] {
         assert!(
