@@ -59,12 +59,14 @@ pub async fn handle(
         .metrics
         .count_response(known, response.status(), started.elapsed());
     if let Some(integration) = integration {
-        // One line per trigger outcome, for people tailing the log.
+        // One line per trigger outcome, for people tailing the log (its own target, so
+        // `RUST_LOG=info,xmagent::access=warn` silences it on a very busy agent).
         let request_id = response
             .extensions()
             .get::<AcceptedId>()
             .map(|id| id.0.as_str());
         tracing::info!(
+            target: "xmagent::access",
             request_id = request_id.unwrap_or("-"),
             integration,
             status = response.status().as_u16(),
