@@ -56,6 +56,8 @@ pub struct AgentStatus {
     pub dead_letters: usize,
     /// Configuration keys changed in the file that take effect only at the next restart.
     pub restart_needed: Vec<String>,
+    /// Why the last reload was refused (the running configuration stayed), if it was.
+    pub reload_error: Option<String>,
 }
 
 /// Answer one admin request (after the admin check).
@@ -102,6 +104,7 @@ fn status(shared: &Shared) -> Response<Body> {
             .into_iter()
             .map(str::to_owned)
             .collect(),
+        reload_error: shared.reload_error(),
     };
     http_util::json(StatusCode::OK, &status)
 }

@@ -63,6 +63,8 @@ pub struct Shared {
     central_section: Mutex<Option<toml::Value>>,
     /// Keys changed in the file that keep their running value until a restart.
     restart_needed: Mutex<Vec<&'static str>>,
+    /// Why the last reload was refused (cleared by a successful one).
+    reload_error: Mutex<Option<String>>,
     started: Instant,
     /// Requests processed at the last sign of progress, and when that was (watchdog).
     script_progress: Mutex<(u64, Instant)>,
@@ -117,6 +119,14 @@ impl Shared {
     /// Time since start.
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Why the last reload was refused, if it was (the running configuration stayed).
+    pub fn reload_error(&self) -> Option<String> {
+        self.reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Keys changed in the configuration file that need a restart to take effect.
@@ -252,6 +262,9 @@ impl crate::notify::Health for Shared {
         if !self.restart_needed().is_empty() {
             line.push_str("; restart needed");
         }
+        if self.reload_error().is_some() {
+            line.push_str("; last reload refused");
+        }
         line
     }
 
@@ -297,8 +310,19 @@ pub struct AgentHandle {
 impl AgentHandle {
     /// Reload the configuration file and apply every section that can change live (see the
     /// module docs); requests in flight finish with the snapshot they started with. An invalid
-    /// file is refused whole and the running configuration stays.
+    /// file is refused whole and the running configuration stays; `xmagent status` shows why
+    /// until a reload succeeds.
     pub async fn reload(&self) -> Result<(), ConfigError> {
+        let result = self.apply_reload().await;
+        *self
+            .shared
+            .reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    async fn apply_reload(&self) -> Result<(), ConfigError> {
         let path = self.config_path.clone();
         let mut loaded = tokio::task::spawn_blocking(move || config::load(&path))
             .await
@@ -546,6 +570,7 @@ pub async fn start(
         relay: tokio::sync::Mutex::new(None),
         central_section: Mutex::new(central),
         restart_needed: Mutex::new(Vec::new()),
+        reload_error: Mutex::new(None),
         started: Instant::now(),
         script_progress: Mutex::new((0, Instant::now())),
         work: work_tx,

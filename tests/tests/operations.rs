@@ -549,6 +549,32 @@ async fn reload_applies_bounds_and_central_live_and_flags_restart_only_keys() {
         }
     })
     .await;
+    // A broken file is refused whole; status says why and the running configuration stays.
+    std::fs::write(
+        &config,
+        format!("{original}\n[[integrations]]\nid = \"broken\"\naction = \"explode\"\n"),
+    )
+    .unwrap();
+    agent.signal("HUP");
+    let refused = eventually(WAIT, "the refused reload in status", || {
+        let config = config.clone();
+        async move {
+            let status = xmagent_json(&config, &["status"]);
+            status["reloadError"].as_str().map(str::to_owned)
+        }
+    })
+    .await;
+    assert!(
+        refused.contains("agent.toml") && refused.contains("explode"),
+        "{refused}"
+    );
+    assert_eq!(
+        trigger(agent.addr, "any", "?apiKey=url-key-any", &[], "{}")
+            .await
+            .status,
+        503,
+        "the reloaded bound still applies"
+    );
     // Back to the original file: the bound is lifted, nothing waits for a restart.
     std::fs::write(&config, original).unwrap();
     agent.signal("HUP");
@@ -556,7 +582,8 @@ async fn reload_applies_bounds_and_central_live_and_flags_restart_only_keys() {
         let config = config.clone();
         async move {
             let status = xmagent_json(&config, &["status"]);
-            (status["restartNeeded"] == serde_json::json!([])).then_some(())
+            (status["restartNeeded"] == serde_json::json!([]) && status["reloadError"].is_null())
+                .then_some(())
         }
     })
     .await;

@@ -70,6 +70,9 @@ pub fn status(answer: &Value) -> String {
     );
     let _ = writeln!(out, "last error:      {last_error}");
     let _ = writeln!(out, "restart needed:  {restart}");
+    if let Some(error) = answer["reloadError"].as_str() {
+        let _ = writeln!(out, "last reload:     refused: {error}");
+    }
     out
 }
 
@@ -156,7 +159,8 @@ mod tests {
             "version": "0.1.0", "uptimeSecs": 3723,
             "central": {"connected": false, "last_error": "connection refused", "reconnects": 2},
             "accepted": 1, "waitingForCentral": 9, "oldestPending": "2026-12-01T04:00:00Z",
-            "deadLetters": 2, "restartNeeded": ["agent.listen"]
+            "deadLetters": 2, "restartNeeded": ["agent.listen"],
+            "reloadError": "agent.toml: integrations[0].action: unknown action"
         }));
         assert!(text.contains("xmagent 0.1.0, up 1h 02m 03s"), "{text}");
         assert!(text.contains("central:         NOT connected"), "{text}");
@@ -175,6 +179,10 @@ mod tests {
         );
         assert!(
             text.contains("restart needed:  yes (agent.listen changed"),
+            "{text}"
+        );
+        assert!(
+            text.contains("last reload:     refused: agent.toml: integrations[0]"),
             "{text}"
         );
     }
