@@ -1,8 +1,9 @@
 //! The operator's admin endpoints behind `xmagent status` and `xmagent queue ...`: the agent's
 //! state at a glance, the queue listing, sending dead letters again and purging them.
 //!
-//! Every endpoint requires the admin credential (checked by `ingress::admin_guard`), never the
-//! public trigger credentials. It does not decide what may be removed: the store only lets dead
+//! Every endpoint first passes `ingress::admin_guard`, the one place that decides what counts as
+//! the admin credential (an integration's URL key never does). It does not decide what may be
+//! removed: the store only lets dead
 //! letters go (`store::operations`); a pending entry leaves only when the central acknowledged it.
 
 use std::sync::Arc;
