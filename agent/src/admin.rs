@@ -3,8 +3,8 @@
 //!
 //! Every endpoint first passes `ingress::admin_guard`, the one place that decides what counts as
 //! the admin credential (an integration's URL key never does). It does not decide what may be
-//! removed: the store only lets dead
-//! letters go (`store::operations`); a pending entry leaves only when the central acknowledged it.
+//! removed: the store only lets dead letters go (`store::operations`); a pending entry leaves
+//! only when the central acknowledged it.
 
 use std::sync::Arc;
 
