@@ -66,7 +66,7 @@ pub struct Shared {
     /// Why the last reload was refused (cleared by a successful one).
     reload_error: Mutex<Option<String>>,
     started: Instant,
-    /// Requests processed at the last sign of progress, and when that was (watchdog).
+    /// Script runs finished at the last sign of progress, and when that was (watchdog).
     script_progress: Mutex<(u64, Instant)>,
     work: mpsc::UnboundedSender<Job>,
     /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
@@ -98,17 +98,31 @@ impl Shared {
 
     /// Hand an accepted request to the worker.
     pub fn enqueue(&self, job: Job) {
-        self.metrics.enqueued.fetch_add(1, Ordering::Relaxed);
         // A closed channel means shutdown: the entry stays in the inbox for the next start.
         let _ = self.work.send(job);
     }
 
-    /// The script pool to run the next script on.
-    pub fn scripts(&self) -> Arc<scripts::ScriptPool> {
-        self.scripts
+    /// Run a script on the current script pool (a reload may replace the pool; a run keeps the
+    /// one it started on), counted for the watchdog and `/metrics`.
+    pub async fn run_script(
+        &self,
+        program: Arc<scripts::Program>,
+        request: scripts::ScriptRequest,
+        http: Arc<dyn scripts::HttpClient>,
+    ) -> scripts::Outcome {
+        let pool = self
+            .scripts
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .clone();
+        let runs = &self.metrics.script_runs;
+        runs.started.fetch_add(1, Ordering::Relaxed);
+        // Counted as finished however the run ends (even if this future is dropped).
+        let _finished = FinishedRun(&runs.finished);
+        let outcome = pool.run(program, request, http).await;
+        self.metrics
+            .observe_script(outcome.duration, outcome.error.as_ref().map(|e| e.kind));
+        outcome
     }
 
     /// The relay's current state (connected, last error, counters).
@@ -212,29 +226,40 @@ fn age_secs(rfc3339: &str) -> Option<f64> {
     )
 }
 
+/// Counts a script run as finished when dropped.
+struct FinishedRun<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for FinishedRun<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl Shared {
-    /// The script threads are stuck when requests wait for them and none finished for longer
-    /// than two script time limits plus a margin (every run is bounded by the time limit).
+    /// The script threads are stuck when runs are in progress and none finished for longer
+    /// than two script time limits plus a margin: every run is bounded by the time limit, so a
+    /// working thread finishes one at least that often. (Requests waiting for anything else,
+    /// such as room in the store, are not script runs and do not count.)
     fn check_script_progress(&self) -> Result<(), String> {
-        let processed = self.metrics.worker_done.load(Ordering::Relaxed);
-        let waiting = self
-            .metrics
-            .enqueued
+        let runs = &self.metrics.script_runs;
+        let finished = runs.finished.load(Ordering::Relaxed);
+        let running = runs
+            .started
             .load(Ordering::Relaxed)
-            .saturating_sub(processed);
+            .saturating_sub(finished);
         let mut progress = self
             .script_progress
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if processed != progress.0 || waiting == 0 {
-            *progress = (processed, Instant::now());
+        if finished != progress.0 || running == 0 {
+            *progress = (finished, Instant::now());
             return Ok(());
         }
         let stall_limit = self.live().config.limits.timeout * 2 + Duration::from_secs(30);
         let stalled = progress.1.elapsed();
         if stalled > stall_limit {
             return Err(format!(
-                "script threads: {waiting} request(s) waiting, none finished for {}s",
+                "script threads: {running} run(s) in progress, none finished for {}s",
                 stalled.as_secs()
             ));
         }

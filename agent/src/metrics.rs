@@ -54,6 +54,15 @@ impl Histogram {
     }
 }
 
+/// Script runs started and finished (a run waiting for a free script thread counts as started).
+#[derive(Default)]
+pub struct ScriptRuns {
+    /// Runs handed to the script pool.
+    pub started: AtomicU64,
+    /// Runs that ended, however they ended.
+    pub finished: AtomicU64,
+}
+
 /// A state value read at scrape time.
 pub struct Gauge {
     /// Series name.
@@ -72,11 +81,8 @@ pub struct Metrics {
     accepted: AtomicU64,
     client_errors: AtomicU64,
     unavailable: AtomicU64,
-    /// Requests handed to the worker (at start-up and by ingress).
-    pub(crate) enqueued: AtomicU64,
-    /// Requests the worker finished; with `enqueued` it tells the watchdog whether the script
-    /// threads make progress.
-    pub(crate) worker_done: AtomicU64,
+    /// Script runs started and finished: the watchdog's sign that the script threads work.
+    pub(crate) script_runs: ScriptRuns,
     processed: AtomicU64,
     failed: AtomicU64,
     processing_micros: AtomicU64,
@@ -135,11 +141,6 @@ impl Metrics {
         }
         self.processing_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    /// The worker finished one job (whatever its outcome).
-    pub fn count_job_done(&self) {
-        self.worker_done.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Record one script run: its duration and, when it failed, the kind of failure.

@@ -204,7 +204,6 @@ async fn process(shared: &Shared, job: Job) {
         shared
             .metrics
             .count_processed(failure.is_some(), started.elapsed());
-        shared.metrics.count_job_done();
         match shared.store.complete(&job.accepted, processed) {
             Ok(_) => match failure {
                 Some(reason) => tracing::warn!(%reason, "request failed"),
@@ -256,12 +255,8 @@ async fn run_action(
             };
             let http = shared.live().endpoints.clone();
             let outcome = shared
-                .scripts()
-                .run(program.clone(), script_request, http)
+                .run_script(program.clone(), script_request, http)
                 .await;
-            shared
-                .metrics
-                .observe_script(outcome.duration, outcome.error.as_ref().map(|e| e.kind));
             let failure = outcome.error.as_ref().map(|e| e.to_string());
             let status = match (&failure, outcome.posts.is_empty()) {
                 (Some(_), _) => "FAILED",
