@@ -49,10 +49,37 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
     let response = route(&shared, request, peer, &path).await;
-    shared.metrics.count_response(response.status());
+    let integration = path
+        .strip_prefix(TRIGGER_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/triggers"));
+    let known = integration.map(|id| (id, shared.live().config.integrations.contains_key(id)));
+    shared
+        .metrics
+        .count_response(known, response.status(), started.elapsed());
+    if let Some(integration) = integration {
+        // One line per trigger outcome, for people tailing the log (its own target, so
+        // `RUST_LOG=info,xmagent::access=warn` silences it on a very busy agent).
+        let request_id = response
+            .extensions()
+            .get::<AcceptedId>()
+            .map(|id| id.0.as_str());
+        tracing::info!(
+            target: "xmagent::access",
+            request_id = request_id.unwrap_or("-"),
+            integration,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "trigger answered"
+        );
+    }
     response
 }
+
+/// The requestId of a 202, carried to the outcome log line in the response's extensions.
+#[derive(Clone)]
+struct AcceptedId(String);
 
 async fn route(
     shared: &Arc<Shared>,
@@ -81,6 +108,7 @@ async fn route(
                 .dead_letters()
                 .map(|list| json!({"count": list.len(), "data": list}))
         }),
+        _ if crate::admin::serves(path) => crate::admin::handle(shared, request, path).await,
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
                 if request.method() != Method::GET {
@@ -149,7 +177,8 @@ fn admin(
     }
 }
 
-fn admin_guard(
+/// The admin check, shared with the `admin` module's endpoints.
+pub(crate) fn admin_guard(
     shared: &Arc<Shared>,
     request: &Request<Incoming>,
 ) -> Result<(), Box<Response<Body>>> {
@@ -316,7 +345,11 @@ fn accepted_response(request_id: &str) -> Response<Body> {
     struct Accepted<'a> {
         request_id: &'a str,
     }
-    http_util::json(StatusCode::ACCEPTED, &Accepted { request_id })
+    let mut response = http_util::json(StatusCode::ACCEPTED, &Accepted { request_id });
+    response
+        .extensions_mut()
+        .insert(AcceptedId(request_id.to_owned()));
+    response
 }
 
 fn principal_record(principal: &Principal) -> PrincipalRecord {
@@ -389,7 +422,7 @@ fn body_failure(error: BodyError) -> Response<Body> {
     }
 }
 
-fn store_failure(error: StoreError) -> Response<Body> {
+pub(crate) fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
     unavailable(error.to_string())
 }
@@ -409,7 +442,7 @@ fn unavailable(message: String) -> Response<Body> {
     response
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
     response
         .headers_mut()

@@ -43,8 +43,11 @@ use crate::relay::{Outbox, OutboxEntry};
 
 mod finished;
 mod grouped;
+mod operations;
 use finished::Finished;
 use grouped::GroupedLog;
+use operations::LiveBounds;
+pub use operations::{QueueEntry, QueueState};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -139,13 +142,11 @@ enum Headroom {
 }
 
 impl Headroom {
-    fn bounds(self, config: &StoreConfig) -> (u64, u64) {
+    fn bounds(self, live: &LiveBounds) -> (u64, u64) {
+        let (entries, bytes) = (live.max_entries(), live.max_bytes());
         match self {
-            Headroom::None => (config.max_entries, config.max_bytes),
-            Headroom::ForEvents => (
-                config.max_entries - config.max_entries / 10,
-                config.max_bytes - config.max_bytes / 10,
-            ),
+            Headroom::None => (entries, bytes),
+            Headroom::ForEvents => (entries - entries / 10, bytes - bytes / 10),
         }
     }
 }
@@ -327,7 +328,8 @@ struct Inner {
     finished: Finished,
     activity: sled::Tree,
     dead_letters: sled::Tree,
-    config: StoreConfig,
+    /// The `[store]` bounds a reload may change (see `store::operations`).
+    bounds: LiveBounds,
     pending_entries: AtomicU64,
     pending_bytes: AtomicU64,
     /// sled's `Tree::len` walks the whole tree, so sizes needed per request are counted here.
@@ -533,7 +535,8 @@ impl BufferedActivity {
 impl Inner {
     /// Measure free space; logs when room runs out and when it returns.
     fn measure_disk(&self) {
-        let needed = self.config.min_free_mib.saturating_mul(1024 * 1024);
+        let min_free_mib = self.bounds.min_free_mib();
+        let needed = min_free_mib.saturating_mul(1024 * 1024);
         let room = match durable::available_bytes(&self.dir) {
             Ok(free) => free > needed,
             Err(error) => {
@@ -545,7 +548,7 @@ impl Inner {
         if had && !room {
             tracing::error!(
                 dir = %self.dir.display(),
-                min_free_mib = self.config.min_free_mib,
+                min_free_mib,
                 "the store's disk is almost full: refusing requests (503) until space returns"
             );
         } else if room && !had {
@@ -587,7 +590,7 @@ impl Inner {
     fn prune_activity(&self, integration_id: &str, added: u64) -> Result<(), StoreError> {
         let inner = self;
         let prefix = activity_prefix(integration_id);
-        let retention = inner.config.activity_per_integration;
+        let retention = inner.bounds.activity_per_integration();
         let slack = retention / 8 + 8;
         let mut counts = inner
             .activity_counts
@@ -688,6 +691,8 @@ struct GroupCommit {
     gather: std::time::Duration,
     /// Flushes done so far; writes per flush tell an operator how well group commit batches.
     flushes: AtomicU64,
+    /// Time of each group commit's write and flush (`/metrics`).
+    flush_latency: crate::metrics::Histogram,
 }
 
 impl GroupCommit {
@@ -944,6 +949,7 @@ impl Store {
             stopped: std::sync::atomic::AtomicBool::new(false),
             gather: std::time::Duration::from_micros(config.group_commit_wait_us),
             flushes: AtomicU64::new(0),
+            flush_latency: Default::default(),
         });
         let inner = Arc::new(Inner {
             requests,
@@ -953,7 +959,7 @@ impl Store {
             inbox,
             outbox,
             db,
-            config,
+            bounds: LiveBounds::new(&config),
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
             outbox_entries: AtomicU64::new(outbox_entries),
@@ -1032,7 +1038,6 @@ impl Store {
         activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
         self.check_not_broken()?;
-        let inner = &self.inner;
         let meta = OutboxMeta {
             request_id: request_id.to_owned(),
             integration_id: integration_id.to_owned(),
@@ -1040,7 +1045,26 @@ impl Store {
             received_at: received_at.to_owned(),
             record_at_ack: true,
         };
-        let value = outbox_value_head(&meta, form, trigger)?;
+        let seq = self.append_event_durably(&meta, form, trigger).await?;
+        self.record_activity(
+            &meta.integration_id,
+            BufferedActivity::Pending(Box::new(activity)),
+        );
+        Ok(seq)
+    }
+
+    /// Append one outbox entry whose status record is written when the central answers
+    /// (`meta.record_at_ack`), and wait for the flush that covers it; until the answer the
+    /// in-memory index says QUEUED. On failure nothing is kept and the error is returned. Used
+    /// by the `create_event` fast path and by a dead letter's retry.
+    async fn append_event_durably(
+        &self,
+        meta: &OutboxMeta,
+        form: Option<&str>,
+        trigger: &str,
+    ) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let value = outbox_value_head(meta, form, trigger)?;
         let head = value.len() as u64;
         self.reserve(head, Headroom::None)?;
         let mut size = head;
@@ -1070,10 +1094,6 @@ impl Store {
             }
             return Err(error);
         }
-        self.record_activity(
-            &meta.integration_id,
-            BufferedActivity::Pending(Box::new(activity)),
-        );
         Ok(seq)
     }
 
@@ -1101,7 +1121,7 @@ impl Store {
         let Ok(key) = inner.db.generate_id() else {
             return;
         };
-        let retention = inner.config.activity_per_integration as usize;
+        let retention = inner.bounds.activity_per_integration() as usize;
         let mut buffer = inner
             .activity_buffer
             .lock()
@@ -1146,7 +1166,7 @@ impl Store {
                 "the disk holding the store is almost full",
             ));
         }
-        let (max_entries, max_bytes) = headroom.bounds(&inner.config);
+        let (max_entries, max_bytes) = headroom.bounds(&inner.bounds);
         if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= max_entries {
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Full("pending entry limit reached"));
@@ -1182,7 +1202,7 @@ impl Store {
             .load(Ordering::SeqCst)
             .saturating_sub(accepted.size)
             + event_bytes;
-        entries <= inner.config.max_entries && bytes <= inner.config.max_bytes
+        entries <= inner.bounds.max_entries() && bytes <= inner.bounds.max_bytes()
     }
 
     fn release(&self, size: u64) {
@@ -1412,7 +1432,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         // Pruning leaves a little slack; never show more than the retention.
-        let limit = limit.min(self.inner.config.activity_per_integration as usize);
+        let limit = limit.min(self.inner.bounds.activity_per_integration() as usize);
         let mut entries: Vec<serde_json::Value> = {
             let mut buffer = self
                 .inner
@@ -1470,6 +1490,11 @@ impl Store {
     /// Group-commit flushes since the store was opened.
     pub fn flushes(&self) -> u64 {
         self.inner.commit.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How long group commits take (write and flush), for `/metrics`.
+    pub fn flush_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.commit.flush_latency
     }
 
     /// Entries waiting for the central.
@@ -1734,7 +1759,10 @@ async fn flusher(commit: Arc<GroupCommit>) {
             // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
-            (target, shared.commit())
+            let started = std::time::Instant::now();
+            let committed = shared.commit();
+            shared.flush_latency.observe(started.elapsed());
+            (target, committed)
         })
         .await;
         let (target, flushed) = match flushed {

@@ -296,8 +296,7 @@ async fn run_action(
             };
             let http = shared.live().endpoints.clone();
             let outcome = shared
-                .scripts
-                .run(program.clone(), script_request, http)
+                .run_script(program.clone(), script_request, http)
                 .await;
             let mut error = outcome
                 .error

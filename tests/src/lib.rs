@@ -58,9 +58,15 @@ pub struct Node {
 impl Node {
     /// Start `binary args...` and wait for its `listening on` line.
     pub fn start(binary: &Path, args: &[&str]) -> Node {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// [`Node::start`] with extra environment variables (e.g. a fake `NOTIFY_SOCKET`).
+    pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
