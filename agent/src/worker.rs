@@ -259,30 +259,59 @@ async fn run_action(
                 .run(program.clone(), script_request, http)
                 .await;
             let failure = outcome.error.as_ref().map(|e| e.to_string());
-            let status = match (&failure, outcome.posts.is_empty()) {
+            let mut events: Vec<_> = outcome
+                .posts
+                .into_iter()
+                .map(|post| (integration.form.clone(), post))
+                .collect();
+            let flow = (integration.action == Action::HttpTrigger && failure.is_none())
+                .then(|| flow_event(integration, &outcome.outputs, &mut events));
+            let status = match (&failure, events.is_empty()) {
                 (Some(_), _) => "FAILED",
                 (None, true) => "COMPLETED",
                 (None, false) => "QUEUED",
             };
-            let details = json!({
-                "events": outcome.posts.len(),
+            let mut details = json!({
+                "events": events.len(),
                 "log": outcome.logs,
                 "http": outcome.http,
                 "error": outcome.error.as_ref().map(|e| json!({"kind": e.kind, "message": e.message, "line": e.line})),
                 "durationMs": outcome.duration.as_millis() as u64,
             });
+            if let (Some(flow), Value::Object(fields)) = (flow, &mut details) {
+                fields.insert("outputs".into(), Value::Object(outcome.outputs));
+                fields.extend(flow);
+            }
             Processed {
                 activity: activity(request, status, details),
-                events: outcome
-                    .posts
-                    .into_iter()
-                    .map(|post| (integration.form.clone(), post))
-                    .collect(),
+                events,
                 failure,
             }
         }
         (_, None) => failed(request, "the integration has no script".into()),
     }
+}
+
+/// An `http_trigger` run: add the event its outputs describe to `events`, and answer what the
+/// activity entry says about it (`skipped` names the output that asked for no event).
+fn flow_event(
+    integration: &Integration,
+    outputs: &Map<String, Value>,
+    events: &mut Vec<(Option<String>, Value)>,
+) -> Map<String, Value> {
+    let mut said = Map::new();
+    match integration.event.event(outputs) {
+        scripts::flow::FlowEvent::Create(trigger) => {
+            events.push((integration.form.clone(), trigger));
+        }
+        scripts::flow::FlowEvent::Skipped { output } => {
+            said.insert(
+                "skipped".into(),
+                json!(format!("output {output:?} is true")),
+            );
+        }
+    }
+    said
 }
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {

@@ -12,6 +12,7 @@
 
 pub mod dry_run;
 mod engine;
+pub mod flow;
 mod pool;
 mod uri;
 mod xml;
