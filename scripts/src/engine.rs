@@ -715,6 +715,12 @@ fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<
             },
         )?,
     )?;
+    native.set(
+        "xmlHelpers",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>| {
+            ctx.eval_with_options::<Function, _>(XML_HELPERS, eval_options(XML_HELPERS_NAME))
+        })?,
+    )?;
     let st = state.clone();
     native.set(
         "http",
@@ -923,12 +929,7 @@ fn setup<'js>(
         .map_err(fail)?;
     let constants = serde_json::to_string(&spec.constants)
         .map_err(|e| ScriptError::new(ErrorKind::Exception, format!("constants: {e}")))?;
-    let xml_helpers: Function = ctx
-        .eval_with_options(XML_HELPERS, eval_options(XML_HELPERS_NAME))
-        .map_err(fail)?;
-    let markup: Value = native.get("markup").map_err(fail)?;
-    let xml: Object = xml_helpers.call((markup,)).map_err(fail)?;
-    let api: Object = prelude.call((native, constants, xml)).map_err(fail)?;
+    let api: Object = prelude.call((native, constants)).map_err(fail)?;
     let register: Function = api.get("registerLibrary").map_err(fail)?;
     for (name, source) in &spec.libraries {
         let library = compile_fn(ctx, source, LIBRARY_PARAMS, &sources)?;

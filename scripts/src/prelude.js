@@ -1,9 +1,8 @@
 // The xMatters script API, set up once per warm context. Evaluated as one function expression and
-// called with the host hooks (`native`), the integration's constants as JSON and the XML helpers
-// (`xml`, built by scripts/src/xml/dom.js). Nothing here is
+// called with the host hooks (`native`) and the integration's constants as JSON. Nothing here is
 // made global except the Java-compatible String methods: everything else reaches scripts only as
 // arguments of the script function.
-(function (native, constantsJson, xml) {
+(function (native, constantsJson) {
   'use strict';
   var G = globalThis;
   var hasOwn = Object.prototype.hasOwnProperty;
@@ -125,19 +124,43 @@
     }
   };
 
+  // The XML helpers (scripts/src/xml/dom.js) are big: evaluating them in every context would
+  // triple the cost of a new context and slow every run's garbage collection, and most scripts
+  // never read XML. So they are evaluated on first use in a context and kept (frozen) from then
+  // on; what scripts see are these small stand-ins.
+  var xmlHelpers = null;
+  function xml() {
+    if (xmlHelpers === null) xmlHelpers = native.xmlHelpers()(native.markup);
+    return xmlHelpers;
+  }
   // JXON options belong to the run that set them (`XMLUtils.JXON.config`); every run starts
-  // from xMatters' defaults.
+  // from xMatters' defaults (`jxon: null`).
+  function jxonOptions() {
+    return current === null || current.jxon === null ? xml().JXON_DEFAULTS : current.jxon;
+  }
   var JXON = {
-    parse(text) { return xml.jxonParse(text, current === null ? xml.JXON_DEFAULTS : current.jxon); },
+    parse(text) { return xml().jxonParse(text, jxonOptions()); },
     config(options) {
       if (current === null) throw new Error('JXON.config is only available while a script runs');
       if (options === null || typeof options !== 'object') throw new TypeError('JXON.config expects an options object');
-      var merged = Object.assign({}, current.jxon);
-      for (var k in xml.JXON_DEFAULTS) if (hasOwn.call(options, k)) merged[k] = options[k];
+      var merged = Object.assign({}, jxonOptions());
+      for (var k in xml().JXON_DEFAULTS) if (hasOwn.call(options, k)) merged[k] = options[k];
       current.jxon = freeze(merged);
     }
   };
-  var XMLUtils = { JXON: JXON, DOMParser: xml.DOMParser, xpath: xml.xpath };
+  function DOMParser() {
+    if (!(this instanceof DOMParser)) throw new TypeError("DOMParser must be called with 'new'");
+  }
+  DOMParser.prototype.parseFromString = function parseFromString(text, mime) {
+    return new (xml().DOMParser)().parseFromString(text, mime);
+  };
+  freeze(DOMParser.prototype);
+  var xpath = {
+    select(expr, node, single) { return xml().xpath.select(expr, node, single); },
+    select1(expr, node) { return xml().xpath.select1(expr, node); },
+    useNamespaces(map) { return xml().xpath.useNamespaces(map); }
+  };
+  var XMLUtils = { JXON: JXON, DOMParser: DOMParser, xpath: xpath };
 
   // CommonJS for the integration's libraries; the cache lives for one run.
   var require = {
@@ -182,7 +205,7 @@
     // still `require`.
     current = {
       request: request, trigger: trigger, constants: constants, cache: Object.create(null),
-      jxon: xml.JXON_DEFAULTS
+      jxon: null
     };
     script.call(G, request, trigger, form, http, console, constants, require, JXON, XMLUtils, output);
     for (var name in output) {
