@@ -458,18 +458,24 @@ async fn sighup_reloads_scripts_and_refuses_a_broken_config() {
     );
 }
 
+/// Run `xmagent check` on a config that must be refused: exit 78; answers its stderr.
+fn check_refused(config: &Path) -> String {
+    let out = std::process::Command::new(binary("xmagent"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    stderr
+}
+
 #[test]
 fn check_reports_a_script_syntax_error_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     write_scripts(dir.path());
     std::fs::write(dir.path().join("broken.js"), "var a = 1;\nvar b = ;\n").unwrap();
     let config = agent_config(dir.path(), 9, &integrations(dir.path()));
-    let out = std::process::Command::new(binary("xmagent"))
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = check_refused(&config);
     assert!(stderr.contains("broken.js"), "{stderr}");
     assert!(stderr.contains("integrations[6].script"), "{stderr}");
     assert!(stderr.contains('2'), "no line number: {stderr}");
@@ -499,13 +505,7 @@ fn check_refuses_an_event_mapping_outside_http_trigger_and_empty_names() {
              script = \"{}\"\n[integrations.event]\n{mapping}\n",
             script.display()
         );
-        let config = agent_config(dir.path(), 9, &extra);
-        let out = std::process::Command::new(binary("xmagent"))
-            .args(["check", "--config", config.to_str().unwrap()])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        let stderr = check_refused(&agent_config(dir.path(), 9, &extra));
         assert!(stderr.contains("agent.toml"), "{stderr}");
         assert!(stderr.contains(key), "{key}: {stderr}");
         assert!(stderr.contains(reason), "{reason}: {stderr}");

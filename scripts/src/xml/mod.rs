@@ -68,6 +68,41 @@ struct Table {
     max_nodes: usize,
 }
 
+/// One element's name parts, as the DOM names them.
+struct Name<'a> {
+    qualified: String,
+    local: &'a str,
+    namespace: Option<&'a str>,
+    prefix: Option<&'a str>,
+}
+
+impl<'a> Name<'a> {
+    fn new(prefix: Option<&'a str>, local: &'a str, namespace: Option<&'a str>) -> Name<'a> {
+        let prefix = prefix.filter(|p| !p.is_empty());
+        let qualified = match prefix {
+            Some(prefix) => format!("{prefix}:{local}"),
+            None => local.to_owned(),
+        };
+        Name {
+            qualified,
+            local,
+            namespace: namespace.filter(|ns| !ns.is_empty()),
+            prefix,
+        }
+    }
+
+    /// Append this name and `value` to a flat attribute list.
+    fn push_attribute(self, list: &mut Vec<Value>, value: &str) {
+        list.extend([
+            json!(self.qualified),
+            json!(self.local),
+            json!(self.namespace),
+            json!(self.prefix),
+            json!(value),
+        ]);
+    }
+}
+
 impl Table {
     fn push(&mut self, node: Value) -> Result<i64, MarkupError> {
         if self.nodes.len() >= self.max_nodes {
@@ -75,6 +110,37 @@ impl Table {
         }
         self.nodes.push(node);
         Ok(i64::try_from(self.nodes.len()).unwrap_or(i64::MAX) - 1)
+    }
+
+    /// Add an element; answers its index, the parent of its children.
+    fn element(
+        &mut self,
+        parent: i64,
+        name: Name<'_>,
+        attributes: Vec<Value>,
+    ) -> Result<i64, MarkupError> {
+        self.push(json!([
+            ELEMENT,
+            parent,
+            name.qualified,
+            name.local,
+            name.namespace,
+            name.prefix,
+            null,
+            attributes
+        ]))
+    }
+
+    /// Add a text, comment or processing-instruction node.
+    fn leaf(
+        &mut self,
+        kind: u8,
+        parent: i64,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<(), MarkupError> {
+        self.push(json!([kind, parent, name, null, null, null, value, []]))
+            .map(|_| ())
     }
 }
 
@@ -102,13 +168,6 @@ pub(crate) fn parse(
     Ok(json!({ "html": syntax == Syntax::Html, "nodes": table.nodes }).to_string())
 }
 
-fn qualified(prefix: Option<&str>, local: &str) -> String {
-    match prefix {
-        Some(prefix) if !prefix.is_empty() => format!("{prefix}:{local}"),
-        _ => local.to_owned(),
-    }
-}
-
 fn xml_table(text: &str, table: &mut Table) -> Result<(), MarkupError> {
     let options = roxmltree::ParsingOptions {
         allow_dtd: true,
@@ -132,70 +191,29 @@ fn xml_node(
 ) -> Result<(), MarkupError> {
     match node.node_type() {
         roxmltree::NodeType::Element => {
-            let name = node.tag_name();
-            let prefix = name.namespace().and_then(|ns| node.lookup_prefix(ns));
             let mut attributes = Vec::new();
             for attribute in node.attributes() {
-                let attr_prefix = attribute.namespace().and_then(|ns| node.lookup_prefix(ns));
-                attributes.push(json!(qualified(attr_prefix, attribute.name())));
-                attributes.push(json!(attribute.name()));
-                attributes.push(json!(attribute.namespace()));
-                attributes.push(json!(attr_prefix));
-                attributes.push(json!(attribute.value()));
+                let prefix = attribute.namespace().and_then(|ns| node.lookup_prefix(ns));
+                Name::new(prefix, attribute.name(), attribute.namespace())
+                    .push_attribute(&mut attributes, attribute.value());
             }
-            let index = table.push(json!([
-                ELEMENT,
+            let tag = node.tag_name();
+            let prefix = tag.namespace().and_then(|ns| node.lookup_prefix(ns));
+            let index = table.element(
                 parent,
-                qualified(prefix, name.name()),
-                name.name(),
-                name.namespace(),
-                prefix.filter(|p| !p.is_empty()),
-                null,
-                attributes
-            ]))?;
+                Name::new(prefix, tag.name(), tag.namespace()),
+                attributes,
+            )?;
             for child in node.children() {
                 xml_node(child, index, table)?;
             }
         }
-        roxmltree::NodeType::Text => {
-            table.push(json!([
-                TEXT,
-                parent,
-                "#text",
-                null,
-                null,
-                null,
-                node.text(),
-                []
-            ]))?;
-        }
-        roxmltree::NodeType::Comment => {
-            table.push(json!([
-                COMMENT,
-                parent,
-                "#comment",
-                null,
-                null,
-                null,
-                node.text(),
-                []
-            ]))?;
-        }
+        roxmltree::NodeType::Text => table.leaf(TEXT, parent, "#text", node.text())?,
+        roxmltree::NodeType::Comment => table.leaf(COMMENT, parent, "#comment", node.text())?,
         roxmltree::NodeType::PI => {
-            let (target, value) = node
-                .pi()
-                .map(|pi| (pi.target, pi.value))
-                .unwrap_or(("", None));
-            table.push(json!([
-                PROCESSING_INSTRUCTION,
-                parent,
-                target,
-                null,
-                null,
-                null,
-                value,
-                []
-            ]))?;
+            if let Some(pi) = node.pi() {
+                table.leaf(PROCESSING_INSTRUCTION, parent, pi.target, pi.value)?;
+            }
         }
         roxmltree::NodeType::Root => {}
     }
@@ -219,51 +237,22 @@ fn html_node(
         scraper::Node::Element(element) => {
             let mut attributes = Vec::new();
             for (name, value) in element.attrs.iter() {
-                let prefix = name.prefix.as_deref();
-                attributes.push(json!(qualified(prefix, &name.local)));
-                attributes.push(json!(&*name.local));
-                attributes.push(json!(Some(&*name.ns).filter(|ns| !ns.is_empty())));
-                attributes.push(json!(prefix));
-                attributes.push(json!(&**value));
+                Name::new(name.prefix.as_deref(), &name.local, Some(&name.ns))
+                    .push_attribute(&mut attributes, value);
             }
-            let local = &*element.name.local;
-            let index = table.push(json!([
-                ELEMENT,
+            let name = &element.name;
+            let index = table.element(
                 parent,
-                local,
-                local,
-                &*element.name.ns,
-                null,
-                null,
-                attributes
-            ]))?;
+                Name::new(None, &name.local, Some(&name.ns)),
+                attributes,
+            )?;
             for child in node.children() {
                 html_node(child, index, table)?;
             }
         }
-        scraper::Node::Text(text) => {
-            table.push(json!([
-                TEXT,
-                parent,
-                "#text",
-                null,
-                null,
-                null,
-                &*text.text,
-                []
-            ]))?;
-        }
+        scraper::Node::Text(text) => table.leaf(TEXT, parent, "#text", Some(&text.text))?,
         scraper::Node::Comment(comment) => {
-            table.push(json!([
-                COMMENT,
-                parent,
-                "#comment",
-                null,
-                null,
-                null,
-                &*comment.comment,
-                []
-            ]))?;
+            table.leaf(COMMENT, parent, "#comment", Some(&comment.comment))?
         }
         _ => {}
     }
