@@ -340,3 +340,37 @@ fn the_helpers_cannot_be_changed_for_later_runs() {
         assert_eq!(outcome.logs[0].message, "object 1");
     }
 }
+
+#[test]
+fn deeply_nested_documents_fail_cleanly_and_the_engine_keeps_working() {
+    // 20,000 levels: parsed by the host without recursion; JXON's and the DOM's own recursion
+    // ends in a catchable error at the JavaScript stack limit instead of crashing the thread.
+    let depth = 20_000;
+    let deep = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+    let out = logs(
+        "function name(e) { return e instanceof Error ? e.name : String(e); }\n\
+         try { JXON.parse(request.body); console.log('parsed'); } catch (e) { console.log(name(e)); }\n\
+         var doc = new XMLUtils.DOMParser().parseFromString(request.body, 'text/xml');\n\
+         try { console.log(doc.getElementsByTagName('a').length); } catch (e) { console.log(name(e)); }",
+        &deep,
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(
+        out[0] == "parsed" || out[0] == "RangeError" || out[0] == "InternalError",
+        "{out:?}"
+    );
+    assert!(
+        out[1] == "20000" || out[1] == "RangeError" || out[1] == "InternalError",
+        "{out:?}"
+    );
+    // HTML deeper than the tree builder can take in bounded time is refused up front.
+    let html = "<div>".repeat(5000);
+    let out = logs(
+        "try { new XMLUtils.DOMParser().parseFromString(request.body, 'text/html'); } catch (e) { console.log(e.message); }",
+        &html,
+    );
+    assert_eq!(
+        out,
+        ["cannot parse the document: the HTML nests elements more than 4096 deep"]
+    );
+}

@@ -54,6 +54,9 @@ pub(crate) enum MarkupError {
     /// The document has more nodes than the run allows.
     #[error("the document has more than {0} nodes")]
     TooManyNodes(usize),
+    /// The HTML nests elements more deeply than [`MAX_HTML_DEPTH`].
+    #[error("the HTML nests elements more than {0} deep")]
+    TooDeep(usize),
     /// The XML is not well-formed.
     #[error("the XML is not well-formed: {0}")]
     Malformed(String),
@@ -168,6 +171,26 @@ pub(crate) fn parse(
     Ok(json!({ "html": syntax == Syntax::Html, "nodes": table.nodes }).to_string())
 }
 
+/// Visit a tree in document order without recursion, so a deeply nested document cannot exhaust
+/// the script thread's native stack: `visit` adds one node under `parent` and answers the index
+/// its children hang under (`None` when they are not wanted).
+fn walk<N, I>(
+    roots: I,
+    children: impl Fn(&N) -> I,
+    mut visit: impl FnMut(&N, i64) -> Result<Option<i64>, MarkupError>,
+) -> Result<(), MarkupError>
+where
+    I: DoubleEndedIterator<Item = N>,
+{
+    let mut pending: Vec<(N, i64)> = roots.rev().map(|node| (node, -1)).collect();
+    while let Some((node, parent)) = pending.pop() {
+        if let Some(index) = visit(&node, parent)? {
+            pending.extend(children(&node).rev().map(|child| (child, index)));
+        }
+    }
+    Ok(())
+}
+
 fn xml_table(text: &str, table: &mut Table) -> Result<(), MarkupError> {
     let options = roxmltree::ParsingOptions {
         allow_dtd: true,
@@ -178,35 +201,52 @@ fn xml_table(text: &str, table: &mut Table) -> Result<(), MarkupError> {
         roxmltree::Error::NodesLimitReached => MarkupError::TooManyNodes(table.max_nodes),
         other => MarkupError::Malformed(other.to_string()),
     })?;
-    for child in document.root().children() {
-        xml_node(child, -1, table)?;
-    }
-    Ok(())
+    walk(
+        document.root().children(),
+        |node| node.children(),
+        |node, parent| xml_node(text, *node, parent, table),
+    )
 }
 
-fn xml_node(
-    node: roxmltree::Node<'_, '_>,
+/// The prefix a name was written with, read from the source at `start` (where the qualified
+/// name begins). Reading it is O(1) where asking roxmltree (`lookup_prefix`) walks every
+/// namespace in scope; `None` when the source there is not this name (a node that came from an
+/// entity's replacement text), and the caller asks roxmltree after all.
+fn written_prefix<'t>(text: &'t str, start: usize, local: &str) -> Option<Option<&'t str>> {
+    let rest = text.get(start..)?;
+    let end = rest
+        .find(|c: char| c.is_whitespace() || matches!(c, '>' | '/' | '='))
+        .unwrap_or(rest.len());
+    let written = &rest[..end];
+    match written.strip_suffix(local)? {
+        "" => Some(None),
+        prefixed => prefixed.strip_suffix(':').map(Some),
+    }
+}
+
+fn xml_node<'t>(
+    text: &'t str,
+    node: roxmltree::Node<'_, 't>,
     parent: i64,
     table: &mut Table,
-) -> Result<(), MarkupError> {
+) -> Result<Option<i64>, MarkupError> {
+    let prefix_of = |start: usize, local: &str, namespace: Option<&str>| {
+        written_prefix(text, start, local)
+            .unwrap_or_else(|| namespace.and_then(|ns| node.lookup_prefix(ns)))
+    };
     match node.node_type() {
         roxmltree::NodeType::Element => {
             let mut attributes = Vec::new();
             for attribute in node.attributes() {
-                let prefix = attribute.namespace().and_then(|ns| node.lookup_prefix(ns));
-                Name::new(prefix, attribute.name(), attribute.namespace())
+                let (local, namespace) = (attribute.name(), attribute.namespace());
+                let prefix = prefix_of(attribute.range_qname().start, local, namespace);
+                Name::new(prefix, local, namespace)
                     .push_attribute(&mut attributes, attribute.value());
             }
             let tag = node.tag_name();
-            let prefix = tag.namespace().and_then(|ns| node.lookup_prefix(ns));
-            let index = table.element(
-                parent,
-                Name::new(prefix, tag.name(), tag.namespace()),
-                attributes,
-            )?;
-            for child in node.children() {
-                xml_node(child, index, table)?;
-            }
+            let prefix = prefix_of(node.range().start + 1, tag.name(), tag.namespace());
+            let name = Name::new(prefix, tag.name(), tag.namespace());
+            return table.element(parent, name, attributes).map(Some);
         }
         roxmltree::NodeType::Text => table.leaf(TEXT, parent, "#text", node.text())?,
         roxmltree::NodeType::Comment => table.leaf(COMMENT, parent, "#comment", node.text())?,
@@ -217,23 +257,79 @@ fn xml_node(
         }
         roxmltree::NodeType::Root => {}
     }
-    Ok(())
+    Ok(None)
+}
+
+/// How deep HTML may nest. The HTML5 tree builder looks through the stack of open elements for
+/// most start tags, so its time grows with the square of the depth (measured: 8,000 nested
+/// `<div>`s take 0.2 s in a release build) and it cannot be interrupted; browsers stop nesting
+/// long before this anyway.
+const MAX_HTML_DEPTH: usize = 4096;
+
+/// Elements that never hold children or whose end tag the parser supplies when a sibling starts;
+/// they do not deepen real documents even when nobody closes them.
+const FLAT_HTML_ELEMENTS: &[&str] = &[
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track",
+    "wbr", "p", "li", "dt", "dd", "tr", "td", "th", "option", "optgroup", "thead", "tbody",
+    "tfoot", "colgroup", "caption", "rb", "rt", "rp", "html", "head", "body",
+];
+
+/// An upper estimate of how deep `text` nests elements: start tags minus end tags, leaving out
+/// [`FLAT_HTML_ELEMENTS`] and self-closed tags. Cheap and conservative: it never under-counts
+/// the depth the tree builder would reach by more than the flat elements can add.
+fn html_depth(text: &str) -> usize {
+    let bytes = text.as_bytes();
+    let (mut depth, mut deepest, mut at) = (0usize, 0usize, 0usize);
+    while let Some(offset) = bytes[at..].iter().position(|&b| b == b'<') {
+        at += offset + 1;
+        let rest = &text[at..];
+        if rest.starts_with('/') {
+            depth = depth.saturating_sub(1);
+            continue;
+        }
+        if rest.starts_with("!--") {
+            at += rest.find("-->").map_or(rest.len(), |end| end + 3);
+            continue;
+        }
+        let name_len = rest
+            .find(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+            .unwrap_or(rest.len());
+        if name_len == 0 || !rest.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        let name = rest[..name_len].to_ascii_lowercase();
+        // Skip the whole tag (attributes included), so every byte is looked at once.
+        let Some(end) = rest.find('>') else {
+            break;
+        };
+        let self_closed = rest[..end].ends_with('/');
+        at += end + 1;
+        if !self_closed && !FLAT_HTML_ELEMENTS.contains(&name.as_str()) {
+            depth += 1;
+            deepest = deepest.max(depth);
+        }
+    }
+    deepest
 }
 
 fn html_table(text: &str, table: &mut Table) -> Result<(), MarkupError> {
-    let document = scraper::Html::parse_document(text);
-    for child in document.tree.root().children() {
-        html_node(child, -1, table)?;
+    if html_depth(text) > MAX_HTML_DEPTH {
+        return Err(MarkupError::TooDeep(MAX_HTML_DEPTH));
     }
-    Ok(())
+    let document = scraper::Html::parse_document(text);
+    walk(
+        document.tree.root().children(),
+        |node| node.children(),
+        |node, parent| html_node(node.value(), parent, table),
+    )
 }
 
 fn html_node(
-    node: ego_tree::NodeRef<'_, scraper::Node>,
+    node: &scraper::Node,
     parent: i64,
     table: &mut Table,
-) -> Result<(), MarkupError> {
-    match node.value() {
+) -> Result<Option<i64>, MarkupError> {
+    match node {
         scraper::Node::Element(element) => {
             let mut attributes = Vec::new();
             for (name, value) in element.attrs.iter() {
@@ -241,14 +337,8 @@ fn html_node(
                     .push_attribute(&mut attributes, value);
             }
             let name = &element.name;
-            let index = table.element(
-                parent,
-                Name::new(None, &name.local, Some(&name.ns)),
-                attributes,
-            )?;
-            for child in node.children() {
-                html_node(child, index, table)?;
-            }
+            let name = Name::new(None, &name.local, Some(&name.ns));
+            return table.element(parent, name, attributes).map(Some);
         }
         scraper::Node::Text(text) => table.leaf(TEXT, parent, "#text", Some(&text.text))?,
         scraper::Node::Comment(comment) => {
@@ -256,7 +346,7 @@ fn html_node(
         }
         _ => {}
     }
-    Ok(())
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -284,6 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_are_read_as_written() {
+        // Two prefixes for one namespace: each element keeps its own.
+        let n = nodes(
+            r#"<a:r xmlns:a="urn:x" xmlns:b="urn:x"><b:c b:k="v"/></a:r>"#,
+            Syntax::Xml,
+        );
+        assert_eq!(n[0][2], json!("a:r"));
+        assert_eq!(n[1][2], json!("b:c"));
+        assert_eq!(n[1][7], json!(["b:k", "k", "urn:x", "b", "v"]));
+        // An element from an entity's replacement text still gets its prefix.
+        let n = nodes(
+            r#"<!DOCTYPE r [<!ENTITY e "<p:i xmlns:p='urn:p'>t</p:i>">]><r>&e;</r>"#,
+            Syntax::Xml,
+        );
+        assert_eq!(n[1][2], json!("p:i"));
+        assert_eq!(written_prefix("<x:y>", 1, "y"), Some(Some("x")));
+        assert_eq!(written_prefix("<y>", 1, "y"), Some(None));
+        assert_eq!(written_prefix("&e;", 0, "y"), None);
+    }
+
+    #[test]
     fn malformed_xml_is_an_error_with_position() {
         let e = parse("<a><b></a>", Syntax::Xml, 1 << 20, 1000).unwrap_err();
         assert!(
@@ -307,6 +418,36 @@ mod tests {
         assert_eq!(
             parse(&html, Syntax::Html, 1 << 20, 10),
             Err(MarkupError::TooManyNodes(10))
+        );
+    }
+
+    #[test]
+    fn deep_nesting_does_not_exhaust_the_stack() {
+        let depth = 200_000;
+        let xml = format!("{}{}", "<a>".repeat(depth), "</a>".repeat(depth));
+        let table = parse(&xml, Syntax::Xml, 1 << 22, depth + 1).expect("parses");
+        assert!(table.contains(&format!("[1,{},\"a\"", depth - 2)));
+        let html = "<div>".repeat(MAX_HTML_DEPTH + 1);
+        assert_eq!(
+            parse(&html, Syntax::Html, 1 << 22, 3 * depth),
+            Err(MarkupError::TooDeep(MAX_HTML_DEPTH))
+        );
+        let html = "<div>".repeat(MAX_HTML_DEPTH - 10);
+        assert!(parse(&html, Syntax::Html, 1 << 22, 3 * depth).is_ok());
+    }
+
+    #[test]
+    fn html_depth_counts_what_nests() {
+        assert_eq!(
+            html_depth("<div><div/><p><p><ul><li><li></ul><br></div>"),
+            2
+        );
+        assert_eq!(html_depth("<a title='x>y'><!-- <i><i> --></a>"), 1);
+        let started = std::time::Instant::now();
+        assert_eq!(html_depth(&"<a".repeat(1 << 20)), 0);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "not linear"
         );
     }
 
