@@ -279,7 +279,7 @@ async fn run_action(
                 "durationMs": outcome.duration.as_millis() as u64,
             });
             if let (Some(flow), Value::Object(fields)) = (flow, &mut details) {
-                fields.insert("outputs".into(), Value::Object(outcome.outputs));
+                fields.insert("outputs".into(), activity_outputs(outcome.outputs));
                 fields.extend(flow);
             }
             Processed {
@@ -289,6 +289,20 @@ async fn run_action(
             }
         }
         (_, None) => failed(request, "the integration has no script".into()),
+    }
+}
+
+/// Most bytes of `http_trigger` outputs copied into an activity-stream entry (as JSON text).
+const ACTIVITY_OUTPUT_BYTES: usize = 4 * ACTIVITY_BODY_BYTES;
+
+/// The outputs as the activity entry shows them: whole when small, otherwise a note of their
+/// size (they may be as large as the run's post budget, and the stream keeps many entries).
+fn activity_outputs(outputs: Map<String, Value>) -> Value {
+    let size = serde_json::to_string(&outputs).map_or(usize::MAX, |text| text.len());
+    if size <= ACTIVITY_OUTPUT_BYTES {
+        Value::Object(outputs)
+    } else {
+        json!({ "omitted": format!("{size} bytes of outputs; the activity stream keeps up to {ACTIVITY_OUTPUT_BYTES}") })
     }
 }
 
@@ -401,6 +415,24 @@ mod tests {
         // The last of duplicate keys counts, as for any JSON parser.
         assert!(trigger_from_body(br#"{"properties": {}, "properties": 1}"#).is_err());
         assert!(trigger_from_body(br#"{"properties": 1, "properties": {}}"#).is_ok());
+    }
+
+    #[test]
+    fn large_outputs_are_summarised_in_the_activity_stream() {
+        let small = json!({"Summary": "x"}).as_object().cloned().unwrap();
+        assert_eq!(activity_outputs(small.clone()), Value::Object(small));
+        let big = json!({"Details": "y".repeat(ACTIVITY_OUTPUT_BYTES)})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let shown = activity_outputs(big);
+        assert!(
+            shown["omitted"]
+                .as_str()
+                .unwrap()
+                .contains("bytes of outputs"),
+            "{shown}"
+        );
     }
 
     #[test]
