@@ -258,33 +258,28 @@ async fn run_action(
                 .scripts
                 .run(program.clone(), script_request, http)
                 .await;
+            let (outcome, flow) = flow_trigger(integration, outcome);
             let failure = outcome.error.as_ref().map(|e| e.to_string());
-            let mut events: Vec<_> = outcome
-                .posts
-                .into_iter()
-                .map(|post| (integration.form.clone(), post))
-                .collect();
-            let flow = (integration.action == Action::HttpTrigger && failure.is_none())
-                .then(|| flow_event(integration, &outcome.outputs, &mut events));
-            let status = match (&failure, events.is_empty()) {
+            let status = match (&failure, outcome.posts.is_empty()) {
                 (Some(_), _) => "FAILED",
                 (None, true) => "COMPLETED",
                 (None, false) => "QUEUED",
             };
-            let mut details = json!({
-                "events": events.len(),
+            let details = json!({
+                "events": outcome.posts.len(),
                 "log": outcome.logs,
                 "http": outcome.http,
                 "error": outcome.error.as_ref().map(|e| json!({"kind": e.kind, "message": e.message, "line": e.line})),
                 "durationMs": outcome.duration.as_millis() as u64,
             });
-            if let (Some(flow), Value::Object(fields)) = (flow, &mut details) {
-                fields.insert("outputs".into(), activity_outputs(outcome.outputs));
-                fields.extend(flow);
-            }
+            let details = with_flow(details, flow);
             Processed {
                 activity: activity(request, status, details),
-                events,
+                events: outcome
+                    .posts
+                    .into_iter()
+                    .map(|post| (integration.form.clone(), post))
+                    .collect(),
                 failure,
             }
         }
@@ -306,18 +301,20 @@ fn activity_outputs(outputs: Map<String, Value>) -> Value {
     }
 }
 
-/// An `http_trigger` run: add the event its outputs describe to `events`, and answer what the
-/// activity entry says about it (`skipped` names the output that asked for no event).
-fn flow_event(
+/// An `http_trigger` run that succeeded: the event its outputs describe joins the run's posts
+/// (so it is checked and sent like any posted event). Answers what the activity entry adds:
+/// the outputs, and `skipped` naming the output that asked for no event. Other runs pass
+/// through unchanged.
+fn flow_trigger(
     integration: &Integration,
-    outputs: &Map<String, Value>,
-    events: &mut Vec<(Option<String>, Value)>,
-) -> Map<String, Value> {
+    mut outcome: scripts::Outcome,
+) -> (scripts::Outcome, Map<String, Value>) {
     let mut said = Map::new();
-    match integration.event.event(outputs) {
-        scripts::flow::FlowEvent::Create(trigger) => {
-            events.push((integration.form.clone(), trigger));
-        }
+    if integration.action != Action::HttpTrigger || !outcome.is_ok() {
+        return (outcome, said);
+    }
+    match integration.event.event(&outcome.outputs) {
+        scripts::flow::FlowEvent::Create(trigger) => outcome.posts.push(trigger),
         scripts::flow::FlowEvent::Skipped { output } => {
             said.insert(
                 "skipped".into(),
@@ -325,7 +322,17 @@ fn flow_event(
             );
         }
     }
-    said
+    let outputs = std::mem::take(&mut outcome.outputs);
+    said.insert("outputs".into(), activity_outputs(outputs));
+    (outcome, said)
+}
+
+/// The activity details with what [`flow_trigger`] said added.
+fn with_flow(mut details: Value, flow: Map<String, Value>) -> Value {
+    if let Value::Object(fields) = &mut details {
+        fields.extend(flow);
+    }
+    details
 }
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {
