@@ -118,6 +118,9 @@ pub enum Action {
     Transform,
     /// A script runs; events are created only if it posts them.
     RunScript,
+    /// A Flow Designer HTTP trigger: the script sets `output[...]` and the integration's
+    /// `[integrations.event]` mapping turns the outputs into one event (or none).
+    HttpTrigger,
 }
 
 /// `[[integrations]]` as written.
@@ -151,6 +154,8 @@ pub struct IntegrationConfig {
     /// `constants` visible to the script.
     #[serde(default)]
     pub constants: BTreeMap<String, String>,
+    /// `[integrations.event]`: how an `http_trigger` script's outputs become its event.
+    pub event: Option<scripts::flow::EventMapping>,
 }
 
 /// One integration, resolved and ready to serve.
@@ -165,8 +170,10 @@ pub struct Integration {
     pub form: Option<String>,
     /// Authentication policy.
     pub auth: IntegrationAuth,
-    /// The compiled script for `transform` / `run_script`.
+    /// The compiled script for `transform` / `run_script` / `http_trigger`.
     pub program: Option<Arc<scripts::Program>>,
+    /// How an `http_trigger` integration's outputs become its event (default mapping otherwise).
+    pub event: scripts::flow::EventMapping,
 }
 
 /// The whole resolved configuration: what the daemon runs on until the next reload.
@@ -416,7 +423,8 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
             (_, None) => {
                 return Err(err(
                     &key("script"),
-                    "actions \"transform\" and \"run_script\" need a script".into(),
+                    "actions \"transform\", \"run_script\" and \"http_trigger\" need a script"
+                        .into(),
                 ))
             }
             (_, Some(script_path)) => {
@@ -451,6 +459,26 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 Some(Arc::new(program))
             }
         };
+        let event = match (integration.action, integration.event) {
+            (Action::HttpTrigger, event) => event.unwrap_or_default(),
+            (_, None) => scripts::flow::EventMapping::default(),
+            (_, Some(_)) => {
+                return Err(err(
+                    &key("event"),
+                    "only action \"http_trigger\" maps script outputs to an event".into(),
+                ))
+            }
+        };
+        if let Some(empty) = event
+            .properties
+            .iter()
+            .find(|(p, o)| p.is_empty() || o.is_empty())
+        {
+            return Err(err(
+                &key("event.properties"),
+                format!("{empty:?}: property and output names must not be empty"),
+            ));
+        }
         let resolved = Integration {
             name: integration.name.unwrap_or_else(|| integration.id.clone()),
             action: integration.action,
@@ -462,6 +490,7 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 allowed_users: integration.allowed_users,
             },
             program,
+            event,
             id: integration.id.clone(),
         };
         if integrations

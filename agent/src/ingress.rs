@@ -265,7 +265,7 @@ async fn trigger(
             Ok(trigger) => Some(trigger),
             Err(reason) => return http_util::error(StatusCode::BAD_REQUEST, reason),
         },
-        Action::Transform | Action::RunScript => None,
+        Action::Transform | Action::RunScript | Action::HttpTrigger => None,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let received_at = central::http_util::now_rfc3339();

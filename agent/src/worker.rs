@@ -298,6 +298,7 @@ async fn run_action(
             let outcome = shared
                 .run_script(program.clone(), script_request, http)
                 .await;
+            let (outcome, flow) = flow_trigger(integration, outcome);
             let mut error = outcome
                 .error
                 .as_ref()
@@ -326,6 +327,7 @@ async fn run_action(
                 "error": error,
                 "durationMs": outcome.duration.as_millis() as u64,
             });
+            let details = with_flow(details, flow);
             Processed {
                 activity: activity(request, status, details),
                 events: posts
@@ -348,6 +350,54 @@ fn unsendable_post(posts: &[serde_json::Value]) -> Option<String> {
             .err()
             .map(|error| format!("form.post call {} cannot be sent: {error}", index + 1))
     })
+}
+
+/// Most bytes of `http_trigger` outputs copied into an activity-stream entry (as JSON text).
+const ACTIVITY_OUTPUT_BYTES: usize = 4 * ACTIVITY_BODY_BYTES;
+
+/// The outputs as the activity entry shows them: whole when small, otherwise a note of their
+/// size (they may be as large as the run's post budget, and the stream keeps many entries).
+fn activity_outputs(outputs: Map<String, Value>) -> Value {
+    let size = serde_json::to_string(&outputs).map_or(usize::MAX, |text| text.len());
+    if size <= ACTIVITY_OUTPUT_BYTES {
+        Value::Object(outputs)
+    } else {
+        json!({ "omitted": format!("{size} bytes of outputs; the activity stream keeps up to {ACTIVITY_OUTPUT_BYTES}") })
+    }
+}
+
+/// An `http_trigger` run that succeeded: the event its outputs describe joins the run's posts
+/// (so it is checked and sent like any posted event). Answers what the activity entry adds:
+/// the outputs, and `skipped` naming the output that asked for no event. Other runs pass
+/// through unchanged.
+fn flow_trigger(
+    integration: &Integration,
+    mut outcome: scripts::Outcome,
+) -> (scripts::Outcome, Map<String, Value>) {
+    let mut said = Map::new();
+    if integration.action != Action::HttpTrigger || !outcome.is_ok() {
+        return (outcome, said);
+    }
+    match integration.event.event(&outcome.outputs) {
+        scripts::flow::FlowEvent::Create(trigger) => outcome.posts.push(trigger),
+        scripts::flow::FlowEvent::Skipped { output } => {
+            said.insert(
+                "skipped".into(),
+                json!(format!("output {output:?} is true")),
+            );
+        }
+    }
+    let outputs = std::mem::take(&mut outcome.outputs);
+    said.insert("outputs".into(), activity_outputs(outputs));
+    (outcome, said)
+}
+
+/// The activity details with what [`flow_trigger`] said added.
+fn with_flow(mut details: Value, flow: Map<String, Value>) -> Value {
+    if let Value::Object(fields) = &mut details {
+        fields.extend(flow);
+    }
+    details
 }
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {
@@ -437,6 +487,24 @@ mod tests {
         // The last of duplicate keys counts, as for any JSON parser.
         assert!(trigger_from_body(br#"{"properties": {}, "properties": 1}"#).is_err());
         assert!(trigger_from_body(br#"{"properties": 1, "properties": {}}"#).is_ok());
+    }
+
+    #[test]
+    fn large_outputs_are_summarised_in_the_activity_stream() {
+        let small = json!({"Summary": "x"}).as_object().cloned().unwrap();
+        assert_eq!(activity_outputs(small.clone()), Value::Object(small));
+        let big = json!({"Details": "y".repeat(ACTIVITY_OUTPUT_BYTES)})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let shown = activity_outputs(big);
+        assert!(
+            shown["omitted"]
+                .as_str()
+                .unwrap()
+                .contains("bytes of outputs"),
+            "{shown}"
+        );
     }
 
     #[test]
