@@ -15,7 +15,8 @@ use central::exit::ConfigError;
 use serde::Deserialize;
 
 use crate::auth::{
-    AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest, UserConfig,
+    AuthLimitsConfig, AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest,
+    UserConfig,
 };
 use crate::endpoints::EndpointConfig;
 use crate::relay::{RelayConfig, RelaySettings};
@@ -38,6 +39,9 @@ pub struct FileConfig {
     /// `[oauth]`: token lifetimes.
     #[serde(default)]
     pub oauth: OAuthConfig,
+    /// `[auth]`: bounds on credential checking (verification threads, throttling).
+    #[serde(default)]
+    pub auth: AuthLimitsConfig,
     /// `[[users]]`: who may call the agent.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -324,7 +328,8 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         ));
     }
     let relay = file.central.validate(path, base_dir)?;
-    let authenticator = Authenticator::from_config(&file.users, &file.oauth, path, base_dir)?;
+    let authenticator =
+        Authenticator::from_config(&file.users, &file.oauth, &file.auth, path, base_dir)?;
     let limits = script_limits(&file.scripts);
     let script_threads = match file.scripts.threads {
         Some(n) if n > 0 => n,
@@ -475,6 +480,13 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         }
     }
 
+    authenticator.permit_listed_callers(
+        integrations
+            .values()
+            .filter_map(|i| i.auth.allowed_users.clone())
+            .flatten()
+            .collect(),
+    );
     Ok(Loaded {
         file: path.to_path_buf(),
         agent_id: file.agent.id,

@@ -14,13 +14,14 @@ use central::http_util::{self, read_body, BodyError};
 use central::serve::Body;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::auth::{AuthError, AuthMode, IntegrationAuth, Principal};
+use crate::auth::{AdminCaller, AuthError, AuthMode, IntegrationAuth, Principal};
 use crate::config::Action;
 use crate::daemon::Shared;
 use crate::store::{InboundRequest, PrincipalRecord, StoreError};
@@ -73,29 +74,38 @@ async fn route(
         ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
         ("/readyz", &Method::GET) => shared.readiness(),
         ("/metrics", &Method::GET) => shared.metrics_response(),
-        (TOKEN_PATH, &Method::POST) => token(shared, request).await,
+        (TOKEN_PATH, &Method::POST) => token(shared, request, peer).await,
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         (TOKEN_PATH, _) => method_not_allowed("POST"),
-        (DEAD_LETTERS_PATH, &Method::GET) => admin(shared, &request, |s| {
-            s.store
-                .dead_letters()
-                .map(|list| json!({"count": list.len(), "data": list}))
-        }),
+        (DEAD_LETTERS_PATH, &Method::GET) => {
+            admin(shared, &request, peer, |s, caller| {
+                let live = s.live();
+                let mut list = s.store.dead_letters()?;
+                list.retain(|d| may_see(caller, &live, &d.entry.integration_id));
+                Ok(Some(json!({"count": list.len(), "data": list})))
+            })
+            .await
+        }
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
                 if request.method() != Method::GET {
                     return method_not_allowed("GET");
                 }
                 let id = id.to_owned();
-                return match admin_guard(shared, &request) {
-                    Err(response) => *response,
-                    Ok(()) => match shared.store.request(&id) {
-                        Ok(Some(record)) => http_util::json(StatusCode::OK, &record),
-                        Ok(None) => {
-                            http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}"))
-                        }
-                        Err(error) => store_failure(error),
-                    },
+                let caller = match authorize_admin(shared, request.headers(), peer).await {
+                    Ok(caller) => caller,
+                    Err(response) => return *response,
+                };
+                return match shared.store.request(&id) {
+                    Ok(Some(record))
+                        if may_see(&caller, &shared.live(), &record.integration_id) =>
+                    {
+                        http_util::json(StatusCode::OK, &record)
+                    }
+                    // A record the caller may not see is answered like a missing one, so its
+                    // existence is not revealed either.
+                    Ok(_) => http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}")),
+                    Err(error) => store_failure(error),
                 };
             }
             if let Some(id) = path
@@ -110,7 +120,10 @@ async fn route(
                     .unwrap_or(100usize)
                     .min(1000);
                 let id = id.to_owned();
-                return admin(shared, &request, |s| {
+                return admin(shared, &request, peer, |s, caller| {
+                    if !may_see(caller, &s.live(), &id) {
+                        return Ok(None);
+                    }
                     let mut entries = s.store.activity(&id, limit)?;
                     // An entry is written when the request is processed; show where the request
                     // is now (DELIVERED, with the central's event ids) rather than that snapshot.
@@ -125,67 +138,99 @@ async fn route(
                                 .collect::<Vec<_>>());
                         }
                     }
-                    Ok(json!({"count": entries.len(), "total": entries.len(), "data": entries}))
-                });
+                    Ok(Some(
+                        json!({"count": entries.len(), "total": entries.len(), "data": entries}),
+                    ))
+                })
+                .await;
             }
             not_found(path)
         }
     }
 }
 
-/// Run `body` for an authorized operator: the admin token (written to the data directory for the
-/// CLI) or any configured user holding the REST role.
-fn admin(
+/// Run `body` for an authorized operator (see [`authorize_admin`]); `Ok(None)` from `body` means
+/// the caller may not see what it asked for, answered 403.
+async fn admin(
     shared: &Arc<Shared>,
     request: &Request<Incoming>,
-    body: impl FnOnce(&Shared) -> Result<serde_json::Value, StoreError>,
+    peer: SocketAddr,
+    body: impl FnOnce(&Shared, &AdminCaller) -> Result<Option<serde_json::Value>, StoreError>,
 ) -> Response<Body> {
-    if let Err(response) = admin_guard(shared, request) {
-        return *response;
-    }
-    match body(shared) {
-        Ok(value) => http_util::json(StatusCode::OK, &value),
+    let caller = match authorize_admin(shared, request.headers(), peer).await {
+        Ok(caller) => caller,
+        Err(response) => return *response,
+    };
+    match body(shared, &caller) {
+        Ok(Some(value)) => http_util::json(StatusCode::OK, &value),
+        Ok(None) => http_util::error(
+            StatusCode::FORBIDDEN,
+            "this user may not see this integration's data",
+        ),
         Err(error) => store_failure(error),
     }
 }
 
-fn admin_guard(
-    shared: &Arc<Shared>,
-    request: &Request<Incoming>,
-) -> Result<(), Box<Response<Body>>> {
-    let headers = request.headers();
-    if let Some(token) = http_util::bearer_token(headers.get(hyper::header::AUTHORIZATION)) {
-        if shared.admin_token.matches(&token) {
-            return Ok(());
-        }
-    }
-    let policy = IntegrationAuth {
-        mode: AuthMode::Any,
-        url_key: None,
-        authenticating_user: None,
-        allowed_users: None,
-    };
-    let live = shared.live();
-    live.config
-        .authenticator
-        .authenticate(&policy, headers, None)
-        .map(|_| ())
-        .map_err(|error| Box::new(auth_failure(&error, AuthMode::Any)))
+/// The one admin-authorization check every admin endpoint calls: the admin token (written to the
+/// data directory for the CLI) or a configured user holding the `Agent Administrator` role. A
+/// valid user without the role gets 403, a wrong credential 401, a throttled one 429.
+pub async fn authorize_admin(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+    peer: SocketAddr,
+) -> Result<AdminCaller, Box<Response<Body>>> {
+    let authenticator = shared.live().config.authenticator.clone();
+    authenticator
+        .authenticate_admin(headers, peer.ip(), &shared.admin_token)
+        .await
+        .map_err(|error| {
+            tracing::info!(%peer, reason = %error, "admin request refused");
+            Box::new(auth_failure(&error, AuthMode::Any))
+        })
 }
 
-async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+/// Whether `caller` may see the data of `integration_id`: its `allowed_users` in the live config
+/// hold for admin users too.
+fn may_see(caller: &AdminCaller, live: &crate::daemon::Live, integration_id: &str) -> bool {
+    let unlisted = IntegrationAuth::default();
+    let policy = live
+        .config
+        .integrations
+        .get(integration_id)
+        .map_or(&unlisted, |i| &i.auth);
+    caller.may_see(policy)
+}
+
+async fn token(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let body = match read_body(request.into_body(), 64 * 1024).await {
         Ok(body) => body,
         Err(error) => return body_failure(error),
     };
     let authenticator = shared.live().config.authenticator.clone();
-    match authenticator.token(&body).await {
+    let mut response = match authenticator.token(&body, peer.ip()).await {
         Ok(token) => http_util::json(StatusCode::OK, &token),
-        Err(error) => http_util::json(
-            error.status,
-            &json!({"error": error.error, "error_description": error.description}),
-        ),
-    }
+        Err(error) => {
+            let mut response = http_util::json(
+                error.status,
+                &json!({"error": error.error, "error_description": error.description}),
+            );
+            if let Some(secs) = error.retry_after_secs {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
+    };
+    // RFC 6749 §5.1: token answers must not be cached anywhere.
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 async fn trigger(
@@ -217,7 +262,12 @@ async fn trigger(
     let api_key = query_param(Some(query), "apiKey");
     let authenticator = live.config.authenticator.clone();
     let principal = match authenticator
-        .authenticate_async(&integration.auth, &parts.headers, api_key.as_deref())
+        .authenticate(
+            &integration.auth,
+            &parts.headers,
+            api_key.as_deref(),
+            peer.ip(),
+        )
         .await
     {
         Ok(principal) => principal,
@@ -369,9 +419,15 @@ pub fn query_without_api_key(query: &str) -> String {
 fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
     let status = match error {
         AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        AuthError::Forbidden { .. } | AuthError::NotAdmin { .. } => StatusCode::FORBIDDEN,
+        AuthError::Throttled { .. } | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
     };
     let mut response = http_util::error(status, error.to_string());
+    if let Some(secs) = error.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Some(challenge) = error.www_authenticate(mode) {
         response
             .headers_mut()

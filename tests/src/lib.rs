@@ -204,7 +204,7 @@ access_token_ttl_secs = 2
 
 [[users]]
 name = "svc"
-roles = ["REST Web Service User"]
+roles = ["REST Web Service User", "Agent Administrator"]
 password = "svc-password"
 api_keys = [{ key = "svc-key", secret = "svc-key-secret" }]
 

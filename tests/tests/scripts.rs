@@ -23,7 +23,7 @@ fn payload(name: &str) -> String {
 /// One transform integration per example script, plus the scripts this test writes into `dir`.
 fn integrations(dir: &Path) -> String {
     let mut text = String::from(
-        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"svc-password\"\n",
+        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\", \"Agent Administrator\"]\npassword = \"svc-password\"\n",
     );
     for (id, script) in [
         ("alertmanager", example("integrations/alertmanager.js")),
