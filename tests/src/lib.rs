@@ -58,9 +58,15 @@ pub struct Node {
 impl Node {
     /// Start `binary args...` and wait for its `listening on` line.
     pub fn start(binary: &Path, args: &[&str]) -> Node {
+        Self::start_logging(binary, args, "info")
+    }
+
+    /// Like [`Node::start`] with `RUST_LOG` set to `filter` (e.g. `debug`, for tests that check
+    /// what the logs never contain).
+    pub fn start_logging(binary: &Path, args: &[&str], filter: &str) -> Node {
         let mut child = Command::new(binary)
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,403 @@
+//! Security end to end: the argon2 flood, least privilege on the admin endpoints, OAuth as the
+//! RFCs say, bounded input, and no secret in any log — against the real binaries.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::*;
+use serde_json::Value;
+
+const HASHED_PASSWORD: &str = "hashy-Correct-Horse-7";
+const CALLER_PASSWORD: &str = "caller-secret-pw-1";
+const OPS_PASSWORD: &str = "ops-secret-pw-2";
+const LIMITED_OPS_PASSWORD: &str = "opsl-secret-pw-3";
+const NOROLE_PASSWORD: &str = "norole-secret-pw-4";
+const QUIET_URL_KEY: &str = "quiet-url-key-5";
+const PRIVATE_URL_KEY: &str = "private-url-key-6";
+const WRONG_PASSWORD: &str = "wrong-guess-pw-8";
+
+/// An argon2 PHC string of `password`, made by the real `xmagent hash-password`.
+fn argon2_hash(password: &str) -> String {
+    let mut child = Command::new(binary("xmagent"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start xmagent hash-password");
+    writeln!(child.stdin.take().expect("stdin"), "{password}").expect("write password");
+    let output = child.wait_with_output().expect("hash-password output");
+    assert!(output.status.success(), "hash-password failed");
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
+/// Users of every kind and three integrations: `quiet` (URL key), `flooded` (Basic only) and
+/// `private` (only `caller` and `ops` may use or see it).
+fn security_agent_config(dir: &Path, central_port: u16, extra: &str) -> std::path::PathBuf {
+    let hash = argon2_hash(HASHED_PASSWORD);
+    agent_config(
+        dir,
+        central_port,
+        &format!(
+            r#"
+[[users]]
+name = "hashy"
+roles = ["REST Web Service User"]
+password_hash = "{hash}"
+
+[[users]]
+name = "caller"
+roles = ["REST Web Service User"]
+password = "{CALLER_PASSWORD}"
+
+[[users]]
+name = "ops"
+roles = ["Agent Administrator"]
+password = "{OPS_PASSWORD}"
+
+[[users]]
+name = "ops_limited"
+roles = ["Agent Administrator"]
+password = "{LIMITED_OPS_PASSWORD}"
+
+[[users]]
+name = "norole"
+password = "{NOROLE_PASSWORD}"
+
+[[integrations]]
+id = "quiet"
+action = "create_event"
+auth = "url"
+authenticating_user = "caller"
+url_key = "{QUIET_URL_KEY}"
+
+[[integrations]]
+id = "flooded"
+action = "create_event"
+auth = "basic"
+
+[[integrations]]
+id = "private"
+action = "create_event"
+authenticating_user = "caller"
+url_key = "{PRIVATE_URL_KEY}"
+allowed_users = ["caller", "ops"]
+{extra}"#
+        ),
+    )
+}
+
+/// Threads and resident memory (KiB) of a process, from /proc; `None` where /proc is missing.
+fn threads_and_rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("Threads:")?, field("VmRSS:")?))
+}
+
+/// Latencies of `n` sequential URL-key triggers of `quiet`, sorted.
+async fn quiet_latencies(agent: SocketAddr, n: usize) -> Vec<Duration> {
+    let mut latencies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let answer = trigger(
+            agent,
+            "quiet",
+            &format!("?apiKey={QUIET_URL_KEY}"),
+            &[],
+            r#"{"summary":"quiet"}"#,
+        )
+        .await;
+        latencies.push(started.elapsed());
+        assert_eq!(
+            answer.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&answer.body)
+        );
+    }
+    latencies.sort();
+    latencies
+}
+
+/// 64 clients sending wrong Basic passwords for an argon2 user leave a URL-key trigger on another
+/// integration fast and the agent small: median ≤ 100 ms, ≤ 64 threads, ≤ 256 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn argon2_flood_leaves_other_integrations_fast_and_the_agent_small() {
+    if threads_and_rss_kib(std::process::id()).is_none() {
+        eprintln!("skipped: /proc/<pid>/status is not readable on this machine");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let agent = start_agent(&security_agent_config(dir.path(), central.addr.port(), ""));
+    let quiet = quiet_latencies(agent.addr, 20).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default()); // 401, 429, other, errors
+    let wrong = basic("hashy", WRONG_PASSWORD);
+    let mut flood = Vec::new();
+    for _ in 0..64 {
+        let (stop, counts, wrong, addr) = (stop.clone(), counts.clone(), wrong.clone(), agent.addr);
+        flood.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let path = "/api/integration/1/functions/flooded/triggers";
+                let slot = match http(addr, "POST", path, &[("authorization", &wrong)], "{}").await
+                {
+                    Ok(a) if a.status == 401 => 0,
+                    Ok(a) if a.status == 429 => {
+                        assert!(a.header("retry-after").is_some(), "429 without Retry-After");
+                        1
+                    }
+                    Ok(_) => 2,
+                    Err(_) => 3,
+                };
+                counts[slot].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let peak = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+    let sampler = {
+        let (stop, peak, pid) = (stop.clone(), peak.clone(), agent.pid());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some((threads, rss)) = threads_and_rss_kib(pid) {
+                    peak.0.fetch_max(threads, Ordering::Relaxed);
+                    peak.1.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let flooded = quiet_latencies(agent.addr, 30).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in flood {
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("flood clients stop")
+            .expect("flood client");
+    }
+    sampler.await.unwrap();
+
+    let median = |l: &[Duration]| l[l.len() / 2];
+    let (threads, rss_kib) = (
+        peak.0.load(Ordering::Relaxed),
+        peak.1.load(Ordering::Relaxed),
+    );
+    let [unauthorized, throttled, other, errors] =
+        [0, 1, 2, 3].map(|i| counts[i].load(Ordering::Relaxed));
+    println!(
+        "flood figures: quiet median {:?} (p90 {:?}); under a 64-client argon2 flood median {:?} \
+         (p90 {:?}); agent peak {threads} threads, {} MiB RSS; flood answers: {unauthorized}×401, \
+         {throttled}×429, {other} other, {errors} connection errors",
+        median(&quiet),
+        quiet[quiet.len() * 9 / 10],
+        median(&flooded),
+        flooded[flooded.len() * 9 / 10],
+        rss_kib / 1024,
+    );
+    assert_eq!(other, 0, "a wrong password never gets anything but 401/429");
+    assert!(throttled > 0, "the flood was never throttled");
+    assert!(
+        median(&flooded) <= Duration::from_millis(100),
+        "median under flood {:?}",
+        median(&flooded)
+    );
+    assert!(threads <= 64, "the agent grew to {threads} threads");
+    assert!(
+        rss_kib <= 256 * 1024,
+        "the agent grew to {} MiB",
+        rss_kib / 1024
+    );
+    drop(central);
+}
+
+/// GET `path` with `authorization` (if any); the status and the body.
+async fn get(agent: SocketAddr, path: &str, authorization: Option<&str>) -> (u16, Value) {
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    let answer = http(agent, "GET", path, &headers, "").await.expect("agent");
+    let body = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    (answer.status, body)
+}
+
+/// POST a form to the token endpoint.
+async fn token_request(agent: SocketAddr, form: &str) -> Answer {
+    http(
+        agent,
+        "POST",
+        "/api/xm/1/oauth2/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form.to_owned(),
+    )
+    .await
+    .expect("agent")
+}
+
+/// Admin endpoints need an admin credential, `allowed_users` holds on every endpoint that shows an
+/// integration's data, OAuth follows the RFCs, and neither daemon logs any secret used along the
+/// way (both run at debug level).
+#[tokio::test(flavor = "multi_thread")]
+async fn least_privilege_oauth_and_no_secret_in_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Node::start_logging(
+        &binary("xmcentral"),
+        &[
+            "run",
+            "--config",
+            central_config(dir.path(), 0).to_str().unwrap(),
+        ],
+        "debug",
+    );
+    let config = security_agent_config(dir.path(), central.addr.port(), "");
+    let agent = Node::start_logging(
+        &binary("xmagent"),
+        &["run", "--config", config.to_str().unwrap()],
+        "debug",
+    );
+    let addr = agent.addr;
+    let private = trigger(
+        addr,
+        "private",
+        &format!("?apiKey={PRIVATE_URL_KEY}"),
+        &[],
+        r#"{"summary":"private"}"#,
+    )
+    .await;
+    assert_eq!(private.status, 202);
+    let request_id = private.json()["requestId"].as_str().unwrap().to_owned();
+
+    let caller = basic("caller", CALLER_PASSWORD);
+    let ops = basic("ops", OPS_PASSWORD);
+    let limited = basic("ops_limited", LIMITED_OPS_PASSWORD);
+    let wrong = basic("ops", WRONG_PASSWORD);
+    let logs = "/api/xm/1/integrations/private/logs";
+    let record = format!("/api/agent/1/requests/{request_id}");
+    let dead = "/api/agent/1/dead-letters";
+    let cases: [(&str, &str, Option<&str>, u16); 11] = [
+        ("activity, no credentials", logs, None, 401),
+        ("activity, wrong password", logs, Some(&wrong), 401),
+        ("activity, REST user", logs, Some(&caller), 403),
+        (
+            "activity, admin not in allowed_users",
+            logs,
+            Some(&limited),
+            403,
+        ),
+        ("activity, admin in allowed_users", logs, Some(&ops), 200),
+        ("request record, REST user", &record, Some(&caller), 403),
+        (
+            "request record, admin not in allowed_users",
+            &record,
+            Some(&limited),
+            404,
+        ),
+        (
+            "request record, admin in allowed_users",
+            &record,
+            Some(&ops),
+            200,
+        ),
+        ("dead letters, no credentials", dead, None, 401),
+        ("dead letters, REST user", dead, Some(&caller), 403),
+        ("dead letters, admin", dead, Some(&ops), 200),
+    ];
+    for (what, path, authorization, expected) in cases {
+        let (status, body) = get(addr, path, authorization).await;
+        println!("authorization case: {what}: {status}");
+        assert_eq!(status, expected, "{what}: {body}");
+        if status != 200 {
+            assert!(
+                body["message"].is_string(),
+                "{what}: error without a message"
+            );
+        }
+    }
+
+    // OAuth: no-store, tokens only for callers, refresh reuse revokes the family.
+    let grant = |user: &str, password: &str| {
+        format!("grant_type=password&username={user}&password={password}")
+    };
+    let denied = token_request(addr, &grant("norole", NOROLE_PASSWORD)).await;
+    assert_eq!(
+        denied.status, 400,
+        "a user who may call nothing gets no token"
+    );
+    assert_eq!(denied.json()["error"], "unauthorized_client");
+    let issued = token_request(addr, &grant("caller", CALLER_PASSWORD)).await;
+    assert_eq!(issued.status, 200);
+    for answer in [&denied, &issued] {
+        assert_eq!(answer.header("cache-control"), Some("no-store"));
+        assert_eq!(answer.header("pragma"), Some("no-cache"));
+    }
+    let first = issued.json();
+    let refresh =
+        |token: &Value| format!("grant_type=refresh_token&refresh_token={token}").replace('"', "");
+    let rotated = token_request(addr, &refresh(&first["refresh_token"])).await;
+    assert_eq!(rotated.status, 200);
+    let second = rotated.json();
+    let bearer = format!("Bearer {}", second["access_token"].as_str().unwrap());
+    let with_token = trigger(addr, "private", "", &[("authorization", &bearer)], "{}").await;
+    assert_eq!(with_token.status, 202, "the rotated access token works");
+    let replay = token_request(addr, &refresh(&first["refresh_token"])).await;
+    assert_eq!(replay.status, 400, "a rotated refresh token is refused");
+    let revoked = trigger(addr, "private", "", &[("authorization", &bearer)], "{}").await;
+    assert_eq!(
+        revoked.status, 401,
+        "its replay revoked the tokens issued from it"
+    );
+    println!("oauth: replayed refresh token → 400; tokens of its family afterwards → 401");
+
+    // Nothing above left a secret in either daemon's output.
+    let mut secrets = vec![
+        HASHED_PASSWORD,
+        CALLER_PASSWORD,
+        OPS_PASSWORD,
+        LIMITED_OPS_PASSWORD,
+        NOROLE_PASSWORD,
+        QUIET_URL_KEY,
+        PRIVATE_URL_KEY,
+        WRONG_PASSWORD,
+        AGENT_TOKEN,
+        CENTRAL_USER.1,
+    ];
+    let issued_tokens: Vec<String> = [&first, &second]
+        .iter()
+        .flat_map(|t| [&t["access_token"], &t["refresh_token"]])
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    secrets.extend(issued_tokens.iter().map(String::as_str));
+    let encoded: Vec<String> = [&caller, &ops, &limited, &wrong]
+        .iter()
+        .map(|h| h.trim_start_matches("Basic ").to_owned())
+        .collect();
+    secrets.extend(encoded.iter().map(String::as_str));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let output = format!("{}\n{}", agent.log(), central.log());
+    assert!(
+        output.lines().count() > 10,
+        "the logs were captured: {output}"
+    );
+    for secret in &secrets {
+        assert!(!output.contains(secret), "a secret appeared in the logs");
+    }
+    println!(
+        "no secret in {} log lines ({} secrets checked)",
+        output.lines().count(),
+        secrets.len()
+    );
+}
