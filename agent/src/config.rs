@@ -147,6 +147,8 @@ pub struct IntegrationConfig {
     pub url_key_file: Option<PathBuf>,
     /// Restrict callers to these users (default: any user with the REST role).
     pub allowed_users: Option<Vec<String>>,
+    /// Accept at most this many requests a minute (default: no limit); more get 429.
+    pub rate_limit_per_minute: Option<u32>,
     /// The script of `transform` / `run_script`.
     pub script: Option<PathBuf>,
     /// Libraries (by `[[libraries]]` name) this integration may require.
@@ -169,6 +171,8 @@ pub struct Integration {
     pub form: Option<String>,
     /// Authentication policy.
     pub auth: IntegrationAuth,
+    /// The request rate limit, when `rate_limit_per_minute` is set.
+    pub rate_limit: Option<crate::rate_limit::RateLimit>,
     /// The compiled script for `transform` / `run_script`.
     pub program: Option<Arc<scripts::Program>>,
 }
@@ -465,6 +469,19 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 url_key: url_key.as_deref().map(SecretDigest::new),
                 authenticating_user: integration.authenticating_user,
                 allowed_users: integration.allowed_users,
+            },
+            rate_limit: match integration.rate_limit_per_minute {
+                Some(0) => {
+                    return Err(err(
+                        &key("rate_limit_per_minute"),
+                        "must be at least 1 (leave it out for no limit)".into(),
+                    ))
+                }
+                Some(n) => Some(crate::rate_limit::RateLimit::per_minute(
+                    n,
+                    std::time::Instant::now(),
+                )),
+                None => None,
             },
             program,
             id: integration.id.clone(),

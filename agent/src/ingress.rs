@@ -1,9 +1,10 @@
 //! The HTTP front door: routes, status codes, authentication, and the hand-off to the store.
 //!
-//! The order of checks on a trigger is deliberate: route (404/405) → declared length (413) →
-//! credentials (401/403) → body read with the limit (413) → action-specific validation (400) →
-//! durable store (503) → 202. Cheap refusals come first, and nothing is stored for a refused
-//! request.
+//! The order of checks on a trigger is deliberate: (in `central::serve`: no Host 400, long target
+//! 414, big headers 431) → route (404/405) → declared length (413) → credentials (401/403, 429
+//! when throttled) → the integration's rate limit (429) → body read with the limit (413) →
+//! action-specific validation (400) → durable store (503) → 202. Cheap refusals come first, and
+//! nothing is stored for a refused request.
 //!
 //! What it does not do: it never runs scripts or talks to the central; the worker and relay do.
 
@@ -42,6 +43,12 @@ const REDACTED_HEADERS: [&str; 4] = [
     "cookie",
     "x-api-key",
 ];
+
+/// How many bytes of header names and values a stored request keeps (like the body, what is kept of
+/// a request is bounded).
+pub const MAX_STORED_HEADER_BYTES: usize = 16 * 1024;
+/// The header that replaces those past [`MAX_STORED_HEADER_BYTES`] in a stored request.
+pub const OMITTED_HEADERS: &str = "x-xmagent-omitted-headers";
 
 /// Answer one HTTP request.
 pub async fn handle(
@@ -276,6 +283,20 @@ async fn trigger(
             return auth_failure(&error, integration.auth.mode);
         }
     };
+    if let Some(rate_limit) = &integration.rate_limit {
+        if let Err(wait) = rate_limit.try_acquire(std::time::Instant::now()) {
+            tracing::info!(integration = %id, %peer, "trigger refused: rate limit");
+            let mut response = http_util::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("integration {id:?} is over its rate limit; retry later"),
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+            return response;
+        }
+    }
     drop(live);
     let body = match read_body(body, limit).await {
         Ok(body) => body,
@@ -380,18 +401,35 @@ fn principal_record(principal: &Principal) -> PrincipalRecord {
     }
 }
 
+/// The request headers as stored (for scripts and the activity stream): credentials redacted, and
+/// at most [`MAX_STORED_HEADER_BYTES`] of names and values; the headers past that are replaced by
+/// one [`OMITTED_HEADERS`] entry saying how many were left out.
 fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let value = if REDACTED_HEADERS.contains(&name.as_str()) {
-                "<redacted>".to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            (name.as_str().to_owned(), value)
-        })
-        .collect()
+    let mut kept = Vec::with_capacity(headers.len());
+    let mut bytes = 0;
+    let mut omitted = 0usize;
+    for (name, value) in headers {
+        let value = if REDACTED_HEADERS.contains(&name.as_str()) {
+            "<redacted>".to_owned()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        bytes += name.as_str().len() + value.len();
+        if bytes > MAX_STORED_HEADER_BYTES {
+            omitted += 1;
+            continue;
+        }
+        kept.push((name.as_str().to_owned(), value));
+    }
+    if omitted > 0 {
+        kept.push((
+            OMITTED_HEADERS.to_owned(),
+            format!(
+                "{omitted} headers past the first {MAX_STORED_HEADER_BYTES} bytes were not kept"
+            ),
+        ));
+    }
+    kept
 }
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -518,5 +556,23 @@ mod tests {
         assert!(kept.contains(&("authorization".into(), "<redacted>".into())));
         assert!(kept.contains(&("x-custom".into(), "visible".into())));
         assert!(!format!("{kept:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn stored_headers_are_capped() {
+        let mut headers = hyper::HeaderMap::new();
+        let big = "v".repeat(1024);
+        for i in 0..40 {
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&big).unwrap(),
+            );
+        }
+        let kept = redacted_headers(&headers);
+        let bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(bytes <= MAX_STORED_HEADER_BYTES + 200, "{bytes} bytes kept");
+        let (name, note) = kept.last().unwrap();
+        assert_eq!(name, OMITTED_HEADERS);
+        assert!(note.starts_with("25 headers"), "{note}");
     }
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod endpoints;
 pub mod http_client;
 pub mod ingress;
+pub mod rate_limit;
 pub mod relay;
 pub mod store;
 pub mod tls;

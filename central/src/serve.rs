@@ -2,7 +2,8 @@
 //!
 //! Both daemons serve plain HTTP on a `TcpListener` and must stop the same way on SIGTERM: stop
 //! accepting, let every in-flight request finish, then return. Keeping that loop here means the
-//! shutdown behaviour is written (and reviewed) once.
+//! shutdown behaviour is written (and reviewed) once. It also refuses malformed or oversized
+//! request heads ([`crate::http_util::check_request_head`]) before any handler runs.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -61,9 +62,15 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = service_fn(move |request| {
-            let response = handler(request, peer);
-            async move { Ok::<_, Infallible>(response.await) }
+        let service = service_fn(move |request: Request<Incoming>| {
+            let outcome =
+                crate::http_util::check_request_head(&request).map(|()| handler(request, peer));
+            async move {
+                Ok::<_, Infallible>(match outcome {
+                    Ok(pending) => pending.await,
+                    Err(refusal) => *refusal,
+                })
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -401,3 +401,138 @@ async fn least_privilege_oauth_and_no_secret_in_the_logs() {
         secrets.len()
     );
 }
+
+/// Send `head` (request line and headers, without the blank line) on a raw connection and read
+/// the answer: the status and the JSON body.
+async fn raw_request(addr: SocketAddr, head: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("{head}\r\nconnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Malformed and oversized requests get 400/414/431 with a JSON message from both daemons;
+/// stored headers are capped; the per-integration rate limit answers 429 + `Retry-After` and
+/// stores nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn bounded_input_and_the_rate_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let limited = format!(
+        "\n[[integrations]]\nid = \"limited\"\naction = \"create_event\"\nauth = \"url\"\n\
+         authenticating_user = \"caller\"\nurl_key = \"{QUIET_URL_KEY}\"\nrate_limit_per_minute = 2\n"
+    );
+    let agent = start_agent(&security_agent_config(
+        dir.path(),
+        central.addr.port(),
+        &limited,
+    ));
+    let trigger_path =
+        format!("/api/integration/1/functions/quiet/triggers?apiKey={QUIET_URL_KEY}");
+    let long_target = format!("{trigger_path}&pad={}", "p".repeat(9 * 1024));
+    let big_headers: String = (0..10)
+        .map(|i| format!("\r\nx-big-{i}: {}", "h".repeat(7 * 1024)))
+        .collect();
+    for (name, addr) in [("agent", agent.addr), ("central", central.addr)] {
+        let cases = [
+            ("no Host", "GET /healthz HTTP/1.1".to_owned(), 400),
+            (
+                "long target",
+                format!("GET {long_target} HTTP/1.1\r\nhost: x"),
+                414,
+            ),
+            (
+                "big headers",
+                format!("GET /healthz HTTP/1.1\r\nhost: x{big_headers}"),
+                431,
+            ),
+        ];
+        for (what, head, expected) in cases {
+            let (status, body) = raw_request(addr, &head).await;
+            println!("bounded input: {name}, {what}: {status}");
+            assert_eq!(status, expected, "{name}: {what}");
+            assert!(
+                body["message"].is_string(),
+                "{name}: {what}: no JSON message"
+            );
+        }
+    }
+
+    // 30 KiB of headers pass (under 64 KiB) but only 16 KiB of them are stored.
+    let value = "s".repeat(1024);
+    let many: Vec<(String, &str)> = (0..30)
+        .map(|i| (format!("x-s-{i}"), value.as_str()))
+        .collect();
+    let headers: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let answer = trigger(
+        agent.addr,
+        "quiet",
+        &format!("?apiKey={QUIET_URL_KEY}"),
+        &headers,
+        "{}",
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+    let (status, logs) = get(
+        agent.addr,
+        "/api/xm/1/integrations/quiet/logs",
+        Some(&basic("ops", OPS_PASSWORD)),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let stored = logs["data"][0]["request"]["headers"].to_string();
+    assert!(
+        stored.len() < 20 * 1024,
+        "{} bytes of headers stored",
+        stored.len()
+    );
+    assert!(
+        stored.contains("x-xmagent-omitted-headers"),
+        "no omission note"
+    );
+
+    // The rate limit: two a minute pass, the third is refused and leaves no trace.
+    let query = format!("?apiKey={QUIET_URL_KEY}");
+    for _ in 0..2 {
+        assert_eq!(
+            trigger(agent.addr, "limited", &query, &[], "{}")
+                .await
+                .status,
+            202
+        );
+    }
+    let refused = trigger(agent.addr, "limited", &query, &[], "{}").await;
+    assert_eq!(refused.status, 429);
+    let retry: u64 = refused
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(refused.json()["message"].is_string());
+    let (_, logs) = get(
+        agent.addr,
+        "/api/xm/1/integrations/limited/logs",
+        Some(&basic("ops", OPS_PASSWORD)),
+    )
+    .await;
+    assert_eq!(
+        logs["count"], 2,
+        "the refused request was not stored: {logs}"
+    );
+}

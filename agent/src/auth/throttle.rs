@@ -96,8 +96,9 @@ impl FailureThrottle {
         lock(&self.pairs).remove(&pair_key(source, name));
     }
 
-    /// How many pairs are remembered (for tests and metrics).
-    pub fn len(&self) -> usize {
+    /// How many pairs are remembered.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         lock(&self.pairs).len()
     }
 }
