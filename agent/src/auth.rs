@@ -23,7 +23,7 @@
 //! [`AuthError`] to 401/403/429 and [`OAuthError`] to its JSON body).
 
 pub mod throttle;
-pub mod verify_pool;
+pub use central::verify_pool;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

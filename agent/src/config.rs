@@ -149,6 +149,10 @@ pub struct IntegrationConfig {
     pub allowed_users: Option<Vec<String>>,
     /// Accept at most this many requests a minute (default: no limit); more get 429.
     pub rate_limit_per_minute: Option<u32>,
+    /// Other integrations whose events this one's scripts may read and change through the
+    /// built-in `xMatters` endpoint (default: only its own).
+    #[serde(default)]
+    pub script_events_of: Vec<String>,
     /// The script of `transform` / `run_script`.
     pub script: Option<PathBuf>,
     /// Libraries (by `[[libraries]]` name) this integration may require.
@@ -173,6 +177,8 @@ pub struct Integration {
     pub auth: IntegrationAuth,
     /// The request rate limit, when `rate_limit_per_minute` is set.
     pub rate_limit: Option<crate::rate_limit::RateLimit>,
+    /// Other integrations whose events the scripts may touch (validated to exist).
+    pub script_events_of: Vec<String>,
     /// The compiled script for `transform` / `run_script`.
     pub program: Option<Arc<scripts::Program>>,
 }
@@ -483,6 +489,7 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 )),
                 None => None,
             },
+            script_events_of: integration.script_events_of,
             program,
             id: integration.id.clone(),
         };
@@ -497,6 +504,20 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         }
     }
 
+    let mut ids: Vec<&String> = integrations.keys().collect();
+    ids.sort();
+    for id in ids {
+        if let Some(unknown) = integrations[id]
+            .script_events_of
+            .iter()
+            .find(|other| !integrations.contains_key(*other))
+        {
+            return Err(err(
+                "integrations.script_events_of",
+                format!("integration {id:?} names no configured integration {unknown:?}"),
+            ));
+        }
+    }
     authenticator.permit_listed_callers(
         integrations
             .values()

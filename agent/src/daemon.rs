@@ -349,7 +349,7 @@ pub async fn start(
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
-        central::serve::serve(listener, handler, shutdown).await;
+        central::serve::serve(listener, None, handler, shutdown).await;
         tracing::info!("ingress stopped; finishing running requests");
         let _ = worker_stop_tx.send(true);
         let _ = worker_task.await;

@@ -45,6 +45,11 @@ fn integrations(dir: &Path) -> String {
              authenticating_user = \"svc\"\nurl_key = \"key-{id}\"\nscript = \"{}\"\n",
             script.display()
         ));
+        if id == "terminator" {
+            // Its scripts close events of generic-json, which the central allows only when
+            // granted here.
+            text.push_str("script_events_of = [\"generic-json\"]\n");
+        }
         if id == "alertmanager" {
             text.push_str("[integrations.constants]\nDefaultRecipient = \"Ops-Oncall\"\n");
         }
