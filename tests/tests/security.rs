@@ -536,3 +536,357 @@ async fn bounded_input_and_the_rate_limit() {
         "the refused request was not stored: {logs}"
     );
 }
+
+/// The central's REST API: users need the REST role, an agent token sees only its agent's events,
+/// a script credential only its integrations' events.
+#[tokio::test(flavor = "multi_thread")]
+async fn central_scopes_every_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = central_config(dir.path(), 0);
+    let hash = argon2_hash("hashed-central-pw-9");
+    let extra = format!(
+        "\n[[agents]]\nid = \"agent-other\"\ntoken = \"other-agent-token-0123\"\n\n\
+         [[users]]\nname = \"hashed\"\npassword_hash = \"{hash}\"\n\n\
+         [[users]]\nname = \"viewer\"\nroles = []\npassword = \"viewer-central-pw\"\n"
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&extra);
+    std::fs::write(&config, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let agent = start_agent(&security_agent_config(dir.path(), central.addr.port(), ""));
+    let answer = trigger(
+        agent.addr,
+        "quiet",
+        &format!("?apiKey={QUIET_URL_KEY}"),
+        &[],
+        r#"{"summary":"scoped"}"#,
+    )
+    .await;
+    let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
+    let event_id = eventually(Duration::from_secs(20), "event at the central", || async {
+        let events = central_events(central.addr, &request_id).await;
+        events
+            .first()
+            .and_then(|e| e["id"].as_str().map(str::to_owned))
+    })
+    .await;
+
+    let script = |scope: &[&str]| {
+        let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
+        format!(
+            "Bearer {}",
+            central::config::script_token(AGENT_TOKEN, &scope)
+        )
+    };
+    let list = format!("/api/xm/1/events?requestId={request_id}");
+    let one = format!("/api/xm/1/events/{event_id}");
+    let cases: Vec<(&str, String, String, u16, Option<u64>)> = vec![
+        (
+            "list, no credentials",
+            list.clone(),
+            String::new(),
+            401,
+            None,
+        ),
+        (
+            "list, wrong password",
+            list.clone(),
+            basic("hashed", "nope"),
+            401,
+            None,
+        ),
+        (
+            "list, user without the REST role",
+            list.clone(),
+            basic("viewer", "viewer-central-pw"),
+            403,
+            None,
+        ),
+        (
+            "list, argon2 user",
+            list.clone(),
+            basic("hashed", "hashed-central-pw-9"),
+            200,
+            Some(1),
+        ),
+        (
+            "list, its agent's token",
+            list.clone(),
+            format!("Bearer {AGENT_TOKEN}"),
+            200,
+            Some(1),
+        ),
+        (
+            "list, another agent's token",
+            list.clone(),
+            "Bearer other-agent-token-0123".into(),
+            200,
+            Some(0),
+        ),
+        (
+            "list, its integration's script",
+            list.clone(),
+            script(&["quiet"]),
+            200,
+            Some(1),
+        ),
+        (
+            "list, another integration's script",
+            list.clone(),
+            script(&["private"]),
+            200,
+            Some(0),
+        ),
+        (
+            "event, another agent's token",
+            one.clone(),
+            "Bearer other-agent-token-0123".into(),
+            404,
+            None,
+        ),
+        (
+            "event, another integration's script",
+            one.clone(),
+            script(&["private"]),
+            404,
+            None,
+        ),
+        (
+            "event, its integration's script",
+            one.clone(),
+            script(&["quiet"]),
+            200,
+            None,
+        ),
+    ];
+    for (what, path, authorization, expected, count) in cases {
+        let headers: Vec<(&str, &str)> = if authorization.is_empty() {
+            vec![]
+        } else {
+            vec![("authorization", authorization.as_str())]
+        };
+        let answer = http(central.addr, "GET", &path, &headers, "")
+            .await
+            .unwrap();
+        println!("central authorization case: {what}: {}", answer.status);
+        assert_eq!(answer.status, expected, "{what}");
+        if let Some(count) = count {
+            assert_eq!(answer.json()["count"], count, "{what}");
+        }
+        if expected != 200 {
+            assert!(answer.json()["message"].is_string(), "{what}: no message");
+        }
+    }
+    let change = format!(r#"{{"id":"{event_id}","status":"TERMINATED"}}"#);
+    for (what, authorization, expected) in [
+        (
+            "status change, another agent's token",
+            "Bearer other-agent-token-0123".to_owned(),
+            404,
+        ),
+        (
+            "status change, another integration's script",
+            script(&["private"]),
+            404,
+        ),
+        (
+            "status change, its integration's script",
+            script(&["quiet", "private"]),
+            202,
+        ),
+    ] {
+        let answer = http(
+            central.addr,
+            "POST",
+            "/api/xm/1/events",
+            &[
+                ("authorization", &authorization),
+                ("content-type", "application/json"),
+            ],
+            change.clone(),
+        )
+        .await
+        .unwrap();
+        println!("central authorization case: {what}: {}", answer.status);
+        assert_eq!(answer.status, expected, "{what}");
+    }
+    // A script credential is no agent token: it cannot open the websocket.
+    let upgrade = http(
+        central.addr,
+        "GET",
+        "/api/agent/1/connect",
+        &[
+            ("authorization", &script(&["quiet"])),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+    )
+    .await
+    .unwrap();
+    println!(
+        "central authorization case: websocket with a script credential: {}",
+        upgrade.status
+    );
+    assert_eq!(upgrade.status, 401);
+}
+
+/// Whether `openssl` can be run (the TLS test makes its CA with it).
+fn openssl_available() -> bool {
+    Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Agent → central over TLS (WSS), with a CA made in the test: the central serves the CA-signed
+/// certificate, the agent trusts the CA through `ca_file`, and a trigger is delivered.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
+    if !openssl_available() {
+        eprintln!("skipped: the `openssl` command is not available to make a test CA");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=xmagent test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "central.key",
+            "-out",
+            "central.csr",
+        ],
+    );
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         extendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "central.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "central.pem",
+        ],
+    );
+
+    let config = central_config(d, 0);
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[central]\n",
+        "[central]\ntls_cert_file = \"central.pem\"\ntls_key_file = \"central.key\"\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let port = central.addr.port();
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    assert!(
+        http(central.addr, "GET", "/healthz", &[], "")
+            .await
+            .is_err(),
+        "the central must not speak plain HTTP when TLS is configured"
+    );
+
+    let agent_toml = agent_config(d, port, STANDARD_AGENT);
+    let text = std::fs::read_to_string(&agent_toml).unwrap().replace(
+        &format!("url = \"ws://127.0.0.1:{port}/api/agent/1/connect\""),
+        &format!("url = \"wss://localhost:{port}/api/agent/1/connect\"\nca_file = \"ca.pem\""),
+    );
+    std::fs::write(&agent_toml, text).unwrap();
+    let agent = start_agent(&agent_toml);
+    let answer = trigger(
+        agent.addr,
+        "any",
+        "?apiKey=url-key-any",
+        &[],
+        r#"{"summary":"tls"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 202);
+    let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
+    let admin = basic("svc", "svc-password");
+    let record = eventually(Duration::from_secs(20), "DELIVERED over TLS", || async {
+        let (status, record) = get(
+            agent.addr,
+            &format!("/api/agent/1/requests/{request_id}"),
+            Some(&admin),
+        )
+        .await;
+        (status == 200 && record["status"] == "DELIVERED").then_some(record)
+    })
+    .await;
+    println!(
+        "TLS: agent → central over wss://localhost:{port} with a test CA: {} (event {})",
+        record["status"], record["events"][0]["eventId"]
+    );
+    assert!(record["events"][0]["eventId"].is_string());
+    assert!(
+        central.log().contains("tls=true"),
+        "the central says it serves TLS"
+    );
+}
