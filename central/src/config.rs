@@ -668,4 +668,66 @@ mod tests {
         let error = load(&missing).expect_err("missing file");
         assert!(error.file.contains("missing.toml"));
     }
+
+    #[test]
+    fn users_take_argon2_hashes_and_roles_and_tls_needs_both_files() {
+        let phc = UserCredential::new("x", "hashed-pw").unwrap().phc();
+        let config = parse_ok(&format!(
+            r#"
+            [central]
+            tls_cert_file = "tls/cert.pem"
+            tls_key_file = "tls/key.pem"
+            [[users]]
+            name = "ops"
+            password_hash = "{phc}"
+            [[users]]
+            name = "viewer"
+            roles = ["Standard User"]
+            password = "v"
+            "#
+        ));
+        let ops = config.user("ops").unwrap();
+        assert!(argon2_matches(&ops.phc(), "hashed-pw"));
+        assert!(ops.has_role(REST_WEB_SERVICE_USER));
+        assert!(!config
+            .user("viewer")
+            .unwrap()
+            .has_role(REST_WEB_SERVICE_USER));
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.cert, Path::new("/etc/xm/tls/cert.pem"));
+        assert!(
+            !format!("{:?}", config.users).contains("argon2"),
+            "Debug shows no hash"
+        );
+
+        let error = parse_err("[[users]]\nname = \"a\"\npassword_hash = \"plain-text\"\n");
+        assert_eq!(error.key, "users[0].password_hash");
+        assert!(!error.to_string().contains("plain-text"), "{error}");
+        let error = parse_err(&format!(
+            "[[users]]\nname = \"a\"\npassword = \"p\"\npassword_hash = \"{phc}\"\n"
+        ));
+        assert!(error.reason.contains("only one"), "{error}");
+        let error = parse_err("[central]\ntls_cert_file = \"c.pem\"\n");
+        assert_eq!(error.key, "central.tls_key_file");
+        let error = parse_err("[central]\ntls_key_file = \"k.pem\"\n");
+        assert_eq!(error.key, "central.tls_cert_file");
+    }
+
+    #[test]
+    fn script_tokens_name_their_scope_and_cannot_be_widened() {
+        let config = parse_ok("[[agents]]\nid = \"a1\"\ntoken = \"tok-1\"\n");
+        let scope = vec!["i1".to_owned(), "i2".to_owned()];
+        let token = script_token("tok-1", &scope);
+        assert!(!token.contains("tok-1"));
+        let (agent, integrations) = config.script_scope(&token).expect("valid");
+        assert_eq!((agent.id.as_str(), integrations), ("a1", scope));
+        assert!(config
+            .script_scope(&script_token("tok-2", &["i1".to_owned()]))
+            .is_none());
+        assert!(
+            config.script_scope("tok-1").is_none(),
+            "the agent token is no script token"
+        );
+        assert!(config.script_scope("xms1.garbage").is_none());
+    }
 }

@@ -185,6 +185,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn request_heads_are_checked() {
+        let request = |version, target: &str, host: bool, header_bytes: usize| {
+            let mut builder = hyper::Request::builder().version(version).uri(target);
+            if host {
+                builder = builder.header("host", "x");
+            }
+            if header_bytes > 0 {
+                builder = builder.header("x-pad", "p".repeat(header_bytes));
+            }
+            builder.body(()).unwrap()
+        };
+        let status = |r: &hyper::Request<()>| check_request_head(r).err().map(|e| e.status());
+        let v11 = hyper::Version::HTTP_11;
+        assert_eq!(status(&request(v11, "/a", true, 0)), None);
+        assert_eq!(
+            status(&request(hyper::Version::HTTP_10, "/a", false, 0)),
+            None,
+            "HTTP/1.0 needs no Host"
+        );
+        assert_eq!(
+            status(&request(v11, "/a", false, 0)),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let long = format!("/a?{}", "q".repeat(MAX_TARGET_BYTES));
+        assert_eq!(
+            status(&request(v11, &long, true, 0)),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            status(&request(v11, "/a", true, MAX_HEADER_BYTES)),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
+
+    #[test]
     fn basic_credentials_parse_and_reject_garbage() {
         let ok = HeaderValue::from_static("Basic dXNlcjpwYXNzOndvcmQ="); // user:pass:word
         assert_eq!(

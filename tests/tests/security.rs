@@ -362,6 +362,41 @@ async fn least_privilege_oauth_and_no_secret_in_the_logs() {
     );
     println!("oauth: replayed refresh token → 400; tokens of its family afterwards → 401");
 
+    // The central's REST API with its user's password, a wrong one, and a script credential.
+    eventually(
+        Duration::from_secs(20),
+        "the event at the central",
+        || async {
+            let events = central_events(central.addr, &request_id).await;
+            (!events.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let wrong_central = basic(CENTRAL_USER.0, WRONG_PASSWORD);
+    let path = format!("/api/xm/1/events?requestId={request_id}");
+    let refused = http(
+        central.addr,
+        "GET",
+        &path,
+        &[("authorization", &wrong_central)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 401);
+    let script_credential = central::config::script_token(AGENT_TOKEN, &["private".to_owned()]);
+    let bearer_script = format!("Bearer {script_credential}");
+    let scoped = http(
+        central.addr,
+        "GET",
+        &path,
+        &[("authorization", &bearer_script)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(scoped.status, 200);
+
     // Nothing above left a secret in either daemon's output.
     let mut secrets = vec![
         HASHED_PASSWORD,
@@ -381,7 +416,8 @@ async fn least_privilege_oauth_and_no_secret_in_the_logs() {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     secrets.extend(issued_tokens.iter().map(String::as_str));
-    let encoded: Vec<String> = [&caller, &ops, &limited, &wrong]
+    secrets.push(&script_credential);
+    let encoded: Vec<String> = [&caller, &ops, &limited, &wrong, &wrong_central]
         .iter()
         .map(|h| h.trim_start_matches("Basic ").to_owned())
         .collect();
@@ -889,4 +925,56 @@ async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
         central.log().contains("tls=true"),
         "the central says it serves TLS"
     );
+}
+
+/// The security settings refuse nonsense with exit 78, naming the file, the key and the reason.
+#[test]
+fn security_settings_refuse_bad_values_with_exit_78() {
+    let base = "[agent]\nid = \"a\"\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n\n\
+        [central]\nurl = \"ws://127.0.0.1:1/api/agent/1/connect\"\ntoken = \"t\"\n\n\
+        [[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"p\"\n\n\
+        [[integrations]]\nid = \"i1\"\naction = \"create_event\"\nauthenticating_user = \"svc\"\n\
+        url_key = \"k\"\n";
+    let cases = [
+        (
+            format!("{base}rate_limit_per_minute = 0\n"),
+            "rate_limit_per_minute",
+            "at least 1",
+        ),
+        (
+            format!("{base}script_events_of = [\"ghost\"]\n"),
+            "script_events_of",
+            "ghost",
+        ),
+        (
+            format!("[auth]\nverify_threads = 0\n{base}"),
+            "auth.verify_threads",
+            "at least 1",
+        ),
+        (
+            format!("[auth]\nmax_failures = 0\n{base}"),
+            "auth.max_failures",
+            "at least 1",
+        ),
+        (
+            format!("[auth]\nfailure_window_secs = 0\n{base}"),
+            "auth.failure_window_secs",
+            "between 1 and 86400",
+        ),
+        (format!("[auth]\nbogus = 1\n{base}"), "auth", "bogus"),
+    ];
+    for (config, key, reason) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = Command::new(binary("xmagent"))
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{key}: {stderr}");
+        assert!(stderr.contains("agent.toml"), "no file name: {stderr}");
+        assert!(stderr.contains(key), "no key {key:?}: {stderr}");
+        assert!(stderr.contains(reason), "no reason {reason:?}: {stderr}");
+    }
 }
