@@ -33,9 +33,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
+use central::config::argon2_matches;
 use central::exit::ConfigError;
 use central::http_util::{basic_credentials, bearer_token};
 use http::header::AUTHORIZATION;
@@ -1377,15 +1378,6 @@ impl AdminCaller {
             (AdminCaller::User(name), Some(allowed)) => allowed.contains(name),
         }
     }
-}
-
-/// Verify `given` against an argon2 PHC string (on a pool thread: this is the slow part).
-fn argon2_matches(phc: &str, given: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| {
-        Argon2::default()
-            .verify_password(given.as_bytes(), &hash)
-            .is_ok()
-    })
 }
 
 /// A verifier for names that match nobody: a hash of a random secret at the parameters of the
