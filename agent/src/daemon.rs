@@ -229,6 +229,7 @@ fn build_endpoints(config: &Loaded) -> Result<Arc<Endpoints>, ConfigError> {
     let builtin = BuiltinXmatters {
         base_url: config.relay.rest_base_url(),
         bearer_token: config.relay.token().to_owned(),
+        tls: config.relay.tls(),
     };
     Endpoints::new(
         &config.endpoints,

@@ -133,6 +133,9 @@ pub struct BuiltinXmatters {
     pub base_url: String,
     /// The agent's token; scripts get credentials derived from it, never the token itself.
     pub bearer_token: String,
+    /// The relay's TLS settings (system roots plus the `[central] ca_file`), so scripts reach an
+    /// HTTPS central with a private CA like the relay does; `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for BuiltinXmatters {
@@ -362,13 +365,19 @@ impl Endpoints {
             }
         }
         let mut agent_token = None;
+        // The relay's trust (system roots + its CA file) covers the configured endpoints too: the
+        // operator trusts that CA already, and one client serves every endpoint.
+        let tls = match xmatters.as_ref().and_then(|b| b.tls.as_deref()) {
+            Some(relay_tls) => relay_tls.clone(),
+            None => tls_config()?,
+        };
         if let Some(builtin) = xmatters {
             let resolved = Resolved::new(BUILTIN_NAME, &builtin.base_url, None, DEFAULT_TIMEOUT)?;
             endpoints.insert(BUILTIN_NAME.to_owned(), resolved);
             agent_token = Some(builtin.bearer_token.trim().to_owned());
         }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
@@ -666,6 +675,7 @@ mod tests {
                 Some(BuiltinXmatters {
                     base_url: format!("http://{addr}"),
                     bearer_token: "agent-token".into(),
+                    tls: None,
                 }),
                 rt.handle().clone(),
             )
@@ -789,6 +799,7 @@ mod tests {
                 Some(BuiltinXmatters {
                     base_url: "http://central".into(),
                     bearer_token: "t".into(),
+                    tls: None,
                 }),
                 rt.handle().clone(),
             )
@@ -826,6 +837,7 @@ mod tests {
         let builtin = BuiltinXmatters {
             base_url: "http://c".into(),
             bearer_token: "agent-secret".into(),
+            tls: None,
         };
         let text = format!("{config:?} {builtin:?}");
         assert!(

@@ -888,7 +888,16 @@ async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
         "the central must not speak plain HTTP when TLS is configured"
     );
 
-    let agent_toml = agent_config(d, port, STANDARD_AGENT);
+    // A script that asks the central for its events through the built-in endpoint (HTTPS too).
+    std::fs::write(
+        d.join("lookup.js"),
+        "var r = http.request({ endpoint: 'xMatters', method: 'GET', path: '/api/xm/1/events' })\n\
+         .write();\nconsole.log('events lookup: ' + r.statusCode);\n",
+    )
+    .unwrap();
+    let lookup = "\n[[integrations]]\nid = \"lookup\"\naction = \"run_script\"\nauth = \"url\"\n\
+                  authenticating_user = \"svc\"\nurl_key = \"url-key-lookup\"\nscript = \"lookup.js\"\n";
+    let agent_toml = agent_config(d, port, &format!("{STANDARD_AGENT}{lookup}"));
     let text = std::fs::read_to_string(&agent_toml).unwrap().replace(
         &format!("url = \"ws://127.0.0.1:{port}/api/agent/1/connect\""),
         &format!("url = \"wss://localhost:{port}/api/agent/1/connect\"\nca_file = \"ca.pem\""),
@@ -925,6 +934,25 @@ async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
         central.log().contains("tls=true"),
         "the central says it serves TLS"
     );
+
+    let answer = trigger(agent.addr, "lookup", "?apiKey=url-key-lookup", &[], "{}").await;
+    assert_eq!(answer.status, 202);
+    let logs = eventually(Duration::from_secs(20), "the lookup script ran", || async {
+        let (status, logs) = get(
+            agent.addr,
+            "/api/xm/1/integrations/lookup/logs",
+            Some(&admin),
+        )
+        .await;
+        (status == 200 && logs["data"][0]["status"] == "COMPLETED").then_some(logs)
+    })
+    .await;
+    let call = &logs["data"][0]["http"][0];
+    println!(
+        "TLS: a script's built-in xMatters call over HTTPS: {}",
+        call["status"]
+    );
+    assert_eq!(call["status"], 200, "{logs}");
 }
 
 /// The security settings refuse nonsense with exit 78, naming the file, the key and the reason.
