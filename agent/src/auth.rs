@@ -22,7 +22,7 @@
 //! [`UserConfig`]/[`OAuthConfig`]/[`AuthLimitsConfig`]) or build HTTP responses (ingress maps
 //! [`AuthError`] to 401/403/429 and [`OAuthError`] to its JSON body).
 
-pub mod throttle;
+pub use central::throttle;
 pub use central::verify_pool;
 
 use std::collections::{HashMap, HashSet};

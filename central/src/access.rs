@@ -5,13 +5,13 @@
 //! an integration script (Bearer script credential from [`crate::config::script_token`]: only
 //! that agent's events of that one integration). Passwords are argon2 hashes, verified on a small
 //! bounded pool of threads ([`crate::verify_pool`]) with recent successes cached; a name that
-//! matches no user is checked against a configured hash anyway, so timing does not tell which
-//! names exist; a full pool answers 429.
+//! names exist; a full pool answers 429. Failed passwords are counted per (source address, user
+//! name) ([`crate::throttle`]): after [`MAX_FAILURES`] a pair gets 429 without any hash computed.
 //!
-//! What it does NOT do: route requests or check the websocket's token (`ws` does), or throttle
-//! failed attempts per source (the agent does that for its callers; central users are operators).
+//! What it does NOT do: route requests or check the websocket's token (`ws` does).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{argon2_matches, CentralConfig, REST_WEB_SERVICE_USER};
 use crate::http_util::{basic_credentials, bearer_token};
+use crate::throttle::FailureThrottle;
 use crate::verify_pool::VerifyPool;
 
 /// How long a verified (user, password) pair is trusted without hashing again.
@@ -30,6 +31,10 @@ const VERIFIED_TTL: Duration = Duration::from_secs(600);
 const VERIFIED_CAPACITY: usize = 1024;
 /// Waiting argon2 checks per verification thread.
 const QUEUE_PER_THREAD: usize = 4;
+/// Failed passwords per (source, user name) before that pair gets 429.
+pub const MAX_FAILURES: u32 = 5;
+/// How long a throttled pair waits, counted from its first failure.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// An authenticated REST caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,11 +90,26 @@ pub enum Refusal {
     /// Every verification thread is busy: 429.
     #[error("too many credential checks in progress; retry shortly")]
     Busy,
+    /// This (source, user name) pair failed too often lately: 429.
+    #[error("too many failed attempts; retry in {0} s")]
+    Throttled(u64),
+}
+
+impl Refusal {
+    /// Seconds to send as `Retry-After` with a 429.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Refusal::Busy => Some(1),
+            Refusal::Throttled(secs) => Some(*secs),
+            Refusal::Unauthorized | Refusal::Forbidden(_) => None,
+        }
+    }
 }
 
 /// The REST credential checker; one per running central.
 pub struct Access {
     pool: VerifyPool,
+    throttle: FailureThrottle,
     /// SHA-256(name, password) of recent successes → when they stop being trusted.
     verified: Mutex<HashMap<[u8; 32], Instant>>,
 }
@@ -107,17 +127,19 @@ impl Default for Access {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(16));
         Self {
             pool: VerifyPool::new(threads, threads * QUEUE_PER_THREAD),
+            throttle: FailureThrottle::new(MAX_FAILURES, FAILURE_WINDOW),
             verified: Mutex::new(HashMap::new()),
         }
     }
 }
 
 impl Access {
-    /// Identify the caller of a REST request from its `Authorization` header.
+    /// Identify the caller of a REST request from `source` by its `Authorization` header.
     pub async fn caller(
         &self,
         config: &CentralConfig,
         headers: &HeaderMap,
+        source: IpAddr,
     ) -> Result<Caller, Refusal> {
         let header = headers.get(AUTHORIZATION);
         if let Some(token) = bearer_token(header) {
@@ -133,6 +155,9 @@ impl Access {
                 .ok_or(Refusal::Unauthorized);
         }
         let (name, password) = basic_credentials(header).ok_or(Refusal::Unauthorized)?;
+        if let Err(wait) = self.throttle.check(source, &name, Instant::now()) {
+            return Err(Refusal::Throttled(wait.as_secs().max(1)));
+        }
         let user = config.user(&name);
         // An unknown name is checked against some configured hash, and fails regardless.
         let Some(phc) = user.or(config.users.first()).map(|u| u.phc()) else {
@@ -148,8 +173,10 @@ impl Access {
                 .await
                 .map_err(|_| Refusal::Busy)?;
         let Some(user) = user.filter(|_| matches) else {
+            self.throttle.failed(source, &name, Instant::now());
             return Err(Refusal::Unauthorized);
         };
+        self.throttle.succeeded(source, &name);
         if !cached {
             self.remember(key, now);
         }
@@ -190,6 +217,8 @@ mod tests {
     use crate::config::{script_token, UserCredential};
     use http::HeaderValue;
 
+    const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn headers(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
@@ -220,7 +249,7 @@ mod tests {
         let (config, access) = (config(), Access::default());
         let caller = |h: HeaderMap| {
             let (config, access) = (&config, &access);
-            async move { access.caller(config, &h).await }
+            async move { access.caller(config, &h, SOURCE).await }
         };
         assert_eq!(
             caller(basic("admin", "admin-pw")).await,
@@ -275,6 +304,30 @@ mod tests {
             Err(Refusal::Unauthorized)
         );
         assert_eq!(caller(HeaderMap::new()).await, Err(Refusal::Unauthorized));
+    }
+
+    #[tokio::test]
+    async fn repeated_wrong_passwords_are_throttled_per_source() {
+        let (config, access) = (config(), Access::default());
+        for _ in 0..MAX_FAILURES {
+            let refusal = access
+                .caller(&config, &basic("admin", "guess"), SOURCE)
+                .await;
+            assert_eq!(refusal, Err(Refusal::Unauthorized));
+        }
+        let refusal = access
+            .caller(&config, &basic("admin", "admin-pw"), SOURCE)
+            .await
+            .expect_err("throttled even with the right password");
+        assert!(matches!(refusal, Refusal::Throttled(secs) if (1..=60).contains(&secs)));
+        let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+        assert_eq!(
+            access
+                .caller(&config, &basic("admin", "admin-pw"), elsewhere)
+                .await,
+            Ok(Caller::User("admin".into())),
+            "another source is not locked out"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod rest;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
 pub mod tls;
 pub mod verify_pool;
 pub mod ws;

@@ -73,7 +73,11 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            let caller = match state.access.caller(&state.config, request.headers()).await {
+            let caller = match state
+                .access
+                .caller(&state.config, request.headers(), peer.ip())
+                .await
+            {
                 Ok(caller) => caller,
                 Err(refusal) => return refused(&refusal),
             };
@@ -91,7 +95,11 @@ pub async fn route(
                 if method != Method::GET {
                     return not_allowed("GET");
                 }
-                match state.access.caller(&state.config, request.headers()).await {
+                match state
+                    .access
+                    .caller(&state.config, request.headers(), peer.ip())
+                    .await
+                {
                     Ok(caller) => get_event(&state, &caller, id),
                     Err(refusal) => refused(&refusal),
                 }
@@ -127,21 +135,18 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     let status = match refusal {
         Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
         Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
-        Refusal::Busy => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Busy | Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
     };
     let mut response = http_util::error(status, refusal.to_string());
     let headers = response.headers_mut();
-    match refusal {
-        Refusal::Unauthorized => {
-            headers.insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"xmcentral\""),
-            );
-        }
-        Refusal::Busy => {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        Refusal::Forbidden(_) => {}
+    if *refusal == Refusal::Unauthorized {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"xmcentral\""),
+        );
+    }
+    if let Some(secs) = refusal.retry_after_secs() {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }

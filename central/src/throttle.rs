@@ -11,12 +11,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-
-use super::lock;
 
 /// How many (source, name) pairs are remembered at most.
 pub const CAPACITY: usize = 10_000;
@@ -101,6 +99,11 @@ impl FailureThrottle {
     fn len(&self) -> usize {
         lock(&self.pairs).len()
     }
+}
+
+/// Every critical section leaves the map consistent, so a poisoned lock is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn pair_key(source: IpAddr, name: &str) -> [u8; 32] {
