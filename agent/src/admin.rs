@@ -1,8 +1,10 @@
 //! The operator's admin endpoints behind `xmagent status` and `xmagent queue ...`: the agent's
 //! state at a glance, the queue listing, sending dead letters again and purging them.
 //!
-//! Every endpoint first passes `ingress::admin_guard`, the one place that decides what counts as
-//! the admin credential (an integration's URL key never does). It does not decide what may be
+//! Every endpoint first passes `ingress::authorize_admin`, the one place that decides what counts
+//! as the admin credential (the admin token or the `Agent Administrator` role; an integration's
+//! URL key never does), and the queue listing shows an admin user only the integrations whose
+//! `allowed_users` admit them. It does not decide what may be
 //! removed: the store only lets dead letters go (`store::operations`); a pending entry leaves
 //! only when the central acknowledged it.
 
@@ -15,8 +17,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::auth::AdminCaller;
 use crate::daemon::Shared;
-use crate::ingress::{admin_guard, method_not_allowed, query_param, store_failure};
+use crate::ingress::{authorize_admin, may_see, method_not_allowed, query_param, store_failure};
 use crate::relay::RelayStatus;
 use crate::store::{QueueEntry, QueueState};
 
@@ -65,15 +68,17 @@ pub struct AgentStatus {
 pub async fn handle(
     shared: &Arc<Shared>,
     request: Request<Incoming>,
+    peer: std::net::SocketAddr,
     path: &str,
 ) -> Response<Body> {
-    if let Err(response) = admin_guard(shared, &request) {
-        return *response;
-    }
+    let caller = match authorize_admin(shared, request.headers(), peer).await {
+        Ok(caller) => caller,
+        Err(response) => return *response,
+    };
     let query = request.uri().query();
     match (path, request.method()) {
         (STATUS_PATH, &Method::GET) => status(shared),
-        (QUEUE_PATH, &Method::GET) => list(shared, query),
+        (QUEUE_PATH, &Method::GET) => list(shared, &caller, query),
         (RETRY_PATH, &Method::POST) => retry(shared, query).await,
         (PURGE_PATH, &Method::POST) => purge(shared, query).await,
         (STATUS_PATH | QUEUE_PATH, _) => method_not_allowed("GET"),
@@ -110,7 +115,7 @@ fn status(shared: &Shared) -> Response<Body> {
     http_util::json(StatusCode::OK, &status)
 }
 
-fn list(shared: &Shared, query: Option<&str>) -> Response<Body> {
+fn list(shared: &Shared, caller: &AdminCaller, query: Option<&str>) -> Response<Body> {
     let state = match query_param(query, "state") {
         None => None,
         Some(name) => match <QueueState as clap::ValueEnum>::from_str(&name, true) {
@@ -131,8 +136,10 @@ fn list(shared: &Shared, query: Option<&str>) -> Response<Body> {
     };
     match shared.store.queue_entries(MAX_LISTED) {
         Ok(entries) => {
+            let live = shared.live();
             let data: Vec<QueueEntry> = entries
                 .into_iter()
+                .filter(|e| may_see(caller, &live, &e.integration_id))
                 .filter(|e| state.is_none_or(|s| e.state == s))
                 .filter(|e| integration.as_ref().is_none_or(|i| &e.integration_id == i))
                 .take(limit)

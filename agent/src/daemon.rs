@@ -513,6 +513,7 @@ fn build_endpoints(config: &Loaded) -> Result<Arc<Endpoints>, ConfigError> {
     let builtin = BuiltinXmatters {
         base_url: config.relay.rest_base_url(),
         bearer_token: config.relay.token().to_owned(),
+        tls: config.relay.tls(),
     };
     Endpoints::new(
         &config.endpoints,
@@ -666,7 +667,7 @@ pub async fn start(
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
-        central::serve::serve(listener, handler, shutdown).await;
+        central::serve::serve(listener, None, handler, shutdown).await;
         tracing::info!("ingress stopped; finishing running requests");
         let _ = worker_stop_tx.send(true);
         let _ = worker_task.await;

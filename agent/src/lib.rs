@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod ingress;
 pub mod metrics;
 pub mod notify;
+pub mod rate_limit;
 pub mod relay;
 pub mod store;
 pub mod tls;

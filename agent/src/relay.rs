@@ -336,6 +336,12 @@ impl fmt::Debug for RelaySettings {
 }
 
 impl RelaySettings {
+    /// The TLS client settings for the central (system roots plus `ca_file`), `None` for
+    /// `ws://`; the built-in `xMatters` endpoint reuses them.
+    pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     /// The central's REST API root (same host and port as the websocket, `http`/`https`): the
     /// base URL of the built-in `xMatters` endpoint scripts call.
     pub fn rest_base_url(&self) -> String {

@@ -294,7 +294,14 @@ async fn run_action(
                 integration_uuid: request.integration_id.clone(),
                 remote_address: request.remote_address.clone(),
             };
-            let http = shared.live().endpoints.clone();
+            let http = {
+                let live = shared.live();
+                let mut scope = vec![request.integration_id.clone()];
+                if let Some(integration) = live.config.integrations.get(&request.integration_id) {
+                    scope.extend(integration.script_events_of.iter().cloned());
+                }
+                Arc::new(live.endpoints.for_integration(&scope))
+            };
             let outcome = shared
                 .run_script(program.clone(), script_request, http)
                 .await;

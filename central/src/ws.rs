@@ -624,6 +624,7 @@ mod tests {
             metrics: Metrics::default(),
             shutdown,
             ws_tracker: Arc::default(),
+            access: crate::access::Access::default(),
         })
     }
 

@@ -23,7 +23,7 @@ fn payload(name: &str) -> String {
 /// One transform integration per example script, plus the scripts this test writes into `dir`.
 fn integrations(dir: &Path) -> String {
     let mut text = String::from(
-        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"svc-password\"\n",
+        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\", \"Agent Administrator\"]\npassword = \"svc-password\"\n",
     );
     for (id, script) in [
         ("alertmanager", example("integrations/alertmanager.js")),
@@ -45,6 +45,11 @@ fn integrations(dir: &Path) -> String {
              authenticating_user = \"svc\"\nurl_key = \"key-{id}\"\nscript = \"{}\"\n",
             script.display()
         ));
+        if id == "terminator" {
+            // Its scripts close events of generic-json, which the central allows only when
+            // granted here.
+            text.push_str("script_events_of = [\"generic-json\"]\n");
+        }
         if id == "alertmanager" {
             text.push_str("[integrations.constants]\nDefaultRecipient = \"Ops-Oncall\"\n");
         }
