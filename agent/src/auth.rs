@@ -11,20 +11,32 @@
 //! hashes are kept as they are, OAuth tokens are stored as SHA-256 digests. Every comparison is
 //! constant time. Errors never carry a secret and never say which half of a credential was wrong.
 //!
+//! Checking credentials cannot be turned against the agent: argon2 runs only on a small bounded
+//! pool of its own threads ([`verify_pool`]), never on a tokio worker, and work beyond its queue is
+//! refused ([`AuthError::Busy`], 429); failed checks are remembered per (source address, user
+//! name) and throttled ([`throttle`], [`AuthError::Throttled`], 429); a name that matches no user
+//! or key is checked against a dummy hash of the same cost, so timing does not tell which names
+//! exist.
+//!
 //! What this module does NOT do: parse the config file (the config loader hands us
-//! [`UserConfig`]/[`OAuthConfig`]), rate-limit failed attempts (ingress answers 429), or build
-//! HTTP responses (ingress maps [`AuthError`] to 401/403 and [`OAuthError`] to its JSON body).
+//! [`UserConfig`]/[`OAuthConfig`]/[`AuthLimitsConfig`]) or build HTTP responses (ingress maps
+//! [`AuthError`] to 401/403/429 and [`OAuthError`] to its JSON body).
 
-use std::collections::HashMap;
+pub use central::throttle;
+pub use central::verify_pool;
+
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
+use central::config::argon2_matches;
 use central::exit::ConfigError;
 use central::http_util::{basic_credentials, bearer_token};
 use http::header::AUTHORIZATION;
@@ -37,6 +49,17 @@ use subtle::ConstantTimeEq;
 /// The xMatters role a user needs to trigger integrations (unless the integration lists its
 /// allowed users explicitly), and that an integration's authenticating user must hold.
 pub const REST_WEB_SERVICE_USER: &str = "REST Web Service User";
+
+/// The role that opens the agent's admin endpoints (activity, request records, dead letters) to a
+/// user; the REST role alone does not, so a caller of integrations cannot read other callers' data.
+pub const AGENT_ADMIN_ROLE: &str = "Agent Administrator";
+
+/// Failed checks per (source, user name) before that pair is throttled, unless configured.
+pub const DEFAULT_MAX_FAILURES: u32 = 5;
+/// How long a throttled pair waits, counted from its first failure, unless configured.
+pub const DEFAULT_FAILURE_WINDOW_SECS: u64 = 60;
+/// Queued argon2 checks per verification thread, unless configured.
+const DEFAULT_QUEUE_PER_THREAD: usize = 4;
 
 /// The realm named in `WWW-Authenticate` challenges, so clients can tell which server asks.
 pub const REALM: &str = "xmagent";
@@ -73,8 +96,6 @@ const REASON_MISSING: &str = "missing credentials";
 const REASON_INVALID: &str = "invalid credentials";
 /// Generic reason: a bearer token was presented and is unknown or expired.
 const REASON_BAD_TOKEN: &str = "invalid or expired access token";
-/// The blocking verification task died (panic or runtime shutdown).
-const REASON_INTERNAL: &str = "authentication could not be completed";
 
 // ---------------------------------------------------------------------------------------------
 // Configuration (deserialized by the config loader)
@@ -162,6 +183,22 @@ pub struct OAuthConfig {
     /// When set, token requests must name this `client_id`, so only the expected client can
     /// obtain tokens; when unset, any (or no) client id is accepted.
     pub client_id: Option<String>,
+}
+
+/// The `[auth]` section: bounds on credential checking. Everything is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthLimitsConfig {
+    /// Threads that verify argon2 hashes (default: the number of cores), so a flood of wrong
+    /// passwords can use at most this much CPU.
+    pub verify_threads: Option<usize>,
+    /// argon2 checks that may wait for a thread (default: 4 per thread); beyond that callers get
+    /// 429 + `Retry-After` at once.
+    pub verify_queue: Option<usize>,
+    /// Failed checks per (source address, user name) before that pair gets 429 (default 5).
+    pub max_failures: Option<u32>,
+    /// Seconds a throttled pair waits, counted from its first failure (default 60).
+    pub failure_window_secs: Option<u64>,
 }
 
 /// How an integration authenticates its callers (the integration's `auth` key).
@@ -295,6 +332,24 @@ pub enum AuthError {
         /// The authenticated user (not a secret).
         user: String,
     },
+    /// The credential was valid but the user lacks [`AGENT_ADMIN_ROLE`] (or may not see this
+    /// integration's data): ingress answers 403.
+    #[error("user `{user}` is not permitted to use this admin endpoint")]
+    NotAdmin {
+        /// The authenticated user (not a secret).
+        user: String,
+    },
+    /// This (source, user name) pair failed too often lately; nothing was verified. Ingress
+    /// answers 429 with `Retry-After`.
+    #[error("too many failed attempts; retry in {retry_after_secs} s")]
+    Throttled {
+        /// Seconds until the pair may try again.
+        retry_after_secs: u64,
+    },
+    /// Every verification thread is busy and the queue is full; nothing was verified. Ingress
+    /// answers 429 with `Retry-After`.
+    #[error("too many credential checks in progress; retry shortly")]
+    Busy,
 }
 
 impl AuthError {
@@ -319,6 +374,15 @@ impl AuthError {
             AuthMode::Url => r#"ApiKey realm="xmagent""#,
             AuthMode::Any | AuthMode::Basic | AuthMode::ApiKey => r#"Basic realm="xmagent""#,
         })
+    }
+
+    /// Seconds the caller should wait before retrying, for the 429 answers.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AuthError::Throttled { retry_after_secs } => Some(*retry_after_secs),
+            AuthError::Busy => Some(1),
+            _ => None,
+        }
     }
 
     fn unauthorized(reason: &'static str) -> Self {
@@ -361,9 +425,12 @@ impl fmt::Debug for TokenResponse {
 #[error("{error}: {description}")]
 pub struct OAuthError {
     /// 400 for `invalid_request`/`invalid_grant`/`unsupported_grant_type`, 401 for
-    /// `invalid_client`, 500 for `server_error`.
+    /// `invalid_client`, 429 for `temporarily_unavailable`, 500 for `server_error`.
     #[serde(skip)]
     pub status: StatusCode,
+    /// For 429: seconds until the client may retry (sent as `Retry-After`).
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
     /// The RFC 6749 error code: `invalid_request`, `invalid_grant`, `invalid_client`,
     /// `unsupported_grant_type`, or `server_error`.
     pub error: &'static str,
@@ -376,6 +443,7 @@ impl OAuthError {
     fn invalid_request(description: impl Into<String>) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
+            retry_after_secs: None,
             error: "invalid_request",
             description: description.into(),
         }
@@ -384,6 +452,7 @@ impl OAuthError {
     fn invalid_grant(description: &str) -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
+            retry_after_secs: None,
             error: "invalid_grant",
             description: description.to_owned(),
         }
@@ -392,6 +461,7 @@ impl OAuthError {
     fn invalid_client() -> Self {
         Self {
             status: StatusCode::UNAUTHORIZED,
+            retry_after_secs: None,
             error: "invalid_client",
             description: "unknown client_id".to_owned(),
         }
@@ -400,14 +470,35 @@ impl OAuthError {
     fn unsupported_grant_type() -> Self {
         Self {
             status: StatusCode::BAD_REQUEST,
+            retry_after_secs: None,
             error: "unsupported_grant_type",
             description: "grant_type must be `password` or `refresh_token`".to_owned(),
+        }
+    }
+
+    /// The grant was not checked because of throttling or a full verification queue.
+    fn unavailable(error: &AuthError) -> Self {
+        Self {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retry_after_secs: error.retry_after_secs(),
+            error: "temporarily_unavailable",
+            description: error.to_string(),
+        }
+    }
+
+    fn unauthorized_client() -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            retry_after_secs: None,
+            error: "unauthorized_client",
+            description: "this user may not call integrations".to_owned(),
         }
     }
 
     fn server_error() -> Self {
         Self {
             status: StatusCode::INTERNAL_SERVER_ERROR,
+            retry_after_secs: None,
             error: "server_error",
             description: "the token could not be issued".to_owned(),
         }
@@ -519,14 +610,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 enum Verifier {
     /// A plain secret from the config, reduced to its SHA-256 digest.
     Digest(SecretDigest),
-    /// An argon2 PHC string, validated at load.
-    Argon2(String),
-}
-
-impl Verifier {
-    fn is_slow(&self) -> bool {
-        matches!(self, Verifier::Argon2(_))
-    }
+    /// An argon2 PHC string, validated at load (shared, so a check on the pool needs no copy).
+    Argon2(Arc<str>),
 }
 
 struct User {
@@ -560,7 +645,7 @@ pub struct AuthStats {
     pub refresh_tokens: usize,
 }
 
-/// A bounded map from a SHA-256 key to an expiry time.
+/// A bounded map from a SHA-256 key to a user, a token family and an expiry time.
 struct ExpiringSet {
     entries: HashMap<[u8; 32], Entry>,
     capacity: usize,
@@ -569,6 +654,9 @@ struct ExpiringSet {
 
 struct Entry {
     user: String,
+    /// The OAuth token family (every token descended from one password grant), so reuse of a
+    /// rotated refresh token can revoke them all; 0 for the verification cache.
+    family: u64,
     expires: Instant,
 }
 
@@ -591,18 +679,20 @@ impl ExpiringSet {
         self.entries.get(key).map(|e| e.user.as_str())
     }
 
-    /// Remove `key`, returning its user if it had not expired (single use).
-    fn take(&mut self, key: &[u8; 32], now: Instant) -> Option<String> {
-        self.entries
-            .remove(key)
-            .filter(|e| e.expires > now)
-            .map(|e| e.user)
+    /// Remove `key`, returning it if it had not expired (single use).
+    fn take(&mut self, key: &[u8; 32], now: Instant) -> Option<Entry> {
+        self.entries.remove(key).filter(|e| e.expires > now)
+    }
+
+    /// Drop every entry of token family `family`.
+    fn revoke(&mut self, family: u64) {
+        self.entries.retain(|_, e| e.family != family);
     }
 
     /// Record `key`. Sweeps expired entries when full (or once in a while); if the set is still
     /// full, drops the eighth of the entries closest to expiry, so inserts stay amortized cheap
     /// and memory stays bounded.
-    fn insert(&mut self, key: [u8; 32], user: String, expires: Instant, now: Instant) {
+    fn insert(&mut self, key: [u8; 32], entry: Entry, now: Instant) {
         let sweep_due = self
             .last_sweep
             .is_none_or(|t| now.saturating_duration_since(t) >= TOKEN_SWEEP_INTERVAL);
@@ -617,7 +707,7 @@ impl ExpiringSet {
             let threshold = *threshold;
             self.entries.retain(|_, e| e.expires > threshold);
         }
-        self.entries.insert(key, Entry { user, expires });
+        self.entries.insert(key, entry);
     }
 
     fn len(&self) -> usize {
@@ -628,6 +718,17 @@ impl ExpiringSet {
 struct Tokens {
     access: ExpiringSet,
     refresh: ExpiringSet,
+    /// Refresh tokens already redeemed, until they would have expired: presenting one again
+    /// means it leaked, so its whole family is revoked (RFC 6819 §5.2.2.3, RFC 9700 §4.14.2).
+    spent: ExpiringSet,
+}
+
+impl Tokens {
+    fn revoke(&mut self, family: u64) {
+        self.access.revoke(family);
+        self.refresh.revoke(family);
+        self.spent.revoke(family);
+    }
 }
 
 struct Inner {
@@ -637,10 +738,20 @@ struct Inner {
     refresh_ttl: Duration,
     client_id: Option<String>,
     tokens: Mutex<Tokens>,
+    next_family: AtomicU64,
     /// Recent successful argon2 verifications: SHA-256(domain, name, secret) → expiry.
     verified: Mutex<ExpiringSet>,
     argon2_verifications: AtomicU64,
     cache_hits: AtomicU64,
+    /// Where argon2 runs: bounded threads and queue, never a tokio worker.
+    pool: verify_pool::VerifyPool,
+    throttle: throttle::FailureThrottle,
+    /// A hash at the cost of the configured ones, checked when a name matches no user or key
+    /// so unknown names cost as much as known ones; `None` when no argon2 hash is configured.
+    dummy: Option<Verifier>,
+    /// Users named in some integration's `allowed_users`: they may obtain OAuth tokens without
+    /// the REST role (set once by the config loader).
+    listed_callers: OnceLock<HashSet<String>>,
 }
 
 /// Verifies credentials for every inbound request and issues OAuth tokens.
@@ -649,10 +760,8 @@ struct Inner {
 /// one, which also resets issued tokens and the verification cache. Cloning is cheap (the state is
 /// shared behind an `Arc`), so each connection task can hold its own handle.
 ///
-/// Argon2 hashes cost tens of milliseconds to verify. [`Authenticator::authenticate`] verifies
-/// inline (acceptable on a small agent; successes are cached for ten minutes, so a steady client
-/// pays once); [`Authenticator::authenticate_async`] and [`Authenticator::token`] move a cache
-/// miss onto tokio's blocking pool so the async workers keep serving.
+/// Argon2 hashes cost tens of milliseconds to verify: a cache miss runs on the authenticator's own
+/// bounded thread pool (successes are cached for ten minutes, so a steady client pays once).
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Arc<Inner>,
@@ -692,6 +801,7 @@ impl Authenticator {
     pub fn from_config(
         users: &[UserConfig],
         oauth: &OAuthConfig,
+        limits: &AuthLimitsConfig,
         config_file: &Path,
         base_dir: &Path,
     ) -> Result<Self, ConfigError> {
@@ -780,6 +890,41 @@ impl Authenticator {
             }
         }
 
+        let threads = match limits.verify_threads {
+            Some(0) => return Err(errors.err("auth.verify_threads", "must be at least 1")),
+            Some(n) if n > 64 => {
+                return Err(errors.err("auth.verify_threads", "must be at most 64"))
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(2, |n| n.get().min(64)),
+        };
+        let queue = limits
+            .verify_queue
+            .unwrap_or(threads * DEFAULT_QUEUE_PER_THREAD);
+        if queue > 10_000 {
+            return Err(errors.err("auth.verify_queue", "must be at most 10000"));
+        }
+        let max_failures = limits.max_failures.unwrap_or(DEFAULT_MAX_FAILURES);
+        if max_failures == 0 {
+            return Err(errors.err("auth.max_failures", "must be at least 1"));
+        }
+        let window = limits
+            .failure_window_secs
+            .unwrap_or(DEFAULT_FAILURE_WINDOW_SECS);
+        if window == 0 || window > 86_400 {
+            return Err(errors.err(
+                "auth.failure_window_secs",
+                "must be between 1 and 86400 seconds",
+            ));
+        }
+        let dummy = dummy_verifier(
+            by_name
+                .values()
+                .filter_map(|u| u.password.as_ref())
+                .chain(api_keys.values().map(|k| &k.secret)),
+        )
+        .map_err(|e| errors.err("users", e.to_string()))?;
+
         Ok(Self {
             inner: Arc::new(Inner {
                 users: by_name,
@@ -790,10 +935,16 @@ impl Authenticator {
                 tokens: Mutex::new(Tokens {
                     access: ExpiringSet::new(MAX_TOKENS),
                     refresh: ExpiringSet::new(MAX_TOKENS),
+                    spent: ExpiringSet::new(MAX_TOKENS),
                 }),
+                next_family: AtomicU64::new(1),
                 verified: Mutex::new(ExpiringSet::new(VERIFY_CACHE_CAPACITY)),
                 argon2_verifications: AtomicU64::new(0),
                 cache_hits: AtomicU64::new(0),
+                pool: verify_pool::VerifyPool::new(threads, queue),
+                throttle: throttle::FailureThrottle::new(max_failures, Duration::from_secs(window)),
+                dummy,
+                listed_callers: OnceLock::new(),
             }),
             clock: Arc::new(SystemClock),
         })
@@ -835,55 +986,77 @@ impl Authenticator {
         }
     }
 
-    /// Authenticate a request to an integration with `policy` and check that the principal may
-    /// trigger it. `api_key_param` is the `apiKey` query parameter, if present.
+    /// Let the users named in some integration's `allowed_users` obtain OAuth tokens even without
+    /// the REST role (they may call that integration). Called once by the config loader after the
+    /// integrations are built; later calls are ignored.
+    pub fn permit_listed_callers(&self, names: HashSet<String>) {
+        let _ = self.inner.listed_callers.set(names);
+    }
+
+    /// Authenticate a request from `source` to an integration with `policy` and check that the
+    /// principal may trigger it. `api_key_param` is the `apiKey` query parameter, if present.
     ///
     /// In `any` mode every credential the request carries is tried (Bearer, then Basic as API key,
     /// then Basic as password, then the URL key) and the first that verifies wins. Argon2 cache
-    /// misses are verified inline on the calling thread; use
-    /// [`Authenticator::authenticate_async`] from async code to keep that off the runtime.
-    pub fn authenticate(
+    /// misses run on the verification pool; a full pool answers [`AuthError::Busy`], a
+    /// (source, name) pair that failed too often [`AuthError::Throttled`].
+    pub async fn authenticate(
         &self,
         policy: &IntegrationAuth,
         headers: &HeaderMap,
         api_key_param: Option<&str>,
+        source: IpAddr,
     ) -> Result<Principal, AuthError> {
-        let principal = self.identify(policy, headers, api_key_param)?;
+        let principal = self
+            .identify(policy, headers, api_key_param, source)
+            .await?;
         self.authorize(policy, principal)
     }
 
-    /// Like [`Authenticator::authenticate`], but when an argon2 verification is needed that the
-    /// cache cannot answer, runs it on tokio's blocking pool instead of an async worker. Only the
-    /// `Authorization` header is consulted, so only that is copied to the blocking task.
-    pub async fn authenticate_async(
+    /// Authenticate a caller of an admin endpoint: the agent's admin token (`admin_token`, as
+    /// Bearer) or a configured user holding [`AGENT_ADMIN_ROLE`]. A valid user without the role
+    /// gets [`AuthError::NotAdmin`] (403). One function so every admin route checks alike.
+    pub async fn authenticate_admin(
         &self,
-        policy: &IntegrationAuth,
         headers: &HeaderMap,
-        api_key_param: Option<&str>,
-    ) -> Result<Principal, AuthError> {
-        if !self.needs_slow_check(policy.mode, headers) {
-            return self.authenticate(policy, headers, api_key_param);
+        source: IpAddr,
+        admin_token: &SecretDigest,
+    ) -> Result<AdminCaller, AuthError> {
+        if let Some(token) = bearer_token(headers.get(AUTHORIZATION)) {
+            if admin_token.matches(&token) {
+                return Ok(AdminCaller::Token);
+            }
         }
-        let this = self.clone();
-        let policy = policy.clone();
-        let mut only_auth = HeaderMap::new();
-        if let Some(value) = headers.get(AUTHORIZATION) {
-            only_auth.insert(AUTHORIZATION, value.clone());
+        let any = IntegrationAuth::default();
+        let principal = self.identify(&any, headers, None, source).await?;
+        let is_admin = self
+            .inner
+            .users
+            .get(&principal.user)
+            .is_some_and(|u| has_role(u, AGENT_ADMIN_ROLE));
+        if is_admin {
+            Ok(AdminCaller::User(principal.user))
+        } else {
+            Err(AuthError::NotAdmin {
+                user: principal.user,
+            })
         }
-        let param = api_key_param.map(str::to_owned);
-        tokio::task::spawn_blocking(move || {
-            this.authenticate(&policy, &only_auth, param.as_deref())
-        })
-        .await
-        .unwrap_or(Err(AuthError::unauthorized(REASON_INTERNAL)))
     }
 
-    /// Serve `POST /api/xm/1/oauth2/token`: `form_body` is the form-urlencoded request body.
+    /// Serve `POST /api/xm/1/oauth2/token` for a client at `source`: `form_body` is the
+    /// form-urlencoded request body.
     ///
-    /// `grant_type=password` verifies `username`/`password` (argon2 misses run on the blocking
-    /// pool); `grant_type=refresh_token` redeems a refresh token once (it is rotated: the answer
-    /// carries a new one). When the config names a `client_id`, the request must carry it.
-    pub async fn token(&self, form_body: &[u8]) -> Result<TokenResponse, OAuthError> {
+    /// `grant_type=password` verifies `username`/`password` like Basic (same pool, same
+    /// throttle) and issues tokens only to users who may call integrations (the REST role, or
+    /// named in an `allowed_users`). `grant_type=refresh_token` redeems a refresh token once (it
+    /// is rotated: the answer carries a new one); presenting an already redeemed one revokes
+    /// every token descended from the same password grant. When the config names a
+    /// `client_id`, the request must carry it.
+    pub async fn token(
+        &self,
+        form_body: &[u8],
+        source: IpAddr,
+    ) -> Result<TokenResponse, OAuthError> {
         let form = parse_form(form_body)?;
         let grant_type = form
             .get("grant_type")
@@ -901,40 +1074,53 @@ impl Authenticator {
                 .ok_or_else(|| OAuthError::invalid_request(format!("missing {name}")))
         };
 
-        let user = if grant_type == "password" {
+        if grant_type == "password" {
             let username = required("username")?;
             let password = required("password")?;
-            let ok = if self.password_check_is_slow(username, password) {
-                let this = self.clone();
-                let (username, password) = (username.clone(), password.clone());
-                tokio::task::spawn_blocking(move || this.check_password(&username, &password))
-                    .await
-                    .map_err(|_| OAuthError::server_error())?
-            } else {
-                self.check_password(username, password)
+            let principal = match self
+                .check_basic(source, username, password, false, true)
+                .await
+            {
+                Ok(Some(principal)) => principal,
+                Ok(None) => return Err(OAuthError::invalid_grant("invalid username or password")),
+                Err(error) => return Err(OAuthError::unavailable(&error)),
             };
-            if !ok {
-                return Err(OAuthError::invalid_grant("invalid username or password"));
+            if !self.may_call_integrations(&principal.user) {
+                return Err(OAuthError::unauthorized_client());
             }
-            username.clone()
-        } else {
-            let refresh = required("refresh_token")?;
-            let now = self.clock.now();
-            lock(&self.inner.tokens)
-                .refresh
-                .take(&token_key(refresh), now)
-                .ok_or_else(|| OAuthError::invalid_grant("invalid or expired refresh token"))?
-        };
-        self.issue(user)
+            let family = self.inner.next_family.fetch_add(1, Ordering::Relaxed);
+            return self.issue(principal.user, family);
+        }
+        let refresh = token_key(required("refresh_token")?);
+        let now = self.clock.now();
+        let mut tokens = lock(&self.inner.tokens);
+        if let Some(entry) = tokens.refresh.take(&refresh, now) {
+            let family = entry.family;
+            let user = entry.user.clone();
+            tokens.spent.insert(refresh, entry, now);
+            drop(tokens);
+            return self.issue(user, family);
+        }
+        if let Some(reused) = tokens.spent.take(&refresh, now) {
+            tokens.revoke(reused.family);
+            tracing::warn!(
+                user = %reused.user,
+                "a refresh token was presented twice; every token of its grant is revoked"
+            );
+        }
+        Err(OAuthError::invalid_grant(
+            "invalid or expired refresh token",
+        ))
     }
 
     // --- internals ---------------------------------------------------------------------------
 
-    fn identify(
+    async fn identify(
         &self,
         policy: &IntegrationAuth,
         headers: &HeaderMap,
         api_key_param: Option<&str>,
+        source: IpAddr,
     ) -> Result<Principal, AuthError> {
         let mode = policy.mode;
         let accepts = |m: AuthMode| mode == AuthMode::Any || mode == m;
@@ -957,19 +1143,17 @@ impl Authenticator {
         if accepts(AuthMode::ApiKey) || accepts(AuthMode::Basic) {
             if let Some((name, secret)) = basic_credentials(authorization) {
                 presented = true;
-                if accepts(AuthMode::ApiKey) {
-                    if let Some(owner) = self.check_api_key(&name, &secret) {
-                        return Ok(Principal {
-                            user: owner,
-                            method: AuthMethod::ApiKey,
-                        });
-                    }
-                }
-                if accepts(AuthMode::Basic) && self.check_password(&name, &secret) {
-                    return Ok(Principal {
-                        user: name,
-                        method: AuthMethod::Basic,
-                    });
+                let checked = self
+                    .check_basic(
+                        source,
+                        &name,
+                        &secret,
+                        accepts(AuthMode::ApiKey),
+                        accepts(AuthMode::Basic),
+                    )
+                    .await?;
+                if let Some(principal) = checked {
+                    return Ok(principal);
                 }
             }
         }
@@ -995,6 +1179,67 @@ impl Authenticator {
         }))
     }
 
+    /// Check Basic-style credentials as an API key (if `as_key`) and as a user's password (if
+    /// `as_password`), throttled per (source, name). `Ok(None)`: wrong credentials (counted as a
+    /// failure of the pair).
+    async fn check_basic(
+        &self,
+        source: IpAddr,
+        name: &str,
+        secret: &str,
+        as_key: bool,
+        as_password: bool,
+    ) -> Result<Option<Principal>, AuthError> {
+        let throttle = &self.inner.throttle;
+        if let Err(wait) = throttle.check(source, name, self.clock.now()) {
+            return Err(AuthError::Throttled {
+                retry_after_secs: wait.as_secs().max(1),
+            });
+        }
+        let key = self.inner.api_keys.get(name).filter(|_| as_key);
+        let password = self
+            .inner
+            .users
+            .get(name)
+            .and_then(|u| u.password.as_ref())
+            .filter(|_| as_password);
+        let mut found = None;
+        if let Some(key) = key {
+            if self
+                .verify(Domain::ApiKeySecret, name, secret, &key.secret)
+                .await?
+            {
+                found = Some(Principal {
+                    user: key.owner.clone(),
+                    method: AuthMethod::ApiKey,
+                });
+            }
+        }
+        if let (None, Some(verifier)) = (&found, password) {
+            if self
+                .verify(Domain::Password, name, secret, verifier)
+                .await?
+            {
+                found = Some(Principal {
+                    user: name.to_owned(),
+                    method: AuthMethod::Basic,
+                });
+            }
+        }
+        if key.is_none() && password.is_none() {
+            // Nobody by that name: spend what a real check would, then fail.
+            if let Some(dummy) = &self.inner.dummy {
+                self.verify(Domain::Password, name, secret, dummy).await?;
+            }
+        }
+        if found.is_some() {
+            throttle.succeeded(source, name);
+        } else {
+            throttle.failed(source, name, self.clock.now());
+        }
+        Ok(found)
+    }
+
     fn authorize(
         &self,
         policy: &IntegrationAuth,
@@ -1017,39 +1262,17 @@ impl Authenticator {
         }
     }
 
-    /// Whether authenticating these headers under `mode` would compute an argon2 hash.
-    fn needs_slow_check(&self, mode: AuthMode, headers: &HeaderMap) -> bool {
-        let Some((name, secret)) = basic_credentials(headers.get(AUTHORIZATION)) else {
-            return false;
-        };
-        let key_slow = matches!(mode, AuthMode::Any | AuthMode::ApiKey)
-            && self.inner.api_keys.get(&name).is_some_and(|k| {
-                k.secret.is_slow() && !self.cached(Domain::ApiKeySecret, &name, &secret)
-            });
-        let password_slow = matches!(mode, AuthMode::Any | AuthMode::Basic)
-            && self.password_check_is_slow(&name, &secret);
-        key_slow || password_slow
-    }
-
-    fn password_check_is_slow(&self, name: &str, password: &str) -> bool {
+    /// Whether `user` may call some integration, so may hold an OAuth token.
+    fn may_call_integrations(&self, user: &str) -> bool {
         self.inner
             .users
-            .get(name)
-            .and_then(|u| u.password.as_ref())
-            .is_some_and(|v| v.is_slow() && !self.cached(Domain::Password, name, password))
-    }
-
-    fn check_password(&self, name: &str, password: &str) -> bool {
-        let Some(verifier) = self.inner.users.get(name).and_then(|u| u.password.as_ref()) else {
-            return false;
-        };
-        self.verify(Domain::Password, name, password, verifier)
-    }
-
-    fn check_api_key(&self, key: &str, secret: &str) -> Option<String> {
-        let api_key = self.inner.api_keys.get(key)?;
-        self.verify(Domain::ApiKeySecret, key, secret, &api_key.secret)
-            .then(|| api_key.owner.clone())
+            .get(user)
+            .is_some_and(|u| has_role(u, REST_WEB_SERVICE_USER))
+            || self
+                .inner
+                .listed_callers
+                .get()
+                .is_some_and(|names| names.contains(user))
     }
 
     fn check_access_token(&self, token: &str) -> Option<String> {
@@ -1060,41 +1283,47 @@ impl Authenticator {
             .map(str::to_owned)
     }
 
-    fn verify(&self, domain: Domain, name: &str, given: &str, verifier: &Verifier) -> bool {
-        match verifier {
-            Verifier::Digest(digest) => digest.matches(given),
-            Verifier::Argon2(phc) => {
-                let key = cache_key(domain, name, given);
-                let now = self.clock.now();
-                if lock(&self.inner.verified).get(&key, now).is_some() {
-                    self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                self.inner
-                    .argon2_verifications
-                    .fetch_add(1, Ordering::Relaxed);
-                let ok = PasswordHash::new(phc).is_ok_and(|hash| {
-                    Argon2::default()
-                        .verify_password(given.as_bytes(), &hash)
-                        .is_ok()
-                });
-                if ok {
-                    let expires = now.checked_add(VERIFY_CACHE_TTL).unwrap_or(now);
-                    lock(&self.inner.verified).insert(key, String::new(), expires, now);
-                }
-                ok
-            }
-        }
-    }
-
-    fn cached(&self, domain: Domain, name: &str, given: &str) -> bool {
+    async fn verify(
+        &self,
+        domain: Domain,
+        name: &str,
+        given: &str,
+        verifier: &Verifier,
+    ) -> Result<bool, AuthError> {
+        let phc = match verifier {
+            Verifier::Digest(digest) => return Ok(digest.matches(given)),
+            Verifier::Argon2(phc) => Arc::clone(phc),
+        };
+        let key = cache_key(domain, name, given);
         let now = self.clock.now();
-        lock(&self.inner.verified)
-            .get(&cache_key(domain, name, given), now)
-            .is_some()
+        if lock(&self.inner.verified).get(&key, now).is_some() {
+            self.inner.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(true);
+        }
+        let given = given.to_owned();
+        let ok = self
+            .inner
+            .pool
+            .run(move || argon2_matches(&phc, &given))
+            .await
+            .map_err(|_| AuthError::Busy)?;
+        self.inner
+            .argon2_verifications
+            .fetch_add(1, Ordering::Relaxed);
+        if ok {
+            let now = self.clock.now();
+            let expires = now.checked_add(VERIFY_CACHE_TTL).unwrap_or(now);
+            let entry = Entry {
+                user: String::new(),
+                family: 0,
+                expires,
+            };
+            lock(&self.inner.verified).insert(key, entry, now);
+        }
+        Ok(ok)
     }
 
-    fn issue(&self, user: String) -> Result<TokenResponse, OAuthError> {
+    fn issue(&self, user: String, family: u64) -> Result<TokenResponse, OAuthError> {
         let now = self.clock.now();
         let access_expires = now
             .checked_add(self.inner.access_ttl)
@@ -1106,12 +1335,20 @@ impl Authenticator {
         let refresh_token = generate_key();
         {
             let mut tokens = lock(&self.inner.tokens);
-            tokens
-                .access
-                .insert(token_key(&access_token), user.clone(), access_expires, now);
+            let access = Entry {
+                user: user.clone(),
+                family,
+                expires: access_expires,
+            };
+            tokens.access.insert(token_key(&access_token), access, now);
+            let refresh = Entry {
+                user,
+                family,
+                expires: refresh_expires,
+            };
             tokens
                 .refresh
-                .insert(token_key(&refresh_token), user, refresh_expires, now);
+                .insert(token_key(&refresh_token), refresh, now);
         }
         Ok(TokenResponse {
             access_token,
@@ -1120,6 +1357,52 @@ impl Authenticator {
             refresh_token,
         })
     }
+}
+
+/// Who passed [`Authenticator::authenticate_admin`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminCaller {
+    /// The agent's admin token (the CLI): sees everything.
+    Token,
+    /// A user holding [`AGENT_ADMIN_ROLE`]: sees the integrations whose `allowed_users` (if set)
+    /// name them.
+    User(String),
+}
+
+impl AdminCaller {
+    /// Whether this caller may see the data (activity, request records, dead letters) of an
+    /// integration with `policy`: `allowed_users` holds here too.
+    pub fn may_see(&self, policy: &IntegrationAuth) -> bool {
+        match (self, &policy.allowed_users) {
+            (AdminCaller::Token, _) | (AdminCaller::User(_), None) => true,
+            (AdminCaller::User(name), Some(allowed)) => allowed.contains(name),
+        }
+    }
+}
+
+/// A verifier for names that match nobody: a hash of a random secret at the parameters of the
+/// costliest configured argon2 hash, or `None` when every secret is a plain digest (then a known
+/// name costs a digest too).
+fn dummy_verifier<'a>(
+    configured: impl Iterator<Item = &'a Verifier>,
+) -> Result<Option<Verifier>, HashPasswordError> {
+    let costliest = configured
+        .filter_map(|v| match v {
+            Verifier::Argon2(phc) => {
+                let hash = PasswordHash::new(phc).ok()?;
+                let params = argon2::Params::try_from(&hash).ok()?;
+                let algorithm = argon2::Algorithm::try_from(hash.algorithm).ok()?;
+                Some((algorithm, params))
+            }
+            Verifier::Digest(_) => None,
+        })
+        .max_by_key(|(_, p)| u64::from(p.m_cost()) * u64::from(p.t_cost()));
+    let Some((algorithm, params)) = costliest else {
+        return Ok(None);
+    };
+    let argon2 = Argon2::new(algorithm, argon2::Version::V0x13, params);
+    let phc = hash_with(&argon2, &generate_key())?;
+    Ok(Some(Verifier::Argon2(phc.into())))
 }
 
 fn has_role(user: &User, role: &str) -> bool {
@@ -1249,7 +1532,7 @@ fn load_secret(
     }
     if let Some(hash) = hash {
         return validate_phc(hash.trim())
-            .map(|phc| Some(Verifier::Argon2(phc.to_owned())))
+            .map(|phc| Some(Verifier::Argon2(phc.into())))
             .map_err(|reason| errors.err(format!("{at}.{hash_key}"), reason));
     }
     if required {
@@ -1308,6 +1591,16 @@ mod tests {
     use http::HeaderValue;
 
     const URL_KEY: &str = "url-key-0123456789";
+    /// The source address of test requests.
+    const SRC: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// Limits that never throttle, for tests that try many wrong credentials on purpose.
+    fn lenient_limits() -> AuthLimitsConfig {
+        AuthLimitsConfig {
+            max_failures: Some(1_000_000),
+            ..AuthLimitsConfig::default()
+        }
+    }
 
     /// Argon2id at the smallest cost, so unit tests in debug builds stay fast.
     fn cheap_hash(plain: &str) -> String {
@@ -1352,7 +1645,9 @@ mod tests {
         let mut norole = user("norole", &["Standard User"]);
         norole.password = Some("np".into());
         let nopass = user("nopass", &[REST_WEB_SERVICE_USER]);
-        vec![svc, hashy, norole, nopass]
+        let mut boss = user("boss", &[AGENT_ADMIN_ROLE]);
+        boss.password = Some("boss-pass".into());
+        vec![svc, hashy, norole, nopass, boss]
     }
 
     fn authenticator(oauth: &OAuthConfig) -> (Authenticator, Arc<ManualClock>) {
@@ -1360,6 +1655,7 @@ mod tests {
         let auth = Authenticator::from_config(
             &users(),
             oauth,
+            &lenient_limits(),
             Path::new("/etc/xmagent/config.toml"),
             Path::new("/etc/xmagent"),
         )
@@ -1399,11 +1695,19 @@ mod tests {
 
     async fn login(auth: &Authenticator, user: &str, password: &str) -> TokenResponse {
         let body = format!("grant_type=password&username={user}&password={password}");
-        auth.token(body.as_bytes()).await.expect("password grant")
+        auth.token(body.as_bytes(), SRC)
+            .await
+            .expect("password grant")
     }
 
     fn config_error(users: &[UserConfig], oauth: &OAuthConfig, base: &Path) -> String {
-        match Authenticator::from_config(users, oauth, Path::new("/cfg/agent.toml"), base) {
+        match Authenticator::from_config(
+            users,
+            oauth,
+            &AuthLimitsConfig::default(),
+            Path::new("/cfg/agent.toml"),
+            base,
+        ) {
             Ok(_) => panic!("config should have been rejected"),
             Err(e) => {
                 assert_eq!(e.file, "/cfg/agent.toml");
@@ -1519,7 +1823,9 @@ mod tests {
             for cred in CREDS {
                 let context = format!("{cred:?} in mode {mode:?}");
                 let (headers, param, user, method) = request(cred, true, &token);
-                let result = auth.authenticate(&policy(mode), &headers, param.as_deref());
+                let result = auth
+                    .authenticate(&policy(mode), &headers, param.as_deref(), SRC)
+                    .await;
                 if accepted(cred, mode) {
                     let principal = result.unwrap_or_else(|e| panic!("{context}: {e}"));
                     assert_eq!(principal.user, user, "{context}");
@@ -1528,7 +1834,9 @@ mod tests {
                     assert_unauthorized(result, &context);
                 }
                 let (headers, param, _, _) = request(cred, false, &token);
-                let result = auth.authenticate(&policy(mode), &headers, param.as_deref());
+                let result = auth
+                    .authenticate(&policy(mode), &headers, param.as_deref(), SRC)
+                    .await;
                 assert_unauthorized(result, &format!("wrong secret: {context}"));
                 checked += 1;
             }
@@ -1537,33 +1845,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn authenticate_async_agrees_with_the_sync_path() {
-        let (auth, _) = authenticator(&OAuthConfig::default());
-        let token = login(&auth, "hashy", "hash-pass").await.access_token;
-        for mode in MODES {
-            for cred in CREDS {
-                for right in [true, false] {
-                    let (headers, param, _, _) = request(cred, right, &token);
-                    let sync = auth.authenticate(&policy(mode), &headers, param.as_deref());
-                    let asynchronous = auth
-                        .authenticate_async(&policy(mode), &headers, param.as_deref())
-                        .await;
-                    assert_eq!(
-                        format!("{sync:?}"),
-                        format!("{asynchronous:?}"),
-                        "{cred:?} {mode:?} right={right}"
-                    );
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn missing_credentials_are_unauthorized_with_a_challenge() {
+    async fn missing_credentials_are_unauthorized_with_a_challenge() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         for mode in MODES {
             let err = auth
-                .authenticate(&policy(mode), &HeaderMap::new(), None)
+                .authenticate(&policy(mode), &HeaderMap::new(), None, SRC)
+                .await
                 .expect_err("no credentials");
             assert!(
                 matches!(err, AuthError::Unauthorized { reason } if reason == REASON_MISSING),
@@ -1585,8 +1872,8 @@ mod tests {
         assert_eq!(forbidden.www_authenticate(AuthMode::Any), None);
     }
 
-    #[test]
-    fn unknown_users_keys_and_malformed_headers_are_unauthorized() {
+    #[tokio::test]
+    async fn unknown_users_keys_and_malformed_headers_are_unauthorized() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         let mut garbage = HeaderMap::new();
         garbage.insert(AUTHORIZATION, HeaderValue::from_static("Basic !!!"));
@@ -1600,7 +1887,7 @@ mod tests {
         for (i, headers) in cases.iter().enumerate() {
             for mode in MODES {
                 assert_unauthorized(
-                    auth.authenticate(&policy(mode), headers, None),
+                    auth.authenticate(&policy(mode), headers, None, SRC).await,
                     &format!("case {i} mode {mode:?}"),
                 );
             }
@@ -1611,16 +1898,23 @@ mod tests {
             ..policy(AuthMode::Url)
         };
         assert_unauthorized(
-            auth.authenticate(&no_key, &HeaderMap::new(), Some("")),
+            auth.authenticate(&no_key, &HeaderMap::new(), Some(""), SRC)
+                .await,
             "no url key",
         );
     }
 
-    #[test]
-    fn unauthorized_messages_never_contain_the_secret_or_name_the_wrong_part() {
+    #[tokio::test]
+    async fn unauthorized_messages_never_contain_the_secret_or_name_the_wrong_part() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         let err = auth
-            .authenticate(&policy(AuthMode::Basic), &basic("svc", "guess-XYZ"), None)
+            .authenticate(
+                &policy(AuthMode::Basic),
+                &basic("svc", "guess-XYZ"),
+                None,
+                SRC,
+            )
+            .await
             .expect_err("wrong password");
         let text = format!("{err} {err:?}");
         assert!(!text.contains("guess-XYZ"), "{text}");
@@ -1632,43 +1926,57 @@ mod tests {
         );
     }
 
-    #[test]
-    fn user_without_the_role_is_forbidden_not_unauthorized() {
+    #[tokio::test]
+    async fn user_without_the_role_is_forbidden_not_unauthorized() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         for mode in [AuthMode::Any, AuthMode::Basic] {
-            match auth.authenticate(&policy(mode), &basic("norole", "np"), None) {
+            match auth
+                .authenticate(&policy(mode), &basic("norole", "np"), None, SRC)
+                .await
+            {
                 Err(AuthError::Forbidden { user }) => assert_eq!(user, "norole"),
                 other => panic!("{mode:?}: expected Forbidden, got {other:?}"),
             }
         }
         // ...but a wrong password for that user is still a 401, not a hint that the user exists.
         assert_unauthorized(
-            auth.authenticate(&policy(AuthMode::Basic), &basic("norole", "nq"), None),
+            auth.authenticate(&policy(AuthMode::Basic), &basic("norole", "nq"), None, SRC)
+                .await,
             "wrong password of role-less user",
         );
     }
 
-    #[test]
-    fn allowed_users_replace_the_role_check() {
+    #[tokio::test]
+    async fn allowed_users_replace_the_role_check() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         let only_norole = IntegrationAuth {
             allowed_users: Some(vec!["norole".into()]),
             ..policy(AuthMode::Any)
         };
         let principal = auth
-            .authenticate(&only_norole, &basic("norole", "np"), None)
+            .authenticate(&only_norole, &basic("norole", "np"), None, SRC)
+            .await
             .expect("listed user without the role is allowed");
         assert_eq!(principal.user, "norole");
-        match auth.authenticate(&only_norole, &basic("svc", "svc-pass"), None) {
+        match auth
+            .authenticate(&only_norole, &basic("svc", "svc-pass"), None, SRC)
+            .await
+        {
             Err(AuthError::Forbidden { user }) => assert_eq!(user, "svc"),
             other => panic!("unlisted user: expected Forbidden, got {other:?}"),
         }
         // URL-key and API-key requests are checked as the user they act as.
-        match auth.authenticate(&only_norole, &HeaderMap::new(), Some(URL_KEY)) {
+        match auth
+            .authenticate(&only_norole, &HeaderMap::new(), Some(URL_KEY), SRC)
+            .await
+        {
             Err(AuthError::Forbidden { user }) => assert_eq!(user, "svc"),
             other => panic!("url key: expected Forbidden, got {other:?}"),
         }
-        match auth.authenticate(&only_norole, &basic("key-plain", "sec-plain"), None) {
+        match auth
+            .authenticate(&only_norole, &basic("key-plain", "sec-plain"), None, SRC)
+            .await
+        {
             Err(AuthError::Forbidden { user }) => assert_eq!(user, "svc"),
             other => panic!("api key: expected Forbidden, got {other:?}"),
         }
@@ -1680,43 +1988,50 @@ mod tests {
                 },
                 &basic("key-plain", "sec-plain"),
                 None,
+                SRC,
             )
+            .await
             .expect("key owner is listed");
         assert_eq!(principal.user, "svc");
     }
 
-    #[test]
-    fn any_mode_falls_back_to_the_url_key_when_the_header_fails() {
+    #[tokio::test]
+    async fn any_mode_falls_back_to_the_url_key_when_the_header_fails() {
         let (auth, _) = authenticator(&OAuthConfig::default());
         let principal = auth
             .authenticate(
                 &policy(AuthMode::Any),
                 &basic("svc", "wrong"),
                 Some(URL_KEY),
+                SRC,
             )
+            .await
             .expect("the url key verifies");
         assert_eq!(principal.method, AuthMethod::Url);
     }
 
-    #[test]
-    fn argon2_success_is_cached_failures_are_not() {
+    #[tokio::test]
+    async fn argon2_success_is_cached_failures_are_not() {
         let (auth, clock) = authenticator(&OAuthConfig::default());
         let p = policy(AuthMode::Basic);
         let good = basic("hashy", "hash-pass");
-        assert!(auth.needs_slow_check(AuthMode::Basic, &good));
-        auth.authenticate(&p, &good, None).expect("first check");
+        auth.authenticate(&p, &good, None, SRC)
+            .await
+            .expect("first check");
         assert_eq!(auth.stats().argon2_verifications, 1);
         assert_eq!(auth.stats().cache_hits, 0);
-        assert!(!auth.needs_slow_check(AuthMode::Basic, &good));
 
-        auth.authenticate(&p, &good, None).expect("second check");
+        auth.authenticate(&p, &good, None, SRC)
+            .await
+            .expect("second check");
         let stats = auth.stats();
         assert_eq!(stats.argon2_verifications, 1, "second check must not hash");
         assert_eq!(stats.cache_hits, 1);
 
         for _ in 0..2 {
             assert_unauthorized(
-                auth.authenticate(&p, &basic("hashy", "nope"), None),
+                auth.authenticate(&p, &basic("hashy", "nope"), None, SRC)
+                    .await,
                 "wrong",
             );
         }
@@ -1728,17 +2043,20 @@ mod tests {
 
         // API-key secrets share the cache but not its entries.
         let key = basic("key-hashed", "sec-hash");
-        auth.authenticate(&policy(AuthMode::ApiKey), &key, None)
+        auth.authenticate(&policy(AuthMode::ApiKey), &key, None, SRC)
+            .await
             .expect("key");
-        auth.authenticate(&policy(AuthMode::ApiKey), &key, None)
+        auth.authenticate(&policy(AuthMode::ApiKey), &key, None, SRC)
+            .await
             .expect("key again");
         assert_eq!(auth.stats().argon2_verifications, 4);
         assert_eq!(auth.stats().cache_hits, 2);
 
         // Entries expire.
         clock.advance(VERIFY_CACHE_TTL + Duration::from_secs(1));
-        assert!(auth.needs_slow_check(AuthMode::Basic, &good));
-        auth.authenticate(&p, &good, None).expect("after expiry");
+        auth.authenticate(&p, &good, None, SRC)
+            .await
+            .expect("after expiry");
         assert_eq!(auth.stats().argon2_verifications, 5);
     }
 
@@ -1758,19 +2076,201 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn unknown_names_cost_an_argon2_check_like_known_ones() {
+        let (auth, _) = authenticator(&OAuthConfig::default());
+        let p = policy(AuthMode::Basic);
+        assert_unauthorized(
+            auth.authenticate(&p, &basic("hashy", "wrong"), None, SRC)
+                .await,
+            "known name",
+        );
+        assert_eq!(auth.stats().argon2_verifications, 1);
+        assert_unauthorized(
+            auth.authenticate(&p, &basic("nobody", "wrong"), None, SRC)
+                .await,
+            "unknown name",
+        );
+        assert_eq!(
+            auth.stats().argon2_verifications,
+            2,
+            "an unknown name is checked against the dummy hash"
+        );
+        // Even the password of a real user does not open the dummy.
+        assert_unauthorized(
+            auth.authenticate(&p, &basic("nobody", "hash-pass"), None, SRC)
+                .await,
+            "dummy never matches",
+        );
+    }
+
+    #[tokio::test]
+    async fn failures_are_throttled_per_source_and_name() {
+        let limits = AuthLimitsConfig {
+            max_failures: Some(3),
+            failure_window_secs: Some(60),
+            ..AuthLimitsConfig::default()
+        };
+        let clock = Arc::new(ManualClock::new());
+        let auth = Authenticator::from_config(
+            &users(),
+            &OAuthConfig::default(),
+            &limits,
+            Path::new("c"),
+            Path::new("."),
+        )
+        .expect("valid")
+        .with_clock(clock.clone());
+        let p = policy(AuthMode::Basic);
+        for _ in 0..3 {
+            assert_unauthorized(
+                auth.authenticate(&p, &basic("hashy", "wrong"), None, SRC)
+                    .await,
+                "wrong",
+            );
+        }
+        let hashed = auth.stats().argon2_verifications;
+        let good = basic("hashy", "hash-pass");
+        match auth.authenticate(&p, &good, None, SRC).await {
+            Err(AuthError::Throttled { retry_after_secs }) => {
+                assert!((1..=60).contains(&retry_after_secs));
+            }
+            other => panic!("expected throttling, got {other:?}"),
+        }
+        assert_eq!(
+            auth.stats().argon2_verifications,
+            hashed,
+            "a throttled pair costs no hash"
+        );
+        let other_source = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 2, 3));
+        auth.authenticate(&p, &good, None, other_source)
+            .await
+            .expect("another source is not locked out");
+        clock.advance(Duration::from_secs(61));
+        auth.authenticate(&p, &good, None, SRC)
+            .await
+            .expect("the window has passed");
+        // The token endpoint shares the throttle and answers 429.
+        for _ in 0..3 {
+            let body = b"grant_type=password&username=svc&password=bad";
+            let err = auth.token(body, SRC).await.expect_err("wrong password");
+            assert_eq!(err.error, "invalid_grant");
+        }
+        let err = auth
+            .token(b"grant_type=password&username=svc&password=svc-pass", SRC)
+            .await
+            .expect_err("throttled");
+        assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(err.retry_after_secs.is_some());
+    }
+
+    #[tokio::test]
+    async fn admin_needs_the_admin_token_or_the_admin_role() {
+        let (auth, _) = authenticator(&OAuthConfig::default());
+        let admin_token = SecretDigest::new("admin-token-xyz");
+        assert_eq!(
+            auth.authenticate_admin(&bearer("admin-token-xyz"), SRC, &admin_token)
+                .await
+                .expect("token"),
+            AdminCaller::Token
+        );
+        assert_eq!(
+            auth.authenticate_admin(&basic("boss", "boss-pass"), SRC, &admin_token)
+                .await
+                .expect("admin user"),
+            AdminCaller::User("boss".into())
+        );
+        match auth
+            .authenticate_admin(&basic("svc", "svc-pass"), SRC, &admin_token)
+            .await
+        {
+            Err(AuthError::NotAdmin { user }) => assert_eq!(user, "svc"),
+            other => panic!("a REST user is no admin: {other:?}"),
+        }
+        assert_unauthorized(
+            auth.authenticate_admin(&bearer("nope"), SRC, &admin_token)
+                .await
+                .map(|_| Principal {
+                    user: String::new(),
+                    method: AuthMethod::Oauth,
+                }),
+            "wrong token",
+        );
+        let mut limited = policy(AuthMode::Any);
+        limited.allowed_users = Some(vec!["svc".into()]);
+        assert!(AdminCaller::Token.may_see(&limited));
+        assert!(!AdminCaller::User("boss".into()).may_see(&limited));
+        assert!(AdminCaller::User("boss".into()).may_see(&policy(AuthMode::Any)));
+    }
+
+    #[tokio::test]
+    async fn refresh_token_reuse_revokes_the_whole_family() {
+        let (auth, _) = authenticator(&OAuthConfig::default());
+        let refresh = |token: &str| format!("grant_type=refresh_token&refresh_token={token}");
+        let first = login(&auth, "svc", "svc-pass").await;
+        let unrelated = login(&auth, "svc", "svc-pass").await;
+        let second = auth
+            .token(refresh(&first.refresh_token).as_bytes(), SRC)
+            .await
+            .expect("rotation");
+        let p = policy(AuthMode::Oauth);
+        auth.authenticate(&p, &bearer(&second.access_token), None, SRC)
+            .await
+            .expect("rotated token works");
+        // The old refresh token comes back: someone else holds a copy.
+        let err = auth
+            .token(refresh(&first.refresh_token).as_bytes(), SRC)
+            .await
+            .expect_err("reuse");
+        assert_eq!(err.error, "invalid_grant");
+        for token in [&first.access_token, &second.access_token] {
+            assert_unauthorized(
+                auth.authenticate(&p, &bearer(token), None, SRC).await,
+                "revoked access token",
+            );
+        }
+        auth.token(refresh(&second.refresh_token).as_bytes(), SRC)
+            .await
+            .expect_err("the family's newest refresh token is revoked too");
+        auth.authenticate(&p, &bearer(&unrelated.access_token), None, SRC)
+            .await
+            .expect("another grant's tokens stay valid");
+    }
+
+    #[tokio::test]
+    async fn only_users_who_may_call_integrations_get_tokens() {
+        let (auth, _) = authenticator(&OAuthConfig::default());
+        let body = b"grant_type=password&username=norole&password=np";
+        let err = auth.token(body, SRC).await.expect_err("no REST role");
+        assert_eq!(err.error, "unauthorized_client");
+        assert_eq!(auth.stats().access_tokens, 0);
+        auth.permit_listed_callers(HashSet::from(["norole".to_owned()]));
+        auth.token(body, SRC)
+            .await
+            .expect("named in an allowed_users list");
+    }
+
     #[test]
     fn expiring_set_stays_bounded() {
         let now = Instant::now();
         let mut set = ExpiringSet::new(16);
         for i in 0..100u8 {
             let expires = now + Duration::from_secs(u64::from(i) + 1);
-            set.insert([i; 32], format!("u{i}"), expires, now);
+            let entry = Entry {
+                user: format!("u{i}"),
+                family: 0,
+                expires,
+            };
+            set.insert([i; 32], entry, now);
             assert!(set.len() <= 16, "len {} after {i}", set.len());
         }
         // The newest entry always survives eviction.
         assert_eq!(set.get(&[99; 32], now), Some("u99"));
-        assert_eq!(set.take(&[99; 32], now).as_deref(), Some("u99"));
-        assert_eq!(set.take(&[99; 32], now), None, "single use");
+        assert_eq!(
+            set.take(&[99; 32], now).map(|e| e.user).as_deref(),
+            Some("u99")
+        );
+        assert!(set.take(&[99; 32], now).is_none(), "single use");
         // Expired entries are gone on lookup.
         let later = now + Duration::from_secs(1000);
         assert_eq!(set.get(&[98; 32], later), None);
@@ -1789,7 +2289,9 @@ mod tests {
                 &policy(AuthMode::Oauth),
                 &bearer(&tokens.access_token),
                 None,
+                SRC,
             )
+            .await
             .expect("bearer");
         assert_eq!(
             principal,
@@ -1804,7 +2306,9 @@ mod tests {
                 &policy(AuthMode::Oauth),
                 &bearer(&tokens.refresh_token),
                 None,
-            ),
+                SRC,
+            )
+            .await,
             "refresh token as bearer",
         );
         let json = serde_json::to_value(&tokens).expect("serialize");
@@ -1825,14 +2329,17 @@ mod tests {
         let tokens = login(&auth, "svc", "svc-pass").await;
         assert_eq!(tokens.expires_in, 1);
         let p = policy(AuthMode::Oauth);
-        auth.authenticate(&p, &bearer(&tokens.access_token), None)
+        auth.authenticate(&p, &bearer(&tokens.access_token), None, SRC)
+            .await
             .expect("fresh token");
         clock.advance(Duration::from_millis(999));
-        auth.authenticate(&p, &bearer(&tokens.access_token), None)
+        auth.authenticate(&p, &bearer(&tokens.access_token), None, SRC)
+            .await
             .expect("just before expiry");
         clock.advance(Duration::from_millis(1));
         let err = auth
-            .authenticate(&p, &bearer(&tokens.access_token), None)
+            .authenticate(&p, &bearer(&tokens.access_token), None, SRC)
+            .await
             .expect_err("expired");
         assert!(matches!(err, AuthError::Unauthorized { reason } if reason == REASON_BAD_TOKEN));
         assert_eq!(
@@ -1852,15 +2359,23 @@ mod tests {
             access_token_ttl_secs: Some(1),
             ..OAuthConfig::default()
         };
-        let auth = Authenticator::from_config(&users(), &oauth, Path::new("c"), Path::new("."))
-            .expect("config");
+        let auth = Authenticator::from_config(
+            &users(),
+            &oauth,
+            &lenient_limits(),
+            Path::new("c"),
+            Path::new("."),
+        )
+        .expect("config");
         let tokens = login(&auth, "svc", "svc-pass").await;
         let p = policy(AuthMode::Oauth);
-        auth.authenticate(&p, &bearer(&tokens.access_token), None)
+        auth.authenticate(&p, &bearer(&tokens.access_token), None, SRC)
+            .await
             .expect("fresh");
         tokio::time::sleep(Duration::from_millis(1050)).await;
         assert_unauthorized(
-            auth.authenticate(&p, &bearer(&tokens.access_token), None),
+            auth.authenticate(&p, &bearer(&tokens.access_token), None, SRC)
+                .await,
             "after one second",
         );
     }
@@ -1878,7 +2393,7 @@ mod tests {
         let refresh = |token: &str| format!("grant_type=refresh_token&refresh_token={token}");
 
         let second = auth
-            .token(refresh(&first.refresh_token).as_bytes())
+            .token(refresh(&first.refresh_token).as_bytes(), SRC)
             .await
             .expect("refresh");
         assert_ne!(second.refresh_token, first.refresh_token);
@@ -1887,12 +2402,14 @@ mod tests {
                 &policy(AuthMode::Oauth),
                 &bearer(&second.access_token),
                 None,
+                SRC,
             )
+            .await
             .expect("new access token");
         assert_eq!(principal.user, "hashy");
 
         let reused = auth
-            .token(refresh(&first.refresh_token).as_bytes())
+            .token(refresh(&first.refresh_token).as_bytes(), SRC)
             .await
             .expect_err("old refresh token is spent");
         assert_eq!(reused.error, "invalid_grant");
@@ -1900,7 +2417,7 @@ mod tests {
 
         clock.advance(Duration::from_secs(5));
         let expired = auth
-            .token(refresh(&second.refresh_token).as_bytes())
+            .token(refresh(&second.refresh_token).as_bytes(), SRC)
             .await
             .expect_err("refresh token expired");
         assert_eq!(expired.error, "invalid_grant");
@@ -1962,12 +2479,15 @@ mod tests {
             ),
         ];
         for (body, error, status) in cases {
-            let err = auth.token(body.as_bytes()).await.expect_err(body);
+            let err = auth.token(body.as_bytes(), SRC).await.expect_err(body);
             assert_eq!((err.error, err.status), (error, status), "{body}");
             assert!(!err.to_string().contains("svc-pass"), "{body}");
         }
         let ok = auth
-            .token(b"grant_type=password&client_id=my-client&username=svc&password=svc-pass")
+            .token(
+                b"grant_type=password&client_id=my-client&username=svc&password=svc-pass",
+                SRC,
+            )
             .await
             .expect("right client id");
         let refreshed = auth
@@ -1977,13 +2497,17 @@ mod tests {
                     ok.refresh_token
                 )
                 .as_bytes(),
+                SRC,
             )
             .await
             .expect("refresh with client id");
         assert_eq!(refreshed.token_type, "bearer");
 
         let err = auth
-            .token(b"grant_type=password&client_id=my-client&username=svc&password=bad")
+            .token(
+                b"grant_type=password&client_id=my-client&username=svc&password=bad",
+                SRC,
+            )
             .await
             .expect_err("bad");
         let json = serde_json::to_value(&err).expect("serialize");
@@ -2045,8 +2569,8 @@ mod tests {
         assert!(msg.contains("/nonexistent/missing/secret.txt"), "{msg}");
     }
 
-    #[test]
-    fn password_and_secret_files_are_read_relative_to_base_dir() {
+    #[tokio::test]
+    async fn password_and_secret_files_are_read_relative_to_base_dir() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("pw"), "file-pass\n").expect("write");
         std::fs::write(dir.path().join("secret"), "file-secret\r\n").expect("write");
@@ -2060,25 +2584,29 @@ mod tests {
         let auth = Authenticator::from_config(
             std::slice::from_ref(&u),
             &OAuthConfig::default(),
+            &lenient_limits(),
             Path::new("c.toml"),
             dir.path(),
         )
         .expect("config");
         let p = policy(AuthMode::Any);
         assert_eq!(
-            auth.authenticate(&p, &basic("f", "file-pass"), None)
+            auth.authenticate(&p, &basic("f", "file-pass"), None, SRC)
+                .await
                 .expect("password from file")
                 .method,
             AuthMethod::Basic
         );
         assert_eq!(
-            auth.authenticate(&p, &basic("file-key", "file-secret"), None)
+            auth.authenticate(&p, &basic("file-key", "file-secret"), None, SRC)
+                .await
                 .expect("secret from file")
                 .method,
             AuthMethod::ApiKey
         );
         assert_unauthorized(
-            auth.authenticate(&p, &basic("f", "file-pass\n"), None),
+            auth.authenticate(&p, &basic("f", "file-pass\n"), None, SRC)
+                .await,
             "trailing newline is not part of the password",
         );
 
@@ -2090,8 +2618,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn config_rejects_bad_phc_strings() {
+    #[tokio::test]
+    async fn config_rejects_bad_phc_strings() {
         let bad = [
             "not a hash",
             "$argon2id$v=19$m=8,t=1,p=1",
@@ -2122,15 +2650,18 @@ mod tests {
         let auth = Authenticator::from_config(
             &[u],
             &OAuthConfig::default(),
+            &lenient_limits(),
             Path::new("c"),
             Path::new("."),
         )
         .expect("hash_password output is a valid password_hash");
         let p = policy(AuthMode::Basic);
-        auth.authenticate(&p, &basic("h", "correct horse"), None)
+        auth.authenticate(&p, &basic("h", "correct horse"), None, SRC)
+            .await
             .expect("verifies");
         assert_unauthorized(
-            auth.authenticate(&p, &basic("h", "correct horsE"), None),
+            auth.authenticate(&p, &basic("h", "correct horsE"), None, SRC)
+                .await,
             "wrong",
         );
     }

@@ -12,8 +12,13 @@ use central::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 
+use hyper::Method;
+
+use crate::admin;
 use crate::config;
-use crate::store::Recovery;
+use crate::store::{QueueState, Recovery};
+
+mod render;
 
 /// Default config path of the packaged agent.
 const DEFAULT_CONFIG: &str = "/etc/xmagent/agent.toml";
@@ -35,8 +40,16 @@ struct Cli {
 #[derive(Args)]
 struct ConfigArg {
     /// The agent's configuration file.
-    #[arg(long, short, default_value = DEFAULT_CONFIG, env = "XMAGENT_CONFIG")]
+    #[arg(long, short, default_value = DEFAULT_CONFIG, env = "XMAGENT_CONFIG", global = true)]
     config: PathBuf,
+}
+
+/// How the operator commands print their answer.
+#[derive(Args)]
+struct OutputArg {
+    /// Print the agent's JSON answer (for tools) instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -62,13 +75,36 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Show the activity stream of one integration, newest first.
+    /// Show the activity stream of one integration, newest first (`--follow`: new entries as
+    /// they come, oldest first, like `tail -f`).
     Activity {
         /// The integration id.
         integration: String,
         /// How many entries.
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        /// Keep printing new entries until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// The running agent at a glance: version, uptime, central connection, queue depth and
+    /// oldest pending request, dead letters, last error, keys waiting for a restart.
+    Status {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Look into the queue and repair it.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+        #[command(flatten)]
+        output: OutputArg,
         #[command(flatten)]
         config: ConfigArg,
     },
@@ -80,6 +116,40 @@ enum Command {
     GenKey,
     /// Run a script against a request file, without the daemon (for script authors).
     TestScript(scripts::dry_run::TestScriptArgs),
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// List pending requests, events waiting for the central and dead letters.
+    List {
+        /// Only entries in this state.
+        #[arg(long, value_enum)]
+        state: Option<QueueState>,
+        /// Only entries of this integration.
+        #[arg(long)]
+        integration: Option<String>,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Send dead letters to the central again.
+    Retry {
+        /// The dead letter's id (from `queue list --state dead`).
+        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
+        id: Option<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Delete every dead letter for good (pending entries are never purged).
+    Purge {
+        /// Purge the dead letters (the only thing that can be purged).
+        #[arg(long, required = true)]
+        dead: bool,
+        /// Confirm: without it nothing is deleted.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Args)]
@@ -120,11 +190,22 @@ pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
         Command::Activity {
             integration,
             limit,
+            follow,
+            output,
             config,
-        } => query(
+        } => activity(&config.config, &integration, limit, follow, output.json),
+        Command::Status { output, config } => operate(
             &config.config,
-            &format!("/api/xm/1/integrations/{integration}/logs?limit={limit}"),
+            Method::GET,
+            admin::STATUS_PATH.to_owned(),
+            output.json,
+            render::status,
         ),
+        Command::Queue {
+            action,
+            output,
+            config,
+        } => queue(&config.config, action, output.json),
         Command::DeadLetters(config) => query(&config.config, crate::ingress::DEAD_LETTERS_PATH),
         Command::HashPassword => hash_password(),
         Command::GenKey => {
@@ -228,17 +309,21 @@ fn stop_signal() -> anyhow::Result<watch::Receiver<bool>> {
 }
 
 async fn run_daemon(path: &Path, recovery: Recovery) -> Result<(), Failure> {
+    use crate::notify::{self, Health};
     let loaded = load(path)?;
     let shutdown = stop_signal()?;
-    let agent = crate::daemon::start(path, loaded, shutdown, recovery).await?;
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    let agent = crate::daemon::start(path, loaded, shutdown.clone(), recovery).await?;
+    // Store open, listener bound, scripts compiled: ready.
+    let shared = agent.handle.shared();
+    notify::ready(&shared.status_line());
+    tokio::spawn(notify::supervise(shared.clone(), shutdown));
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("cannot listen for SIGHUP")?;
     let mut task = agent.task;
     loop {
         tokio::select! {
             result = &mut task => {
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+                notify::stopping();
                 let result = result.context("agent task panicked")?.map_err(Failure::from);
                 if let Err(failure) = &result {
                     if failure.code == exit::TEMPFAIL {
@@ -253,9 +338,11 @@ async fn run_daemon(path: &Path, recovery: Recovery) -> Result<(), Failure> {
                 return result;
             }
             _ = hangup.recv() => {
+                notify::reloading();
                 if let Err(error) = agent.handle.reload().await {
                     tracing::error!("reload refused, the previous configuration stays active: {error}");
                 }
+                notify::ready(&shared.status_line());
             }
         }
     }
@@ -331,44 +418,180 @@ fn hash_password() -> i32 {
 /// Ask the running agent (admin endpoints, authorized by the admin token in its data directory)
 /// and print the JSON answer.
 fn query(config_path: &Path, path_and_query: &str) -> i32 {
-    let data_dir = match config::data_dir(config_path) {
-        Ok(data_dir) => data_dir,
-        Err(error) => {
-            eprintln!("xmagent: {error}");
-            return exit::CONFIG;
-        }
-    };
-    let access = match crate::daemon::AdminAccess::read(&data_dir) {
+    operate(
+        config_path,
+        Method::GET,
+        path_and_query.to_owned(),
+        true,
+        |_| String::new(),
+    )
+}
+
+/// Call an admin endpoint and print the answer: pretty JSON with `json`, else `text(answer)`.
+fn operate(
+    config_path: &Path,
+    method: Method,
+    path_and_query: String,
+    json: bool,
+    text: fn(&serde_json::Value) -> String,
+) -> i32 {
+    let access = match admin_access(config_path) {
         Ok(access) => access,
-        Err(error) => {
-            eprintln!("xmagent: {error:#}; is the agent running, and are you its user?");
-            return exit::SOFTWARE;
+        Err(code) => return code,
+    };
+    runtime_then(|| async move {
+        let answer = admin_call(&access, method, &path_and_query).await?;
+        print_answer(&answer, json, text);
+        Ok(())
+    })
+}
+
+fn print_answer(answer: &serde_json::Value, json: bool, text: fn(&serde_json::Value) -> String) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(answer).unwrap_or_default()
+        );
+    } else {
+        print!("{}", text(answer));
+    }
+}
+
+fn admin_access(config_path: &Path) -> Result<crate::daemon::AdminAccess, i32> {
+    let data_dir = config::data_dir(config_path).map_err(|error| {
+        eprintln!("xmagent: {error}");
+        exit::CONFIG
+    })?;
+    crate::daemon::AdminAccess::read(&data_dir).map_err(|error| {
+        eprintln!("xmagent: {error:#}; is the agent running, and are you its user?");
+        exit::SOFTWARE
+    })
+}
+
+/// One admin call; a non-2xx answer becomes a failure (exit 1) carrying the agent's message.
+async fn admin_call(
+    access: &crate::daemon::AdminAccess,
+    method: Method,
+    path_and_query: &str,
+) -> Result<serde_json::Value, Failure> {
+    let (status, body) = crate::http_client::send(
+        access.addr,
+        method,
+        path_and_query,
+        Some(&access.token),
+        Duration::from_secs(60),
+    )
+    .await
+    .with_context(|| format!("cannot reach the agent at {}; is it running?", access.addr))?;
+    let answer = serde_json::from_slice::<serde_json::Value>(&body)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+    if status.is_success() {
+        return Ok(answer);
+    }
+    let message = answer["message"]
+        .as_str()
+        .or(answer.as_str())
+        .unwrap_or("")
+        .to_owned();
+    Err(Failure {
+        code: 1,
+        error: anyhow::anyhow!("the agent answered {status}: {message}"),
+    })
+}
+
+fn queue(config_path: &Path, action: QueueAction, json: bool) -> i32 {
+    let (method, path, text): (_, _, fn(&serde_json::Value) -> String) = match action {
+        QueueAction::List {
+            state,
+            integration,
+            limit,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(state) = state {
+                let name = clap::ValueEnum::to_possible_value(&state)
+                    .map(|v| v.get_name().to_owned())
+                    .unwrap_or_default();
+                query.append_pair("state", &name);
+            }
+            if let Some(integration) = &integration {
+                query.append_pair("integration", integration);
+            }
+            (
+                Method::GET,
+                format!("{}?{}", admin::QUEUE_PATH, query.finish()),
+                render::queue,
+            )
+        }
+        QueueAction::Retry { id, all_dead } => {
+            let query = match (id, all_dead) {
+                (_, true) => "allDead=true".to_owned(),
+                (Some(id), false) => format!("id={id}"),
+                (None, false) => {
+                    eprintln!("xmagent: give a dead letter's id or --all-dead");
+                    return exit::USAGE;
+                }
+            };
+            (
+                Method::POST,
+                format!("{}?{query}", admin::RETRY_PATH),
+                render::retried,
+            )
+        }
+        QueueAction::Purge { dead, yes } => {
+            if !(dead && yes) {
+                eprintln!(
+                    "xmagent: purging deletes every dead letter for good; add --yes to confirm"
+                );
+                return exit::USAGE;
+            }
+            (
+                Method::POST,
+                format!("{}?dead=true&confirm=yes", admin::PURGE_PATH),
+                render::purged,
+            )
         }
     };
-    let result = runtime_then(|| async move {
-        let (status, body) = crate::http_client::get(
-            access.addr,
-            path_and_query,
-            Some(&access.token),
-            Duration::from_secs(10),
-        )
-        .await
-        .with_context(|| format!("cannot reach the agent at {}; is it running?", access.addr))?;
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(value) => println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            ),
-            Err(_) => println!("{}", String::from_utf8_lossy(&body)),
+    operate(config_path, method, path, json, text)
+}
+
+/// `xmagent activity`: the newest `limit` entries; with `follow`, then every new entry as it
+/// arrives (polled every second), oldest first, until interrupted.
+fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, json: bool) -> i32 {
+    let access = match admin_access(config_path) {
+        Ok(access) => access,
+        Err(code) => return code,
+    };
+    let integration =
+        percent_encoding::utf8_percent_encode(integration, percent_encoding::NON_ALPHANUMERIC)
+            .to_string();
+    runtime_then(|| async move {
+        let path = format!("/api/xm/1/integrations/{integration}/logs?limit={limit}");
+        let first = admin_call(&access, Method::GET, &path).await?;
+        if !follow {
+            print_answer(&first, json, render::activity);
+            return Ok(());
         }
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(Failure {
-                code: 1,
-                error: anyhow::anyhow!("the agent answered {status}"),
-            })
+        // Poll with the largest page, so a busy second does not skip entries; an entry is new
+        // when the previous page did not hold it (pages only ever lose their oldest entries).
+        let poll = format!("/api/xm/1/integrations/{integration}/logs?limit=1000");
+        let mut previous = std::collections::HashSet::new();
+        let mut answer = first;
+        loop {
+            let entries = answer["data"].as_array().cloned().unwrap_or_default();
+            let ids = |entry: &serde_json::Value| entry["requestId"].to_string();
+            for entry in entries.iter().rev().filter(|e| !previous.contains(&ids(e))) {
+                if json {
+                    println!("{entry}");
+                } else {
+                    print!("{}", render::activity_line(entry));
+                }
+            }
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            previous = entries.iter().map(ids).collect();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            answer = admin_call(&access, Method::GET, &poll).await?;
         }
-    });
-    result
+    })
 }

@@ -15,7 +15,8 @@ use central::exit::ConfigError;
 use serde::Deserialize;
 
 use crate::auth::{
-    AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest, UserConfig,
+    AuthLimitsConfig, AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest,
+    UserConfig,
 };
 use crate::endpoints::EndpointConfig;
 use crate::relay::{RelayConfig, RelaySettings};
@@ -38,6 +39,9 @@ pub struct FileConfig {
     /// `[oauth]`: token lifetimes.
     #[serde(default)]
     pub oauth: OAuthConfig,
+    /// `[auth]`: bounds on credential checking (verification threads, throttling).
+    #[serde(default)]
+    pub auth: AuthLimitsConfig,
     /// `[[users]]`: who may call the agent.
     #[serde(default)]
     pub users: Vec<UserConfig>,
@@ -118,6 +122,9 @@ pub enum Action {
     Transform,
     /// A script runs; events are created only if it posts them.
     RunScript,
+    /// A Flow Designer HTTP trigger: the script sets `output[...]` and the integration's
+    /// `[integrations.event]` mapping turns the outputs into one event (or none).
+    HttpTrigger,
 }
 
 /// `[[integrations]]` as written.
@@ -143,6 +150,12 @@ pub struct IntegrationConfig {
     pub url_key_file: Option<PathBuf>,
     /// Restrict callers to these users (default: any user with the REST role).
     pub allowed_users: Option<Vec<String>>,
+    /// Accept at most this many requests a minute (default: no limit); more get 429.
+    pub rate_limit_per_minute: Option<u32>,
+    /// Other integrations whose events this one's scripts may read and change through the
+    /// built-in `xMatters` endpoint (default: only its own).
+    #[serde(default)]
+    pub script_events_of: Vec<String>,
     /// The script of `transform` / `run_script`.
     pub script: Option<PathBuf>,
     /// Libraries (by `[[libraries]]` name) this integration may require.
@@ -151,6 +164,8 @@ pub struct IntegrationConfig {
     /// `constants` visible to the script.
     #[serde(default)]
     pub constants: BTreeMap<String, String>,
+    /// `[integrations.event]`: how an `http_trigger` script's outputs become its event.
+    pub event: Option<scripts::flow::EventMapping>,
 }
 
 /// One integration, resolved and ready to serve.
@@ -165,8 +180,14 @@ pub struct Integration {
     pub form: Option<String>,
     /// Authentication policy.
     pub auth: IntegrationAuth,
-    /// The compiled script for `transform` / `run_script`.
+    /// The request rate limit, when `rate_limit_per_minute` is set.
+    pub rate_limit: Option<crate::rate_limit::RateLimit>,
+    /// Other integrations whose events the scripts may touch (validated to exist).
+    pub script_events_of: Vec<String>,
+    /// The compiled script for `transform` / `run_script` / `http_trigger`.
     pub program: Option<Arc<scripts::Program>>,
+    /// How an `http_trigger` integration's outputs become its event (default mapping otherwise).
+    pub event: scripts::flow::EventMapping,
 }
 
 /// The whole resolved configuration: what the daemon runs on until the next reload.
@@ -325,7 +346,8 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         ));
     }
     let relay = file.central.validate(path, base_dir)?;
-    let authenticator = Authenticator::from_config(&file.users, &file.oauth, path, base_dir)?;
+    let authenticator =
+        Authenticator::from_config(&file.users, &file.oauth, &file.auth, path, base_dir)?;
     let limits = script_limits(&file.scripts);
     let script_threads = match file.scripts.threads {
         Some(n) if n > 0 => n,
@@ -417,7 +439,8 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
             (_, None) => {
                 return Err(err(
                     &key("script"),
-                    "actions \"transform\" and \"run_script\" need a script".into(),
+                    "actions \"transform\", \"run_script\" and \"http_trigger\" need a script"
+                        .into(),
                 ))
             }
             (_, Some(script_path)) => {
@@ -452,6 +475,26 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 Some(Arc::new(program))
             }
         };
+        let event = match (integration.action, integration.event) {
+            (Action::HttpTrigger, event) => event.unwrap_or_default(),
+            (_, None) => scripts::flow::EventMapping::default(),
+            (_, Some(_)) => {
+                return Err(err(
+                    &key("event"),
+                    "only action \"http_trigger\" maps script outputs to an event".into(),
+                ))
+            }
+        };
+        if let Some(empty) = event
+            .properties
+            .iter()
+            .find(|(p, o)| p.is_empty() || o.is_empty())
+        {
+            return Err(err(
+                &key("event.properties"),
+                format!("{empty:?}: property and output names must not be empty"),
+            ));
+        }
         let resolved = Integration {
             name: integration.name.unwrap_or_else(|| integration.id.clone()),
             action: integration.action,
@@ -462,7 +505,22 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
                 authenticating_user: integration.authenticating_user,
                 allowed_users: integration.allowed_users,
             },
+            rate_limit: match integration.rate_limit_per_minute {
+                Some(0) => {
+                    return Err(err(
+                        &key("rate_limit_per_minute"),
+                        "must be at least 1 (leave it out for no limit)".into(),
+                    ))
+                }
+                Some(n) => Some(crate::rate_limit::RateLimit::per_minute(
+                    n,
+                    std::time::Instant::now(),
+                )),
+                None => None,
+            },
+            script_events_of: integration.script_events_of,
             program,
+            event,
             id: integration.id.clone(),
         };
         if integrations
@@ -476,6 +534,27 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         }
     }
 
+    let mut ids: Vec<&String> = integrations.keys().collect();
+    ids.sort();
+    for id in ids {
+        if let Some(unknown) = integrations[id]
+            .script_events_of
+            .iter()
+            .find(|other| !integrations.contains_key(*other))
+        {
+            return Err(err(
+                "integrations.script_events_of",
+                format!("integration {id:?} names no configured integration {unknown:?}"),
+            ));
+        }
+    }
+    authenticator.permit_listed_callers(
+        integrations
+            .values()
+            .filter_map(|i| i.auth.allowed_users.clone())
+            .flatten()
+            .collect(),
+    );
     Ok(Loaded {
         file: path.to_path_buf(),
         agent_id: file.agent.id,

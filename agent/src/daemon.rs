@@ -1,5 +1,12 @@
 //! The running agent: wires config, store, ingress, worker, script pool and relay together, and
-//! owns start-up, reload (SIGHUP) and graceful shutdown.
+//! owns start-up, reload (SIGHUP), the health checks behind the systemd watchdog, and graceful
+//! shutdown.
+//!
+//! Reload applies every section it can while requests flow: users, integrations, scripts and
+//! libraries, endpoints, `[scripts]` limits and threads (a new script pool; runs in progress
+//! finish on the old one), `[store]` bounds, `[central]` (the relay reconnects when the section
+//! changed). Keys that only a restart can change ([`RESTART_ONLY`]) keep their running value;
+//! reload logs them and `xmagent status` says "restart needed".
 //!
 //! Shutdown order matters for invariant 1 and 2: stop accepting (in-flight requests still get
 //! their flush and their 202), stop the worker (running scripts finish; unstarted requests stay in
@@ -7,9 +14,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use central::exit::ConfigError;
@@ -22,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::auth::SecretDigest;
 use crate::config::{self, Loaded};
 use crate::endpoints::{BuiltinXmatters, Endpoints};
+use crate::metrics::{Gauge, Metrics};
 use crate::relay::{self, RelayStatus};
 use crate::store::{Recovery, Store};
 use crate::worker::Job;
@@ -39,8 +47,8 @@ pub struct Shared {
     live: RwLock<Arc<Live>>,
     /// The durable store.
     pub store: Store,
-    /// The script threads.
-    pub scripts: scripts::ScriptPool,
+    /// The script threads; replaced whole when a reload changes `[scripts]` limits or threads.
+    scripts: RwLock<Arc<scripts::ScriptPool>>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// The CLI's credential for the admin endpoints (the file is in the data directory).
@@ -48,6 +56,18 @@ pub struct Shared {
     /// How many requests the worker processes at once.
     pub worker_concurrency: usize,
     relay_status: watch::Receiver<RelayStatus>,
+    relay_status_tx: watch::Sender<RelayStatus>,
+    /// The running relay task; replaced when a reload changes `[central]`.
+    relay: tokio::sync::Mutex<Option<RelayTask>>,
+    /// The `[central]` table the running relay was started from, to notice a change on reload.
+    central_section: Mutex<Option<toml::Value>>,
+    /// Keys changed in the file that keep their running value until a restart.
+    restart_needed: Mutex<Vec<&'static str>>,
+    /// Why the last reload was refused (cleared by a successful one).
+    reload_error: Mutex<Option<String>>,
+    started: Instant,
+    /// Script runs finished at the last sign of progress, and when that was (watchdog).
+    script_progress: Mutex<(u64, Instant)>,
     work: mpsc::UnboundedSender<Job>,
     /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
     /// fixed at start); see [`Shared::reserve_backlog`]. Ingress can store requests faster than
@@ -82,6 +102,55 @@ impl Shared {
         let _ = self.work.send(job);
     }
 
+    /// Run a script on the current script pool (a reload may replace the pool; a run keeps the
+    /// one it started on), counted for the watchdog and `/metrics`.
+    pub async fn run_script(
+        &self,
+        program: Arc<scripts::Program>,
+        request: scripts::ScriptRequest,
+        http: Arc<dyn scripts::HttpClient>,
+    ) -> scripts::Outcome {
+        let pool = self
+            .scripts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let runs = &self.metrics.script_runs;
+        runs.started.fetch_add(1, Ordering::Relaxed);
+        // Counted as finished however the run ends (even if this future is dropped).
+        let _finished = FinishedRun(&runs.finished);
+        let outcome = pool.run(program, request, http).await;
+        self.metrics
+            .observe_script(outcome.duration, outcome.error.as_ref().map(|e| e.kind));
+        outcome
+    }
+
+    /// The relay's current state (connected, last error, counters).
+    pub fn relay_status(&self) -> RelayStatus {
+        self.relay_status.borrow().clone()
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Why the last reload was refused, if it was (the running configuration stayed).
+    pub fn reload_error(&self) -> Option<String> {
+        self.reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keys changed in the configuration file that need a restart to take effect.
+    pub fn restart_needed(&self) -> Vec<&'static str> {
+        self.restart_needed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// `/readyz`: ready when the store has room and the relay is connected.
     pub fn readiness(&self) -> Response<Body> {
         let status = self.relay_status.borrow().clone();
@@ -111,35 +180,41 @@ impl Shared {
         )
     }
 
-    /// `/metrics` in the Prometheus text format.
+    /// `/metrics` in the Prometheus text format: the counters and histograms of [`Metrics`]
+    /// plus the state of the store and the relay now.
     pub fn metrics_response(&self) -> Response<Body> {
-        let status = self.relay_status.borrow().clone();
+        let status = self.relay_status();
         let (entries, bytes) = self.store.pending();
-        let m = &self.metrics;
+        let oldest_age = self
+            .store
+            .queue_entries(1)
+            .ok()
+            .and_then(|entries| {
+                entries
+                    .into_iter()
+                    .filter(|e| e.state != crate::store::QueueState::Dead)
+                    .filter_map(|e| age_secs(&e.received_at))
+                    .reduce(f64::max)
+            })
+            .unwrap_or(0.0);
         #[rustfmt::skip]
-        let series: [(&str, &str, &str, u64); 14] = [
-            ("xmagent_requests_accepted_total", "counter", "Triggers answered 202.", m.accepted.load(Ordering::Relaxed)),
-            ("xmagent_responses_client_error_total", "counter", "Responses with a 4xx status.", m.client_errors.load(Ordering::Relaxed)),
-            ("xmagent_responses_unavailable_total", "counter", "Responses with a 503 status.", m.unavailable.load(Ordering::Relaxed)),
-            ("xmagent_requests_processed_total", "counter", "Requests the worker finished.", m.processed.load(Ordering::Relaxed)),
-            ("xmagent_requests_failed_total", "counter", "Requests whose action failed.", m.failed.load(Ordering::Relaxed)),
-            ("xmagent_processing_micros_total", "counter", "Time spent processing requests.", m.processing_micros.load(Ordering::Relaxed)),
-            ("xmagent_store_pending_entries", "gauge", "Inbox plus outbox entries.", entries),
-            ("xmagent_store_pending_bytes", "gauge", "Inbox plus outbox bytes.", bytes),
-            ("xmagent_outbox_entries", "gauge", "Events waiting for the central.", self.store.outbox_len()),
-            ("xmagent_store_flushes_total", "counter", "Group-commit flushes (writes per flush show the batching).", self.store.flushes()),
-            ("xmagent_relay_connected", "gauge", "1 when the websocket to the central is up.", status.connected as u64),
-            ("xmagent_relay_acked_total", "counter", "Events the central acknowledged.", status.acked_total),
-            ("xmagent_relay_rejected_total", "counter", "Events the central refused for good.", status.rejected_total),
-            ("xmagent_relay_reconnects_total", "counter", "Websocket reconnects.", status.reconnects),
+        let gauges = [
+            Gauge { name: "xmagent_store_pending_entries", kind: "gauge", help: "Inbox plus outbox entries.", value: entries as f64 },
+            Gauge { name: "xmagent_store_pending_bytes", kind: "gauge", help: "Inbox plus outbox bytes.", value: bytes as f64 },
+            Gauge { name: "xmagent_outbox_entries", kind: "gauge", help: "Events waiting for the central.", value: self.store.outbox_len() as f64 },
+            Gauge { name: "xmagent_queue_oldest_age_seconds", kind: "gauge", help: "Age of the oldest pending request (0 when none).", value: oldest_age },
+            Gauge { name: "xmagent_dead_letters", kind: "gauge", help: "Events the central refused for good, kept for `xmagent queue`.", value: self.store.dead_letter_count() as f64 },
+            Gauge { name: "xmagent_store_flushes_total", kind: "counter", help: "Group-commit flushes (writes per flush show the batching).", value: self.store.flushes() as f64 },
+            Gauge { name: "xmagent_relay_connected", kind: "gauge", help: "1 when the websocket to the central is up.", value: u8::from(status.connected).into() },
+            Gauge { name: "xmagent_relay_in_flight", kind: "gauge", help: "Events sent and not answered yet.", value: status.in_flight as f64 },
+            Gauge { name: "xmagent_relay_acked_total", kind: "counter", help: "Events the central acknowledged.", value: status.acked_total as f64 },
+            Gauge { name: "xmagent_relay_rejected_total", kind: "counter", help: "Events the central refused for good.", value: status.rejected_total as f64 },
+            Gauge { name: "xmagent_relay_reconnects_total", kind: "counter", help: "Websocket reconnects.", value: status.reconnects as f64 },
+            Gauge { name: "xmagent_restart_needed", kind: "gauge", help: "1 when the file changed keys that apply only at restart.", value: u8::from(!self.restart_needed().is_empty()).into() },
         ];
-        let mut text = String::new();
-        for (name, kind, help, value) in series {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        }
-        let mut response = Response::new(http_util::full(text));
+        let mut response = Response::new(http_util::full(
+            self.metrics.render(&gauges, self.store.flush_latency()),
+        ));
         response.headers_mut().insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
@@ -148,37 +223,103 @@ impl Shared {
     }
 }
 
-/// Counters for `/metrics`.
-#[derive(Default)]
-pub struct Metrics {
-    accepted: AtomicU64,
-    client_errors: AtomicU64,
-    unavailable: AtomicU64,
-    processed: AtomicU64,
-    failed: AtomicU64,
-    processing_micros: AtomicU64,
+/// Seconds since an RFC 3339 time (None when it does not parse).
+fn age_secs(rfc3339: &str) -> Option<f64> {
+    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+        .ok()?;
+    Some(
+        (time::OffsetDateTime::now_utc() - then)
+            .as_seconds_f64()
+            .max(0.0),
+    )
 }
 
-impl Metrics {
-    /// Count one ingress response.
-    pub fn count_response(&self, status: StatusCode) {
-        let counter = match status.as_u16() {
-            202 => &self.accepted,
-            503 => &self.unavailable,
-            400..=499 => &self.client_errors,
-            _ => return,
+/// Counts a script run as finished when dropped.
+struct FinishedRun<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for FinishedRun<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// The script threads are stuck when runs are in progress and none finished for longer
+    /// than two script time limits plus a margin: every run is bounded by the time limit, so a
+    /// working thread finishes one at least that often. (Requests waiting for anything else,
+    /// such as room in the store, are not script runs and do not count.)
+    fn check_script_progress(&self) -> Result<(), String> {
+        let runs = &self.metrics.script_runs;
+        let finished = runs.finished.load(Ordering::Relaxed);
+        let running = runs
+            .started
+            .load(Ordering::Relaxed)
+            .saturating_sub(finished);
+        let mut progress = self
+            .script_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if finished != progress.0 || running == 0 {
+            *progress = (finished, Instant::now());
+            return Ok(());
+        }
+        let stall_limit = self.live().config.limits.timeout * 2 + Duration::from_secs(30);
+        let stalled = progress.1.elapsed();
+        if stalled > stall_limit {
+            return Err(format!(
+                "script threads: {running} run(s) in progress, none finished for {}s",
+                stalled.as_secs()
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl crate::notify::Health for Shared {
+    fn status_line(&self) -> String {
+        let relay = self.relay_status();
+        let (pending, _) = self.store.pending();
+        let outbox = self.store.outbox_len();
+        let central = if relay.connected {
+            "central connected".to_owned()
+        } else {
+            match &relay.last_error {
+                Some(error) => format!("central NOT connected ({error})"),
+                None => "central NOT connected".to_owned(),
+            }
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let mut line = format!(
+            "{central}; queue {pending} ({} accepted, {outbox} waiting for the central)",
+            pending.saturating_sub(outbox)
+        );
+        if !self.restart_needed().is_empty() {
+            line.push_str("; restart needed");
+        }
+        if self.reload_error().is_some() {
+            line.push_str("; last reload refused");
+        }
+        line
     }
 
-    /// Count one processed request.
-    pub fn count_processed(&self, failed: bool, took: Duration) {
-        self.processed.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+    async fn check(&self, deadline: Duration) -> Result<(), String> {
+        match tokio::time::timeout(deadline, self.store.flush()).await {
+            Err(_) => {
+                return Err(format!(
+                    "store flusher: no flush within {}s",
+                    deadline.as_secs()
+                ))
+            }
+            // A failing disk is reported by the requests that hit it; restarting does not help.
+            Ok(Err(error)) => tracing::warn!(%error, "watchdog flush failed"),
+            Ok(Ok(())) => {}
         }
-        self.processing_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.check_script_progress()?;
+        match &*self.relay.lock().await {
+            Some(relay) if !relay.alive.load(Ordering::SeqCst) => {
+                Err("relay: its task ended".to_owned())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -200,36 +341,171 @@ pub struct AgentHandle {
 }
 
 impl AgentHandle {
-    /// Reload the configuration file: scripts, libraries, users, integrations and endpoints are
-    /// replaced atomically; requests in flight finish with the snapshot they started with. An
-    /// invalid file is refused and the old configuration keeps running.
+    /// Reload the configuration file and apply every section that can change live (see the
+    /// module docs); requests in flight finish with the snapshot they started with. An invalid
+    /// file is refused whole and the running configuration stays; `xmagent status` shows why
+    /// until a reload succeeds.
     pub async fn reload(&self) -> Result<(), ConfigError> {
+        let result = self.apply_reload().await;
+        *self
+            .shared
+            .reload_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    async fn apply_reload(&self) -> Result<(), ConfigError> {
         let path = self.config_path.clone();
-        let loaded = tokio::task::spawn_blocking(move || config::load(&path))
+        let mut loaded = tokio::task::spawn_blocking(move || config::load(&path))
             .await
             .map_err(|e| {
                 ConfigError::new(self.config_path.display(), "(reload)", e.to_string())
             })??;
-        let old = self.shared.live();
-        for (what, changed) in [
-            ("agent.listen", loaded.listen != old.config.listen),
-            ("agent.data_dir", loaded.data_dir != old.config.data_dir),
-            ("agent.id", loaded.agent_id != old.config.agent_id),
-        ] {
-            if changed {
-                tracing::warn!(key = what, "this setting changes only at restart");
-            }
-        }
         let endpoints = build_endpoints(&loaded)?;
-        *self.shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+        let shared = &self.shared;
+        let old = shared.live();
+        let pending = keep_restart_only_values(&mut loaded, &old.config);
+        for key in &pending {
+            tracing::warn!(
+                key,
+                "this setting changes only at restart; the running value stays"
+            );
+        }
+        *shared
+            .restart_needed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = pending;
+        shared.store.set_bounds(&loaded.store);
+        if loaded.limits != old.config.limits || loaded.script_threads != old.config.script_threads
+        {
+            let pool = scripts::ScriptPool::new(loaded.script_threads, loaded.limits.clone());
+            *shared.scripts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pool);
+            tracing::info!(
+                threads = loaded.script_threads,
+                "script limits changed: new script threads started"
+            );
+        }
+        let central = central_section(&loaded.file);
+        let central_changed = {
+            let mut running = shared
+                .central_section
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed = *running != central;
+            *running = central;
+            changed
+        };
+        let relay = loaded.relay.clone();
+        let integrations = loaded.integrations.len();
+        *shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
             config: loaded,
             endpoints,
         });
-        tracing::info!(
-            integrations = self.shared.live().config.integrations.len(),
-            "configuration reloaded"
-        );
+        if central_changed {
+            tracing::info!("[central] changed: reconnecting to the central");
+            let mut running = shared.relay.lock().await;
+            if let Some(old_task) = running.take() {
+                old_task.stop().await;
+            }
+            *running = Some(RelayTask::spawn(shared, relay));
+        }
+        tracing::info!(integrations, "configuration reloaded");
         Ok(())
+    }
+
+    /// What the watchdog and the admin endpoints look at.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+}
+
+/// Keys read once at start (they size or locate things that exist once per process).
+pub const RESTART_ONLY: [&str; 7] = [
+    "agent.id",
+    "agent.listen",
+    "agent.data_dir",
+    "scripts.backlog_kib",
+    "store.cache_mib",
+    "store.group_commit_wait_us",
+    "store.max_request_records",
+];
+
+/// Put the running value of every [`RESTART_ONLY`] key back into `new` and return the keys
+/// whose value in the file differs.
+fn keep_restart_only_values(new: &mut Loaded, running: &Loaded) -> Vec<&'static str> {
+    let changed = [
+        new.agent_id != running.agent_id,
+        new.listen != running.listen,
+        new.data_dir != running.data_dir,
+        new.script_backlog_kib != running.script_backlog_kib,
+        new.store.cache_mib != running.store.cache_mib,
+        new.store.group_commit_wait_us != running.store.group_commit_wait_us,
+        new.store.max_request_records != running.store.max_request_records,
+    ];
+    new.agent_id.clone_from(&running.agent_id);
+    new.listen = running.listen;
+    new.data_dir.clone_from(&running.data_dir);
+    new.script_backlog_kib = running.script_backlog_kib;
+    new.store.cache_mib = running.store.cache_mib;
+    new.store.group_commit_wait_us = running.store.group_commit_wait_us;
+    new.store.max_request_records = running.store.max_request_records;
+    RESTART_ONLY
+        .into_iter()
+        .zip(changed)
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+}
+
+/// The `[central]` table of the file as written (None when unreadable: the file was just
+/// loaded, so that only happens when it changes again in between, and the next reload sees it).
+fn central_section(path: &Path) -> Option<toml::Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    toml::from_str::<toml::Table>(&text).ok()?.remove("central")
+}
+
+/// A running relay and how to stop it.
+struct RelayTask {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    /// False once the relay task ended (or panicked) while it should run.
+    alive: Arc<AtomicBool>,
+}
+
+/// Sets the flag to false when the relay task ends, however it ends (a panic included).
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl RelayTask {
+    fn spawn(shared: &Arc<Shared>, settings: relay::RelaySettings) -> RelayTask {
+        let (stop, stop_rx) = watch::channel(false);
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = AliveFlag(alive.clone());
+        let agent_id = shared.live().config.agent_id.clone();
+        let relay = relay::run(
+            settings.with_ack_latency(shared.metrics.ack_latency.clone()),
+            agent_id,
+            Arc::new(shared.store.clone()),
+            shared.relay_status_tx.clone(),
+            stop_rx,
+        );
+        let task = tokio::spawn(async move {
+            let _flag = flag;
+            relay.await;
+        });
+        RelayTask { stop, task, alive }
+    }
+
+    /// Stop the relay (it waits briefly for outstanding acks; unanswered entries are resent by
+    /// the next relay).
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
     }
 }
 
@@ -237,6 +513,7 @@ fn build_endpoints(config: &Loaded) -> Result<Arc<Endpoints>, ConfigError> {
     let builtin = BuiltinXmatters {
         base_url: config.relay.rest_base_url(),
         bearer_token: config.relay.token().to_owned(),
+        tls: config.relay.tls(),
     };
     Endpoints::new(
         &config.endpoints,
@@ -342,13 +619,24 @@ pub async fn start(
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
     let (work_tx, work_rx) = mpsc::unbounded_channel();
     let script_threads = config.script_threads;
+    let central = central_section(&config.file);
     let shared = Arc::new(Shared {
-        scripts: scripts::ScriptPool::new(script_threads, config.limits.clone()),
+        scripts: RwLock::new(Arc::new(scripts::ScriptPool::new(
+            script_threads,
+            config.limits.clone(),
+        ))),
         worker_concurrency: script_threads * 4,
         store: store.clone(),
         metrics: Metrics::default(),
         admin_token,
         relay_status: status_rx,
+        relay_status_tx: status_tx,
+        relay: tokio::sync::Mutex::new(None),
+        central_section: Mutex::new(central),
+        restart_needed: Mutex::new(Vec::new()),
+        reload_error: Mutex::new(None),
+        started: Instant::now(),
+        script_progress: Mutex::new((0, Instant::now())),
         work: work_tx,
         backlog: Arc::new(Semaphore::new(config.script_backlog_kib)),
         backlog_kib: config.script_backlog_kib,
@@ -369,17 +657,9 @@ pub async fn start(
         });
     }
 
-    let (relay_stop_tx, relay_stop_rx) = watch::channel(false);
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
-    let live = shared.live();
-    let relay_task = tokio::spawn(relay::run(
-        live.config.relay.clone(),
-        live.config.agent_id.clone(),
-        Arc::new(store.clone()),
-        status_tx,
-        relay_stop_rx,
-    ));
-    drop(live);
+    let relay_settings = shared.live().config.relay.clone();
+    *shared.relay.lock().await = Some(RelayTask::spawn(&shared, relay_settings));
     let worker_task = tokio::spawn(crate::worker::run(shared.clone(), work_rx, worker_stop_rx));
     let handler_shared = shared.clone();
     let handler =
@@ -387,12 +667,13 @@ pub async fn start(
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
-        central::serve::serve(listener, handler, shutdown).await;
+        central::serve::serve(listener, None, handler, shutdown).await;
         tracing::info!("ingress stopped; finishing running requests");
         let _ = worker_stop_tx.send(true);
         let _ = worker_task.await;
-        let _ = relay_stop_tx.send(true);
-        let _ = relay_task.await;
+        if let Some(relay) = task_shared.relay.lock().await.take() {
+            relay.stop().await;
+        }
         if let Some(reason) = task_shared.store.broken().borrow().clone() {
             return Err(StoreBroken(reason).into());
         }

@@ -4,6 +4,11 @@
 //! into a real HTTP(S) request to the endpoint's base URL with the endpoint's credentials. Scripts
 //! never see the credentials and cannot reach any other host (DESIGN §5 invariant 4), and secrets
 //! are never logged or printed by `Debug`.
+//!
+//! The built-in `xMatters` endpoint does not carry the agent token: each integration's scripts get
+//! a credential derived for that integration ([`central::config::script_token`], through
+//! [`Endpoints::for_integration`]), which the central accepts only for the events of this agent
+//! and that integration, and never for the websocket.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION};
@@ -120,13 +125,17 @@ impl fmt::Debug for EndpointAuth {
     }
 }
 
-/// The built-in `xMatters` endpoint: the central's REST API, called as the agent.
+/// The built-in `xMatters` endpoint: the central's REST API, called with a per-integration
+/// credential derived from the agent token.
 #[derive(Clone)]
 pub struct BuiltinXmatters {
     /// Base URL of the central's REST API.
     pub base_url: String,
-    /// The token the agent authenticates with.
+    /// The agent's token; scripts get credentials derived from it, never the token itself.
     pub bearer_token: String,
+    /// The relay's TLS settings (system roots plus the `[central] ca_file`), so scripts reach an
+    /// HTTPS central with a private CA like the relay does; `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl fmt::Debug for BuiltinXmatters {
@@ -296,6 +305,15 @@ pub struct Endpoints {
     endpoints: HashMap<String, Resolved>,
     client: HttpsClient,
     runtime: tokio::runtime::Handle,
+    /// The agent token, to derive each integration's built-in credential from.
+    agent_token: Option<String>,
+}
+
+/// The endpoints as one integration's scripts reach them: the configured ones, and the built-in
+/// `xMatters` with that integration's credential. What the worker hands to a script run.
+pub struct IntegrationEndpoints {
+    endpoints: Arc<Endpoints>,
+    xmatters_authorization: Option<HeaderValue>,
 }
 
 impl fmt::Debug for Endpoints {
@@ -303,6 +321,14 @@ impl fmt::Debug for Endpoints {
         let mut names: Vec<&str> = self.endpoints.keys().map(String::as_str).collect();
         names.sort_unstable();
         f.debug_struct("Endpoints").field("names", &names).finish()
+    }
+}
+
+impl fmt::Debug for IntegrationEndpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IntegrationEndpoints")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
     }
 }
 
@@ -338,17 +364,20 @@ impl Endpoints {
                 return Err(format!("endpoint {name:?}: defined twice"));
             }
         }
+        let mut agent_token = None;
+        // The relay's trust (system roots + its CA file) covers the configured endpoints too: the
+        // operator trusts that CA already, and one client serves every endpoint.
+        let tls = match xmatters.as_ref().and_then(|b| b.tls.as_deref()) {
+            Some(relay_tls) => relay_tls.clone(),
+            None => tls_config()?,
+        };
         if let Some(builtin) = xmatters {
-            let auth = sensitive_header(
-                BUILTIN_NAME,
-                format!("Bearer {}", builtin.bearer_token.trim()),
-            )?;
-            let resolved =
-                Resolved::new(BUILTIN_NAME, &builtin.base_url, Some(auth), DEFAULT_TIMEOUT)?;
+            let resolved = Resolved::new(BUILTIN_NAME, &builtin.base_url, None, DEFAULT_TIMEOUT)?;
             endpoints.insert(BUILTIN_NAME.to_owned(), resolved);
+            agent_token = Some(builtin.bearer_token.trim().to_owned());
         }
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .build();
@@ -360,7 +389,22 @@ impl Endpoints {
             endpoints,
             client,
             runtime,
+            agent_token,
         })
+    }
+
+    /// The endpoints for the scripts of one integration: the built-in `xMatters` endpoint
+    /// authenticates with a credential for the events of `integrations` only (the integration's
+    /// own id first, then those its `script_events_of` grants).
+    pub fn for_integration(self: &Arc<Self>, integrations: &[String]) -> IntegrationEndpoints {
+        let xmatters_authorization = self.agent_token.as_deref().and_then(|token| {
+            let credential = central::config::script_token(token, integrations);
+            sensitive_header(BUILTIN_NAME, format!("Bearer {credential}")).ok()
+        });
+        IntegrationEndpoints {
+            endpoints: Arc::clone(self),
+            xmatters_authorization,
+        }
     }
 
     /// The endpoint names scripts may use.
@@ -373,6 +417,7 @@ impl Endpoints {
     fn build_request(
         &self,
         endpoint: &Resolved,
+        authorization: Option<&HeaderValue>,
         call: &scripts::HttpCall,
     ) -> Result<Request<Full<Bytes>>, String> {
         let method = Method::from_bytes(call.method.as_bytes())
@@ -396,7 +441,7 @@ impl Endpoints {
                 .map_err(|_| format!("invalid value for header {name}"))?;
             headers.append(name, value);
         }
-        if let Some(auth) = &endpoint.authorization {
+        if let Some(auth) = authorization {
             // The endpoint's credential wins over anything the script set.
             headers.insert(AUTHORIZATION, auth.clone());
         }
@@ -451,8 +496,25 @@ fn describe_client_error(error: &hyper_util::client::legacy::Error) -> String {
     text
 }
 
-impl scripts::HttpClient for Endpoints {
+impl scripts::HttpClient for IntegrationEndpoints {
     fn send(&self, call: &scripts::HttpCall) -> Result<scripts::HttpReply, String> {
+        let authorization = if call.endpoint == BUILTIN_NAME {
+            self.xmatters_authorization.as_ref()
+        } else {
+            None
+        };
+        self.endpoints.send(call, authorization)
+    }
+}
+
+impl Endpoints {
+    /// Make `call`; `builtin_authorization` is the credential of the built-in endpoint (other
+    /// endpoints carry their own).
+    fn send(
+        &self,
+        call: &scripts::HttpCall,
+        builtin_authorization: Option<&HeaderValue>,
+    ) -> Result<scripts::HttpReply, String> {
         let endpoint = self.endpoints.get(&call.endpoint).ok_or_else(|| {
             format!(
                 "unknown endpoint '{}' (configured: {})",
@@ -464,7 +526,8 @@ impl scripts::HttpClient for Endpoints {
         if timeout.is_zero() {
             return Err("no time left in the script's budget".to_owned());
         }
-        let request = self.build_request(endpoint, call)?;
+        let authorization = endpoint.authorization.as_ref().or(builtin_authorization);
+        let request = self.build_request(endpoint, authorization, call)?;
         if tokio::runtime::Handle::try_current().is_ok() {
             // block_on would panic inside a runtime; scripts run on their own threads.
             return Err("internal error: endpoint called from an async context".to_owned());
@@ -605,16 +668,20 @@ mod tests {
             timeout_ms = 200
             "#
         ));
-        let endpoints = Endpoints::new(
-            &list,
-            dir.path(),
-            Some(BuiltinXmatters {
-                base_url: format!("http://{addr}"),
-                bearer_token: "agent-token".into(),
-            }),
-            rt.handle().clone(),
+        let endpoints = Arc::new(
+            Endpoints::new(
+                &list,
+                dir.path(),
+                Some(BuiltinXmatters {
+                    base_url: format!("http://{addr}"),
+                    bearer_token: "agent-token".into(),
+                    tls: None,
+                }),
+                rt.handle().clone(),
+            )
+            .expect("endpoints resolve"),
         )
-        .expect("endpoints resolve");
+        .for_integration(&["alerts".to_owned()]);
 
         let reply = endpoints
             .send(&call("CMDB", "GET", "/ci/web01?x=1", None))
@@ -631,7 +698,12 @@ mod tests {
         let reply = endpoints
             .send(&call("xMatters", "GET", "/api/xm/1/events", None))
             .expect("built-in answers");
-        assert_eq!(reply.body, "GET /api/xm/1/events|Bearer agent-token|");
+        let credential = central::config::script_token("agent-token", &["alerts".to_owned()]);
+        assert_eq!(
+            reply.body,
+            format!("GET /api/xm/1/events|Bearer {credential}|"),
+            "the built-in endpoint carries the integration's credential, not the agent token"
+        );
 
         let reply = endpoints
             .send(&call("Open", "GET", "/missing", None))
@@ -678,8 +750,10 @@ mod tests {
         let list = configs(&format!(
             "[[endpoints]]\nname = \"Gone\"\nbase_url = \"http://{addr}\"\n"
         ));
-        let endpoints =
-            Endpoints::new(&list, Path::new("."), None, rt.handle().clone()).expect("resolve");
+        let endpoints = Arc::new(
+            Endpoints::new(&list, Path::new("."), None, rt.handle().clone()).expect("resolve"),
+        )
+        .for_integration(&["alerts".to_owned()]);
         let error = endpoints
             .send(&call("Gone", "GET", "/", None))
             .expect_err("refused");
@@ -725,6 +799,7 @@ mod tests {
                 Some(BuiltinXmatters {
                     base_url: "http://central".into(),
                     bearer_token: "t".into(),
+                    tls: None,
                 }),
                 rt.handle().clone(),
             )
@@ -762,6 +837,7 @@ mod tests {
         let builtin = BuiltinXmatters {
             base_url: "http://c".into(),
             bearer_token: "agent-secret".into(),
+            tls: None,
         };
         let text = format!("{config:?} {builtin:?}");
         assert!(

@@ -1,6 +1,6 @@
 //! A minimal HTTP/1.1 client for the CLI's calls to the running agent's admin endpoints.
 //!
-//! It exists so `xmagent request` and friends need no TLS stack or connection pool: one plain
+//! It exists so `xmagent request`, `status`, `queue` and friends need no TLS stack or connection pool: one plain
 //! connection to loopback, one request, one answer.
 
 use std::net::SocketAddr;
@@ -9,12 +9,14 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
-/// GET `path_and_query` from `addr`, with an optional bearer token; returns status and body.
-pub async fn get(
+/// Send a body-less `method` request for `path_and_query` to `addr`, with an optional bearer
+/// token; returns status and body.
+pub async fn send(
     addr: SocketAddr,
+    method: Method,
     path_and_query: &str,
     bearer: Option<&str>,
     timeout: Duration,
@@ -24,8 +26,10 @@ pub async fn get(
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
-        let mut request =
-            Request::get(path_and_query).header(hyper::header::HOST, addr.to_string());
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, addr.to_string());
         if let Some(token) = bearer {
             request = request.header(
                 hyper::header::AUTHORIZATION,

@@ -1,9 +1,10 @@
 //! The HTTP front door: routes, status codes, authentication, and the hand-off to the store.
 //!
-//! The order of checks on a trigger is deliberate: route (404/405) → declared length (413) →
-//! credentials (401/403) → body read with the limit (413) → action-specific validation (400) →
-//! durable store (503) → 202. Cheap refusals come first, and nothing is stored for a refused
-//! request.
+//! The order of checks on a trigger is deliberate: (in `central::serve`: no Host 400, long target
+//! 414, big headers 431) → route (404/405) → declared length (413) → credentials (401/403, 429
+//! when throttled) → the integration's rate limit (429) → body read with the limit (413) →
+//! action-specific validation (400) → durable store (503) → 202. Cheap refusals come first, and
+//! nothing is stored for a refused request.
 //!
 //! What it does not do: it never runs scripts or talks to the central; the worker and relay do.
 
@@ -14,13 +15,14 @@ use central::http_util::{self, read_body, BodyError};
 use central::serve::Body;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::auth::{AuthError, AuthMode, IntegrationAuth, Principal};
+use crate::auth::{AdminCaller, AuthError, AuthMode, IntegrationAuth, Principal};
 use crate::config::Action;
 use crate::daemon::Shared;
 use crate::store::{InboundRequest, PrincipalRecord, StoreError};
@@ -42,6 +44,12 @@ const REDACTED_HEADERS: [&str; 4] = [
     "x-api-key",
 ];
 
+/// How many bytes of header names and values a stored request keeps (like the body, what is kept of
+/// a request is bounded).
+pub const MAX_STORED_HEADER_BYTES: usize = 16 * 1024;
+/// The header that replaces those past [`MAX_STORED_HEADER_BYTES`] in a stored request.
+pub const OMITTED_HEADERS: &str = "x-xmagent-omitted-headers";
+
 /// Answer one HTTP request.
 pub async fn handle(
     shared: Arc<Shared>,
@@ -49,10 +57,37 @@ pub async fn handle(
     peer: SocketAddr,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
     let response = route(&shared, request, peer, &path).await;
-    shared.metrics.count_response(response.status());
+    let integration = path
+        .strip_prefix(TRIGGER_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/triggers"));
+    let known = integration.map(|id| (id, shared.live().config.integrations.contains_key(id)));
+    shared
+        .metrics
+        .count_response(known, response.status(), started.elapsed());
+    if let Some(integration) = integration {
+        // One line per trigger outcome, for people tailing the log (its own target, so
+        // `RUST_LOG=info,xmagent::access=warn` silences it on a very busy agent).
+        let request_id = response
+            .extensions()
+            .get::<AcceptedId>()
+            .map(|id| id.0.as_str());
+        tracing::info!(
+            target: "xmagent::access",
+            request_id = request_id.unwrap_or("-"),
+            integration,
+            status = response.status().as_u16(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "trigger answered"
+        );
+    }
     response
 }
+
+/// The requestId of a 202, carried to the outcome log line in the response's extensions.
+#[derive(Clone)]
+struct AcceptedId(String);
 
 async fn route(
     shared: &Arc<Shared>,
@@ -73,29 +108,39 @@ async fn route(
         ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
         ("/readyz", &Method::GET) => shared.readiness(),
         ("/metrics", &Method::GET) => shared.metrics_response(),
-        (TOKEN_PATH, &Method::POST) => token(shared, request).await,
+        (TOKEN_PATH, &Method::POST) => token(shared, request, peer).await,
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         (TOKEN_PATH, _) => method_not_allowed("POST"),
-        (DEAD_LETTERS_PATH, &Method::GET) => admin(shared, &request, |s| {
-            s.store
-                .dead_letters()
-                .map(|list| json!({"count": list.len(), "data": list}))
-        }),
+        (DEAD_LETTERS_PATH, &Method::GET) => {
+            admin(shared, &request, peer, |s, caller| {
+                let live = s.live();
+                let mut list = s.store.dead_letters()?;
+                list.retain(|d| may_see(caller, &live, &d.entry.integration_id));
+                Ok(Some(json!({"count": list.len(), "data": list})))
+            })
+            .await
+        }
+        _ if crate::admin::serves(path) => crate::admin::handle(shared, request, peer, path).await,
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
                 if request.method() != Method::GET {
                     return method_not_allowed("GET");
                 }
                 let id = id.to_owned();
-                return match admin_guard(shared, &request) {
-                    Err(response) => *response,
-                    Ok(()) => match shared.store.request(&id) {
-                        Ok(Some(record)) => http_util::json(StatusCode::OK, &record),
-                        Ok(None) => {
-                            http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}"))
-                        }
-                        Err(error) => store_failure(error),
-                    },
+                let caller = match authorize_admin(shared, request.headers(), peer).await {
+                    Ok(caller) => caller,
+                    Err(response) => return *response,
+                };
+                return match shared.store.request(&id) {
+                    Ok(Some(record))
+                        if may_see(&caller, &shared.live(), &record.integration_id) =>
+                    {
+                        http_util::json(StatusCode::OK, &record)
+                    }
+                    // A record the caller may not see is answered like a missing one, so its
+                    // existence is not revealed either.
+                    Ok(_) => http_util::error(StatusCode::NOT_FOUND, format!("no request {id:?}")),
+                    Err(error) => store_failure(error),
                 };
             }
             if let Some(id) = path
@@ -110,7 +155,10 @@ async fn route(
                     .unwrap_or(100usize)
                     .min(1000);
                 let id = id.to_owned();
-                return admin(shared, &request, |s| {
+                return admin(shared, &request, peer, |s, caller| {
+                    if !may_see(caller, &s.live(), &id) {
+                        return Ok(None);
+                    }
                     let mut entries = s.store.activity(&id, limit)?;
                     // An entry is written when the request is processed; show where the request
                     // is now (DELIVERED, with the central's event ids) rather than that snapshot.
@@ -125,67 +173,103 @@ async fn route(
                                 .collect::<Vec<_>>());
                         }
                     }
-                    Ok(json!({"count": entries.len(), "total": entries.len(), "data": entries}))
-                });
+                    Ok(Some(
+                        json!({"count": entries.len(), "total": entries.len(), "data": entries}),
+                    ))
+                })
+                .await;
             }
             not_found(path)
         }
     }
 }
 
-/// Run `body` for an authorized operator: the admin token (written to the data directory for the
-/// CLI) or any configured user holding the REST role.
-fn admin(
+/// Run `body` for an authorized operator (see [`authorize_admin`]); `Ok(None)` from `body` means
+/// the caller may not see what it asked for, answered 403.
+async fn admin(
     shared: &Arc<Shared>,
     request: &Request<Incoming>,
-    body: impl FnOnce(&Shared) -> Result<serde_json::Value, StoreError>,
+    peer: SocketAddr,
+    body: impl FnOnce(&Shared, &AdminCaller) -> Result<Option<serde_json::Value>, StoreError>,
 ) -> Response<Body> {
-    if let Err(response) = admin_guard(shared, request) {
-        return *response;
-    }
-    match body(shared) {
-        Ok(value) => http_util::json(StatusCode::OK, &value),
+    let caller = match authorize_admin(shared, request.headers(), peer).await {
+        Ok(caller) => caller,
+        Err(response) => return *response,
+    };
+    match body(shared, &caller) {
+        Ok(Some(value)) => http_util::json(StatusCode::OK, &value),
+        Ok(None) => http_util::error(
+            StatusCode::FORBIDDEN,
+            "this user may not see this integration's data",
+        ),
         Err(error) => store_failure(error),
     }
 }
 
-fn admin_guard(
-    shared: &Arc<Shared>,
-    request: &Request<Incoming>,
-) -> Result<(), Box<Response<Body>>> {
-    let headers = request.headers();
-    if let Some(token) = http_util::bearer_token(headers.get(hyper::header::AUTHORIZATION)) {
-        if shared.admin_token.matches(&token) {
-            return Ok(());
-        }
-    }
-    let policy = IntegrationAuth {
-        mode: AuthMode::Any,
-        url_key: None,
-        authenticating_user: None,
-        allowed_users: None,
-    };
-    let live = shared.live();
-    live.config
-        .authenticator
-        .authenticate(&policy, headers, None)
-        .map(|_| ())
-        .map_err(|error| Box::new(auth_failure(&error, AuthMode::Any)))
+/// The one admin-authorization check every admin endpoint calls: the admin token (written to the
+/// data directory for the CLI) or a configured user holding the `Agent Administrator` role. A
+/// valid user without the role gets 403, a wrong credential 401, a throttled one 429.
+pub async fn authorize_admin(
+    shared: &Shared,
+    headers: &hyper::HeaderMap,
+    peer: SocketAddr,
+) -> Result<AdminCaller, Box<Response<Body>>> {
+    let authenticator = shared.live().config.authenticator.clone();
+    authenticator
+        .authenticate_admin(headers, peer.ip(), &shared.admin_token)
+        .await
+        .map_err(|error| {
+            tracing::info!(%peer, reason = %error, "admin request refused");
+            Box::new(auth_failure(&error, AuthMode::Any))
+        })
 }
 
-async fn token(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+/// Whether `caller` may see the data of `integration_id`: its `allowed_users` in the live config
+/// hold for admin users too.
+pub(crate) fn may_see(
+    caller: &AdminCaller,
+    live: &crate::daemon::Live,
+    integration_id: &str,
+) -> bool {
+    let unlisted = IntegrationAuth::default();
+    let policy = live
+        .config
+        .integrations
+        .get(integration_id)
+        .map_or(&unlisted, |i| &i.auth);
+    caller.may_see(policy)
+}
+
+async fn token(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let body = match read_body(request.into_body(), 64 * 1024).await {
         Ok(body) => body,
         Err(error) => return body_failure(error),
     };
     let authenticator = shared.live().config.authenticator.clone();
-    match authenticator.token(&body).await {
+    let mut response = match authenticator.token(&body, peer.ip()).await {
         Ok(token) => http_util::json(StatusCode::OK, &token),
-        Err(error) => http_util::json(
-            error.status,
-            &json!({"error": error.error, "error_description": error.description}),
-        ),
-    }
+        Err(error) => {
+            let mut response = http_util::json(
+                error.status,
+                &json!({"error": error.error, "error_description": error.description}),
+            );
+            if let Some(secs) = error.retry_after_secs {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
+    };
+    // RFC 6749 §5.1: token answers must not be cached anywhere.
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
 }
 
 async fn trigger(
@@ -217,7 +301,12 @@ async fn trigger(
     let api_key = query_param(Some(query), "apiKey");
     let authenticator = live.config.authenticator.clone();
     let principal = match authenticator
-        .authenticate_async(&integration.auth, &parts.headers, api_key.as_deref())
+        .authenticate(
+            &integration.auth,
+            &parts.headers,
+            api_key.as_deref(),
+            peer.ip(),
+        )
         .await
     {
         Ok(principal) => principal,
@@ -226,6 +315,20 @@ async fn trigger(
             return auth_failure(&error, integration.auth.mode);
         }
     };
+    if let Some(rate_limit) = &integration.rate_limit {
+        if let Err(wait) = rate_limit.try_acquire(std::time::Instant::now()) {
+            tracing::info!(integration = %id, %peer, "trigger refused: rate limit");
+            let mut response = http_util::error(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("integration {id:?} is over its rate limit; retry later"),
+            );
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
+            return response;
+        }
+    }
     drop(live);
     let body = match read_body(body, limit).await {
         Ok(body) => body,
@@ -236,7 +339,7 @@ async fn trigger(
             Ok(trigger) => Some(trigger),
             Err(reason) => return http_util::error(StatusCode::BAD_REQUEST, reason),
         },
-        Action::Transform | Action::RunScript => None,
+        Action::Transform | Action::RunScript | Action::HttpTrigger => None,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let received_at = central::http_util::now_rfc3339();
@@ -316,7 +419,11 @@ fn accepted_response(request_id: &str) -> Response<Body> {
     struct Accepted<'a> {
         request_id: &'a str,
     }
-    http_util::json(StatusCode::ACCEPTED, &Accepted { request_id })
+    let mut response = http_util::json(StatusCode::ACCEPTED, &Accepted { request_id });
+    response
+        .extensions_mut()
+        .insert(AcceptedId(request_id.to_owned()));
+    response
 }
 
 fn principal_record(principal: &Principal) -> PrincipalRecord {
@@ -330,18 +437,35 @@ fn principal_record(principal: &Principal) -> PrincipalRecord {
     }
 }
 
+/// The request headers as stored (for scripts and the activity stream): credentials redacted, and
+/// at most [`MAX_STORED_HEADER_BYTES`] of names and values; the headers past that are replaced by
+/// one [`OMITTED_HEADERS`] entry saying how many were left out.
 fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .map(|(name, value)| {
-            let value = if REDACTED_HEADERS.contains(&name.as_str()) {
-                "<redacted>".to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).into_owned()
-            };
-            (name.as_str().to_owned(), value)
-        })
-        .collect()
+    let mut kept = Vec::with_capacity(headers.len());
+    let mut bytes = 0;
+    let mut omitted = 0usize;
+    for (name, value) in headers {
+        let value = if REDACTED_HEADERS.contains(&name.as_str()) {
+            "<redacted>".to_owned()
+        } else {
+            String::from_utf8_lossy(value.as_bytes()).into_owned()
+        };
+        bytes += name.as_str().len() + value.len();
+        if bytes > MAX_STORED_HEADER_BYTES {
+            omitted += 1;
+            continue;
+        }
+        kept.push((name.as_str().to_owned(), value));
+    }
+    if omitted > 0 {
+        kept.push((
+            OMITTED_HEADERS.to_owned(),
+            format!(
+                "{omitted} headers past the first {MAX_STORED_HEADER_BYTES} bytes were not kept"
+            ),
+        ));
+    }
+    kept
 }
 
 /// The first value of `name` in a query string, percent-decoded.
@@ -369,9 +493,15 @@ pub fn query_without_api_key(query: &str) -> String {
 fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
     let status = match error {
         AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+        AuthError::Forbidden { .. } | AuthError::NotAdmin { .. } => StatusCode::FORBIDDEN,
+        AuthError::Throttled { .. } | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
     };
     let mut response = http_util::error(status, error.to_string());
+    if let Some(secs) = error.retry_after_secs() {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
     if let Some(challenge) = error.www_authenticate(mode) {
         response
             .headers_mut()
@@ -389,7 +519,7 @@ fn body_failure(error: BodyError) -> Response<Body> {
     }
 }
 
-fn store_failure(error: StoreError) -> Response<Body> {
+pub(crate) fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
     unavailable(error.to_string())
 }
@@ -409,7 +539,7 @@ fn unavailable(message: String) -> Response<Body> {
     response
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
     response
         .headers_mut()
@@ -462,5 +592,23 @@ mod tests {
         assert!(kept.contains(&("authorization".into(), "<redacted>".into())));
         assert!(kept.contains(&("x-custom".into(), "visible".into())));
         assert!(!format!("{kept:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn stored_headers_are_capped() {
+        let mut headers = hyper::HeaderMap::new();
+        let big = "v".repeat(1024);
+        for i in 0..40 {
+            headers.insert(
+                hyper::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_str(&big).unwrap(),
+            );
+        }
+        let kept = redacted_headers(&headers);
+        let bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
+        assert!(bytes <= MAX_STORED_HEADER_BYTES + 200, "{bytes} bytes kept");
+        let (name, note) = kept.last().unwrap();
+        assert_eq!(name, OMITTED_HEADERS);
+        assert!(note.starts_with("25 headers"), "{note}");
     }
 }

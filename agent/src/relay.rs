@@ -218,6 +218,7 @@ impl RelayConfig {
             connect_timeout: CONNECT_TIMEOUT,
             welcome_timeout: WELCOME_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
+            ack_latency: None,
         })
     }
 }
@@ -304,6 +305,16 @@ pub struct RelaySettings {
     connect_timeout: Duration,
     welcome_timeout: Duration,
     shutdown_grace: Duration,
+    /// Where the time from sending an entry to its ack is recorded (`/metrics`), if anywhere.
+    ack_latency: Option<Arc<crate::metrics::Histogram>>,
+}
+
+impl RelaySettings {
+    /// Record every ack's latency (send to ack, on one connection) in `histogram`.
+    pub fn with_ack_latency(mut self, histogram: Arc<crate::metrics::Histogram>) -> Self {
+        self.ack_latency = Some(histogram);
+        self
+    }
 }
 
 impl fmt::Debug for RelaySettings {
@@ -325,6 +336,12 @@ impl fmt::Debug for RelaySettings {
 }
 
 impl RelaySettings {
+    /// The TLS client settings for the central (system roots plus `ca_file`), `None` for
+    /// `ws://`; the built-in `xMatters` endpoint reuses them.
+    pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     /// The central's REST API root (same host and port as the websocket, `http`/`https`): the
     /// base URL of the built-in `xMatters` endpoint scripts call.
     pub fn rest_base_url(&self) -> String {
@@ -351,7 +368,7 @@ impl RelaySettings {
 }
 
 /// What the relay is doing, published on a `watch` channel for `/readyz`, `/metrics` and the CLI.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RelayStatus {
     /// A websocket to the central is open and welcomed.
     pub connected: bool,
@@ -900,8 +917,11 @@ impl<'a> Session<'a> {
     fn handle_frame(&mut self, frame: CentralFrame) -> Result<bool, RelayError> {
         match frame {
             CentralFrame::Ack { seq, event_id } => {
-                let known =
-                    self.in_flight.remove(&seq).is_some() || self.waiting.remove(&seq).is_some();
+                let sent = self.in_flight.remove(&seq);
+                if let (Some(sent), Some(histogram)) = (&sent, &self.settings.ack_latency) {
+                    histogram.observe(sent.sent_at.elapsed());
+                }
+                let known = sent.is_some() || self.waiting.remove(&seq).is_some();
                 if !known {
                     tracing::warn!(
                         seq,

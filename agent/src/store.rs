@@ -43,8 +43,11 @@ use crate::relay::{Outbox, OutboxEntry};
 
 mod finished;
 mod grouped;
+mod operations;
 use finished::Finished;
 use grouped::GroupedLog;
+use operations::LiveBounds;
+pub use operations::{QueueEntry, QueueState};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +130,29 @@ const MARK_KEY: &[u8] = b"acknowledged-mark";
 /// Queue numbers in the seal's refused ranges.
 const INBOX_QUEUE: u8 = 0;
 const OUTBOX_QUEUE: u8 = 1;
+
+/// How much of the `[store]` bounds an accepted request may fill.
+#[derive(Debug, Clone, Copy)]
+enum Headroom {
+    /// All of it: a create_event request is its one outbox entry already.
+    None,
+    /// All but a tenth, kept for the events of script requests: a full inbox whose scripts
+    /// could not store their events would never drain.
+    ForEvents,
+}
+
+impl Headroom {
+    fn bounds(self, live: &LiveBounds) -> (u64, u64) {
+        let (entries, bytes) = (live.max_entries(), live.max_bytes());
+        match self {
+            Headroom::None => (entries, bytes),
+            Headroom::ForEvents => (entries - entries / 10, bytes - bytes / 10),
+        }
+    }
+}
+
+/// About what an outbox value adds to its trigger (request id, integration, form, seq).
+const OUTBOX_HEAD_BYTES: u64 = 200;
 
 /// What [`Store::open`] does when the database holds less than its seal records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +328,8 @@ struct Inner {
     finished: Finished,
     activity: sled::Tree,
     dead_letters: sled::Tree,
-    config: StoreConfig,
+    /// The `[store]` bounds a reload may change (see `store::operations`).
+    bounds: LiveBounds,
     pending_entries: AtomicU64,
     pending_bytes: AtomicU64,
     /// sled's `Tree::len` walks the whole tree, so sizes needed per request are counted here.
@@ -508,7 +535,8 @@ impl BufferedActivity {
 impl Inner {
     /// Measure free space; logs when room runs out and when it returns.
     fn measure_disk(&self) {
-        let needed = self.config.min_free_mib.saturating_mul(1024 * 1024);
+        let min_free_mib = self.bounds.min_free_mib();
+        let needed = min_free_mib.saturating_mul(1024 * 1024);
         let room = match durable::available_bytes(&self.dir) {
             Ok(free) => free > needed,
             Err(error) => {
@@ -520,7 +548,7 @@ impl Inner {
         if had && !room {
             tracing::error!(
                 dir = %self.dir.display(),
-                min_free_mib = self.config.min_free_mib,
+                min_free_mib,
                 "the store's disk is almost full: refusing requests (503) until space returns"
             );
         } else if room && !had {
@@ -562,7 +590,7 @@ impl Inner {
     fn prune_activity(&self, integration_id: &str, added: u64) -> Result<(), StoreError> {
         let inner = self;
         let prefix = activity_prefix(integration_id);
-        let retention = inner.config.activity_per_integration;
+        let retention = inner.bounds.activity_per_integration();
         let slack = retention / 8 + 8;
         let mut counts = inner
             .activity_counts
@@ -663,6 +691,8 @@ struct GroupCommit {
     gather: std::time::Duration,
     /// Flushes done so far; writes per flush tell an operator how well group commit batches.
     flushes: AtomicU64,
+    /// Time of each group commit's write and flush (`/metrics`).
+    flush_latency: crate::metrics::Histogram,
 }
 
 impl GroupCommit {
@@ -919,6 +949,7 @@ impl Store {
             stopped: std::sync::atomic::AtomicBool::new(false),
             gather: std::time::Duration::from_micros(config.group_commit_wait_us),
             flushes: AtomicU64::new(0),
+            flush_latency: Default::default(),
         });
         let inner = Arc::new(Inner {
             requests,
@@ -928,7 +959,7 @@ impl Store {
             inbox,
             outbox,
             db,
-            config,
+            bounds: LiveBounds::new(&config),
             pending_entries: AtomicU64::new(pending_entries),
             pending_bytes: AtomicU64::new(pending_bytes),
             outbox_entries: AtomicU64::new(outbox_entries),
@@ -966,7 +997,7 @@ impl Store {
         let inner = &self.inner;
         let value = serde_json::to_vec(&request)?;
         let size = value.len() as u64;
-        self.reserve(size)?;
+        self.reserve(size, Headroom::ForEvents)?;
         // Only the inbox entry is on the durable path; the status record is written when the
         // worker finishes (until then the in-memory index answers "ACCEPTED").
         let key = match inner
@@ -1007,7 +1038,6 @@ impl Store {
         activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
         self.check_not_broken()?;
-        let inner = &self.inner;
         let meta = OutboxMeta {
             request_id: request_id.to_owned(),
             integration_id: integration_id.to_owned(),
@@ -1015,9 +1045,28 @@ impl Store {
             received_at: received_at.to_owned(),
             record_at_ack: true,
         };
-        let value = outbox_value_head(&meta, form, trigger)?;
+        let seq = self.append_event_durably(&meta, form, trigger).await?;
+        self.record_activity(
+            &meta.integration_id,
+            BufferedActivity::Pending(Box::new(activity)),
+        );
+        Ok(seq)
+    }
+
+    /// Append one outbox entry whose status record is written when the central answers
+    /// (`meta.record_at_ack`), and wait for the flush that covers it; until the answer the
+    /// in-memory index says QUEUED. On failure nothing is kept and the error is returned. Used
+    /// by the `create_event` fast path and by a dead letter's retry.
+    async fn append_event_durably(
+        &self,
+        meta: &OutboxMeta,
+        form: Option<&str>,
+        trigger: &str,
+    ) -> Result<u64, StoreError> {
+        let inner = &self.inner;
+        let value = outbox_value_head(meta, form, trigger)?;
         let head = value.len() as u64;
-        self.reserve(head)?;
+        self.reserve(head, Headroom::None)?;
         let mut size = head;
         let appended = inner.outbox.append(&inner.db, |seq| {
             let value = self.finish_outbox_entry(seq, value, meta.clone());
@@ -1045,10 +1094,6 @@ impl Store {
             }
             return Err(error);
         }
-        self.record_activity(
-            &meta.integration_id,
-            BufferedActivity::Pending(Box::new(activity)),
-        );
         Ok(seq)
     }
 
@@ -1076,7 +1121,7 @@ impl Store {
         let Ok(key) = inner.db.generate_id() else {
             return;
         };
-        let retention = inner.config.activity_per_integration as usize;
+        let retention = inner.bounds.activity_per_integration() as usize;
         let mut buffer = inner
             .activity_buffer
             .lock()
@@ -1114,22 +1159,50 @@ impl Store {
         commit.wake.notify_one();
     }
 
-    fn reserve(&self, size: u64) -> Result<(), StoreError> {
+    fn reserve(&self, size: u64, headroom: Headroom) -> Result<(), StoreError> {
         let inner = &self.inner;
         if !inner.disk_has_room.load(Ordering::Relaxed) {
             return Err(StoreError::Full(
                 "the disk holding the store is almost full",
             ));
         }
-        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= inner.config.max_entries {
+        let (max_entries, max_bytes) = headroom.bounds(&inner.bounds);
+        if inner.pending_entries.fetch_add(1, Ordering::SeqCst) >= max_entries {
             inner.pending_entries.fetch_sub(1, Ordering::SeqCst);
             return Err(StoreError::Full("pending entry limit reached"));
         }
-        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > inner.config.max_bytes {
+        if inner.pending_bytes.fetch_add(size, Ordering::SeqCst) + size > max_bytes {
             self.release(size);
             return Err(StoreError::Full("pending byte limit reached"));
         }
         Ok(())
+    }
+
+    /// Whether `processed`'s events fit the `[store]` bounds in place of `accepted`'s inbox
+    /// entry. Script requests are accepted only below [`Headroom::ForEvents`], so their events
+    /// have the rest; when the outbox is empty nothing could free room by waiting, so the
+    /// events are let through.
+    pub fn has_room_for(&self, accepted: &Accepted, processed: &Processed) -> bool {
+        if processed.failure.is_some() || processed.events.len() <= 1 {
+            return true;
+        }
+        let inner = &self.inner;
+        if inner.outbox_entries.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let added = processed.events.len() as u64 - 1;
+        let entries = inner.pending_entries.load(Ordering::SeqCst) + added;
+        let event_bytes: u64 = processed
+            .events
+            .iter()
+            .map(|(_, trigger)| trigger.to_string().len() as u64 + OUTBOX_HEAD_BYTES)
+            .sum();
+        let bytes = inner
+            .pending_bytes
+            .load(Ordering::SeqCst)
+            .saturating_sub(accepted.size)
+            + event_bytes;
+        entries <= inner.bounds.max_entries() && bytes <= inner.bounds.max_bytes()
     }
 
     fn release(&self, size: u64) {
@@ -1359,7 +1432,7 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<serde_json::Value>, StoreError> {
         // Pruning leaves a little slack; never show more than the retention.
-        let limit = limit.min(self.inner.config.activity_per_integration as usize);
+        let limit = limit.min(self.inner.bounds.activity_per_integration() as usize);
         let mut entries: Vec<serde_json::Value> = {
             let mut buffer = self
                 .inner
@@ -1417,6 +1490,11 @@ impl Store {
     /// Group-commit flushes since the store was opened.
     pub fn flushes(&self) -> u64 {
         self.inner.commit.flushes.load(Ordering::Relaxed)
+    }
+
+    /// How long group commits take (write and flush), for `/metrics`.
+    pub fn flush_latency(&self) -> &crate::metrics::Histogram {
+        &self.inner.commit.flush_latency
     }
 
     /// Entries waiting for the central.
@@ -1681,7 +1759,10 @@ async fn flusher(commit: Arc<GroupCommit>) {
             // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
-            (target, shared.commit())
+            let started = std::time::Instant::now();
+            let committed = shared.commit();
+            shared.flush_latency.observe(started.elapsed());
+            (target, committed)
         })
         .await;
         let (target, flushed) = match flushed {
@@ -2047,6 +2128,45 @@ mod tests {
             Err(StoreError::Full(_))
         ));
         assert_eq!(store.pending(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn script_events_count_against_the_bound_and_ingress_keeps_them_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            max_entries: 10,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), config).unwrap();
+        for n in 0..7 {
+            let id = request(100 + n).request_id;
+            store
+                .accept_event(&id, "int", "", None, "{}", || json!({}))
+                .await
+                .unwrap();
+        }
+        let script = store.accept(request(1)).await.unwrap();
+        store.accept(request(2)).await.unwrap();
+        // 9 pending: a script request would take the tenth, which is kept for events.
+        assert!(matches!(
+            store.accept(request(3)).await,
+            Err(StoreError::Full(_))
+        ));
+        // One request's inbox entry becomes its events: 3 events need 11 places.
+        assert!(store.has_room_for(&script, &events(2)));
+        assert!(!store.has_room_for(&script, &events(3)));
+        assert!(store.has_room_for(&script, &events(1)));
+        // The relay delivers: room appears.
+        let acks: Vec<(u64, String)> = store
+            .pending_after(None, 10)
+            .unwrap()
+            .iter()
+            .map(|entry| (entry.seq, "ev".to_owned()))
+            .collect();
+        store.acknowledged(&acks).unwrap();
+        assert!(store.has_room_for(&script, &events(3)));
+        store.complete(&script, events(3)).unwrap();
+        assert_eq!(store.pending().0, 4);
     }
 
     #[tokio::test]

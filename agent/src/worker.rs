@@ -272,8 +272,9 @@ pub async fn run(
             break;
         };
         let shared = shared.clone();
+        let stop = shutdown.clone();
         running.spawn(async move {
-            process(&shared, job).await;
+            process(&shared, job, stop).await;
             drop(permit);
         });
         while running.try_join_next().is_some() {}
@@ -281,7 +282,10 @@ pub async fn run(
     while running.join_next().await.is_some() {}
 }
 
-async fn process(shared: &Shared, job: Job) {
+/// How often a request whose events do not fit the store looks for room again.
+const ROOM_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+async fn process(shared: &Shared, job: Job, mut stop: watch::Receiver<bool>) {
     let request = &job.accepted.request;
     let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
     async {
@@ -301,6 +305,22 @@ async fn process(shared: &Shared, job: Job) {
         shared
             .metrics
             .count_processed(failure.is_some(), started.elapsed());
+        // The events count against the store's bounds: wait while the relay makes room.
+        // A shutdown meanwhile leaves the request in the inbox, to run again at the next start.
+        let mut waited = false;
+        while !shared.store.has_room_for(&job.accepted, &processed) {
+            if !waited {
+                tracing::warn!(
+                    events,
+                    "the store is full; the request's events wait for room"
+                );
+                waited = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ROOM_POLL) => {}
+                _ = stop.wait_for(|stop| *stop) => return,
+            }
+        }
         match shared.store.complete(&job.accepted, processed) {
             Ok(_) => match failure {
                 Some(reason) => tracing::warn!(%reason, "request failed"),
@@ -350,11 +370,18 @@ async fn run_action(
                 integration_uuid: request.integration_id.clone(),
                 remote_address: request.remote_address.clone(),
             };
-            let http = shared.live().endpoints.clone();
+            let http = {
+                let live = shared.live();
+                let mut scope = vec![request.integration_id.clone()];
+                if let Some(integration) = live.config.integrations.get(&request.integration_id) {
+                    scope.extend(integration.script_events_of.iter().cloned());
+                }
+                Arc::new(live.endpoints.for_integration(&scope))
+            };
             let outcome = shared
-                .scripts
-                .run(program.clone(), script_request, http)
+                .run_script(program.clone(), script_request, http)
                 .await;
+            let (outcome, flow) = flow_trigger(integration, outcome);
             let mut error = outcome
                 .error
                 .as_ref()
@@ -383,6 +410,7 @@ async fn run_action(
                 "error": error,
                 "durationMs": outcome.duration.as_millis() as u64,
             });
+            let details = with_flow(details, flow);
             Processed {
                 activity: activity(request, status, details),
                 events: posts
@@ -405,6 +433,54 @@ fn unsendable_post(posts: &[serde_json::Value]) -> Option<String> {
             .err()
             .map(|error| format!("form.post call {} cannot be sent: {error}", index + 1))
     })
+}
+
+/// Most bytes of `http_trigger` outputs copied into an activity-stream entry (as JSON text).
+const ACTIVITY_OUTPUT_BYTES: usize = 4 * ACTIVITY_BODY_BYTES;
+
+/// The outputs as the activity entry shows them: whole when small, otherwise a note of their
+/// size (they may be as large as the run's post budget, and the stream keeps many entries).
+fn activity_outputs(outputs: Map<String, Value>) -> Value {
+    let size = serde_json::to_string(&outputs).map_or(usize::MAX, |text| text.len());
+    if size <= ACTIVITY_OUTPUT_BYTES {
+        Value::Object(outputs)
+    } else {
+        json!({ "omitted": format!("{size} bytes of outputs; the activity stream keeps up to {ACTIVITY_OUTPUT_BYTES}") })
+    }
+}
+
+/// An `http_trigger` run that succeeded: the event its outputs describe joins the run's posts
+/// (so it is checked and sent like any posted event). Answers what the activity entry adds:
+/// the outputs, and `skipped` naming the output that asked for no event. Other runs pass
+/// through unchanged.
+fn flow_trigger(
+    integration: &Integration,
+    mut outcome: scripts::Outcome,
+) -> (scripts::Outcome, Map<String, Value>) {
+    let mut said = Map::new();
+    if integration.action != Action::HttpTrigger || !outcome.is_ok() {
+        return (outcome, said);
+    }
+    match integration.event.event(&outcome.outputs) {
+        scripts::flow::FlowEvent::Create(trigger) => outcome.posts.push(trigger),
+        scripts::flow::FlowEvent::Skipped { output } => {
+            said.insert(
+                "skipped".into(),
+                json!(format!("output {output:?} is true")),
+            );
+        }
+    }
+    let outputs = std::mem::take(&mut outcome.outputs);
+    said.insert("outputs".into(), activity_outputs(outputs));
+    (outcome, said)
+}
+
+/// The activity details with what [`flow_trigger`] said added.
+fn with_flow(mut details: Value, flow: Map<String, Value>) -> Value {
+    if let Value::Object(fields) = &mut details {
+        fields.extend(flow);
+    }
+    details
 }
 
 fn failed(request: &InboundRequest, reason: String) -> Processed {
@@ -516,6 +592,24 @@ mod tests {
         // The last of duplicate keys counts, as for any JSON parser.
         assert!(trigger_from_body(br#"{"properties": {}, "properties": 1}"#).is_err());
         assert!(trigger_from_body(br#"{"properties": 1, "properties": {}}"#).is_ok());
+    }
+
+    #[test]
+    fn large_outputs_are_summarised_in_the_activity_stream() {
+        let small = json!({"Summary": "x"}).as_object().cloned().unwrap();
+        assert_eq!(activity_outputs(small.clone()), Value::Object(small));
+        let big = json!({"Details": "y".repeat(ACTIVITY_OUTPUT_BYTES)})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let shown = activity_outputs(big);
+        assert!(
+            shown["omitted"]
+                .as_str()
+                .unwrap()
+                .contains("bytes of outputs"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -123,3 +123,58 @@ fn gen_key_prints_distinct_long_keys() {
     assert!(one.trim().len() >= 32, "{one}");
     assert_ne!(one, two);
 }
+
+/// `xmagent ARGS --config DIR/agent.toml` with the good config and no agent running.
+fn operator(args: &[&str]) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = xmagent()
+        .args(args)
+        .args(["--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn purging_dead_letters_wants_a_confirmation() {
+    let (code, stderr) = operator(&["queue", "purge", "--dead"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("--yes"), "{stderr}");
+    // Only dead letters can be purged: the flag is required.
+    let (code, stderr) = operator(&["queue", "purge", "--yes"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--dead"), "{stderr}");
+}
+
+#[test]
+fn retry_wants_an_id_or_all_dead_but_not_both() {
+    let (code, stderr) = operator(&["queue", "retry"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stderr) = operator(&["queue", "retry", "7", "--all-dead"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, stderr) = operator(&["queue", "retry", "not-a-number"]);
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[test]
+fn operator_commands_say_when_no_agent_runs() {
+    for args in [
+        &["status"][..],
+        &["queue", "list", "--state", "dead"],
+        &["activity", "i1", "--follow"],
+    ] {
+        let (code, stderr) = operator(args);
+        assert_eq!(code, 70, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("is the agent running"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let (code, stderr) = operator(&["queue", "list", "--state", "lost"]);
+    assert_eq!(code, 2, "{stderr}");
+}

@@ -1,13 +1,21 @@
 //! The `xmcentral` configuration file: where to listen, where to keep data, which agents and REST
 //! users may connect.
 //!
-//! Secrets (agent tokens, user passwords) are read once and kept only as SHA-256 digests, so a
-//! memory dump or a stray `Debug` print never shows them; verification compares digests in
-//! constant time.
+//! Secrets are read once and never kept in plain text, so a memory dump or a stray `Debug` print
+//! never shows them: agent tokens (long random strings) as SHA-256 digests compared in constant
+//! time, user passwords as salted argon2 PHC strings (`password_hash`, or an inline `password` /
+//! `password_file` hashed at load). Users carry roles; the REST API needs
+//! [`REST_WEB_SERVICE_USER`]. The central serves HTTPS/WSS when `tls_cert_file` and `tls_key_file`
+//! are set.
+//!
+//! What it does NOT do: verify passwords (see [`crate::access`]) or open sockets.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -20,6 +28,19 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 
 /// The data directory used when `[central] data_dir` is absent (relative to the config file).
 pub const DEFAULT_DATA_DIR: &str = "./central-data";
+
+/// The role a REST user needs to read events and change their status (the xMatters name). Users
+/// configured without `roles` hold it, so existing configs keep working.
+pub const REST_WEB_SERVICE_USER: &str = "REST Web Service User";
+
+/// The certificate chain and key files the central serves HTTPS/WSS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
 
 /// A validated central configuration, ready for [`crate::start`].
 ///
@@ -36,6 +57,8 @@ pub struct CentralConfig {
     pub agents: Vec<AgentCredential>,
     /// REST users allowed to call the API with Basic auth.
     pub users: Vec<UserCredential>,
+    /// Serve HTTPS/WSS with these files instead of plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// One agent the central accepts: the id it is bound to and a digest of its token.
@@ -46,12 +69,14 @@ pub struct AgentCredential {
     token_sha256: [u8; 32],
 }
 
-/// One REST user: a name and a digest of the password.
+/// One REST user: a name, roles and a salted argon2 hash of the password.
 #[derive(Clone)]
 pub struct UserCredential {
     /// The user name given in Basic auth.
     pub name: String,
-    password_sha256: [u8; 32],
+    /// What the user may do; see [`REST_WEB_SERVICE_USER`].
+    pub roles: Vec<String>,
+    phc: std::sync::Arc<str>,
 }
 
 fn digest(secret: &str) -> [u8; 32] {
@@ -74,19 +99,86 @@ impl AgentCredential {
 }
 
 impl UserCredential {
-    /// Build a credential from the plain password; only its digest is kept.
-    pub fn new(name: impl Into<String>, password: &str) -> Self {
-        Self {
+    /// Build a credential holding [`REST_WEB_SERVICE_USER`] from the plain password, hashed with
+    /// argon2id at its default cost (tens of milliseconds: done once, at load).
+    pub fn new(name: impl Into<String>, password: &str) -> Result<Self, String> {
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let phc = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| format!("cannot hash the password: {e}"))?
+            .to_string();
+        Ok(Self {
             name: name.into(),
-            password_sha256: digest(password),
-        }
+            roles: vec![REST_WEB_SERVICE_USER.to_owned()],
+            phc: phc.into(),
+        })
     }
 
-    /// Whether `name`/`password` match this user. The password comparison is constant time.
-    pub fn verify(&self, name: &str, password: &str) -> bool {
-        let password_ok: bool = digest(password).ct_eq(&self.password_sha256).into();
-        password_ok & (self.name == name)
+    /// Build a credential from an argon2 PHC string (e.g. from `xmagent hash-password`). The
+    /// error never repeats the string.
+    pub fn from_hash(
+        name: impl Into<String>,
+        phc: &str,
+        roles: Vec<String>,
+    ) -> Result<Self, String> {
+        let hash = PasswordHash::new(phc.trim()).map_err(|e| {
+            format!("not a valid PHC hash string: {e} (create one with `xmagent hash-password`)")
+        })?;
+        argon2::Algorithm::try_from(hash.algorithm)
+            .map_err(|_| format!("`{}` is not an argon2 algorithm", hash.algorithm))?;
+        Ok(Self {
+            name: name.into(),
+            roles,
+            phc: phc.trim().into(),
+        })
     }
+
+    /// Whether the user holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// The PHC string, for verification off the async runtime (see [`crate::access`]).
+    pub fn phc(&self) -> std::sync::Arc<str> {
+        std::sync::Arc::clone(&self.phc)
+    }
+}
+
+/// Whether `password` matches the argon2 PHC string `phc`. Slow by design: call it on a
+/// verification thread, never on an async worker.
+pub fn argon2_matches(phc: &str, password: &str) -> bool {
+    PasswordHash::new(phc).is_ok_and(|hash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &hash)
+            .is_ok()
+    })
+}
+
+/// The credential the agent gives its scripts' built-in `xMatters` endpoint: derived from the
+/// agent token and the ids of the integrations whose events the scripts may touch (their own,
+/// plus any the config grants), so it names exactly those and cannot be turned into the agent
+/// token or widened. The central accepts it for the REST API only, limited to the events of that
+/// agent and those integrations (never for the websocket).
+pub fn script_token(agent_token: &str, integrations: &[String]) -> String {
+    let scope = serde_json::to_string(integrations).unwrap_or_default();
+    format!(
+        "{SCRIPT_TOKEN_PREFIX}{}.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&scope),
+        hex::encode(script_mac(&digest(agent_token), &scope))
+    )
+}
+
+/// How script credentials start (they never collide with a configured agent token's use).
+pub const SCRIPT_TOKEN_PREFIX: &str = "xms1.";
+
+/// Keyed with the token's digest, which is all the central keeps of it; `scope` is the JSON
+/// array of integration ids.
+fn script_mac(token_sha256: &[u8; 32], scope: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"xmagent script credential v1\0");
+    hasher.update(token_sha256);
+    hasher.update(scope.as_bytes());
+    hasher.finalize().into()
 }
 
 // Hand-written so the digests never reach a log line, not even hashed.
@@ -114,6 +206,7 @@ impl CentralConfig {
             data_dir: data_dir.into(),
             agents: Vec::new(),
             users: Vec::new(),
+            tls: None,
         }
     }
 
@@ -123,10 +216,11 @@ impl CentralConfig {
         self
     }
 
-    /// Add a REST user that may call the API with Basic auth.
-    pub fn with_user(mut self, name: impl Into<String>, password: &str) -> Self {
-        self.users.push(UserCredential::new(name, password));
-        self
+    /// Add a REST user (with [`REST_WEB_SERVICE_USER`]) that may call the API with Basic auth.
+    /// The password is hashed with argon2 here.
+    pub fn with_user(mut self, name: impl Into<String>, password: &str) -> Result<Self, String> {
+        self.users.push(UserCredential::new(name, password)?);
+        Ok(self)
     }
 
     /// The agent whose token this is, if any. Every configured token is compared (no early
@@ -141,13 +235,32 @@ impl CentralConfig {
         found
     }
 
-    /// Whether `name`/`password` are the credentials of a configured REST user.
-    pub fn user_is_valid(&self, name: &str, password: &str) -> bool {
-        let mut ok = false;
-        for user in &self.users {
-            ok |= user.verify(name, password);
+    /// The configured REST user called `name`, if any.
+    pub fn user(&self, name: &str) -> Option<&UserCredential> {
+        self.users.iter().find(|user| user.name == name)
+    }
+
+    /// The agent and integrations a script credential ([`script_token`]) stands for, if it is
+    /// one of a configured agent. Every agent is tried (no early exit), comparing in constant
+    /// time.
+    pub fn script_scope(&self, token: &str) -> Option<(&AgentCredential, Vec<String>)> {
+        let rest = token.strip_prefix(SCRIPT_TOKEN_PREFIX)?;
+        let (encoded, mac_hex) = rest.split_once('.')?;
+        let scope = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(encoded)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())?;
+        let mut given = [0u8; 32];
+        hex::decode_to_slice(mac_hex, &mut given).ok()?;
+        let mut found = None;
+        for agent in &self.agents {
+            let expected = script_mac(&agent.token_sha256, &scope);
+            if bool::from(expected.ct_eq(&given)) && found.is_none() {
+                found = Some(agent);
+            }
         }
-        ok
+        let integrations = serde_json::from_str(&scope).ok()?;
+        found.map(|agent| (agent, integrations))
     }
 }
 
@@ -167,6 +280,8 @@ struct RawConfig {
 struct RawCentral {
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -181,8 +296,10 @@ struct RawAgent {
 #[serde(deny_unknown_fields)]
 struct RawUser {
     name: String,
+    roles: Option<Vec<String>>,
     password: Option<String>,
     password_file: Option<PathBuf>,
+    password_hash: Option<String>,
 }
 
 /// Read and validate the config file at `path`.
@@ -274,16 +391,55 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
                 format!("user `{}` is configured twice", user.name),
             ));
         }
-        let password = secret(
-            file,
-            base,
-            &key,
-            "password",
-            user.password,
-            user.password_file,
-        )?;
-        config.users.push(UserCredential::new(user.name, &password));
+        let roles = user
+            .roles
+            .unwrap_or_else(|| vec![REST_WEB_SERVICE_USER.to_owned()]);
+        let credential = match user.password_hash {
+            Some(_) if user.password.is_some() || user.password_file.is_some() => {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}.password_hash"),
+                    "set only one of `password`, `password_file`, `password_hash`",
+                ))
+            }
+            Some(phc) => UserCredential::from_hash(user.name, &phc, roles),
+            None => {
+                let password = secret(
+                    file,
+                    base,
+                    &key,
+                    "password",
+                    user.password,
+                    user.password_file,
+                )?;
+                UserCredential::new(user.name, &password).map(|u| UserCredential { roles, ..u })
+            }
+        }
+        .map_err(|reason| ConfigError::new(file, format!("{key}.password_hash"), reason))?;
+        config.users.push(credential);
     }
+
+    config.tls = match (raw.central.tls_cert_file, raw.central.tls_key_file) {
+        (Some(cert), Some(key)) => Some(TlsFiles {
+            cert: absolute(base, &cert),
+            key: absolute(base, &key),
+        }),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                file,
+                "central.tls_key_file",
+                "missing: `tls_cert_file` is set, so the key is needed too",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                file,
+                "central.tls_cert_file",
+                "missing: `tls_key_file` is set, so the certificate is needed too",
+            ))
+        }
+    };
 
     Ok(config)
 }
@@ -437,9 +593,15 @@ mod tests {
             Some("agent-02")
         );
         assert!(config.agent_for_token("tok-3").is_none());
-        assert!(config.user_is_valid("admin", "pw"));
-        assert!(!config.user_is_valid("admin", "pw2"));
-        assert!(!config.user_is_valid("root", "pw"));
+        let admin = config.user("admin").expect("configured");
+        assert!(admin.has_role(REST_WEB_SERVICE_USER), "the default role");
+        assert!(
+            argon2_matches(&admin.phc(), "pw"),
+            "inline password hashed at load"
+        );
+        assert!(!argon2_matches(&admin.phc(), "pw2"));
+        assert!(admin.phc().starts_with("$argon2id$"));
+        assert!(config.user("root").is_none());
         // Debug output must not carry the secret.
         assert!(!format!("{config:?}").contains("tok-1"));
     }
@@ -524,5 +686,67 @@ mod tests {
         let missing = dir.path().join("missing.toml");
         let error = load(&missing).expect_err("missing file");
         assert!(error.file.contains("missing.toml"));
+    }
+
+    #[test]
+    fn users_take_argon2_hashes_and_roles_and_tls_needs_both_files() {
+        let phc = UserCredential::new("x", "hashed-pw").unwrap().phc();
+        let config = parse_ok(&format!(
+            r#"
+            [central]
+            tls_cert_file = "tls/cert.pem"
+            tls_key_file = "tls/key.pem"
+            [[users]]
+            name = "ops"
+            password_hash = "{phc}"
+            [[users]]
+            name = "viewer"
+            roles = ["Standard User"]
+            password = "v"
+            "#
+        ));
+        let ops = config.user("ops").unwrap();
+        assert!(argon2_matches(&ops.phc(), "hashed-pw"));
+        assert!(ops.has_role(REST_WEB_SERVICE_USER));
+        assert!(!config
+            .user("viewer")
+            .unwrap()
+            .has_role(REST_WEB_SERVICE_USER));
+        let tls = config.tls.expect("tls");
+        assert_eq!(tls.cert, Path::new("/etc/xm/tls/cert.pem"));
+        assert!(
+            !format!("{:?}", config.users).contains("argon2"),
+            "Debug shows no hash"
+        );
+
+        let error = parse_err("[[users]]\nname = \"a\"\npassword_hash = \"plain-text\"\n");
+        assert_eq!(error.key, "users[0].password_hash");
+        assert!(!error.to_string().contains("plain-text"), "{error}");
+        let error = parse_err(&format!(
+            "[[users]]\nname = \"a\"\npassword = \"p\"\npassword_hash = \"{phc}\"\n"
+        ));
+        assert!(error.reason.contains("only one"), "{error}");
+        let error = parse_err("[central]\ntls_cert_file = \"c.pem\"\n");
+        assert_eq!(error.key, "central.tls_key_file");
+        let error = parse_err("[central]\ntls_key_file = \"k.pem\"\n");
+        assert_eq!(error.key, "central.tls_cert_file");
+    }
+
+    #[test]
+    fn script_tokens_name_their_scope_and_cannot_be_widened() {
+        let config = parse_ok("[[agents]]\nid = \"a1\"\ntoken = \"tok-1\"\n");
+        let scope = vec!["i1".to_owned(), "i2".to_owned()];
+        let token = script_token("tok-1", &scope);
+        assert!(!token.contains("tok-1"));
+        let (agent, integrations) = config.script_scope(&token).expect("valid");
+        assert_eq!((agent.id.as_str(), integrations), ("a1", scope));
+        assert!(config
+            .script_scope(&script_token("tok-2", &["i1".to_owned()]))
+            .is_none());
+        assert!(
+            config.script_scope("tok-1").is_none(),
+            "the agent token is no script token"
+        );
+        assert!(config.script_scope("xms1.garbage").is_none());
     }
 }

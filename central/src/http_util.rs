@@ -42,6 +42,48 @@ pub fn error(status: StatusCode, message: impl Into<String>) -> Response<Body> {
     )
 }
 
+/// The longest request target (path and query) either daemon reads; longer ones get 414.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+/// The most header bytes (names and values) either daemon reads; more get 431. Below hyper's own
+/// limit (about 400 KiB), so the answer is ours, with a JSON message.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Refuse a request whose head is malformed or oversized before any handler sees it: HTTP/1.1
+/// without `Host` (RFC 9112 §3.2: 400), a target over [`MAX_TARGET_BYTES`] (414), headers over
+/// [`MAX_HEADER_BYTES`] (431). Each answer carries a JSON message like every other error.
+pub fn check_request_head<B>(request: &hyper::Request<B>) -> Result<(), Box<Response<Body>>> {
+    if request.version() == hyper::Version::HTTP_11
+        && !request.headers().contains_key(hyper::header::HOST)
+    {
+        return Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request must carry a Host header",
+        )));
+    }
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Err(Box::new(error(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target is over {MAX_TARGET_BYTES} bytes"),
+        )));
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(Box::new(error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers are over {MAX_HEADER_BYTES} bytes"),
+        )));
+    }
+    Ok(())
+}
+
 /// "an array", "a string", ...: how error messages describe a JSON value of the wrong kind.
 /// [`json_text_kind`] says the same of JSON text.
 pub fn json_kind(value: &serde_json::Value) -> &'static str {
@@ -141,6 +183,41 @@ pub fn secrets_equal(given: &[u8], expected: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_heads_are_checked() {
+        let request = |version, target: &str, host: bool, header_bytes: usize| {
+            let mut builder = hyper::Request::builder().version(version).uri(target);
+            if host {
+                builder = builder.header("host", "x");
+            }
+            if header_bytes > 0 {
+                builder = builder.header("x-pad", "p".repeat(header_bytes));
+            }
+            builder.body(()).unwrap()
+        };
+        let status = |r: &hyper::Request<()>| check_request_head(r).err().map(|e| e.status());
+        let v11 = hyper::Version::HTTP_11;
+        assert_eq!(status(&request(v11, "/a", true, 0)), None);
+        assert_eq!(
+            status(&request(hyper::Version::HTTP_10, "/a", false, 0)),
+            None,
+            "HTTP/1.0 needs no Host"
+        );
+        assert_eq!(
+            status(&request(v11, "/a", false, 0)),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let long = format!("/a?{}", "q".repeat(MAX_TARGET_BYTES));
+        assert_eq!(
+            status(&request(v11, &long, true, 0)),
+            Some(StatusCode::URI_TOO_LONG)
+        );
+        assert_eq!(
+            status(&request(v11, "/a", true, MAX_HEADER_BYTES)),
+            Some(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+        );
+    }
 
     #[test]
     fn basic_credentials_parse_and_reject_garbage() {

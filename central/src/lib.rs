@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod access;
 pub mod config;
 pub mod event;
 pub mod exit;
@@ -20,6 +21,9 @@ pub mod rest;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod throttle;
+pub mod tls;
+pub mod verify_pool;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -48,6 +52,8 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// Live websocket tasks, waited for at shutdown.
     pub ws_tracker: Arc<ws::Tracker>,
+    /// Checks REST credentials (argon2 off the async runtime).
+    pub access: access::Access,
 }
 
 /// A central that is listening. Returned by [`start`] so embedders learn the bound port (when
@@ -79,6 +85,10 @@ pub async fn start(
                 config.data_dir.display()
             )
         })?;
+    let tls = match &config.tls {
+        Some(files) => Some(tls::acceptor(files).context("cannot set up TLS")?),
+        None => None,
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -89,6 +99,7 @@ pub async fn start(
         data_dir = %config.data_dir.display(),
         agents = config.agents.len(),
         users = config.users.len(),
+        tls = tls.is_some(),
         "listening on {addr}"
     );
 
@@ -98,13 +109,14 @@ pub async fn start(
         metrics: metrics::Metrics::default(),
         shutdown: shutdown.clone(),
         ws_tracker: Arc::default(),
+        access: access::Access::default(),
     });
     let handler = {
         let state = Arc::clone(&state);
         move |request, peer| rest::route(Arc::clone(&state), request, peer)
     };
     let task = tokio::spawn(async move {
-        serve::serve(listener, handler, shutdown).await;
+        serve::serve(listener, tls, handler, shutdown).await;
         if tokio::time::timeout(WS_DRAIN_TIMEOUT, state.ws_tracker.wait_idle())
             .await
             .is_err()

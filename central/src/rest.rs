@@ -1,18 +1,21 @@
 //! Request routing and the xMatters-shaped REST API: the events report, single events, status
 //! changes, plus health, readiness and metrics.
 //!
-//! Authentication: Basic for configured REST users, or `Authorization: Bearer <agent token>`
-//! (integration scripts call the central as the built-in `xMatters` endpoint with the agent's
-//! token). Health, readiness and metrics are open, as load balancers and scrapers expect.
+//! Authentication and scope come from [`crate::access`]: Basic for configured REST users (every
+//! event), `Authorization: Bearer <agent token>` (that agent's events), or a script credential
+//! (the built-in `xMatters` endpoint of one integration: that integration's events). An event
+//! outside the caller's scope is answered like a missing one. Health, readiness and metrics are
+//! open, as load balancers and scrapers expect.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
 
+use crate::access::{Caller, Refusal};
 use crate::event::Status;
 use crate::http_util::{self, BodyError};
 use crate::metrics::Metrics;
@@ -70,13 +73,18 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            if !authorized(&state, &request) {
-                return unauthorized();
-            }
+            let caller = match state
+                .access
+                .caller(&state.config, request.headers(), peer.ip())
+                .await
+            {
+                Ok(caller) => caller,
+                Err(refusal) => return refused(&refusal),
+            };
             if method == Method::GET {
-                list_events(&state, request.uri().query()).await
+                list_events(&state, &caller, request.uri().query()).await
             } else {
-                change_status(&state, request).await
+                change_status(&state, &caller, request).await
             }
         }
         other => match other
@@ -87,10 +95,14 @@ pub async fn route(
                 if method != Method::GET {
                     return not_allowed("GET");
                 }
-                if !authorized(&state, &request) {
-                    return unauthorized();
+                match state
+                    .access
+                    .caller(&state.config, request.headers(), peer.ip())
+                    .await
+                {
+                    Ok(caller) => get_event(&state, &caller, id),
+                    Err(refusal) => refused(&refusal),
                 }
-                get_event(&state, id)
             }
             _ => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
         },
@@ -118,27 +130,25 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     response
 }
 
-fn unauthorized() -> Response<Body> {
-    let mut response = http_util::error(
-        StatusCode::UNAUTHORIZED,
-        "authentication required: Basic (REST user) or Bearer (agent token)",
-    );
-    response.headers_mut().insert(
-        WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"xmcentral\""),
-    );
+/// 401 with a challenge, 403, or 429 with `Retry-After`, each with a JSON message.
+fn refused(refusal: &Refusal) -> Response<Body> {
+    let status = match refusal {
+        Refusal::Unauthorized => StatusCode::UNAUTHORIZED,
+        Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        Refusal::Busy | Refusal::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut response = http_util::error(status, refusal.to_string());
+    let headers = response.headers_mut();
+    if *refusal == Refusal::Unauthorized {
+        headers.insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"xmcentral\""),
+        );
+    }
+    if let Some(secs) = refusal.retry_after_secs() {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     response
-}
-
-fn authorized(state: &State, request: &Request<Incoming>) -> bool {
-    let header = request.headers().get(AUTHORIZATION);
-    if let Some((user, password)) = http_util::basic_credentials(header) {
-        return state.config.user_is_valid(&user, &password);
-    }
-    if let Some(token) = http_util::bearer_token(header) {
-        return state.config.agent_for_token(&token).is_some();
-    }
-    false
 }
 
 fn store_failure(error: &StoreError) -> Response<Body> {
@@ -217,11 +227,14 @@ fn page_link(query: &Query, offset: usize) -> String {
     format!("{EVENTS_PATH}?{}", params.finish())
 }
 
-async fn list_events(state: &State, raw_query: Option<&str>) -> Response<Body> {
-    let query = match parse_query(raw_query) {
+async fn list_events(state: &State, caller: &Caller, raw_query: Option<&str>) -> Response<Body> {
+    let mut query = match parse_query(raw_query) {
         Ok(query) => query,
         Err(message) => return http_util::error(StatusCode::BAD_REQUEST, message),
     };
+    let (agent, integrations) = caller.scope();
+    query.agent_id = agent.map(str::to_owned);
+    query.integration_ids = integrations.map(<[String]>::to_vec);
     let store = state.store.clone();
     let lookup = query.clone();
     let page = match tokio::task::spawn_blocking(move || store.query(&lookup)).await {
@@ -240,15 +253,19 @@ async fn list_events(state: &State, raw_query: Option<&str>) -> Response<Body> {
     )
 }
 
-fn get_event(state: &State, id: &str) -> Response<Body> {
+fn get_event(state: &State, caller: &Caller, id: &str) -> Response<Body> {
     match state.store.get(id) {
-        Ok(Some(event)) => http_util::json(StatusCode::OK, &event),
-        Ok(None) => http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}")),
+        Ok(Some(event)) if caller.may_touch(&event) => http_util::json(StatusCode::OK, &event),
+        Ok(_) => http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}")),
         Err(error) => store_failure(&error),
     }
 }
 
-async fn change_status(state: &State, request: Request<Incoming>) -> Response<Body> {
+async fn change_status(
+    state: &State,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Response<Body> {
     let body = match http_util::read_body(request.into_body(), BODY_LIMIT).await {
         Ok(body) => body,
         Err(error @ BodyError::TooLarge { .. }) => {
@@ -279,6 +296,14 @@ async fn change_status(state: &State, request: Request<Incoming>) -> Response<Bo
             format!("unknown status `{status_text}`: use ACTIVE, SUSPENDED or TERMINATED"),
         );
     };
+    // Outside the caller's scope, the event does not exist for them.
+    let visible = match state.store.get(id) {
+        Ok(event) => event.is_some_and(|event| caller.may_touch(&event)),
+        Err(error) => return store_failure(&error),
+    };
+    if !visible {
+        return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"));
+    }
     let changed = match state.store.set_status(id, status) {
         Ok(StatusChange::Changed(event)) => event,
         Ok(StatusChange::NotFound) => {

@@ -105,6 +105,10 @@ pub struct Query {
     pub status: Option<Status>,
     /// Only events with this property name (without `#locale`) and value.
     pub property: Option<(String, String)>,
+    /// Only events relayed by this agent (REST callers limited to their own agent).
+    pub agent_id: Option<String>,
+    /// Only events of these integrations (script callers limited to their integrations).
+    pub integration_ids: Option<Vec<String>>,
     /// How many matching events to skip.
     pub offset: usize,
     /// The most events to return.
@@ -554,7 +558,10 @@ impl Store {
         };
         // Without a filter on the content, events outside the page are only counted, not
         // decoded, and the total comes from the index, so paging stays cheap.
-        let filtered = query.status.is_some() || query.property.is_some();
+        let filtered = query.status.is_some()
+            || query.property.is_some()
+            || query.agent_id.is_some()
+            || query.integration_ids.is_some();
         let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
             let on_page = page.total >= query.offset && page.events.len() < query.limit;
             if !filtered && !on_page {
@@ -571,6 +578,17 @@ impl Store {
                 if !event::property_matches(&event, name, value) {
                     return Ok(());
                 }
+            }
+            let field = |name: &str| event.get(name).and_then(Value::as_str);
+            let other_agent = query
+                .agent_id
+                .as_deref()
+                .is_some_and(|agent| field("agentId") != Some(agent));
+            let other_integration = query.integration_ids.as_ref().is_some_and(|ids| {
+                !field("integrationId").is_some_and(|id| ids.iter().any(|i| i == id))
+            });
+            if other_agent || other_integration {
+                return Ok(());
             }
             if on_page {
                 page.events.push(event);

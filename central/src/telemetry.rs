@@ -1,7 +1,17 @@
-//! Logging set-up shared by both daemons: human-readable lines on stderr by default (journald
-//! captures them), one JSON object per line with `--log-format json` for log shippers.
+//! Logging set-up shared by both daemons: human-readable lines on stderr by default, one JSON
+//! object per line with `--log-format json` for log shippers. When stderr is the journal
+//! (`JOURNAL_STREAM` names it), text lines carry no timestamp (journald adds its own) and start
+//! with a `<N>` syslog priority, so `journalctl -p warning` filters by level.
+//!
+//! It does not decide what is logged; the daemons do (never a secret or a whole body at INFO).
+
+use std::fmt;
 
 use clap::ValueEnum;
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// The `--log-format` choices.
@@ -24,6 +34,10 @@ pub fn init(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
+        LogFormat::Text if stderr_is_journal() => builder
+            .with_ansi(false)
+            .event_format(JournalLine)
+            .try_init(),
         LogFormat::Text => {
             // Colours only for a person at a terminal, never into journald or a file.
             let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -35,4 +49,79 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+/// True when stderr is the stream `JOURNAL_STREAM` (`DEVICE:INODE`) names: systemd set it up for
+/// this process and nobody redirected stderr since.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(named) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    named == format!("{}:{}", stderr.dev(), stderr.ino())
+}
+
+/// The syslog priority journald reads from a `<N>` line prefix.
+fn priority(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// One journal line: `<priority>span fields: message fields`, no timestamp, no level word.
+struct JournalLine;
+
+impl<S, N> FormatEvent<S, N> for JournalLine
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        write!(writer, "<{}>", priority(event.metadata().level()))?;
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<N>>() {
+                    if !fields.is_empty() {
+                        write!(writer, "{fields}: ")?;
+                    }
+                }
+            }
+        }
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_map_to_syslog_priorities() {
+        assert_eq!(priority(&Level::ERROR), 3);
+        assert_eq!(priority(&Level::WARN), 4);
+        assert_eq!(priority(&Level::INFO), 6);
+        assert_eq!(priority(&Level::DEBUG), 7);
+    }
+
+    #[test]
+    fn a_journal_stream_that_is_not_stderr_is_ignored() {
+        // The test harness's stderr is a pipe or a terminal, never inode 0 of device 0.
+        std::env::set_var("JOURNAL_STREAM", "0:0");
+        assert!(!stderr_is_journal());
+        std::env::remove_var("JOURNAL_STREAM");
+        assert!(!stderr_is_journal());
+    }
 }

@@ -626,6 +626,7 @@ mod tests {
             metrics: Metrics::default(),
             shutdown,
             ws_tracker: Arc::default(),
+            access: crate::access::Access::default(),
         })
     }
 
@@ -846,6 +847,49 @@ mod tests {
             };
             assert_eq!(read, expected, "{text}");
         }
+    }
+
+    #[test]
+    fn an_event_the_central_cannot_read_is_rejected_alone_not_the_connection() {
+        let frame = |trigger: &str| {
+            format!(
+                r#"{{"type":"event.create","seq":9,"requestId":"r","index":0,"integrationId":"i","trigger":{trigger}}}"#
+            )
+        };
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        for trigger in [
+            r#"{"properties":{"a":1e400}}"#,
+            r#"{"properties":{"a":"\ud800"}}"#,
+            r#"{"properties":{"a":"\udc00\u0041"}}"#,
+            deep.as_str(),
+        ] {
+            match classify(Message::text(frame(trigger))) {
+                Inbound::Malformed { seq, message } => {
+                    assert_eq!(seq, 9);
+                    assert!(
+                        message.starts_with("malformed event.create frame"),
+                        "{message}"
+                    );
+                }
+                _ => panic!(
+                    "{}: expected a reject of seq 9",
+                    &trigger[..20.min(trigger.len())]
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_is_capped_at_the_shared_frame_limit() {
+        let limits = socket_limits();
+        assert_eq!(
+            limits.max_message_size,
+            Some(protocol::limits::MAX_FRAME_BYTES)
+        );
+        assert_eq!(
+            limits.max_frame_size,
+            Some(protocol::limits::MAX_FRAME_BYTES)
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! runtime through it. It runs the same engine as the agent ([`crate::run_once`]); HTTP calls are
 //! answered from a fixtures file instead of the network.
 
+use crate::flow::{EventMapping, FlowEvent};
 use crate::{
     run_once, HttpCall, HttpClient, HttpReply, Limits, Outcome, Program, ProgramSpec, ScriptError,
     ScriptRequest, Source,
@@ -38,6 +39,15 @@ pub struct TestScriptArgs {
     /// Memory limit of the runtime in MiB.
     #[arg(long)]
     pub memory_limit_mb: Option<usize>,
+    /// Run the script as a Flow Designer HTTP trigger: the output also has `"outputs"`, what the
+    /// script set on `output`.
+    #[arg(long)]
+    pub flow_trigger: bool,
+    /// With `--flow-trigger`: the integration's event mapping as JSON (`properties`,
+    /// `recipients`, `priority`, `skip_if`); the output then also has `"event"`, the event the
+    /// agent would create (null when `skip_if` said no).
+    #[arg(long, requires = "flow_trigger")]
+    pub event_mapping: Option<PathBuf>,
 }
 
 /// A problem with the dry run's input files (exit code 64).
@@ -172,6 +182,8 @@ fn parse_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, InputErr
 
 /// Everything the dry run needs, loaded from the files named by the arguments.
 pub struct DryRun {
+    /// Whether to show the outputs of a Flow Designer HTTP trigger, and how they map to an event.
+    pub flow: Option<Option<EventMapping>>,
     /// The program spec (script, libraries, constants).
     pub spec: ProgramSpec,
     /// The request.
@@ -248,7 +260,13 @@ impl DryRun {
         if let Some(mb) = args.memory_limit_mb {
             limits.memory_bytes = mb.saturating_mul(1024 * 1024);
         }
+        let flow = match (args.flow_trigger, &args.event_mapping) {
+            (false, _) => None,
+            (true, None) => Some(None),
+            (true, Some(path)) => Some(Some(parse_json(path)?)),
+        };
         Ok(DryRun {
+            flow,
             spec: ProgramSpec {
                 integration_id: integration_uuid,
                 script,
@@ -291,9 +309,21 @@ pub fn outcome_json(outcome: &Outcome) -> Value {
 pub fn execute(args: &TestScriptArgs) -> (Value, i32) {
     match DryRun::load(args) {
         Ok(dry) => {
+            let flow = dry.flow.clone();
             let outcome = dry.run();
             let code = if outcome.is_ok() { 0 } else { 1 };
-            (outcome_json(&outcome), code)
+            let mut printed = outcome_json(&outcome);
+            if let (Some(mapping), Value::Object(fields)) = (flow, &mut printed) {
+                fields.insert("outputs".into(), Value::Object(outcome.outputs.clone()));
+                if let Some(mapping) = mapping {
+                    let event = match mapping.event(&outcome.outputs) {
+                        FlowEvent::Create(trigger) if outcome.is_ok() => trigger,
+                        _ => Value::Null,
+                    };
+                    fields.insert("event".into(), event);
+                }
+            }
+            (printed, code)
         }
         Err(error) => (
             json!({
@@ -353,6 +383,8 @@ mod tests {
             http_fixtures: None,
             timeout_ms: None,
             memory_limit_mb: None,
+            flow_trigger: false,
+            event_mapping: None,
         };
         let (out, code) = execute(&args);
         assert_eq!(code, 64);

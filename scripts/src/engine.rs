@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 const PRELUDE: &str = include_str!("prelude.js");
 const PRELUDE_NAME: &str = "<xmagent prelude>";
+const XML_HELPERS: &str = include_str!("xml/dom.js");
+const XML_HELPERS_NAME: &str = "<xmagent xml>";
 const SCRIPT_PARAMS: &str =
-    "request, trigger, form, http, console, constants, require, JXON, XMLUtils";
+    "request, trigger, form, http, console, constants, require, JXON, XMLUtils, output";
 const LIBRARY_PARAMS: &str =
     "exports, module, require, console, http, form, constants, JXON, XMLUtils, request, trigger";
 /// Recorded HTTP bodies are cut here so the activity stream stays small.
@@ -201,6 +203,7 @@ struct RunData {
     log_truncated: bool,
     http: Vec<HttpExchange>,
     http_calls: u32,
+    outputs: serde_json::Map<String, serde_json::Value>,
     client: Option<Arc<dyn HttpClient>>,
     limit_message: Option<String>,
 }
@@ -305,6 +308,23 @@ impl RunState {
             level: LogLevel::Warn,
             message: format!("[console output truncated: the limit is {max} bytes per run]"),
         });
+    }
+
+    /// The `output` object of a Flow Designer HTTP trigger, as JSON text once the script returned.
+    /// It counts against the run's `form.post` byte budget: outputs become event properties too.
+    fn outputs<'js>(&self, ctx: &Ctx<'js>, json: &str) -> rquickjs::Result<()> {
+        let max_bytes = self.limits.max_post_bytes;
+        let used = self.data.borrow().post_bytes;
+        if used.saturating_add(json.len()) > max_bytes {
+            return Err(self.hit_limit(
+                ctx,
+                format!("the outputs exceed the limit of {max_bytes} bytes per run"),
+            ));
+        }
+        let outputs = serde_json::from_str(json)
+            .map_err(|e| Exception::throw_type(ctx, &format!("output: {e}")))?;
+        self.data.borrow_mut().outputs = outputs;
+        Ok(())
     }
 
     /// `form.post(obj)`: converts the object to JSON data in one walk (see [`Posted`]); only
@@ -671,6 +691,38 @@ fn native_object<'js>(ctx: &Ctx<'js>, state: &Rc<RunState>) -> rquickjs::Result<
     )?;
     let st = state.clone();
     native.set(
+        "outputs",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, json: String| {
+            st.outputs(&ctx, &json)
+        })?,
+    )?;
+    let st = state.clone();
+    native.set(
+        "markup",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, text: String, mime: String| {
+                let limits = &st.limits;
+                crate::xml::parse(
+                    &text,
+                    crate::xml::Syntax::from_mime(&mime),
+                    limits.max_markup_bytes,
+                    limits.max_markup_nodes,
+                )
+                .map_err(|e| {
+                    Exception::throw_syntax(&ctx, &format!("cannot parse the document: {e}"))
+                })
+            },
+        )?,
+    )?;
+    native.set(
+        "xmlHelpers",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>| {
+            ctx.eval_with_options::<Function, _>(XML_HELPERS, eval_options(XML_HELPERS_NAME))
+        })?,
+    )?;
+    let st = state.clone();
+    native.set(
         "http",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, call: Object<'js>| {
             st.http(&ctx, call)
@@ -768,6 +820,7 @@ impl Engine {
         }
         Outcome {
             posts: data.posts,
+            outputs: data.outputs,
             logs: data.logs,
             http: data.http,
             error,

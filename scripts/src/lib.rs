@@ -12,8 +12,10 @@
 
 pub mod dry_run;
 mod engine;
+pub mod flow;
 mod pool;
 mod uri;
+mod xml;
 
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -48,6 +50,11 @@ pub struct Limits {
     pub max_post_bytes: usize,
     /// A warm context is recycled after this many runs, to bound any state the leak guard misses.
     pub max_runs_per_context: u32,
+    /// Largest document `XMLUtils.DOMParser`, `XMLUtils.xpath` and `JXON.parse` accept, in bytes;
+    /// the parsed tree lives in the runtime's heap, so this keeps one body from filling it.
+    pub max_markup_bytes: usize,
+    /// Most nodes (elements, text, comments) one parsed document may have.
+    pub max_markup_nodes: usize,
     /// Warm contexts kept per script thread (least recently used ones are dropped first); they share
     /// the thread's memory limit, so this bounds their footprint.
     pub max_warm_contexts: usize,
@@ -64,6 +71,8 @@ impl Default for Limits {
             max_posts: 100,
             max_post_bytes: 8 * 1024 * 1024,
             max_runs_per_context: 1000,
+            max_markup_bytes: 4 * 1024 * 1024,
+            max_markup_nodes: 100_000,
             max_warm_contexts: 32,
         }
     }
@@ -347,6 +356,9 @@ impl ScriptError {
 pub struct Outcome {
     /// The objects passed to `form.post`, deep-copied as JSON, in call order.
     pub posts: Vec<serde_json::Value>,
+    /// What a Flow Designer HTTP trigger script set on `output` (empty for other scripts), as
+    /// `JSON.stringify` would write it.
+    pub outputs: serde_json::Map<String, serde_json::Value>,
     /// Console output, in order (capped by [`Limits::max_log_bytes`]).
     pub logs: Vec<LogEntry>,
     /// HTTP calls the script made, in order.
@@ -367,6 +379,7 @@ impl Outcome {
     pub fn failed(error: ScriptError) -> Outcome {
         Outcome {
             posts: Vec::new(),
+            outputs: serde_json::Map::new(),
             logs: Vec::new(),
             http: Vec::new(),
             error: Some(error),

@@ -31,131 +31,6 @@
   javaMethod('contains', function (part) { return String(this).indexOf(String(part)) !== -1; });
   javaMethod('isEmpty', function () { return String(this).length === 0; });
 
-  // ---- JXON: XML text to plain objects ------------------------------------------------------
-  // Shape: {root: value}; an element with neither attributes nor child elements is its text;
-  // otherwise an object whose child elements are keys (repeated names become arrays), attributes
-  // are '@name' keys and non-blank text is 'keyValue'.
-  var ENTITY = /&(#x[0-9a-fA-F]+|#[0-9]+|lt|gt|amp|quot|apos);/g;
-  function decodeEntities(s) {
-    if (s.indexOf('&') === -1) return s;
-    return s.replace(ENTITY, function (m, e) {
-      if (e.charAt(0) === '#') {
-        var code = (e.charAt(1) === 'x' || e.charAt(1) === 'X') ? parseInt(e.slice(2), 16) : parseInt(e.slice(1), 10);
-        try { return String.fromCodePoint(code); } catch (x) { return m; }
-      }
-      return { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" }[e];
-    });
-  }
-  var NAME = /[^\s\/>=<]+/y;
-  var SPACE = /\s*/y;
-  function xmlParse(input) {
-    var text = String(input);
-    var pos = 0;
-    var len = text.length;
-    function fail(msg) { throw new SyntaxError('JXON.parse: ' + msg + ' at offset ' + pos); }
-    function skipSpace() { SPACE.lastIndex = pos; SPACE.exec(text); pos = SPACE.lastIndex; }
-    function skipPast(marker, what) {
-      var end = text.indexOf(marker, pos);
-      if (end < 0) fail('unterminated ' + what);
-      pos = end + marker.length;
-    }
-    function skipDoctype() {
-      var depth = 0;
-      for (; pos < len; pos++) {
-        var c = text.charAt(pos);
-        if (c === '[') depth++;
-        else if (c === ']') depth--;
-        else if (c === '>' && depth <= 0) { pos++; return; }
-      }
-      fail('unterminated DOCTYPE');
-    }
-    function skipMisc() {
-      for (;;) {
-        skipSpace();
-        if (text.startsWith('<?', pos)) skipPast('?>', 'processing instruction');
-        else if (text.startsWith('<!--', pos)) skipPast('-->', 'comment');
-        else if (text.startsWith('<!DOCTYPE', pos) || text.startsWith('<!doctype', pos)) skipDoctype();
-        else return;
-      }
-    }
-    function readName() {
-      NAME.lastIndex = pos;
-      var m = NAME.exec(text);
-      if (!m) fail('expected a name');
-      pos = NAME.lastIndex;
-      return m[0];
-    }
-    function build(attrs, children, txt) {
-      if (attrs.length === 0 && children.length === 0) return txt.trim();
-      var obj = {};
-      for (var i = 0; i < attrs.length; i++) put(obj, '@' + attrs[i][0], attrs[i][1]);
-      for (var j = 0; j < children.length; j++) {
-        var key = children[j][0], value = children[j][1];
-        if (!hasOwn.call(obj, key)) put(obj, key, value);
-        else if (Array.isArray(obj[key])) obj[key].push(value);
-        else put(obj, key, [obj[key], value]);
-      }
-      var t = txt.trim();
-      if (t.length > 0) put(obj, 'keyValue', t);
-      return obj;
-    }
-    function element() {
-      if (text.charAt(pos) !== '<') fail("expected '<'");
-      pos++;
-      var name = readName();
-      var attrs = [];
-      for (;;) {
-        skipSpace();
-        if (pos >= len) fail('unterminated start tag <' + name + '>');
-        if (text.startsWith('/>', pos)) { pos += 2; return [name, build(attrs, [], '')]; }
-        if (text.charAt(pos) === '>') { pos++; break; }
-        var an = readName();
-        skipSpace();
-        if (text.charAt(pos) !== '=') fail("expected '=' after attribute " + an);
-        pos++;
-        skipSpace();
-        var q = text.charAt(pos);
-        if (q !== '"' && q !== "'") fail('expected a quoted value for attribute ' + an);
-        var end = text.indexOf(q, pos + 1);
-        if (end < 0) fail('unterminated attribute value');
-        attrs.push([an, decodeEntities(text.slice(pos + 1, end))]);
-        pos = end + 1;
-      }
-      var children = [];
-      var txt = '';
-      for (;;) {
-        var lt = text.indexOf('<', pos);
-        if (lt < 0) { pos = len; fail('unclosed element <' + name + '>'); }
-        if (lt > pos) { txt += decodeEntities(text.slice(pos, lt)); pos = lt; }
-        if (text.startsWith('</', pos)) {
-          pos += 2;
-          var closing = readName();
-          if (closing !== name) fail('found </' + closing + '> where </' + name + '> was expected');
-          skipSpace();
-          if (text.charAt(pos) !== '>') fail("expected '>'");
-          pos++;
-          return [name, build(attrs, children, txt)];
-        }
-        if (text.startsWith('<![CDATA[', pos)) {
-          var cend = text.indexOf(']]>', pos);
-          if (cend < 0) fail('unterminated CDATA section');
-          txt += text.slice(pos + 9, cend);
-          pos = cend + 3;
-        } else if (text.startsWith('<!--', pos)) skipPast('-->', 'comment');
-        else if (text.startsWith('<?', pos)) skipPast('?>', 'processing instruction');
-        else children.push(element());
-      }
-    }
-    if (text.charCodeAt(0) === 0xfeff) pos = 1;
-    skipMisc();
-    var root = element();
-    skipMisc();
-    if (pos < len) fail('content after the root element');
-    var out = {};
-    put(out, root[0], root[1]);
-    return out;
-  }
-
   // ---- the built-ins ---------------------------------------------------------------------------
   // Creating functions is what made a warm run expensive: every closure is an allocation and
   // (with its `prototype`) a reference cycle that only the cycle collector frees, and that
@@ -249,8 +124,43 @@
     }
   };
 
-  var JXON = { parse: xmlParse };
-  var XMLUtils = { JXON: JXON };
+  // The XML helpers (scripts/src/xml/dom.js) are big: evaluating them in every context would
+  // triple the cost of a new context and slow every run's garbage collection, and most scripts
+  // never read XML. So they are evaluated on first use in a context and kept (frozen) from then
+  // on; what scripts see are these small stand-ins.
+  var xmlHelpers = null;
+  function xml() {
+    if (xmlHelpers === null) xmlHelpers = native.xmlHelpers()(native.markup);
+    return xmlHelpers;
+  }
+  // JXON options belong to the run that set them (`XMLUtils.JXON.config`); every run starts
+  // from xMatters' defaults (`jxon: null`).
+  function jxonOptions() {
+    return current === null || current.jxon === null ? xml().JXON_DEFAULTS : current.jxon;
+  }
+  var JXON = {
+    parse(text) { return xml().jxonParse(text, jxonOptions()); },
+    config(options) {
+      if (current === null) throw new Error('JXON.config is only available while a script runs');
+      if (options === null || typeof options !== 'object') throw new TypeError('JXON.config expects an options object');
+      var merged = Object.assign({}, jxonOptions());
+      for (var k in xml().JXON_DEFAULTS) if (hasOwn.call(options, k)) merged[k] = options[k];
+      current.jxon = freeze(merged);
+    }
+  };
+  function DOMParser() {
+    if (!(this instanceof DOMParser)) throw new TypeError("DOMParser must be called with 'new'");
+  }
+  DOMParser.prototype.parseFromString = function parseFromString(text, mime) {
+    return new (xml().DOMParser)().parseFromString(text, mime);
+  };
+  freeze(DOMParser.prototype);
+  var xpath = {
+    select(expr, node, single) { return xml().xpath.select(expr, node, single); },
+    select1(expr, node) { return xml().xpath.select1(expr, node); },
+    useNamespaces(map) { return xml().xpath.useNamespaces(map); }
+  };
+  var XMLUtils = { JXON: JXON, DOMParser: DOMParser, xpath: xpath };
 
   // CommonJS for the integration's libraries; the cache lives for one run.
   var require = {
@@ -289,10 +199,19 @@
     };
     var trigger = { properties: {} };
     var constants = Object.assign({}, constantsTemplate);
+    // Flow Designer HTTP triggers set their outputs here (`output['Name'] = value`).
+    var output = {};
     // Kept until the next run replaces it, so promise jobs the host runs after `run` returns can
     // still `require`.
-    current = { request: request, trigger: trigger, constants: constants, cache: Object.create(null) };
-    script.call(G, request, trigger, form, http, console, constants, require, JXON, XMLUtils);
+    current = {
+      request: request, trigger: trigger, constants: constants, cache: Object.create(null),
+      jxon: null
+    };
+    script.call(G, request, trigger, form, http, console, constants, require, JXON, XMLUtils, output);
+    for (var name in output) {
+      native.outputs(jsonStringify(output));
+      break;
+    }
     return cleanup();
   }
 

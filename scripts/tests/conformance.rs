@@ -44,6 +44,8 @@ fn args_for(dir: &Path) -> TestScriptArgs {
         http_fixtures: optional("http-fixtures.json"),
         timeout_ms: option("timeout_ms"),
         memory_limit_mb: option("memory_limit_mb").map(|v| usize::try_from(v).expect("small")),
+        flow_trigger: false,
+        event_mapping: None,
     }
 }
 

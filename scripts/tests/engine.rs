@@ -440,7 +440,8 @@ fn jxon_handles_attributes_entities_and_cdata() {
     assert_eq!(
         messages(&outcome),
         [
-            r#"{"a":{"@id":"1","@kind":"x","b":"1 < 2","c":"<raw>","d":"","e":{"@n":"2","keyValue":"text"}}}"#,
+            // Child elements first, then attributes, as xMatters' JXON orders them.
+            r#"{"a":{"b":"1 < 2","c":"<raw>","d":true,"e":{"@n":"2","keyValue":"text"},"@id":"1","@kind":"x"}}"#,
             "SyntaxError"
         ]
     );
@@ -490,7 +491,7 @@ fn script_cannot_see_host_hooks() {
     let outcome = run_plain(&p);
     assert_eq!(
         messages(&outcome),
-        ["undefined undefined undefined undefined 9"]
+        ["undefined undefined undefined undefined 10"]
     );
 }
 

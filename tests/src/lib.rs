@@ -58,9 +58,22 @@ pub struct Node {
 impl Node {
     /// Start `binary args...` and wait for its `listening on` line.
     pub fn start(binary: &Path, args: &[&str]) -> Node {
+        Self::start_with_env(binary, args, &[])
+    }
+
+    /// Like [`Node::start`] with `RUST_LOG` set to `filter` (e.g. `debug`, for tests that check
+    /// what the logs never contain).
+    pub fn start_logging(binary: &Path, args: &[&str], filter: &str) -> Node {
+        Self::start_with_env(binary, args, &[("RUST_LOG", filter)])
+    }
+
+    /// [`Node::start`] with extra environment variables (e.g. a fake `NOTIFY_SOCKET`, or
+    /// `RUST_LOG`, which defaults to `info`).
+    pub fn start_with_env(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -216,7 +229,7 @@ access_token_ttl_secs = 2
 
 [[users]]
 name = "svc"
-roles = ["REST Web Service User"]
+roles = ["REST Web Service User", "Agent Administrator"]
 password = "svc-password"
 api_keys = [{ key = "svc-key", secret = "svc-key-secret" }]
 

@@ -23,7 +23,7 @@ fn payload(name: &str) -> String {
 /// One transform integration per example script, plus the scripts this test writes into `dir`.
 fn integrations(dir: &Path) -> String {
     let mut text = String::from(
-        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"svc-password\"\n",
+        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\", \"Agent Administrator\"]\npassword = \"svc-password\"\n",
     );
     for (id, script) in [
         ("alertmanager", example("integrations/alertmanager.js")),
@@ -45,12 +45,47 @@ fn integrations(dir: &Path) -> String {
              authenticating_user = \"svc\"\nurl_key = \"key-{id}\"\nscript = \"{}\"\n",
             script.display()
         ));
+        if id == "terminator" {
+            // Its scripts close events of generic-json, which the central allows only when
+            // granted here.
+            text.push_str("script_events_of = [\"generic-json\"]\n");
+        }
         if id == "alertmanager" {
             text.push_str("[integrations.constants]\nDefaultRecipient = \"Ops-Oncall\"\n");
         }
     }
+    // The example Flow Designer HTTP trigger, mapped as in examples/agent.toml.
+    text.push_str(&format!(
+        "\n[[integrations]]\nid = \"flow\"\naction = \"http_trigger\"\nform = \"Incident Alert\"\n\
+         authenticating_user = \"svc\"\nurl_key = \"key-flow\"\nscript = \"{}\"\n\
+         [integrations.constants]\nDefaultRecipient = \"Ops-Oncall\"\n\
+         [integrations.event]\nproperties = {{ Summary = \"Summary\", Source = \"Source\" }}\n\
+         recipients = \"Recipients\"\npriority = \"Priority\"\nskip_if = \"Skip\"\n",
+        example("integrations/flow-alert.js").display()
+    ));
+    // A SOAP inbound read with the XML helpers.
+    text.push_str(&format!(
+        "\n[[integrations]]\nid = \"soap\"\naction = \"transform\"\nform = \"Incident Alert\"\n\
+         authenticating_user = \"svc\"\nurl_key = \"key-soap\"\nscript = \"{}\"\n",
+        dir.join("soap.js").display()
+    ));
     text
 }
+
+const SOAP_SCRIPT: &str = r#"
+var doc = new XMLUtils.DOMParser().parseFromString(request.body, 'text/xml');
+var select = XMLUtils.xpath.useNamespaces({ s: 'http://schemas.xmlsoap.org/soap/envelope/', m: 'urn:monitor' });
+var envelope = JXON.parse(request.body)['s:envelope'];
+trigger.properties.host = select('string(//m:Alert/m:Host)', doc);
+trigger.properties.severity = select('//m:Alert/@severity', doc)[0].value;
+trigger.properties.summary = envelope['s:body']['m:alert']['m:summary'];
+form.post(trigger);
+"#;
+
+const SOAP_BODY: &str = r#"<?xml version="1.0"?>
+<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="urn:monitor">
+  <s:Body><m:Alert severity="major"><m:Host>db-7</m:Host><m:Summary>Replication lag</m:Summary></m:Alert></s:Body>
+</s:Envelope>"#;
 
 const TERMINATOR: &str = r#"
 var data = JSON.parse(request.body);
@@ -68,6 +103,7 @@ const BROKEN: &str =
 
 fn write_scripts(dir: &Path) {
     std::fs::write(dir.join("terminator.js"), TERMINATOR).unwrap();
+    std::fs::write(dir.join("soap.js"), SOAP_SCRIPT).unwrap();
     std::fs::write(dir.join("broken.js"), BROKEN).unwrap();
     std::fs::write(
         dir.join("reloadable.js"),
@@ -224,6 +260,76 @@ async fn example_integrations_turn_real_payloads_into_events() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn flow_trigger_outputs_become_an_event_or_none() {
+    let sys = start();
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+    let expected = [
+        (
+            "prometheus-1.json",
+            "Alertmanager",
+            "Checkout-Oncall",
+            "HIGH",
+        ),
+        ("grafana-1.json", "Grafana", "dba", "HIGH"),
+        ("datadog-1.json", "Datadog", "payments", "HIGH"),
+        ("azure-devops-1.json", "Azure DevOps", "fabrikam", "MEDIUM"),
+        ("keptn-1.json", "Keptn", "sockshop", "MEDIUM"),
+        ("nagios-1.json", "Nagios", "edge-router-01", "HIGH"),
+    ];
+    for (file, source, recipient, priority) in expected {
+        let id = post(agent, "flow", &payload(file)).await;
+        assert_eq!(finished(agent, &id).await["status"], "DELIVERED", "{file}");
+        let events = central_events(central, &id).await;
+        assert_eq!(events.len(), 1, "{file}");
+        assert_eq!(events[0]["properties"]["Source"], source, "{file}");
+        assert_eq!(
+            events[0]["properties"].as_object().unwrap().len(),
+            2,
+            "only the mapped properties: {}",
+            events[0]
+        );
+        assert_eq!(events[0]["recipients"], json!([{"targetName": recipient}]));
+        assert_eq!(events[0]["priority"], priority, "{file}");
+        assert_eq!(events[0]["form"]["name"], "Incident Alert");
+    }
+    // The filter output says "no event" for a Nagios acknowledgement.
+    let id = post(agent, "flow", &payload("nagios-2.json")).await;
+    assert_eq!(finished(agent, &id).await["status"], "COMPLETED");
+    assert!(central_events(central, &id).await.is_empty());
+    let logs = admin_get(agent, "/api/xm/1/integrations/flow/logs").await;
+    let entry = &logs["data"][0];
+    assert_eq!(entry["events"], 0);
+    assert_eq!(entry["outputs"]["Skip"], true, "{entry}");
+    assert!(
+        entry["skipped"].as_str().unwrap().contains("Skip"),
+        "{entry}"
+    );
+    // A payload the trigger does not know fails with the script line in the activity stream.
+    let id = post(agent, "flow", r#"{"something": "else"}"#).await;
+    assert_eq!(finished(agent, &id).await["status"], "FAILED");
+    let logs = admin_get(agent, "/api/xm/1/integrations/flow/logs").await;
+    let entry = &logs["data"][0];
+    assert!(entry["error"]["line"].as_u64().is_some(), "{entry}");
+    assert!(entry["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("flow-alert.js:"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_soap_body_is_read_with_the_xml_helpers() {
+    let sys = start();
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+    let id = post(agent, "soap", SOAP_BODY).await;
+    assert_eq!(finished(agent, &id).await["status"], "DELIVERED");
+    let events = central_events(central, &id).await;
+    assert_eq!(
+        events[0]["properties"],
+        json!({"host": "db-7", "severity": "major", "summary": "Replication lag"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn run_script_calls_the_central_through_the_builtin_endpoint() {
     let sys = start();
     let (agent, central) = (sys.agent.addr, sys.central.addr);
@@ -357,21 +463,58 @@ async fn sighup_reloads_scripts_and_refuses_a_broken_config() {
     );
 }
 
+/// Run `xmagent check` on a config that must be refused: exit 78; answers its stderr.
+fn check_refused(config: &Path) -> String {
+    let out = std::process::Command::new(binary("xmagent"))
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    stderr
+}
+
 #[test]
 fn check_reports_a_script_syntax_error_with_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     write_scripts(dir.path());
     std::fs::write(dir.path().join("broken.js"), "var a = 1;\nvar b = ;\n").unwrap();
     let config = agent_config(dir.path(), 9, &integrations(dir.path()));
-    let out = std::process::Command::new(binary("xmagent"))
-        .args(["check", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let stderr = check_refused(&config);
     assert!(stderr.contains("broken.js"), "{stderr}");
     assert!(stderr.contains("integrations[6].script"), "{stderr}");
     assert!(stderr.contains('2'), "no line number: {stderr}");
+}
+
+#[test]
+fn check_refuses_an_event_mapping_outside_http_trigger_and_empty_names() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.js"), "output.a = 1;\n").unwrap();
+    let script = dir.path().join("t.js");
+    for (action, mapping, key, reason) in [
+        (
+            "transform",
+            "recipients = \"R\"",
+            "].event: ",
+            "only action \"http_trigger\"",
+        ),
+        (
+            "http_trigger",
+            "properties = { Summary = \"\" }",
+            "].event.properties: ",
+            "must not be empty",
+        ),
+    ] {
+        let extra = format!(
+            "{STANDARD_AGENT}\n[[integrations]]\nid = \"t\"\naction = \"{action}\"\n\
+             script = \"{}\"\n[integrations.event]\n{mapping}\n",
+            script.display()
+        );
+        let stderr = check_refused(&agent_config(dir.path(), 9, &extra));
+        assert!(stderr.contains("agent.toml"), "{stderr}");
+        assert!(stderr.contains(key), "{key}: {stderr}");
+        assert!(stderr.contains(reason), "{reason}: {stderr}");
+    }
 }
 
 /// A script integration accepts no faster than its scripts run: with room for one waiting

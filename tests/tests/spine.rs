@@ -121,7 +121,7 @@ async fn trigger_becomes_an_event_at_the_central_and_status_shows_it() {
         );
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
     };
-    let activity = cli(&["activity", "any", "--limit", "5"]);
+    let activity = cli(&["activity", "any", "--limit", "5", "--json"]);
     assert_eq!(activity["data"][0]["requestId"], plain_id.as_str());
     assert_eq!(cli(&["dead-letters"])["count"], 0);
     let unknown = std::process::Command::new(binary("xmagent"))

@@ -137,6 +137,7 @@ fn test_settings(url: &str) -> RelaySettings {
         connect_timeout: Duration::from_secs(2),
         welcome_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_millis(500),
+        ack_latency: None,
     }
 }
 

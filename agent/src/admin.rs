@@ -1,0 +1,203 @@
+//! The operator's admin endpoints behind `xmagent status` and `xmagent queue ...`: the agent's
+//! state at a glance, the queue listing, sending dead letters again and purging them.
+//!
+//! Every endpoint first passes `ingress::authorize_admin`, the one place that decides what counts
+//! as the admin credential (the admin token or the `Agent Administrator` role; an integration's
+//! URL key never does), and the queue listing shows an admin user only the integrations whose
+//! `allowed_users` admit them. It does not decide what may be
+//! removed: the store only lets dead letters go (`store::operations`); a pending entry leaves
+//! only when the central acknowledged it.
+
+use std::sync::Arc;
+
+use central::http_util;
+use central::serve::Body;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::auth::AdminCaller;
+use crate::daemon::Shared;
+use crate::ingress::{authorize_admin, may_see, method_not_allowed, query_param, store_failure};
+use crate::relay::RelayStatus;
+use crate::store::{QueueEntry, QueueState};
+
+/// `xmagent status`.
+pub const STATUS_PATH: &str = "/api/agent/1/status";
+/// `xmagent queue list`: `?state=accepted|queued|dead&integration=ID&limit=N`.
+pub const QUEUE_PATH: &str = "/api/agent/1/queue";
+/// `xmagent queue retry`: POST `?id=N` or `?allDead=true`.
+pub const RETRY_PATH: &str = "/api/agent/1/queue/retry";
+/// `xmagent queue purge --dead --yes`: POST `?dead=true&confirm=yes`.
+pub const PURGE_PATH: &str = "/api/agent/1/queue/purge";
+
+/// Most entries of each queue one listing returns (the default is 100).
+const MAX_LISTED: usize = 10_000;
+
+/// Whether `path` is one of these endpoints (ingress routes it here).
+pub fn serves(path: &str) -> bool {
+    [STATUS_PATH, QUEUE_PATH, RETRY_PATH, PURGE_PATH].contains(&path)
+}
+
+/// What `xmagent status` shows.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// The agent's version.
+    pub version: String,
+    /// Seconds since start.
+    pub uptime_secs: u64,
+    /// The connection to the central.
+    pub central: RelayStatus,
+    /// Requests accepted and not processed yet.
+    pub accepted: u64,
+    /// Events waiting for the central's acknowledgement.
+    pub waiting_for_central: u64,
+    /// When the oldest pending request was accepted (RFC 3339), if any is pending.
+    pub oldest_pending: Option<String>,
+    /// Events the central refused for good, kept for `queue retry` / `queue purge`.
+    pub dead_letters: usize,
+    /// Configuration keys changed in the file that take effect only at the next restart.
+    pub restart_needed: Vec<String>,
+    /// Why the last reload was refused (the running configuration stayed), if it was.
+    pub reload_error: Option<String>,
+}
+
+/// Answer one admin request (after the admin check).
+pub async fn handle(
+    shared: &Arc<Shared>,
+    request: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    path: &str,
+) -> Response<Body> {
+    let caller = match authorize_admin(shared, request.headers(), peer).await {
+        Ok(caller) => caller,
+        Err(response) => return *response,
+    };
+    let query = request.uri().query();
+    match (path, request.method()) {
+        (STATUS_PATH, &Method::GET) => status(shared),
+        (QUEUE_PATH, &Method::GET) => list(shared, &caller, query),
+        (RETRY_PATH, &Method::POST) => retry(shared, query).await,
+        (PURGE_PATH, &Method::POST) => purge(shared, query).await,
+        (STATUS_PATH | QUEUE_PATH, _) => method_not_allowed("GET"),
+        _ => method_not_allowed("POST"),
+    }
+}
+
+fn status(shared: &Shared) -> Response<Body> {
+    let oldest = match shared.store.queue_entries(1) {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|e| e.state != QueueState::Dead)
+            .map(|e| e.received_at)
+            .min(),
+        Err(error) => return store_failure(error),
+    };
+    let (pending, _) = shared.store.pending();
+    let waiting = shared.store.outbox_len();
+    let status = AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        uptime_secs: shared.uptime().as_secs(),
+        central: shared.relay_status(),
+        accepted: pending.saturating_sub(waiting),
+        waiting_for_central: waiting,
+        oldest_pending: oldest,
+        dead_letters: shared.store.dead_letter_count(),
+        restart_needed: shared
+            .restart_needed()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+        reload_error: shared.reload_error(),
+    };
+    http_util::json(StatusCode::OK, &status)
+}
+
+fn list(shared: &Shared, caller: &AdminCaller, query: Option<&str>) -> Response<Body> {
+    let state = match query_param(query, "state") {
+        None => None,
+        Some(name) => match <QueueState as clap::ValueEnum>::from_str(&name, true) {
+            Ok(state) => Some(state),
+            Err(_) => {
+                return http_util::error(
+                    StatusCode::BAD_REQUEST,
+                    "state must be accepted, queued or dead",
+                )
+            }
+        },
+    };
+    let integration = query_param(query, "integration");
+    let limit = match query_param(query, "limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(limit)) => limit.min(MAX_LISTED),
+        Some(Err(_)) => return http_util::error(StatusCode::BAD_REQUEST, "limit must be a number"),
+    };
+    match shared.store.queue_entries(MAX_LISTED) {
+        Ok(entries) => {
+            let live = shared.live();
+            let data: Vec<QueueEntry> = entries
+                .into_iter()
+                .filter(|e| may_see(caller, &live, &e.integration_id))
+                .filter(|e| state.is_none_or(|s| e.state == s))
+                .filter(|e| integration.as_ref().is_none_or(|i| &e.integration_id == i))
+                .take(limit)
+                .collect();
+            http_util::json(StatusCode::OK, &json!({"count": data.len(), "data": data}))
+        }
+        Err(error) => store_failure(error),
+    }
+}
+
+async fn retry(shared: &Shared, query: Option<&str>) -> Response<Body> {
+    let ids = if query_param(query, "allDead").as_deref() == Some("true") {
+        match shared.store.dead_letter_ids() {
+            Ok(ids) => ids,
+            Err(error) => return store_failure(error),
+        }
+    } else {
+        match query_param(query, "id").map(|id| id.parse::<u64>()) {
+            Some(Ok(id)) => vec![id],
+            _ => {
+                return http_util::error(
+                    StatusCode::BAD_REQUEST,
+                    "give ?id=N (a dead letter's id from `xmagent queue list --state dead`) or ?allDead=true",
+                )
+            }
+        }
+    };
+    let mut retried = Vec::new();
+    for id in ids {
+        match shared.store.retry_dead_letter(id).await {
+            Ok(true) => retried.push(id),
+            Ok(false) => {
+                return http_util::error(StatusCode::NOT_FOUND, format!("no dead letter {id}"))
+            }
+            Err(error) => return store_failure(error),
+        }
+    }
+    tracing::info!(count = retried.len(), "dead letters queued again");
+    http_util::json(
+        StatusCode::OK,
+        &json!({"retried": retried.len(), "ids": retried}),
+    )
+}
+
+async fn purge(shared: &Shared, query: Option<&str>) -> Response<Body> {
+    if query_param(query, "dead").as_deref() != Some("true")
+        || query_param(query, "confirm").as_deref() != Some("yes")
+    {
+        return http_util::error(
+            StatusCode::BAD_REQUEST,
+            "only dead letters can be purged: give ?dead=true&confirm=yes",
+        );
+    }
+    match shared.store.purge_dead_letters().await {
+        Ok(purged) => {
+            tracing::info!(purged, "dead letters purged");
+            http_util::json(StatusCode::OK, &json!({"purged": purged}))
+        }
+        Err(error) => store_failure(error),
+    }
+}
