@@ -514,6 +514,7 @@ fn build_endpoints(config: &Loaded) -> Result<Arc<Endpoints>, ConfigError> {
         base_url: config.relay.rest_base_url(),
         bearer_token: config.relay.token().to_owned(),
         tls: config.relay.tls(),
+        proxy: config.relay.proxy(),
     };
     Endpoints::new(
         &config.endpoints,

@@ -136,6 +136,8 @@ pub struct BuiltinXmatters {
     /// The relay's TLS settings (system roots plus the `[central] ca_file`), so scripts reach an
     /// HTTPS central with a private CA like the relay does; `None` for plain HTTP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The `[central] proxy`: calls to the central go through it, as the relay's do.
+    pub proxy: Option<crate::relay::Proxy>,
 }
 
 impl fmt::Debug for BuiltinXmatters {
@@ -276,7 +278,64 @@ fn authorization(
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
+
+/// Opens the TCP connections of endpoint calls: directly, except calls to the central when the
+/// agent reaches it through `[central] proxy` (an HTTP CONNECT tunnel, as the relay's).
+#[derive(Clone)]
+struct Connector {
+    direct: HttpConnector,
+    /// The proxy and the central's `host:port` that goes through it.
+    central_via: Option<(crate::relay::Proxy, String)>,
+}
+
+/// `host:port` of a URL, with the scheme's default port filled in.
+fn host_port(uri: &Uri) -> Option<String> {
+    let authority = uri.authority()?;
+    let default = if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
+    };
+    Some(format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(default)
+    ))
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.direct.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, destination: Uri) -> Self::Future {
+        match (&self.central_via, host_port(&destination)) {
+            (Some((proxy, central)), Some(authority)) if *central == authority => {
+                let proxy = proxy.clone();
+                Box::pin(async move {
+                    let stream = crate::relay::tunnel(&proxy, &authority)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(hyper_util::rt::TokioIo::new(stream))
+                })
+            }
+            _ => {
+                let connecting = self.direct.call(destination);
+                Box::pin(async move { connecting.await.map_err(Into::into) })
+            }
+        }
+    }
+}
 
 /// TLS for endpoints: the `ring` provider and the system's roots. A system without usable roots
 /// still gets a client (plain `http://` endpoints keep working) and a warning.
@@ -371,6 +430,12 @@ impl Endpoints {
             Some(relay_tls) => relay_tls.clone(),
             None => tls_config()?,
         };
+        let mut direct = HttpConnector::new();
+        direct.enforce_http(false);
+        let central_via = xmatters.as_ref().and_then(|builtin| {
+            let uri: Uri = builtin.base_url.parse().ok()?;
+            Some((builtin.proxy.clone()?, host_port(&uri)?))
+        });
         if let Some(builtin) = xmatters {
             let resolved = Resolved::new(BUILTIN_NAME, &builtin.base_url, None, DEFAULT_TIMEOUT)?;
             endpoints.insert(BUILTIN_NAME.to_owned(), resolved);
@@ -380,7 +445,10 @@ impl Endpoints {
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(Connector {
+                direct,
+                central_via,
+            });
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -646,6 +714,91 @@ mod tests {
             .endpoints
     }
 
+    /// An HTTP CONNECT proxy on loopback that tunnels every connection and records the
+    /// targets it was asked for.
+    fn start_connect_proxy(
+        rt: &tokio::runtime::Runtime,
+    ) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = targets.clone();
+        rt.spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        client.read_exact(&mut byte).await.expect("CONNECT head");
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(target.clone());
+                    let mut upstream = tokio::net::TcpStream::connect(target).await.expect("up");
+                    client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .expect("answer CONNECT");
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                });
+            }
+        });
+        (addr, targets)
+    }
+
+    #[test]
+    fn the_builtin_endpoint_goes_through_the_central_proxy_and_others_do_not() {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let addr = start_server(&rt);
+        let (proxy_addr, targets) = start_connect_proxy(&rt);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list = configs(&format!(
+            r#"
+            [[endpoints]]
+            name = "CMDB"
+            base_url = "http://localhost:{}"
+            "#,
+            addr.port()
+        ));
+        let endpoints = Arc::new(
+            Endpoints::new(
+                &list,
+                dir.path(),
+                Some(BuiltinXmatters {
+                    base_url: format!("http://{addr}"),
+                    bearer_token: "agent-token".into(),
+                    tls: None,
+                    proxy: Some(
+                        crate::relay::Proxy::parse(&format!("http://{proxy_addr}"))
+                            .expect("proxy url"),
+                    ),
+                }),
+                rt.handle().clone(),
+            )
+            .expect("endpoints resolve"),
+        )
+        .for_integration(&["alerts".to_owned()]);
+        let reply = endpoints
+            .send(&call("xMatters", "GET", "/api/xm/1/events", None))
+            .expect("the central answers through the proxy");
+        assert_eq!(reply.status, 200);
+        assert!(
+            reply.body.starts_with("GET /api/xm/1/events|Bearer "),
+            "{}",
+            reply.body
+        );
+        let reply = endpoints
+            .send(&call("CMDB", "GET", "/ci", None))
+            .expect("CMDB answers directly");
+        assert_eq!(reply.status, 200);
+        assert_eq!(*targets.lock().unwrap(), vec![addr.to_string()]);
+    }
+
     #[test]
     fn calls_carry_the_endpoint_credentials_and_fail_cleanly() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -676,6 +829,7 @@ mod tests {
                     base_url: format!("http://{addr}"),
                     bearer_token: "agent-token".into(),
                     tls: None,
+                    proxy: None,
                 }),
                 rt.handle().clone(),
             )
@@ -800,6 +954,7 @@ mod tests {
                     base_url: "http://central".into(),
                     bearer_token: "t".into(),
                     tls: None,
+                    proxy: None,
                 }),
                 rt.handle().clone(),
             )
@@ -838,6 +993,7 @@ mod tests {
             base_url: "http://c".into(),
             bearer_token: "agent-secret".into(),
             tls: None,
+            proxy: None,
         };
         let text = format!("{config:?} {builtin:?}");
         assert!(

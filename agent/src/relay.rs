@@ -38,7 +38,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-use dial::{DialError, DialParams, Proxy, Target, WsStream};
+pub(crate) use dial::tunnel;
+pub use dial::Proxy;
+use dial::{DialError, DialParams, Target, WsStream};
 
 /// Large enough that the central's per-batch flush, not the window, paces a busy agent.
 const DEFAULT_WINDOW: usize = 512;
@@ -336,6 +338,11 @@ impl fmt::Debug for RelaySettings {
 }
 
 impl RelaySettings {
+    /// The `[central] proxy`, which the built-in `xMatters` endpoint also goes through.
+    pub fn proxy(&self) -> Option<Proxy> {
+        self.proxy.clone()
+    }
+
     /// The TLS client settings for the central (system roots plus `ca_file`), `None` for
     /// `ws://`; the built-in `xMatters` endpoint reuses them.
     pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {

@@ -472,12 +472,38 @@ impl Drop for SmallDisk {
     }
 }
 
-fn disk_agent(disk: &SmallDisk, central_port: u16, min_free_mib: u64) -> PathBuf {
-    agent_config(
+/// A central, and an agent whose data directory is on a 48 MiB tmpfs, having accepted one
+/// request; `None` (with the reason printed) where this machine cannot mount one.
+struct OnSmallDisk {
+    disk: SmallDisk,
+    config: PathBuf,
+    central: Node,
+    agent: Node,
+    _dir: tempfile::TempDir,
+}
+
+async fn agent_on_small_disk(min_free_mib: u64) -> Option<OnSmallDisk> {
+    let Some(disk) = SmallDisk::mount(48) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+        return None;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let config = agent_config(
         disk.path(),
-        central_port,
+        central.addr.port(),
         &format!("[store]\nmin_free_mib = {min_free_mib}\ncache_mib = 1\n{STANDARD_AGENT}"),
-    )
+    );
+    let agent = start_agent(&config);
+    let first = trigger(agent.addr, "any", KEY, &[], r#"{"a": 1}"#).await;
+    assert_eq!(first.status, 202);
+    Some(OnSmallDisk {
+        disk,
+        config,
+        central,
+        agent,
+        _dir: dir,
+    })
 }
 
 async fn readiness(agent: &Node) -> (u16, Value) {
@@ -489,20 +515,16 @@ async fn readiness(agent: &Node) -> (u16, Value) {
 /// and `/readyz` says why; when space returns the agent accepts again by itself.
 #[tokio::test]
 async fn a_full_disk_refuses_honestly_and_recovers_by_itself() {
-    let Some(disk) = SmallDisk::mount(48) else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+    let Some(OnSmallDisk {
+        disk,
+        central,
+        agent,
+        _dir,
+        ..
+    }) = agent_on_small_disk(16).await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let central = start_central(dir.path(), 0);
-    let config = disk_agent(&disk, central.addr.port(), 16);
-    let agent = start_agent(&config);
-    assert_eq!(
-        trigger(agent.addr, "any", KEY, &[], r#"{"a": 1}"#)
-            .await
-            .status,
-        202
-    );
 
     disk.fill("filler", 8 * 1024 * 1024);
     let refused = eventually(Duration::from_secs(5), "503 on a full disk", || async {
@@ -543,20 +565,16 @@ async fn a_full_disk_refuses_honestly_and_recovers_by_itself() {
 /// the restart the refused request is not processed.
 #[tokio::test]
 async fn a_failed_flush_answers_503_and_the_request_never_reappears() {
-    let Some(disk) = SmallDisk::mount(48) else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root or CAP_SYS_ADMIN)");
+    let Some(OnSmallDisk {
+        disk,
+        config,
+        central,
+        agent,
+        _dir,
+    }) = agent_on_small_disk(0).await
+    else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let central = start_central(dir.path(), 0);
-    let config = disk_agent(&disk, central.addr.port(), 0);
-    let agent = start_agent(&config);
-    assert_eq!(
-        trigger(agent.addr, "any", KEY, &[], r#"{"a": 1}"#)
-            .await
-            .status,
-        202
-    );
     disk.fill("filler", 0);
     // Large bodies, so the write cannot fit in pages the store's file already has.
     let body = format!(r#"{{"pad": "{}"}}"#, "p".repeat(512 * 1024));

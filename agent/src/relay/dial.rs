@@ -123,7 +123,7 @@ impl Target {
 
 /// An HTTP proxy the agent tunnels through with CONNECT.
 #[derive(Clone)]
-pub(super) struct Proxy {
+pub struct Proxy {
     /// Proxy host (no brackets).
     pub host: String,
     /// Proxy port (explicit, or 80).
@@ -268,7 +268,7 @@ pub(super) async fn dial(params: DialParams<'_>) -> Result<WsStream, DialError> 
 async fn dial_inner(params: DialParams<'_>) -> Result<WsStream, DialError> {
     let target = params.target;
     let tcp = match params.proxy {
-        Some(proxy) => connect_via_proxy(proxy, target).await?,
+        Some(proxy) => tunnel(proxy, &target.authority()).await?,
         None => {
             let addr = target.authority();
             TcpStream::connect((target.host.as_str(), target.port))
@@ -329,8 +329,9 @@ async fn dial_inner(params: DialParams<'_>) -> Result<WsStream, DialError> {
     }
 }
 
-/// Open a TCP tunnel to `target` through `proxy` with `CONNECT`.
-async fn connect_via_proxy(proxy: &Proxy, target: &Target) -> Result<TcpStream, DialError> {
+/// Open a TCP tunnel to `authority` (`host:port`) through `proxy` with `CONNECT`; the relay
+/// dials the central this way, and so do scripts calling the built-in `xMatters` endpoint.
+pub(crate) async fn tunnel(proxy: &Proxy, authority: &str) -> Result<TcpStream, DialError> {
     let addr = proxy.authority();
     let fail = |reason: String| DialError::Proxy {
         addr: addr.clone(),
@@ -342,7 +343,6 @@ async fn connect_via_proxy(proxy: &Proxy, target: &Target) -> Result<TcpStream, 
             addr: addr.clone(),
             source,
         })?;
-    let authority = target.authority();
     let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
     if let Some(auth) = &proxy.authorization {
         head.push_str("Proxy-Authorization: ");
