@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use central::exit::ConfigError;
 use serde::Deserialize;
+use server::exit::ConfigError;
 
 use crate::auth::{
     AuthLimitsConfig, AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest,

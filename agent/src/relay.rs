@@ -26,12 +26,12 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use central::exit::ConfigError;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use http::HeaderValue;
 use protocol::{AgentFrame, CentralFrame, EventCreate, PROTOCOL_VERSION};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+use server::exit::ConfigError;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;

@@ -1851,7 +1851,7 @@ mod tests {
                 method: "url".into(),
             },
             remote_address: "127.0.0.1".into(),
-            received_at: central::http_util::now_rfc3339(),
+            received_at: server::http_util::now_rfc3339(),
         }
     }
 
