@@ -929,7 +929,6 @@ impl Store {
         let appended_end = outbox_stored.last().map_or(0, |(seq, _)| seq + 1);
         let requests = tree("requests")?;
         let finished = Finished::open(&db, config.max_request_records)?;
-        move_finished_records(&db, &requests, &finished)?;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
@@ -1606,30 +1605,6 @@ impl Store {
     }
 }
 
-/// Stores written before the finished-record generations kept finished records in `requests`,
-/// listed in a `request_order` tree; move them to the generations (oldest first) and drop that
-/// tree. Nothing to do for newer stores.
-fn move_finished_records(
-    db: &sled::Db,
-    requests: &sled::Tree,
-    finished: &Finished,
-) -> Result<(), StoreError> {
-    const OLD_ORDER_TREE: &[u8] = b"request_order";
-    if !db.tree_names().iter().any(|name| name == OLD_ORDER_TREE) {
-        return Ok(());
-    }
-    let order = db.open_tree(OLD_ORDER_TREE)?;
-    for item in order.iter() {
-        let (_, request_id) = item?;
-        if let Some(record) = requests.get(&request_id)? {
-            finished.insert(&[&serde_json::from_slice(&record)?])?;
-            requests.remove(&request_id)?;
-        }
-    }
-    db.drop_tree(OLD_ORDER_TREE)?;
-    Ok(())
-}
-
 fn activity_prefix(integration_id: &str) -> Vec<u8> {
     let mut prefix = integration_id.as_bytes().to_vec();
     prefix.push(0);
@@ -2066,35 +2041,6 @@ mod tests {
         let first = store.request("req-0").unwrap().unwrap();
         assert_eq!(first.status, RequestStatus::Delivered);
         assert_eq!(first.events[0].event_id, Some(format!("ev-{}", seqs[0])));
-    }
-
-    #[tokio::test]
-    async fn finished_records_of_the_old_layout_are_moved_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let record = json!({"requestId": "old-1", "integrationId": "int", "status": "DELIVERED",
-                "receivedAt": "then", "events": [], "order": 9});
-            db.open_tree("requests")
-                .unwrap()
-                .insert("old-1", serde_json::to_vec(&record).unwrap())
-                .unwrap();
-            db.open_tree("request_order")
-                .unwrap()
-                .insert(be(9), "old-1")
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let record = store.request("old-1").unwrap().unwrap();
-        assert_eq!(record.status, RequestStatus::Delivered);
-        assert!(store.inner.requests.is_empty(), "moved out of `requests`");
-        assert!(!store
-            .inner
-            .db
-            .tree_names()
-            .iter()
-            .any(|name| name == b"request_order".as_slice()));
     }
 
     #[tokio::test]
