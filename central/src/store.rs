@@ -208,50 +208,40 @@ fn request_digest(request_id: &str) -> u64 {
     hasher.finish()
 }
 
-/// Hands out version 7 UUIDs (milliseconds since the epoch, then random bits), each greater
-/// than the one before and than every id in the store, even if the clock goes back.
+/// Hands out version 7 UUIDs (milliseconds since the epoch, then a counter and random bits),
+/// each greater than the one before and than every id in the store, even if the clock goes
+/// back. Within the process [`uuid::ContextV7`] keeps them increasing; `last` covers ids stored
+/// by an earlier run whose clock was ahead.
 struct IdClock {
+    context: uuid::ContextV7,
     last: u128,
 }
 
 impl IdClock {
-    fn next(&mut self) -> Uuid {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            });
-        // 80 random bits from the OS generator (a v4 UUID's version and variant bits skipped).
-        let random = Uuid::new_v4();
-        let random = random.as_bytes();
-        let mut bits = [0u8; 10];
-        bits[..6].copy_from_slice(&random[..6]);
-        bits[6..].copy_from_slice(&random[9..13]);
-        let candidate = uuid::Builder::from_unix_timestamp_millis(millis, &bits)
-            .into_uuid()
-            .as_u128();
-        self.last = if candidate > self.last {
-            candidate
-        } else {
-            v7_successor(self.last)
-        };
-        Uuid::from_u128(self.last)
+    /// A clock whose ids all go above `last` (the newest stored id, 0 for none).
+    fn after(last: u128) -> Self {
+        Self {
+            context: uuid::ContextV7::new(),
+            last,
+        }
     }
-}
 
-/// The smallest version 7 UUID greater than `id`: count up in the random bits, then the time,
-/// keeping the version and variant bits.
-fn v7_successor(id: u128) -> u128 {
-    const RAND_B: u128 = (1 << 62) - 1;
-    const RAND_A: u128 = 0xFFF << 64;
-    if id & RAND_B != RAND_B {
-        return id + 1;
+    fn next(&mut self) -> Uuid {
+        let mut id = Uuid::new_v7(uuid::Timestamp::now(&self.context));
+        if id.as_u128() <= self.last {
+            // Continue one millisecond after the newest stored id; the context keeps that time
+            // (counting up) until the clock passes it.
+            let millis = u64::try_from(self.last >> 80).unwrap_or(u64::MAX) + 1;
+            let at = uuid::Timestamp::from_unix(
+                &self.context,
+                millis / 1000,
+                (millis % 1000) as u32 * 1_000_000,
+            );
+            id = Uuid::new_v7(at);
+        }
+        self.last = id.as_u128();
+        id
     }
-    let id = id & !RAND_B;
-    if id & RAND_A != RAND_A {
-        return id + (1 << 64);
-    }
-    (id & !RAND_A).wrapping_add(1 << 80)
 }
 
 const BATCH: u8 = b'b';
@@ -327,7 +317,7 @@ impl Store {
                 db,
                 disk,
                 writer: Mutex::new(Writer {
-                    ids: IdClock { last },
+                    ids: IdClock::after(last),
                     index,
                 }),
                 written: AtomicU64::new(0),
@@ -870,27 +860,10 @@ mod tests {
     }
 
     #[test]
-    fn v7_successor_counts_up_keeping_version_and_variant() {
-        let id = Uuid::parse_str("01890000-0000-7000-8000-000000000000")
-            .expect("uuid")
-            .as_u128();
-        let next = Uuid::from_u128(v7_successor(id));
-        assert_eq!(next.to_string(), "01890000-0000-7000-8000-000000000001");
-        let full_b = Uuid::parse_str("01890000-0000-7abc-bfff-ffffffffffff").expect("uuid");
-        assert_eq!(
-            Uuid::from_u128(v7_successor(full_b.as_u128())).to_string(),
-            "01890000-0000-7abd-8000-000000000000"
-        );
-        let full_ab = Uuid::parse_str("01890000-0000-7fff-bfff-ffffffffffff").expect("uuid");
-        assert_eq!(
-            Uuid::from_u128(v7_successor(full_ab.as_u128())).to_string(),
-            "01890000-0001-7000-8000-000000000000"
-        );
+    fn ids_are_v7_and_increase_even_after_ids_from_a_clock_that_ran_ahead() {
         // The clock going back never makes an id smaller.
         let future = Uuid::parse_str("7fff0000-0000-7000-8000-000000000000").expect("uuid");
-        let mut clock = IdClock {
-            last: future.as_u128(),
-        };
+        let mut clock = IdClock::after(future.as_u128());
         let mut previous = future;
         for _ in 0..100 {
             let id = clock.next();
@@ -899,10 +872,16 @@ mod tests {
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
             previous = id;
         }
-        let mut clock = IdClock { last: 0 };
+        let mut clock = IdClock::after(0);
         let now = clock.next();
         assert_eq!(now.get_version_num(), 7);
         assert!(now < future);
+        let mut previous = now;
+        for _ in 0..10_000 {
+            let id = clock.next();
+            assert!(id > previous, "{id} after {previous}");
+            previous = id;
+        }
     }
 
     #[test]
