@@ -37,17 +37,18 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::relay::{Outbox, OutboxEntry};
+use bytes::Bytes;
 
 mod finished;
 mod grouped;
 mod operations;
+mod outbox;
 use finished::Finished;
 use grouped::GroupedLog;
 use operations::LiveBounds;
 pub use operations::{QueueEntry, QueueState};
+pub use outbox::{Outbox, OutboxEntry};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -461,7 +462,7 @@ fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>),
 struct OutboxTail {
     /// Every outbox entry with a seq at or above this one has its frame in `frames`.
     covers_from: u64,
-    frames: BTreeMap<u64, Utf8Bytes>,
+    frames: BTreeMap<u64, Bytes>,
     /// Bytes in `frames`.
     bytes: usize,
     metas: HashMap<u64, OutboxMeta>,
@@ -484,7 +485,7 @@ impl OutboxTail {
     /// append lock, so the tail sees every entry in seq order.
     fn push(&mut self, seq: u64, value: &str, meta: OutboxMeta) {
         let frame = value.split_once('\n').map_or(value, |(_, frame)| frame);
-        let frame = Utf8Bytes::from(frame.to_owned());
+        let frame = Bytes::copy_from_slice(frame.as_bytes());
         self.bytes += frame.len();
         self.frames.insert(seq, frame);
         self.metas.insert(seq, meta);
@@ -1678,18 +1679,18 @@ impl Outbox for Store {
 
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String> {
         let held = self.inner.tail().frames.get(&seq).cloned();
-        let frame = match held {
-            Some(frame) => frame.as_str().to_owned(),
+        let parsed = match held {
+            Some(frame) => serde_json::from_slice(&frame),
             None => {
                 let stored = self.inner.outbox.get(seq);
                 let Some(value) = stored.map_err(|e| StoreError::from(e).to_string())? else {
                     return Ok(());
                 };
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
-                frame.into_owned()
+                serde_json::from_str(&frame)
             }
         };
-        let entry = match serde_json::from_str(&frame).map_err(|e| e.to_string())? {
+        let entry = match parsed.map_err(|e| e.to_string())? {
             protocol::AgentFrame::EventCreate(entry) => entry,
             protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
         };
@@ -1930,7 +1931,7 @@ mod tests {
         assert_eq!(queued.events[0].seq, seq);
         let pending = store.pending_after(None, 10).unwrap();
         assert_eq!(pending.len(), 1);
-        let frame: protocol::AgentFrame = serde_json::from_str(&pending[0].frame).unwrap();
+        let frame: protocol::AgentFrame = serde_json::from_slice(&pending[0].frame).unwrap();
         assert_eq!(
             frame,
             protocol::AgentFrame::EventCreate(protocol::EventCreate {
@@ -2024,7 +2025,7 @@ mod tests {
         }
         assert_eq!(handed.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
         for (n, entry) in handed.iter().enumerate() {
-            let frame: protocol::AgentFrame = serde_json::from_str(&entry.frame).unwrap();
+            let frame: protocol::AgentFrame = serde_json::from_slice(&entry.frame).unwrap();
             let protocol::AgentFrame::EventCreate(create) = frame else {
                 panic!("not an event.create frame");
             };
