@@ -471,7 +471,7 @@ mod tests {
                 .unwrap()
                 // Batch keys grow from one generation to the next.
                 .insert(
-                    (number as u64).to_be_bytes(),
+                    number.to_be_bytes(),
                     encode([(id.as_str(), stored.as_slice())]),
                 )
                 .unwrap();
