@@ -10,12 +10,12 @@
 
 use std::sync::Arc;
 
-use central::http_util;
-use central::serve::Body;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use server::http_util;
+use server::serve::Body;
 
 use crate::auth::AdminCaller;
 use crate::daemon::Shared;

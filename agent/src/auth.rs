@@ -22,8 +22,8 @@
 //! [`UserConfig`]/[`OAuthConfig`]/[`AuthLimitsConfig`]) or build HTTP responses (ingress maps
 //! [`AuthError`] to 401/403/429 and [`OAuthError`] to its JSON body).
 
-pub use central::throttle;
-pub use central::verify_pool;
+use server::throttle;
+use server::verify_pool;
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -36,13 +36,13 @@ use std::time::{Duration, Instant};
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine;
-use central::config::argon2_matches;
-use central::exit::ConfigError;
-use central::http_util::{basic_credentials, bearer_token};
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, StatusCode};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use server::credentials::argon2_matches;
+use server::exit::ConfigError;
+use server::http_util::{basic_credentials, bearer_token};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 

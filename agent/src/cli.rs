@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use central::exit;
-use central::telemetry::{self, LogFormat};
 use clap::{Args, Parser, Subcommand};
+use server::exit;
+use server::telemetry::{self, LogFormat};
 use tokio::sync::watch;
 
 use hyper::Method;

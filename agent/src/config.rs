@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use central::exit::ConfigError;
 use serde::Deserialize;
+use server::exit::ConfigError;
 
 use crate::auth::{
     AuthLimitsConfig, AuthMode, Authenticator, IntegrationAuth, OAuthConfig, SecretDigest,
@@ -263,7 +263,7 @@ fn parse<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> 
             .span()
             .map(|span| key_at(&text, span.start))
             .unwrap_or_default();
-        ConfigError::new(&display, key, central::exit::toml_reason(&e))
+        ConfigError::new(&display, key, server::exit::toml_reason(&e))
     })
 }
 

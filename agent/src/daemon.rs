@@ -19,10 +19,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use central::exit::ConfigError;
-use central::http_util;
-use central::serve::Body;
 use hyper::{Response, StatusCode};
+use server::exit::ConfigError;
+use server::http_util;
+use server::serve::Body;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -668,7 +668,7 @@ pub async fn start(
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {
-        central::serve::serve(listener, None, handler, shutdown).await;
+        server::serve::serve(listener, None, handler, shutdown).await;
         tracing::info!("ingress stopped; finishing running requests");
         let _ = worker_stop_tx.send(true);
         let _ = worker_task.await;

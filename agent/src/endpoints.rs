@@ -6,7 +6,7 @@
 //! are never logged or printed by `Debug`.
 //!
 //! The built-in `xMatters` endpoint does not carry the agent token: each integration's scripts get
-//! a credential derived for that integration ([`central::config::script_token`], through
+//! a credential derived for that integration ([`server::credentials::script_token`], through
 //! [`Endpoints::for_integration`]), which the central accepts only for the events of this agent
 //! and that integration, and never for the websocket.
 
@@ -466,7 +466,7 @@ impl Endpoints {
     /// own id first, then those its `script_events_of` grants).
     pub fn for_integration(self: &Arc<Self>, integrations: &[String]) -> IntegrationEndpoints {
         let xmatters_authorization = self.agent_token.as_deref().and_then(|token| {
-            let credential = central::config::script_token(token, integrations);
+            let credential = server::credentials::script_token(token, integrations);
             sensitive_header(BUILTIN_NAME, format!("Bearer {credential}")).ok()
         });
         IntegrationEndpoints {
@@ -852,7 +852,7 @@ mod tests {
         let reply = endpoints
             .send(&call("xMatters", "GET", "/api/xm/1/events", None))
             .expect("built-in answers");
-        let credential = central::config::script_token("agent-token", &["alerts".to_owned()]);
+        let credential = server::credentials::script_token("agent-token", &["alerts".to_owned()]);
         assert_eq!(
             reply.body,
             format!("GET /api/xm/1/events|Bearer {credential}|"),

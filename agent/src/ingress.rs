@@ -1,6 +1,6 @@
 //! The HTTP front door: routes, status codes, authentication, and the hand-off to the store.
 //!
-//! The order of checks on a trigger is deliberate: (in `central::serve`: no Host 400, long target
+//! The order of checks on a trigger is deliberate: (in `server::serve`: no Host 400, long target
 //! 414, big headers 431) → route (404/405) → declared length (413) → credentials (401/403, 429
 //! when throttled) → the integration's rate limit (429) → body read with the limit (413) →
 //! action-specific validation (400) → durable store (503) → 202. Cheap refusals come first, and
@@ -11,8 +11,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use central::http_util::{self, read_body, BodyError};
-use central::serve::Body;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
@@ -20,6 +18,8 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use server::http_util::{self, read_body, BodyError};
+use server::serve::Body;
 use tracing::Instrument;
 
 use crate::auth::{AdminCaller, AuthError, AuthMode, IntegrationAuth, Principal};
@@ -342,7 +342,7 @@ async fn trigger(
         Action::Transform | Action::RunScript | Action::HttpTrigger => None,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
-    let received_at = central::http_util::now_rfc3339();
+    let received_at = server::http_util::now_rfc3339();
     let bytes = body.len();
     // What scripts and the activity stream see of the request, given the body (or the part of
     // it that will be shown). Built on demand: the activity entry of a create_event request is

@@ -26,13 +26,13 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use central::exit::ConfigError;
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use http::HeaderValue;
-use protocol::{AgentFrame, CentralFrame, EventCreate, PROTOCOL_VERSION};
+use protocol::{AgentFrame, CentralFrame, PROTOCOL_VERSION};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Notify};
+use server::exit::ConfigError;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -41,6 +41,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 pub(crate) use dial::tunnel;
 pub use dial::Proxy;
 use dial::{DialError, DialParams, Target, WsStream};
+
+use crate::store::Outbox;
 
 /// Large enough that the central's per-batch flush, not the window, paces a busy agent.
 const DEFAULT_WINDOW: usize = 512;
@@ -390,41 +392,6 @@ pub struct RelayStatus {
     pub rejected_total: u64,
     /// Successful connections after the first one.
     pub reconnects: u64,
-}
-
-/// One outbox entry as the relay sends it: the complete `event.create` frame text, stored that way
-/// so sending needs no decode/encode round trip.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OutboxEntry {
-    /// The entry's sequence number (also inside `frame`).
-    pub seq: u64,
-    /// The JSON text of the [`AgentFrame::EventCreate`] frame (shared, so handing it out and
-    /// keeping it for a resend copies nothing).
-    pub frame: Utf8Bytes,
-}
-
-impl OutboxEntry {
-    /// Encode `event` as its frame (for outboxes that keep structured entries).
-    pub fn encode(event: &EventCreate) -> Self {
-        Self {
-            seq: event.seq,
-            frame: AgentFrame::EventCreate(event.clone()).to_text().into(),
-        }
-    }
-}
-
-/// The store side of the relay. The store implements it; the relay never touches sled directly,
-/// which keeps the at-least-once bookkeeping (remove only on ack) in one place.
-pub trait Outbox: Send + Sync + 'static {
-    /// Entries with seq > `after` (all from the start if None), in ascending seq order, at most `max`.
-    fn pending_after(&self, after: Option<u64>, max: usize) -> Result<Vec<OutboxEntry>, String>;
-    /// The central acknowledged these `(seq, event_id)`s: remove them from the outbox and record
-    /// each event id on its request. Batched, so a burst of acks costs one store write per tree.
-    fn acknowledged(&self, acks: &[(u64, String)]) -> Result<(), String>;
-    /// The central refused `seq` for good: move it to the dead-letter tree with the reason.
-    fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String>;
-    /// Notified whenever new entries were appended (so the relay wakes without polling).
-    fn appended(&self) -> Arc<Notify>;
 }
 
 /// Why a connection ended or could not be used. The `Display` text goes to logs and
@@ -846,7 +813,10 @@ impl<'a> Session<'a> {
                 continue;
             }
             self.cursor = Some(entry.seq);
-            let frame = entry.frame;
+            // The store hands out UTF-8 JSON text; a check here keeps the websocket honest.
+            let frame = Utf8Bytes::try_from(entry.frame).map_err(|_| {
+                RelayError::Outbox(format!("outbox entry {} is not UTF-8 text", entry.seq))
+            })?;
             frames.push(Message::Text(frame.clone()));
             let sent_at = Instant::now();
             self.in_flight

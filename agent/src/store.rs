@@ -37,17 +37,18 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::relay::{Outbox, OutboxEntry};
+use bytes::Bytes;
 
 mod finished;
 mod grouped;
 mod operations;
+mod outbox;
 use finished::Finished;
 use grouped::GroupedLog;
 use operations::LiveBounds;
 pub use operations::{QueueEntry, QueueState};
+pub use outbox::{Outbox, OutboxEntry};
 
 /// Store bounds and retention, from the `[store]` config section.
 #[derive(Debug, Clone, Deserialize)]
@@ -461,7 +462,7 @@ fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>),
 struct OutboxTail {
     /// Every outbox entry with a seq at or above this one has its frame in `frames`.
     covers_from: u64,
-    frames: BTreeMap<u64, Utf8Bytes>,
+    frames: BTreeMap<u64, Bytes>,
     /// Bytes in `frames`.
     bytes: usize,
     metas: HashMap<u64, OutboxMeta>,
@@ -484,7 +485,7 @@ impl OutboxTail {
     /// append lock, so the tail sees every entry in seq order.
     fn push(&mut self, seq: u64, value: &str, meta: OutboxMeta) {
         let frame = value.split_once('\n').map_or(value, |(_, frame)| frame);
-        let frame = Utf8Bytes::from(frame.to_owned());
+        let frame = Bytes::copy_from_slice(frame.as_bytes());
         self.bytes += frame.len();
         self.frames.insert(seq, frame);
         self.metas.insert(seq, meta);
@@ -929,7 +930,6 @@ impl Store {
         let appended_end = outbox_stored.last().map_or(0, |(seq, _)| seq + 1);
         let requests = tree("requests")?;
         let finished = Finished::open(&db, config.max_request_records)?;
-        move_finished_records(&db, &requests, &finished)?;
         let (flushed, _) = watch::channel(0);
         let commit = Arc::new(GroupCommit {
             db: db.clone(),
@@ -1606,30 +1606,6 @@ impl Store {
     }
 }
 
-/// Stores written before the finished-record generations kept finished records in `requests`,
-/// listed in a `request_order` tree; move them to the generations (oldest first) and drop that
-/// tree. Nothing to do for newer stores.
-fn move_finished_records(
-    db: &sled::Db,
-    requests: &sled::Tree,
-    finished: &Finished,
-) -> Result<(), StoreError> {
-    const OLD_ORDER_TREE: &[u8] = b"request_order";
-    if !db.tree_names().iter().any(|name| name == OLD_ORDER_TREE) {
-        return Ok(());
-    }
-    let order = db.open_tree(OLD_ORDER_TREE)?;
-    for item in order.iter() {
-        let (_, request_id) = item?;
-        if let Some(record) = requests.get(&request_id)? {
-            finished.insert(&[&serde_json::from_slice(&record)?])?;
-            requests.remove(&request_id)?;
-        }
-    }
-    db.drop_tree(OLD_ORDER_TREE)?;
-    Ok(())
-}
-
 fn activity_prefix(integration_id: &str) -> Vec<u8> {
     let mut prefix = integration_id.as_bytes().to_vec();
     prefix.push(0);
@@ -1703,18 +1679,18 @@ impl Outbox for Store {
 
     fn rejected(&self, seq: u64, status: u16, message: &str) -> Result<(), String> {
         let held = self.inner.tail().frames.get(&seq).cloned();
-        let frame = match held {
-            Some(frame) => frame.as_str().to_owned(),
+        let parsed = match held {
+            Some(frame) => serde_json::from_slice(&frame),
             None => {
                 let stored = self.inner.outbox.get(seq);
                 let Some(value) = stored.map_err(|e| StoreError::from(e).to_string())? else {
                     return Ok(());
                 };
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
-                frame.into_owned()
+                serde_json::from_str(&frame)
             }
         };
-        let entry = match serde_json::from_str(&frame).map_err(|e| e.to_string())? {
+        let entry = match parsed.map_err(|e| e.to_string())? {
             protocol::AgentFrame::EventCreate(entry) => entry,
             protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
         };
@@ -1851,7 +1827,7 @@ mod tests {
                 method: "url".into(),
             },
             remote_address: "127.0.0.1".into(),
-            received_at: central::http_util::now_rfc3339(),
+            received_at: server::http_util::now_rfc3339(),
         }
     }
 
@@ -1955,7 +1931,7 @@ mod tests {
         assert_eq!(queued.events[0].seq, seq);
         let pending = store.pending_after(None, 10).unwrap();
         assert_eq!(pending.len(), 1);
-        let frame: protocol::AgentFrame = serde_json::from_str(&pending[0].frame).unwrap();
+        let frame: protocol::AgentFrame = serde_json::from_slice(&pending[0].frame).unwrap();
         assert_eq!(
             frame,
             protocol::AgentFrame::EventCreate(protocol::EventCreate {
@@ -2049,7 +2025,7 @@ mod tests {
         }
         assert_eq!(handed.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
         for (n, entry) in handed.iter().enumerate() {
-            let frame: protocol::AgentFrame = serde_json::from_str(&entry.frame).unwrap();
+            let frame: protocol::AgentFrame = serde_json::from_slice(&entry.frame).unwrap();
             let protocol::AgentFrame::EventCreate(create) = frame else {
                 panic!("not an event.create frame");
             };
@@ -2066,35 +2042,6 @@ mod tests {
         let first = store.request("req-0").unwrap().unwrap();
         assert_eq!(first.status, RequestStatus::Delivered);
         assert_eq!(first.events[0].event_id, Some(format!("ev-{}", seqs[0])));
-    }
-
-    #[tokio::test]
-    async fn finished_records_of_the_old_layout_are_moved_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            let record = json!({"requestId": "old-1", "integrationId": "int", "status": "DELIVERED",
-                "receivedAt": "then", "events": [], "order": 9});
-            db.open_tree("requests")
-                .unwrap()
-                .insert("old-1", serde_json::to_vec(&record).unwrap())
-                .unwrap();
-            db.open_tree("request_order")
-                .unwrap()
-                .insert(be(9), "old-1")
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
-        let record = store.request("old-1").unwrap().unwrap();
-        assert_eq!(record.status, RequestStatus::Delivered);
-        assert!(store.inner.requests.is_empty(), "moved out of `requests`");
-        assert!(!store
-            .inner
-            .db
-            .tree_names()
-            .iter()
-            .any(|name| name == b"request_order".as_slice()));
     }
 
     #[tokio::test]

@@ -508,7 +508,7 @@ pub fn activity(request: &InboundRequest, status: &str, details: Value) -> Value
     entry.insert("integrationId".into(), json!(request.integration_id));
     entry.insert("status".into(), json!(status));
     entry.insert("created".into(), json!(request.received_at));
-    entry.insert("completed".into(), json!(central::http_util::now_rfc3339()));
+    entry.insert("completed".into(), json!(server::http_util::now_rfc3339()));
     entry.insert("principal".into(), json!(request.principal));
     entry.insert(
         "request".into(),

@@ -62,12 +62,12 @@ proptest! {
         let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         let header = hyper::header::HeaderValue::from_str(&format!("Basic {encoded}")).unwrap();
         prop_assert_eq!(
-            central::http_util::basic_credentials(Some(&header)),
+            server::http_util::basic_credentials(Some(&header)),
             Some((user.clone(), password.clone()))
         );
         if let Ok(garbage) = hyper::header::HeaderValue::from_str(&junk) {
-            let _ = central::http_util::basic_credentials(Some(&garbage));
-            let _ = central::http_util::bearer_token(Some(&garbage));
+            let _ = server::http_util::basic_credentials(Some(&garbage));
+            let _ = server::http_util::bearer_token(Some(&garbage));
         }
     }
 

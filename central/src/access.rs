@@ -2,11 +2,11 @@
 //!
 //! Three kinds of callers: a configured REST user (Basic; needs the
 //! [`REST_WEB_SERVICE_USER`] role), an agent (Bearer agent token: only that agent's events), and
-//! an integration script (Bearer script credential from [`crate::config::script_token`]: only
+//! an integration script (Bearer script credential from [`server::credentials::script_token`]: only
 //! that agent's events of that one integration). Passwords are argon2 hashes, verified on a small
-//! bounded pool of threads ([`crate::verify_pool`]) with recent successes cached; a name that
+//! bounded pool of threads ([`server::verify_pool`]) with recent successes cached; a name that
 //! names exist; a full pool answers 429. Failed passwords are counted per (source address, user
-//! name) ([`crate::throttle`]): after [`MAX_FAILURES`] a pair gets 429 without any hash computed.
+//! name) ([`server::throttle`]): after [`MAX_FAILURES`] a pair gets 429 without any hash computed.
 //!
 //! What it does NOT do: route requests or check the websocket's token (`ws` does).
 
@@ -20,10 +20,11 @@ use http::HeaderMap;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::{argon2_matches, CentralConfig, REST_WEB_SERVICE_USER};
-use crate::http_util::{basic_credentials, bearer_token};
-use crate::throttle::FailureThrottle;
-use crate::verify_pool::VerifyPool;
+use crate::config::{CentralConfig, REST_WEB_SERVICE_USER};
+use server::credentials::argon2_matches;
+use server::http_util::{basic_credentials, bearer_token};
+use server::throttle::FailureThrottle;
+use server::verify_pool::VerifyPool;
 
 /// How long a verified (user, password) pair is trusted without hashing again.
 const VERIFIED_TTL: Duration = Duration::from_secs(600);
@@ -214,8 +215,9 @@ fn pair_key(name: &str, password: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{script_token, UserCredential};
+    use crate::config::UserCredential;
     use http::HeaderValue;
+    use server::credentials::script_token;
 
     const SOURCE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 

@@ -13,14 +13,16 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
 use argon2::Argon2;
 use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::exit::ConfigError;
+use server::credentials::{script_mac, SCRIPT_TOKEN_PREFIX};
+use server::exit::ConfigError;
+use server::tls::TlsFiles;
 
 /// The address used when `[central] listen` is absent: loopback only, so a fresh install is not
 /// reachable from the network by accident.
@@ -32,15 +34,6 @@ pub const DEFAULT_DATA_DIR: &str = "./central-data";
 /// The role a REST user needs to read events and change their status (the xMatters name). Users
 /// configured without `roles` hold it, so existing configs keep working.
 pub const REST_WEB_SERVICE_USER: &str = "REST Web Service User";
-
-/// The certificate chain and key files the central serves HTTPS/WSS with.
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    /// PEM certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-}
 
 /// A validated central configuration, ready for [`crate::start`].
 ///
@@ -144,43 +137,6 @@ impl UserCredential {
     }
 }
 
-/// Whether `password` matches the argon2 PHC string `phc`. Slow by design: call it on a
-/// verification thread, never on an async worker.
-pub fn argon2_matches(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|hash| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &hash)
-            .is_ok()
-    })
-}
-
-/// The credential the agent gives its scripts' built-in `xMatters` endpoint: derived from the
-/// agent token and the ids of the integrations whose events the scripts may touch (their own,
-/// plus any the config grants), so it names exactly those and cannot be turned into the agent
-/// token or widened. The central accepts it for the REST API only, limited to the events of that
-/// agent and those integrations (never for the websocket).
-pub fn script_token(agent_token: &str, integrations: &[String]) -> String {
-    let scope = serde_json::to_string(integrations).unwrap_or_default();
-    format!(
-        "{SCRIPT_TOKEN_PREFIX}{}.{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&scope),
-        hex::encode(script_mac(&digest(agent_token), &scope))
-    )
-}
-
-/// How script credentials start (they never collide with a configured agent token's use).
-pub const SCRIPT_TOKEN_PREFIX: &str = "xms1.";
-
-/// Keyed with the token's digest, which is all the central keeps of it; `scope` is the JSON
-/// array of integration ids.
-fn script_mac(token_sha256: &[u8; 32], scope: &str) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(b"xmagent script credential v1\0");
-    hasher.update(token_sha256);
-    hasher.update(scope.as_bytes());
-    hasher.finalize().into()
-}
-
 // Hand-written so the digests never reach a log line, not even hashed.
 impl std::fmt::Debug for AgentCredential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -240,7 +196,7 @@ impl CentralConfig {
         self.users.iter().find(|user| user.name == name)
     }
 
-    /// The agent and integrations a script credential ([`script_token`]) stands for, if it is
+    /// The agent and integrations a script credential ([`server::credentials::script_token`]) stands for, if it is
     /// one of a configured agent. Every agent is tried (no early exit), comparing in constant
     /// time.
     pub fn script_scope(&self, token: &str) -> Option<(&AgentCredential, Vec<String>)> {
@@ -449,7 +405,7 @@ fn deserialize(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        let message = crate::exit::toml_reason(&inner);
+        let message = server::exit::toml_reason(&inner);
         let line = inner.span().map(|span| line_of(text, span.start));
         // A missing field is reported on the enclosing table (an unknown one already on itself);
         // either way the key names the field.
@@ -545,6 +501,7 @@ fn secret(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use server::credentials::{argon2_matches, script_token};
 
     fn parse_ok(text: &str) -> CentralConfig {
         match parse(text, "test.toml", Path::new("/etc/xm")) {

@@ -222,7 +222,7 @@ pub fn check(trigger: &Trigger) -> Result<Checked<'_>, TriggerError> {
         }
         Some(other) => {
             return Err(TriggerError::BadPriority(
-                crate::http_util::json_text_kind(other).to_owned(),
+                server::http_util::json_text_kind(other).to_owned(),
             ))
         }
     };
@@ -231,7 +231,7 @@ pub fn check(trigger: &Trigger) -> Result<Checked<'_>, TriggerError> {
         Some(value) if value.first() == Some(&b'{') => value,
         Some(other) => {
             return Err(TriggerError::BadProperties(
-                crate::http_util::json_text_kind(other),
+                server::http_util::json_text_kind(other),
             ))
         }
     };
@@ -795,7 +795,7 @@ pub(crate) mod tests {
     /// oracle: the text path must decide and produce exactly what it did.
     fn reference_build(trigger: &Value, origin: &Origin<'_>) -> Result<Value, TriggerError> {
         let Value::Object(fields) = trigger else {
-            return Err(TriggerError::NotAnObject(crate::http_util::json_kind(
+            return Err(TriggerError::NotAnObject(server::http_util::json_kind(
                 trigger,
             )));
         };
@@ -810,7 +810,7 @@ pub(crate) mod tests {
             }
             Some(other) => {
                 return Err(TriggerError::BadPriority(
-                    crate::http_util::json_kind(other).to_owned(),
+                    server::http_util::json_kind(other).to_owned(),
                 ))
             }
         };
@@ -818,7 +818,7 @@ pub(crate) mod tests {
             None | Some(Value::Null) => Value::Object(Map::new()),
             Some(value @ Value::Object(_)) => value.clone(),
             Some(other) => {
-                return Err(TriggerError::BadProperties(crate::http_util::json_kind(
+                return Err(TriggerError::BadProperties(server::http_util::json_kind(
                     other,
                 )))
             }

@@ -5,25 +5,17 @@
 //! calls. [`start`] runs it all on one listener; the `xmcentral` binary, `xmagent dev`, the
 //! end-to-end tests and the benchmark all go through it.
 //!
-//! It also hosts the small server plumbing both daemons share ([`serve`], [`http_util`],
-//! [`telemetry`], [`exit`]): `xmagent` depends on this crate anyway to embed a central in
-//! `xmagent dev`, so the plumbing is written once here.
+//! The server plumbing it shares with `xmagent` (accept loop, TLS, HTTP helpers, logging, exit
+//! codes, credential checks) lives in the `server` crate.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod access;
 pub mod config;
 pub mod event;
-pub mod exit;
-pub mod http_util;
 pub mod metrics;
 pub mod rest;
-pub mod serve;
 pub mod store;
-pub mod telemetry;
-pub mod throttle;
-pub mod tls;
-pub mod verify_pool;
 pub mod ws;
 
 use std::net::SocketAddr;
@@ -86,7 +78,7 @@ pub async fn start(
             )
         })?;
     let tls = match &config.tls {
-        Some(files) => Some(tls::acceptor(files).context("cannot set up TLS")?),
+        Some(files) => Some(server::tls::acceptor(files).context("cannot set up TLS")?),
         None => None,
     };
     let listener = TcpListener::bind(config.listen)
@@ -116,7 +108,7 @@ pub async fn start(
         move |request, peer| rest::route(Arc::clone(&state), request, peer)
     };
     let task = tokio::spawn(async move {
-        serve::serve(listener, tls, handler, shutdown).await;
+        server::serve::serve(listener, tls, handler, shutdown).await;
         if tokio::time::timeout(WS_DRAIN_TIMEOUT, state.ws_tracker.wait_idle())
             .await
             .is_err()

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use central::exit;
-use central::telemetry::{self, LogFormat};
 use clap::{Parser, Subcommand};
+use server::exit;
+use server::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
 #[command(

@@ -17,11 +17,11 @@ use serde_json::{json, Value};
 
 use crate::access::{Caller, Refusal};
 use crate::event::Status;
-use crate::http_util::{self, BodyError};
 use crate::metrics::Metrics;
-use crate::serve::Body;
 use crate::store::{Query, StatusChange, StoreError};
 use crate::{ws, State};
+use server::http_util::{self, BodyError};
+use server::serve::Body;
 
 /// Prefix of the events API.
 const EVENTS_PATH: &str = "/api/xm/1/events";

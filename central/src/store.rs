@@ -18,8 +18,7 @@
 //! previous layout wrote two keys per event (the event, and an index key at a random place) and
 //! the store took about half of the central's CPU under load; one key per batch, written at the
 //! end of the tree, removes most of it (`create_batch` of 1.3 KB events in batches of 64:
-//! 21–28 µs → 4.3 µs per event on the 2-core machine, `ws::tests::ingest_costs`). Stores in the older layouts are converted at open
-//! ([`legacy`]).
+//! 21–28 µs → 4.3 µs per event on the 2-core machine, `ws::tests::ingest_costs`).
 //!
 //! A batch is one sled insert, so it is atomic: a crash never leaves an event without its
 //! idempotency key (which would create a second event on resend). Writers are serialized by a
@@ -29,7 +28,6 @@
 //! What this module does NOT do: validate triggers (see [`crate::event`]) or authenticate.
 
 mod batch;
-mod legacy;
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -41,7 +39,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::event::{self, Status};
-use batch::{Entry, Ids};
+use batch::Entry;
 
 /// Why a store operation failed. Callers map these to "try again later" (503 / retryable).
 #[derive(Debug, thiserror::Error)]
@@ -156,8 +154,6 @@ struct Writer {
 struct Index {
     /// Request id digest → the batches holding events of that request, oldest first.
     by_request: HashMap<u64, Batches>,
-    /// Event id → batch key, for the events of [`Ids::Unordered`] batches only.
-    unordered: HashMap<u128, u128>,
     /// Events in the store.
     total: usize,
 }
@@ -212,50 +208,40 @@ fn request_digest(request_id: &str) -> u64 {
     hasher.finish()
 }
 
-/// Hands out version 7 UUIDs (milliseconds since the epoch, then random bits), each greater
-/// than the one before and than every id in the store, even if the clock goes back.
+/// Hands out version 7 UUIDs (milliseconds since the epoch, then a counter and random bits),
+/// each greater than the one before and than every id in the store, even if the clock goes
+/// back. Within the process [`uuid::ContextV7`] keeps them increasing; `last` covers ids stored
+/// by an earlier run whose clock was ahead.
 struct IdClock {
+    context: uuid::ContextV7,
     last: u128,
 }
 
 impl IdClock {
-    fn next(&mut self) -> Uuid {
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            });
-        // 80 random bits from the OS generator (a v4 UUID's version and variant bits skipped).
-        let random = Uuid::new_v4();
-        let random = random.as_bytes();
-        let mut bits = [0u8; 10];
-        bits[..6].copy_from_slice(&random[..6]);
-        bits[6..].copy_from_slice(&random[9..13]);
-        let candidate = uuid::Builder::from_unix_timestamp_millis(millis, &bits)
-            .into_uuid()
-            .as_u128();
-        self.last = if candidate > self.last {
-            candidate
-        } else {
-            v7_successor(self.last)
-        };
-        Uuid::from_u128(self.last)
+    /// A clock whose ids all go above `last` (the newest stored id, 0 for none).
+    fn after(last: u128) -> Self {
+        Self {
+            context: uuid::ContextV7::new(),
+            last,
+        }
     }
-}
 
-/// The smallest version 7 UUID greater than `id`: count up in the random bits, then the time,
-/// keeping the version and variant bits.
-fn v7_successor(id: u128) -> u128 {
-    const RAND_B: u128 = (1 << 62) - 1;
-    const RAND_A: u128 = 0xFFF << 64;
-    if id & RAND_B != RAND_B {
-        return id + 1;
+    fn next(&mut self) -> Uuid {
+        let mut id = Uuid::new_v7(uuid::Timestamp::now(&self.context));
+        if id.as_u128() <= self.last {
+            // Continue one millisecond after the newest stored id; the context keeps that time
+            // (counting up) until the clock passes it.
+            let millis = u64::try_from(self.last >> 80).unwrap_or(u64::MAX) + 1;
+            let at = uuid::Timestamp::from_unix(
+                &self.context,
+                millis / 1000,
+                (millis % 1000) as u32 * 1_000_000,
+            );
+            id = Uuid::new_v7(at);
+        }
+        self.last = id.as_u128();
+        id
     }
-    let id = id & !RAND_B;
-    if id & RAND_A != RAND_A {
-        return id + (1 << 64);
-    }
-    (id & !RAND_A).wrapping_add(1 << 80)
 }
 
 const BATCH: u8 = b'b';
@@ -304,7 +290,7 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
 }
 
 impl Store {
-    /// Open (or create) the store in `dir`, converting older layouts and rebuilding the index.
+    /// Open (or create) the store in `dir`, rebuilding the index.
     /// Blocking: call it from a blocking context or at start-up.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -312,14 +298,6 @@ impl Store {
             .cache_capacity(64 * 1024 * 1024)
             .open()?;
         let tree = db.open_tree("events")?;
-        let converted = legacy::convert(&tree)?;
-        if converted > 0 {
-            db.flush()?;
-            tracing::info!(
-                events = converted,
-                "converted events from an older store layout"
-            );
-        }
         let mut index = Index::default();
         let mut last = 0;
         for item in tree.scan_prefix([BATCH]) {
@@ -328,12 +306,7 @@ impl Store {
             let batch = decode_batch(key, &value)?;
             for entry in &batch.entries {
                 index.add(request_digest(entry.request_id), key);
-                match batch.ids {
-                    Ids::Ordered => last = last.max(entry.id),
-                    Ids::Unordered => {
-                        index.unordered.insert(entry.id, key);
-                    }
-                }
+                last = last.max(entry.id);
             }
             index.total += batch.entries.len();
         }
@@ -344,7 +317,7 @@ impl Store {
                 db,
                 disk,
                 writer: Mutex::new(Writer {
-                    ids: IdClock { last },
+                    ids: IdClock::after(last),
                     index,
                 }),
                 written: AtomicU64::new(0),
@@ -435,9 +408,7 @@ impl Store {
         }
         if let Some(key) = first {
             let count = encoder.len() as usize;
-            self.inner
-                .tree
-                .insert(batch_key(key), encoder.finish(Ids::Ordered))?;
+            self.inner.tree.insert(batch_key(key), encoder.finish())?;
             // Only after the insert: a failed write must not make its requests look known.
             for (request_id, _) in in_batch.keys() {
                 writer.index.add(request_digest(request_id), key);
@@ -467,16 +438,9 @@ impl Store {
         Ok(())
     }
 
-    /// The key and value of the batch that would hold event `id`: from the unordered map, or
-    /// the last batch whose key is at or below the id. The caller looks for the id in it.
-    fn batch_for(&self, index: &Index, id: u128) -> Result<Option<(u128, sled::IVec)>, StoreError> {
-        if let Some(&key) = index.unordered.get(&id) {
-            return Ok(self
-                .inner
-                .tree
-                .get(batch_key(key))?
-                .map(|value| (key, value)));
-        }
+    /// The key and value of the batch that would hold event `id`: the last batch whose key is at
+    /// or below the id. The caller looks for the id in it.
+    fn batch_for(&self, id: u128) -> Result<Option<(u128, sled::IVec)>, StoreError> {
         match self
             .inner
             .tree
@@ -496,11 +460,8 @@ impl Store {
         let Some(uuid) = parse_id(id).map(|uuid| uuid.as_u128()) else {
             return Ok(None);
         };
-        let found = {
-            let writer = self.lock_writer();
-            self.batch_for(&writer.index, uuid)?
-        };
-        let Some((key, value)) = found else {
+        // A batch is one sled value, replaced whole by a status change: no lock needed.
+        let Some((key, value)) = self.batch_for(uuid)? else {
             return Ok(None);
         };
         match decode_batch(key, &value)?
@@ -518,8 +479,9 @@ impl Store {
         let Some(uuid) = parse_id(id).map(|uuid| uuid.as_u128()) else {
             return Ok(StatusChange::NotFound);
         };
-        let writer = self.lock_writer();
-        let Some((key, value)) = self.batch_for(&writer.index, uuid)? else {
+        // Held until the batch is rewritten, so a concurrent writer's rewrite is not lost.
+        let _writer = self.lock_writer();
+        let Some((key, value)) = self.batch_for(uuid)? else {
             return Ok(StatusChange::NotFound);
         };
         let batch = decode_batch(key, &value)?;
@@ -898,27 +860,10 @@ mod tests {
     }
 
     #[test]
-    fn v7_successor_counts_up_keeping_version_and_variant() {
-        let id = Uuid::parse_str("01890000-0000-7000-8000-000000000000")
-            .expect("uuid")
-            .as_u128();
-        let next = Uuid::from_u128(v7_successor(id));
-        assert_eq!(next.to_string(), "01890000-0000-7000-8000-000000000001");
-        let full_b = Uuid::parse_str("01890000-0000-7abc-bfff-ffffffffffff").expect("uuid");
-        assert_eq!(
-            Uuid::from_u128(v7_successor(full_b.as_u128())).to_string(),
-            "01890000-0000-7abd-8000-000000000000"
-        );
-        let full_ab = Uuid::parse_str("01890000-0000-7fff-bfff-ffffffffffff").expect("uuid");
-        assert_eq!(
-            Uuid::from_u128(v7_successor(full_ab.as_u128())).to_string(),
-            "01890000-0001-7000-8000-000000000000"
-        );
+    fn ids_are_v7_and_increase_even_after_ids_from_a_clock_that_ran_ahead() {
         // The clock going back never makes an id smaller.
         let future = Uuid::parse_str("7fff0000-0000-7000-8000-000000000000").expect("uuid");
-        let mut clock = IdClock {
-            last: future.as_u128(),
-        };
+        let mut clock = IdClock::after(future.as_u128());
         let mut previous = future;
         for _ in 0..100 {
             let id = clock.next();
@@ -927,10 +872,16 @@ mod tests {
             assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
             previous = id;
         }
-        let mut clock = IdClock { last: 0 };
+        let mut clock = IdClock::after(0);
         let now = clock.next();
         assert_eq!(now.get_version_num(), 7);
         assert!(now < future);
+        let mut previous = now;
+        for _ in 0..10_000 {
+            let id = clock.next();
+            assert!(id > previous, "{id} after {previous}");
+            previous = id;
+        }
     }
 
     #[test]
@@ -959,7 +910,7 @@ mod tests {
             store
                 .inner
                 .tree
-                .insert(batch_key(future.as_u128()), encoder.finish(Ids::Ordered))
+                .insert(batch_key(future.as_u128()), encoder.finish())
                 .expect("insert");
             runtime().block_on(store.wait_durable()).expect("flush");
             written[0].event_id.clone()
@@ -979,80 +930,6 @@ mod tests {
         assert_eq!(store.get(&first.to_uppercase()).expect("get"), None);
         assert_eq!(store.get(&first.replace('-', "")).expect("get"), None);
         assert_eq!(store.get(&format!("{{{first}}}")).expect("get"), None);
-    }
-
-    #[test]
-    fn stores_written_with_the_first_layout_are_converted() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
-        let old_b = "5d1e3f5a-7b9c-4d1e-8f2a-4b6c8d0e2f4a";
-        {
-            let db = sled::open(dir.path()).expect("sled");
-            let tree = db.open_tree("events").expect("tree");
-            legacy::write::layout_1(&tree, &[(old_a, "req-old", 0, 0), (old_b, "req-old", 1, 1)]);
-            db.flush().expect("flush");
-        }
-        let store = Store::open(dir.path()).expect("open");
-        assert_eq!(key_prefixes(&store), [BATCH], "old keys are gone");
-        assert_eq!(
-            store.get(old_a).expect("get").expect("found")["properties"]["old"],
-            true
-        );
-        // A resend of an old triple answers the old event; new triples get new-layout events.
-        let written = store
-            .create_batch(
-                "agent-01",
-                &[
-                    new_event("req-old", 1, json!({})),
-                    new_event("req-old", 2, json!({})),
-                ],
-            )
-            .expect("write");
-        assert_eq!(
-            written[0],
-            Written {
-                event_id: old_b.to_owned(),
-                duplicate: true
-            }
-        );
-        assert!(!written[1].duplicate);
-        assert_eq!(
-            ids_of(&by_request(&store, "req-old")),
-            [old_a, old_b, written[1].event_id.as_str()]
-        );
-        assert_eq!(
-            ids_of(&all(&store)),
-            [old_a, old_b, written[1].event_id.as_str()],
-            "old events list first"
-        );
-        // Status changes of old events persist where they are.
-        assert!(matches!(
-            store.set_status(old_a, Status::Suspended).expect("set"),
-            StatusChange::Changed(_)
-        ));
-        runtime().block_on(store.wait_durable()).expect("flush");
-        drop(store);
-        let store = reopen(dir.path());
-        assert_eq!(
-            store.get(old_a).expect("get").expect("found")["status"],
-            "SUSPENDED"
-        );
-        assert_eq!(
-            store.get(&written[1].event_id).expect("get").expect("new")["id"],
-            written[1].event_id.as_str()
-        );
-    }
-
-    fn key_prefixes(store: &Store) -> Vec<u8> {
-        let mut prefixes: Vec<u8> = store
-            .inner
-            .tree
-            .iter()
-            .keys()
-            .map(|key| key.expect("key")[0])
-            .collect();
-        prefixes.dedup();
-        prefixes
     }
 
     fn ids_of(page: &Page) -> Vec<String> {
@@ -1082,65 +959,6 @@ mod tests {
     }
 
     #[test]
-    fn stores_written_with_the_second_layout_are_converted_in_chunks() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut clock = IdClock { last: 0 };
-        // More events than one conversion chunk, after two first-layout ones; one without an
-        // index entry (edited by hand), which still lists and never matches a resend.
-        let ids: Vec<Uuid> = (0..300).map(|_| clock.next()).collect();
-        let events: Vec<(Uuid, &str, Option<u32>)> = ids
-            .iter()
-            .enumerate()
-            .map(|(n, id)| (*id, "req-2", (n != 7).then_some(n as u32)))
-            .collect();
-        let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
-        {
-            let db = sled::open(dir.path()).expect("sled");
-            let tree = db.open_tree("events").expect("tree");
-            legacy::write::layout_1(&tree, &[(old_a, "req-1", 0, 5)]);
-            legacy::write::layout_2(&tree, &events);
-            db.flush().expect("flush");
-        }
-        let store = Store::open(dir.path()).expect("open");
-        assert_eq!(key_prefixes(&store), [BATCH]);
-        let listed = all(&store);
-        assert_eq!(listed.total, 301);
-        let mut expected = vec![old_a.to_owned()];
-        expected.extend(ids.iter().map(Uuid::to_string));
-        assert_eq!(ids_of(&listed), expected, "creation order kept");
-        for id in [&ids[0], &ids[255], &ids[256], &ids[299]] {
-            let event = store.get(&id.to_string()).expect("get").expect("found");
-            assert_eq!(event["properties"]["layout"], 2);
-        }
-        let resend = store
-            .create_batch(
-                "agent-01",
-                &[
-                    new_event("req-2", 256, json!({})),
-                    new_event("req-2", 7, json!({})),
-                ],
-            )
-            .expect("write");
-        assert_eq!(
-            resend[0],
-            Written {
-                event_id: ids[256].to_string(),
-                duplicate: true
-            }
-        );
-        assert!(!resend[1].duplicate, "the unindexed event has no key");
-        assert!(
-            resend[1].event_id > ids[299].to_string(),
-            "new ids go above"
-        );
-        // 300 converted (the unindexed one by its JSON requestId) and the new one.
-        assert_eq!(by_request(&store, "req-2").total, 301);
-        drop(store);
-        let store = reopen(dir.path());
-        assert_eq!(all(&store).total, 302);
-    }
-
-    #[test]
     fn a_corrupt_batch_is_reported_not_skipped() {
         let dir = tempfile::tempdir().expect("tempdir");
         {
@@ -1161,34 +979,6 @@ mod tests {
             Ok(_) => panic!("a cut batch must not open"),
         };
         assert!(error.contains("unreadable event (batch"), "{error}");
-    }
-
-    /// An old store whose index entry cannot be read is refused at open, and nothing of it is
-    /// converted or removed: the operator can inspect or repair it.
-    #[test]
-    fn an_unreadable_old_store_is_refused_and_left_as_it_was() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old_a = "0b9a2c8e-7c3f-4d3a-9e1b-2f4c6d8e0a1b";
-        let keys_before = {
-            let db = sled::open(dir.path()).expect("sled");
-            let tree = db.open_tree("events").expect("tree");
-            legacy::write::layout_1(&tree, &[(old_a, "req-old", 0, 0)]);
-            // An index entry cut short.
-            tree.insert(b"r\0\0".as_slice(), b"x".as_slice())
-                .expect("insert");
-            db.flush().expect("flush");
-            tree.len()
-        };
-        let error = match reopen_result(dir.path()) {
-            Err(error) => error.to_string(),
-            Ok(_) => panic!("an unreadable index entry must not open"),
-        };
-        assert!(error.contains("unreadable key or value"), "{error}");
-        // The refused open's sled threads may hold the file lock a moment longer.
-        let db = retrying(|| sled::open(dir.path()), |_| true).expect("sled");
-        let tree = db.open_tree("events").expect("tree");
-        assert_eq!(tree.len(), keys_before);
-        assert!(tree.scan_prefix(b"b").next().is_none(), "nothing converted");
     }
 
     /// [`reopen`], for a store that may rightly fail to open.

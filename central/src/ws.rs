@@ -29,12 +29,12 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
 use crate::event;
-use crate::http_util;
 use crate::metrics::Metrics;
-use crate::serve::Body;
 use crate::store::NewEvent;
 use crate::ws::frame::Create;
 use crate::State;
+use server::http_util;
+use server::serve::Body;
 
 mod frame;
 #[doc(hidden)]
@@ -439,7 +439,7 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     if batch.is_empty() {
         return Vec::new();
     }
-    let created = crate::http_util::now_rfc3339();
+    let created = server::http_util::now_rfc3339();
     let mut answers: Vec<Option<Answer>> = Vec::with_capacity(batch.len());
     let mut writes = Vec::with_capacity(batch.len());
     let mut write_seqs = Vec::with_capacity(batch.len());

@@ -7,7 +7,7 @@
 #![no_main]
 
 use base64::Engine as _;
-use central::http_util::{basic_credentials, bearer_token};
+use server::http_util::{basic_credentials, bearer_token};
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 

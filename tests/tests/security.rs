@@ -384,7 +384,7 @@ async fn least_privilege_oauth_and_no_secret_in_the_logs() {
     .await
     .unwrap();
     assert_eq!(refused.status, 401);
-    let script_credential = central::config::script_token(AGENT_TOKEN, &["private".to_owned()]);
+    let script_credential = server::credentials::script_token(AGENT_TOKEN, &["private".to_owned()]);
     let bearer_script = format!("Bearer {script_credential}");
     let scoped = http(
         central.addr,
@@ -614,7 +614,7 @@ async fn central_scopes_every_caller() {
         let scope: Vec<String> = scope.iter().map(|s| (*s).to_owned()).collect();
         format!(
             "Bearer {}",
-            central::config::script_token(AGENT_TOKEN, &scope)
+            server::credentials::script_token(AGENT_TOKEN, &scope)
         )
     };
     let list = format!("/api/xm/1/events?requestId={request_id}");

@@ -6,6 +6,11 @@ use super::*;
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use protocol::EventCreate;
+use tokio::sync::Notify;
+
+use crate::store::OutboxEntry;
+
 use base64::Engine as _;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

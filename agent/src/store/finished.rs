@@ -32,10 +32,10 @@ use super::{EventRef, RequestRecord, RequestStatus, StoreError};
 
 const PREFIX: &str = "finished.";
 
-/// First byte of a batch value (a legacy single record is JSON and starts with `{`).
+/// First byte of a batch value.
 const BATCH_MAGIC: u8 = 1;
 
-/// First byte of a record in the compact form (a legacy record is JSON and starts with `{`).
+/// First byte of a record in the compact form.
 const RECORD_MAGIC: u8 = 2;
 
 fn tree_name(number: u64) -> String {
@@ -176,11 +176,8 @@ fn take_text(rest: &mut &[u8]) -> Result<String, sled::Error> {
     String::from_utf8(field.to_vec()).map_err(|_| corrupt("text is not UTF-8"))
 }
 
-/// Read a stored record: the compact form, or JSON as stores before it wrote.
+/// Read a stored record in the compact form.
 fn decode_record(request_id: &str, mut rest: &[u8]) -> Result<RequestRecord, StoreError> {
-    if rest.first() == Some(&b'{') {
-        return Ok(serde_json::from_slice(rest)?);
-    }
     let [magic, status] = take_bytes(&mut rest)?;
     if magic != RECORD_MAGIC {
         return Err(corrupt("unknown record format").into());
@@ -246,12 +243,6 @@ impl Finished {
             [older, _] => Some((*older, db.open_tree(tree_name(*older))?)),
             _ => None,
         };
-        // Into the current generation, whichever held them: a batch gets a new (highest) key,
-        // and only the current generation may hold keys that high.
-        if let Some((_, tree)) = &previous {
-            Self::batch_legacy_records(db, tree, &current)?;
-        }
-        Self::batch_legacy_records(db, &current, &current)?;
         let mut index = HashMap::new();
         let mut count = 0;
         let (mut current_from, mut previous_from) = (u64::MAX, u64::MAX);
@@ -296,31 +287,6 @@ impl Finished {
                 index,
             }),
         })
-    }
-
-    /// Rewrite the records `from` stores one per request id (before batches) as one batch in
-    /// `into`.
-    fn batch_legacy_records(
-        db: &sled::Db,
-        from: &sled::Tree,
-        into: &sled::Tree,
-    ) -> Result<(), sled::Error> {
-        let mut legacy = Vec::new();
-        for item in from.iter() {
-            let (key, value) = item?;
-            if value.first() == Some(&b'{') {
-                legacy.push((String::from_utf8_lossy(&key).into_owned(), value.to_vec()));
-            }
-        }
-        if legacy.is_empty() {
-            return Ok(());
-        }
-        let value = encode(legacy.iter().map(|(id, r)| (id.as_str(), r.as_slice())));
-        into.insert(db.generate_id()?.to_be_bytes(), value)?;
-        for (request_id, _) in legacy {
-            from.remove(request_id.as_bytes())?;
-        }
-        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Generations> {
@@ -481,26 +447,6 @@ mod tests {
     }
 
     #[test]
-    fn legacy_json_records_keyed_by_request_id_are_still_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let old = record("old-request", "int");
-        db.open_tree(tree_name(0))
-            .unwrap()
-            .insert("old-request", serde_json::to_vec(&old).unwrap())
-            .unwrap();
-        let finished = Finished::open(&db, 1000).unwrap();
-        assert_eq!(finished.get("old-request").unwrap(), Some(old));
-        assert_eq!(
-            db.open_tree(tree_name(0)).unwrap().len(),
-            1,
-            "rewritten as a batch"
-        );
-        insert(&finished, 0..1);
-        assert!(finished.get("r0").unwrap().is_some());
-    }
-
-    #[test]
     fn corrupt_batches_and_records_are_reported() {
         for bad in [&b"\x01\x00\x00"[..], b"\x01\0\0\0\x05ab", b"x"] {
             assert!(decode(bad).is_err(), "{bad:?}");
@@ -510,6 +456,8 @@ mod tests {
             assert!(decode_record("r", &good[..cut]).is_err(), "cut at {cut}");
         }
         assert!(decode_record("r", b"\x07\x02").is_err(), "unknown form");
+        let json = serde_json::to_vec(&record("r", "int")).unwrap();
+        assert!(decode_record("r", &json).is_err(), "JSON is no stored form");
     }
 
     #[test]
@@ -518,14 +466,18 @@ mod tests {
         let db = sled::open(dir.path()).unwrap();
         for number in [3, 4, 5] {
             let id = format!("r{number}");
-            let json = serde_json::to_vec(&record(&id, "int")).unwrap();
+            let stored = encode_record(&record(&id, "int"));
             db.open_tree(tree_name(number))
                 .unwrap()
-                .insert(id, json)
+                // Batch keys grow from one generation to the next.
+                .insert(
+                    number.to_be_bytes(),
+                    encode([(id.as_str(), stored.as_slice())]),
+                )
                 .unwrap();
         }
         for _ in 0..2 {
-            // Twice: the first open rewrites the legacy records, the second reads the batches.
+            // Twice: the first open drops the oldest generation, the second finds two.
             let finished = Finished::open(&db, 10).unwrap();
             assert!(finished.get("r3").unwrap().is_none());
             assert!(finished.get("r4").unwrap().is_some(), "previous generation");

@@ -11,9 +11,6 @@
 //! callers already handle for single entries (the central dedupes a resend, the worker
 //! re-processes a request with the same requestId).
 //!
-//! Stores written before groups kept one JSON value per entry under its seq; such a value
-//! starts with `{` and is read as a group of one, so an upgrade needs no migration.
-//!
 //! What it does not do: it does not flush (the group commit does), decode entries, or count
 //! pending bytes.
 
@@ -23,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 /// One entry: its seq and stored value.
 pub(super) type Entry = (u64, Vec<u8>);
 
-/// First byte of a group value (a legacy single-entry value starts with `{`).
+/// First byte of a group value; any other is reported as corrupt.
 const GROUP_MAGIC: u8 = 1;
 
 /// The entries of one queue, durable in `tree` once sealed and flushed.
@@ -88,16 +85,11 @@ fn encode(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
     value
 }
 
-/// The entries of one stored value, borrowed: a group, or a legacy single entry stored under
-/// `key`. Callers copy only the entries they keep (an ack needs one of a group's many).
-fn entries_of<'a>(key: &[u8], value: &'a [u8]) -> Result<Vec<(u64, &'a [u8])>, ReadError> {
-    let key: [u8; 8] = key
-        .try_into()
-        .map_err(|_| ReadError::Corrupt("key is not 8 bytes"))?;
-    match value.first() {
-        Some(b'{') => return Ok(vec![(u64::from_be_bytes(key), value)]),
-        Some(&GROUP_MAGIC) => {}
-        _ => return Err(ReadError::Corrupt("unknown entry format")),
+/// The entries of one stored group, borrowed. Callers copy only the entries they keep (an ack
+/// needs one of a group's many).
+fn entries_of(value: &[u8]) -> Result<Vec<(u64, &[u8])>, ReadError> {
+    if value.first() != Some(&GROUP_MAGIC) {
+        return Err(ReadError::Corrupt("unknown entry format"));
     }
     let mut rest = &value[1..];
     let mut entries = Vec::new();
@@ -125,12 +117,16 @@ impl GroupedLog {
         let mut all = Vec::new();
         for item in tree.iter() {
             let (key, value) = item?;
-            let entries = entries_of(&key, &value)?;
+            // The key, not the first entry: a compacted group keeps its key.
+            let key: [u8; 8] = key
+                .as_ref()
+                .try_into()
+                .map_err(|_| ReadError::Corrupt("key is not 8 bytes"))?;
+            let key = u64::from_be_bytes(key);
+            let entries = entries_of(&value)?;
             let Some(last) = entries.last() else {
                 continue;
             };
-            // The key, not the first entry: a compacted group keeps its key.
-            let key = u64::from_be_bytes(key.as_ref().try_into().unwrap_or_default());
             state.groups.insert(
                 key,
                 Group {
@@ -309,7 +305,7 @@ impl GroupedLog {
         let Some(value) = self.tree.get(key.to_be_bytes())? else {
             return Ok(Vec::new());
         };
-        let entries = entries_of(&key.to_be_bytes(), &value)?;
+        let entries = entries_of(&value)?;
         let state = self.lock();
         Ok(entries
             .into_iter()
@@ -439,27 +435,14 @@ mod tests {
     }
 
     #[test]
-    fn legacy_single_entries_are_groups_of_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree("q").unwrap();
-        tree.insert(7u64.to_be_bytes(), &b"{\"old\":1}"[..])
-            .unwrap();
-        let (queue, entries) = GroupedLog::open(tree.clone()).unwrap();
-        assert_eq!(entries, vec![(7, b"{\"old\":1}".to_vec())]);
-        assert_eq!(queue.done(7), Some(9));
-        seal_and_write(&queue);
-        assert!(tree.is_empty());
-    }
-
-    #[test]
     fn corrupt_values_are_reported_not_guessed() {
         for bad in [
             &b"\x01\x00\x00"[..],
             b"\x01\0\0\0\0\0\0\0\x01\0\0\0\x09ab",
             b"x",
+            b"{\"old\":1}",
         ] {
-            assert!(entries_of(&1u64.to_be_bytes(), bad).is_err(), "{bad:?}");
+            assert!(entries_of(bad).is_err(), "{bad:?}");
         }
     }
 

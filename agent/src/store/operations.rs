@@ -162,7 +162,7 @@ impl Store {
             integration_id: event.integration_id.clone(),
             index: event.index,
             // A dead letter does not keep the acceptance time; the retry's time stands in.
-            received_at: central::http_util::now_rfc3339(),
+            received_at: server::http_util::now_rfc3339(),
             record_at_ack: true,
         };
         let trigger = serde_json::to_string(&event.trigger)?;

@@ -2,7 +2,7 @@
 //! keys the store looks events up by, in a single sled value.
 //!
 //! Layout (integers big-endian):
-//! - one byte: [`Ids::Ordered`] or [`Ids::Unordered`];
+//! - one byte: the format, [`FORMAT`];
 //! - the event count (u32);
 //! - per event: its id (16 bytes), its index (u32), then the agent id and the request id, each a
 //!   u32 length and UTF-8 bytes, then the length of its JSON (u32);
@@ -14,16 +14,10 @@
 //! What it does not do: know about keys, the index or JSON content; decoding never trusts a
 //! length it has not checked against the bytes it has.
 
-/// Whether the ids of a batch may be found by their position in key order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ids {
-    /// Every id is at least the batch's key and below the next batch's key: the store finds an
-    /// event by looking up the last batch key at or below its id.
-    Ordered = 1,
-    /// Ids unrelated to the key (events converted from the oldest layout, whose ids were random
-    /// UUIDs); the store keeps these in an in-memory map, rebuilt at open.
-    Unordered = 2,
-}
+/// The first byte of every batch value. Every event id of a batch is at least the batch's key
+/// and below the next batch's key, so the store finds an event by the last batch key at or below
+/// its id.
+pub const FORMAT: u8 = 1;
 
 /// One event of a batch, borrowed from its encoded value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,11 +34,9 @@ pub struct Entry<'a> {
     pub json: &'a [u8],
 }
 
-/// A decoded batch: its id order and its events in write order.
+/// A decoded batch: its events in write order.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Batch<'a> {
-    /// How its ids relate to its key.
-    pub ids: Ids,
     /// The events, in the order they were written.
     pub entries: Vec<Entry<'a>>,
 }
@@ -83,9 +75,9 @@ impl Encoder {
     }
 
     /// The value to store.
-    pub fn finish(self, ids: Ids) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
         let mut value = Vec::with_capacity(5 + self.heads.len() + self.bodies.len());
-        value.push(ids as u8);
+        value.push(FORMAT);
         value.extend_from_slice(&self.count.to_be_bytes());
         value.extend_from_slice(&self.heads);
         value.extend_from_slice(&self.bodies);
@@ -127,10 +119,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn read_kind(reader: &mut Reader<'_>) -> Result<Ids, String> {
+fn read_format(reader: &mut Reader<'_>) -> Result<(), String> {
     match reader.array::<1>()? {
-        [1] => Ok(Ids::Ordered),
-        [2] => Ok(Ids::Unordered),
+        [FORMAT] => Ok(()),
         [other] => Err(format!("unknown batch format {other}")),
     }
 }
@@ -138,7 +129,7 @@ fn read_kind(reader: &mut Reader<'_>) -> Result<Ids, String> {
 /// How many events the batch holds, reading only its first five bytes.
 pub fn count(value: &[u8]) -> Result<u32, String> {
     let mut reader = Reader { rest: value };
-    read_kind(&mut reader)?;
+    read_format(&mut reader)?;
     reader.u32()
 }
 
@@ -146,7 +137,7 @@ pub fn count(value: &[u8]) -> Result<u32, String> {
 /// value exactly, so a value cut short or padded is reported rather than half read.
 pub fn decode(value: &[u8]) -> Result<Batch<'_>, String> {
     let mut reader = Reader { rest: value };
-    let ids = read_kind(&mut reader)?;
+    read_format(&mut reader)?;
     let count = reader.u32()?;
     // Each head takes at least 32 bytes, so a count the value cannot hold is caught before it
     // sizes an allocation.
@@ -178,7 +169,7 @@ pub fn decode(value: &[u8]) -> Result<Batch<'_>, String> {
     if !reader.rest.is_empty() {
         return Err(format!("{} bytes after the last event", reader.rest.len()));
     }
-    Ok(Batch { ids, entries })
+    Ok(Batch { entries })
 }
 
 /// The same batch with the JSON of the event at `position` replaced.
@@ -191,7 +182,7 @@ pub fn replace_json(batch: &Batch<'_>, position: usize, json: &[u8]) -> Vec<u8> 
             encoder.push(entry);
         }
     }
-    encoder.finish(batch.ids)
+    encoder.finish()
 }
 
 #[cfg(test)]
@@ -209,7 +200,7 @@ mod tests {
         )
     }
 
-    fn encode(entries: &[(u128, u32, String, String, Vec<u8>)], ids: Ids) -> Vec<u8> {
+    fn encode(entries: &[(u128, u32, String, String, Vec<u8>)]) -> Vec<u8> {
         let mut encoder = Encoder::default();
         for (id, index, agent_id, request_id, json) in entries {
             encoder.push(&Entry {
@@ -221,20 +212,17 @@ mod tests {
             });
         }
         assert_eq!(encoder.len() as usize, entries.len());
-        encoder.finish(ids)
+        encoder.finish()
     }
 
     proptest! {
         #[test]
         fn decode_returns_what_was_encoded(
             entries in proptest::collection::vec(entry_strategy(), 0..20),
-            ordered in any::<bool>(),
         ) {
-            let ids = if ordered { Ids::Ordered } else { Ids::Unordered };
-            let value = encode(&entries, ids);
+            let value = encode(&entries);
             prop_assert_eq!(count(&value), Ok(entries.len() as u32));
             let batch = decode(&value).expect("decodes");
-            prop_assert_eq!(batch.ids, ids);
             prop_assert_eq!(batch.entries.len(), entries.len());
             for (got, (id, index, agent_id, request_id, json)) in batch.entries.iter().zip(&entries) {
                 prop_assert_eq!(got.id, *id);
@@ -251,7 +239,7 @@ mod tests {
             entries in proptest::collection::vec(entry_strategy(), 1..6),
             extra in proptest::collection::vec(any::<u8>(), 1..8),
         ) {
-            let value = encode(&entries, Ids::Ordered);
+            let value = encode(&entries);
             for cut in 0..value.len() {
                 prop_assert!(decode(&value[..cut]).is_err(), "cut at {}", cut);
             }
@@ -274,11 +262,10 @@ mod tests {
             (7, 0, "a".to_owned(), "r".to_owned(), b"{\"n\":0}".to_vec()),
             (8, 1, "a".to_owned(), "r".to_owned(), b"{\"n\":1}".to_vec()),
         ];
-        let value = encode(&entries, Ids::Unordered);
+        let value = encode(&entries);
         let batch = decode(&value).expect("decodes");
         let replaced = replace_json(&batch, 1, b"{\"n\":\"new\"}");
         let after = decode(&replaced).expect("decodes");
-        assert_eq!(after.ids, Ids::Unordered);
         assert_eq!(after.entries[0], batch.entries[0]);
         assert_eq!(after.entries[1].json, b"{\"n\":\"new\"}");
         assert_eq!(after.entries[1].id, 8);

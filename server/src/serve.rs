@@ -4,6 +4,9 @@
 //! accepting, let every in-flight request finish, then return. Keeping that loop here means the
 //! shutdown behaviour is written (and reviewed) once. It also refuses malformed or oversized
 //! request heads ([`crate::http_util::check_request_head`]) before any handler runs.
+//!
+//! What it does NOT do: route requests, authenticate or read bodies (the handler does), or build
+//! the TLS configuration (see [`crate::tls`]).
 
 use std::convert::Infallible;
 use std::future::Future;

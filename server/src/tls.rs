@@ -1,12 +1,20 @@
-//! HTTPS/WSS for the central: a rustls server config (ring provider, TLS 1.2 and 1.3) from the
-//! PEM certificate chain and key named by `tls_cert_file` / `tls_key_file`.
+//! HTTPS/WSS for a daemon's listener: a rustls server config (ring provider, TLS 1.2 and 1.3)
+//! from a PEM certificate chain and key (the central's `tls_cert_file` / `tls_key_file`).
 //!
-//! What it does NOT do: client certificates, reloading certificates without a restart, or ACME.
+//! What it does NOT do: read configuration files (the daemon names the files), client
+//! certificates, reloading certificates without a restart, or ACME.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::TlsFiles;
+/// The certificate chain and key files the central serves HTTPS/WSS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
 
 /// Why the certificate or key could not be used; names the file, never prints key material.
 #[derive(Debug, thiserror::Error)]

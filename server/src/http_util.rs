@@ -1,5 +1,7 @@
 //! Small HTTP helpers both daemons need: JSON and error responses in one shape, bounded body
 //! reads, and Basic-credential parsing.
+//!
+//! What it does NOT do: route, authenticate or decide status codes for a daemon's own errors.
 
 use base64::Engine;
 use bytes::Bytes;

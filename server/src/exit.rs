@@ -1,5 +1,7 @@
 //! Process exit codes both daemons use, from sysexits(3), so systemd units and scripts can tell a
 //! bad config (fix the file) from a runtime failure (look at the logs).
+//!
+//! What it does NOT do: print or exit; the binaries map their errors to these codes.
 
 /// The configuration is invalid (EX_CONFIG). systemd's `RestartPreventExitStatus=78` stops a
 /// restart loop on a broken config.
