@@ -86,6 +86,9 @@ fn default_max_body() -> usize {
 pub struct ScriptsSection {
     /// Script threads; 0 or absent = number of cores.
     pub threads: Option<usize>,
+    /// Script threads one integration may hold at once, so runaway scripts in one integration
+    /// leave threads to the others; absent = half the threads rounded up.
+    pub threads_per_integration: Option<usize>,
     /// Request bodies (KiB) accepted and waiting for a script run before ingress waits.
     pub backlog_kib: Option<usize>,
     /// Wall time per run.
@@ -210,6 +213,8 @@ pub struct Loaded {
     pub limits: scripts::Limits,
     /// Script threads.
     pub script_threads: usize,
+    /// See [`ScriptsSection::threads_per_integration`].
+    pub script_share: usize,
     /// See [`ScriptsSection::backlog_kib`].
     pub script_backlog_kib: usize,
     /// Who may call.
@@ -353,6 +358,16 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         _ => std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2),
+    };
+    let script_share = match file.scripts.threads_per_integration {
+        None => scripts::default_share(script_threads),
+        Some(share) if (1..=script_threads).contains(&share) => share,
+        Some(share) => {
+            return Err(err(
+                "scripts.threads_per_integration",
+                format!("{share} is not between 1 and the {script_threads} script threads"),
+            ))
+        }
     };
 
     let mut endpoint_names = std::collections::HashSet::new();
@@ -564,6 +579,7 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         relay,
         limits,
         script_threads,
+        script_share,
         script_backlog_kib: file.scripts.backlog_kib.unwrap_or(8 * 1024).max(1),
         authenticator,
         endpoints: file.endpoints,

@@ -573,7 +573,7 @@ async fn pool_keeps_serving_after_a_runaway_script() {
         timeout: Duration::from_millis(200),
         ..Limits::default()
     };
-    let pool = ScriptPool::new(1, limits);
+    let pool = ScriptPool::new(1, 1, limits);
     let runaway = Arc::new(program("runaway", "while (true) {}"));
     let good = Arc::new(program(
         "good",
@@ -648,4 +648,72 @@ fn warm_run_cost() {
         cold.as_micros(),
         e.stats().contexts_created
     );
+}
+
+/// Fair script threads (issue 11): with two threads and a share of one, four runaway runs of one
+/// integration hold one thread at a time and queue for it; another integration's run goes
+/// through the other thread at once, long before the runaway runs time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_integration_cannot_hold_every_thread() {
+    let limits = Limits {
+        timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let pool = Arc::new(ScriptPool::new(2, scripts::default_share(2), limits));
+    assert_eq!(scripts::default_share(2), 1);
+    assert_eq!(scripts::default_share(1), 1);
+    assert_eq!(scripts::default_share(5), 3);
+    let runaway = Arc::new(program("runaway", "while (true) {}"));
+    let good = Arc::new(program("good", "form.post(trigger);"));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, runaway) = (pool.clone(), runaway.clone());
+            tokio::spawn(async move { pool.run(runaway, request("{}"), client()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = pool.run(good.clone(), request("{}"), client()).await;
+    let neighbour = started.elapsed();
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    assert!(
+        neighbour < Duration::from_millis(600),
+        "the neighbour waited {neighbour:?} behind runaway scripts"
+    );
+    let mut finished = Vec::new();
+    for handle in loops {
+        let outcome = handle.await.expect("task");
+        assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+        finished.push(started.elapsed());
+    }
+    // One at a time: the last runaway run ends after four time limits, not two.
+    assert!(
+        finished[3] >= Duration::from_millis(4 * 800),
+        "runaway runs overlapped: {finished:?}"
+    );
+}
+
+/// Promise jobs a failed or aborted run left queued belong to that run: they must not act (post,
+/// log) during the next run of the thread, which may be another integration's.
+#[test]
+fn jobs_left_by_a_failed_run_do_not_act_in_the_next() {
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut e = engine(limits);
+    for code in [
+        "Promise.resolve().then(function () { form.post({properties: {leaked: 1}}); console.log('leaked'); });\nthrow new Error('fail');",
+        "Promise.resolve().then(function again() { form.post({properties: {leaked: 1}}); return Promise.resolve().then(again); });\nwhile (true) {}",
+    ] {
+        let failing = program("failing", code);
+        let failed = e.run(&failing, request("{}"), client());
+        assert!(failed.error.is_some(), "{code}");
+        assert!(failed.posts.is_empty(), "{code}");
+        let good = program("good", "form.post({properties: {mine: 1}});");
+        let outcome = e.run(&good, request("{}"), client());
+        assert!(outcome.is_ok(), "{code}: {:?}", outcome.error);
+        assert_eq!(outcome.posts.len(), 1, "{code}: {:?}", outcome.posts);
+        assert!(outcome.logs.is_empty(), "{code}: {:?}", outcome.logs);
+    }
 }
