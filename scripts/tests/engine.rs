@@ -81,6 +81,18 @@ fn engine(limits: Limits) -> Engine {
     Engine::new(limits).expect("engine starts")
 }
 
+/// Run `program` `runs` times in one engine (one warm context) and check that every run logs
+/// `expected`: what a run did is invisible to the next. Returns the engine for its counters.
+fn runs_log_alike(program: &Program, runs: usize, expected: &[&str]) -> Engine {
+    let mut e = engine(Limits::default());
+    for run in 0..runs {
+        let outcome = e.run(program, request("{}"), client());
+        assert!(outcome.is_ok(), "run {run}: {:?}", outcome.error);
+        assert_eq!(messages(&outcome), expected, "run {run}");
+    }
+    e
+}
+
 #[test]
 fn globals_set_in_one_run_are_gone_in_the_next() {
     let code = r#"
@@ -96,20 +108,14 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
         JSON = {}; // replaced standard bindings are put back
         delete globalThis.escape;
     "#;
-    let p = program("iso", code);
-    let mut e = engine(Limits::default());
-    let first = e.run(&p, request("{}"), client());
-    assert!(first.is_ok(), "{:?}", first.error);
-    assert_eq!(
-        messages(&first),
-        [
+    let e = runs_log_alike(
+        &program("iso", code),
+        3,
+        &[
             "undefined undefined undefined false undefined undefined",
-            "6 string {}"
-        ]
+            "6 string {}",
+        ],
     );
-    let second = e.run(&p, request("{}"), client());
-    assert!(second.is_ok(), "{:?}", second.error);
-    assert_eq!(messages(&second), messages(&first));
     assert_eq!(
         e.stats().contexts_created,
         1,
@@ -148,14 +154,12 @@ fn built_ins_cannot_carry_state_between_runs() {
         (function () { 'use strict';
           try { Math.stash = 1; } catch (e) { console.log(e.name); } })();
     "#;
-    let p = program("forget", code);
-    let mut e = engine(Limits::default());
     let clean = "undefined A 1 undefined 2 undefined undefined undefined undefined undefined 0 undefined undefined undefined undefined";
-    for _ in 0..3 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(messages(&outcome), [clean, "TypeError", "TypeError"]);
-    }
+    let e = runs_log_alike(
+        &program("forget", code),
+        3,
+        &[clean, "TypeError", "TypeError"],
+    );
     assert_eq!(e.stats().contexts_created, 1);
 }
 
@@ -179,16 +183,11 @@ fn scripts_still_override_inherited_names_on_their_own_objects() {
                     o.hasOwnProperty, Object.prototype.hasOwnProperty.call(c, 'name'),
                     String(new MyError('boom')), total, ['b', 'a'].sort().join());
     "#;
-    let p = program("idioms", code);
-    let mut e = engine(Limits::default());
-    for _ in 0..2 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(
-            messages(&outcome),
-            ["Base x true MyError 42 1 true MyError: boom 1 a,b"]
-        );
-    }
+    runs_log_alike(
+        &program("idioms", code),
+        2,
+        &["Base x true MyError 42 1 true MyError: boom 1 a,b"],
+    );
 }
 
 /// The leak guard's fast path compares the enumerable names with those after setup; a run that
@@ -196,13 +195,7 @@ fn scripts_still_override_inherited_names_on_their_own_objects() {
 #[test]
 fn a_global_swapped_for_another_is_still_removed() {
     let code = "console.log(typeof swapped); delete globalThis.performance; swapped = 1;";
-    let p = program("swap", code);
-    let mut e = engine(Limits::default());
-    for _ in 0..3 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(messages(&outcome), ["undefined"]);
-    }
+    let e = runs_log_alike(&program("swap", code), 3, &["undefined"]);
     assert_eq!(e.stats().contexts_created, 1);
 }
 
@@ -264,19 +257,14 @@ fn shared_built_ins_cannot_carry_state_between_runs() {
         (function () { 'use strict';
           try { form.post = null; } catch (e) { console.warn(e instanceof TypeError); } })();
     "#;
-    let p = program("frozen", code);
-    let mut e = engine(Limits::default());
-    for _ in 0..2 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(
-            messages(&outcome),
-            [
-                "undefined undefined undefined undefined undefined undefined true Ops undefined application/json true",
-                "true"
-            ]
-        );
-    }
+    let e = runs_log_alike(
+        &program("frozen", code),
+        2,
+        &[
+            "undefined undefined undefined undefined undefined undefined true Ops undefined application/json true",
+            "true",
+        ],
+    );
     assert_eq!(e.stats().contexts_created, 1);
 }
 

@@ -131,28 +131,11 @@ fn write_agent(dir: &Path, central_port: u16, extra: &str) -> std::path::PathBuf
 }
 
 async fn post(agent: SocketAddr, id: &str, body: &str) -> String {
-    let answer = trigger(agent, id, &format!("?apiKey=key-{id}"), &[], body).await;
-    assert_eq!(
-        answer.status,
-        202,
-        "{id}: {}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()["requestId"].as_str().unwrap().to_owned()
+    accepted(agent, id, body).await
 }
 
 async fn admin_get(agent: SocketAddr, path: &str) -> Value {
-    let auth = basic("svc", "svc-password");
-    let answer = http(agent, "GET", path, &[("authorization", &auth)], "")
-        .await
-        .unwrap();
-    assert_eq!(
-        answer.status,
-        200,
-        "{path}: {}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()
+    get_json(agent, path, ("svc", "svc-password")).await
 }
 
 /// Wait until the script of `request_id` ran (the request is no longer `ACCEPTED`), polling
