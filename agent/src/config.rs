@@ -84,8 +84,13 @@ fn default_max_body() -> usize {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ScriptsSection {
-    /// Script threads; 0 or absent = number of cores.
+    /// Script threads; 0 or absent = two per core, so that with the default share (half the
+    /// threads) one busy integration can still keep every core busy while another integration
+    /// always finds a free thread (runs are not pre-empted, so fairness needs spare threads).
     pub threads: Option<usize>,
+    /// Script threads one integration may hold at once, so runaway scripts in one integration
+    /// leave threads to the others; absent = half the threads rounded up.
+    pub threads_per_integration: Option<usize>,
     /// Request bodies (KiB) accepted and waiting for a script run before ingress waits.
     pub backlog_kib: Option<usize>,
     /// Wall time per run.
@@ -210,6 +215,8 @@ pub struct Loaded {
     pub limits: scripts::Limits,
     /// Script threads.
     pub script_threads: usize,
+    /// See [`ScriptsSection::threads_per_integration`].
+    pub script_share: usize,
     /// See [`ScriptsSection::backlog_kib`].
     pub script_backlog_kib: usize,
     /// Who may call.
@@ -351,9 +358,17 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
     let limits = script_limits(&file.scripts);
     let script_threads = match file.scripts.threads {
         Some(n) if n > 0 => n,
-        _ => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2),
+        _ => 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let script_share = match file.scripts.threads_per_integration {
+        None => scripts::default_share(script_threads),
+        Some(share) if (1..=script_threads).contains(&share) => share,
+        Some(share) => {
+            return Err(err(
+                "scripts.threads_per_integration",
+                format!("{share} is not between 1 and the {script_threads} script threads"),
+            ))
+        }
     };
 
     let mut endpoint_names = std::collections::HashSet::new();
@@ -565,6 +580,7 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
         relay,
         limits,
         script_threads,
+        script_share,
         script_backlog_kib: file.scripts.backlog_kib.unwrap_or(8 * 1024).max(1),
         authenticator,
         endpoints: file.endpoints,

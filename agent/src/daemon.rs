@@ -377,9 +377,15 @@ impl AgentHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = pending;
         shared.store.set_bounds(&loaded.store);
-        if loaded.limits != old.config.limits || loaded.script_threads != old.config.script_threads
+        if loaded.limits != old.config.limits
+            || loaded.script_threads != old.config.script_threads
+            || loaded.script_share != old.config.script_share
         {
-            let pool = scripts::ScriptPool::new(loaded.script_threads, loaded.limits.clone());
+            let pool = scripts::ScriptPool::new(
+                loaded.script_threads,
+                loaded.script_share,
+                loaded.limits.clone(),
+            );
             *shared.scripts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pool);
             tracing::info!(
                 threads = loaded.script_threads,
@@ -624,6 +630,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         scripts: RwLock::new(Arc::new(scripts::ScriptPool::new(
             script_threads,
+            config.script_share,
             config.limits.clone(),
         ))),
         worker_concurrency: script_threads * 4,

@@ -814,6 +814,9 @@ impl Engine {
         let error = self.execute(program, &request).err();
         let data = self.state.finish();
         self.stats.runs += 1;
+        if self.runtime.is_job_pending() {
+            self.discard_pending_jobs();
+        }
         if error.is_some() {
             // A failed run's context was dropped; give its memory back before the next run.
             self.runtime.run_gc();
@@ -864,6 +867,34 @@ impl Engine {
         result.map(|_| ())
     }
 
+    /// Drop the promise jobs a failed or aborted run left queued without letting them act in a
+    /// later run: with the abort flag set every job stops at its first interrupt check, and
+    /// what a job still records before that goes into data that is thrown away. A run that keeps
+    /// queueing jobs gets the whole runtime (and its warm contexts) replaced instead.
+    fn discard_pending_jobs(&mut self) {
+        self.state.abort.set(Some(Abort::Limit));
+        let mut discarded = 0;
+        while self.runtime.is_job_pending() && discarded < MAX_DISCARDED_JOBS {
+            let _ = self.runtime.execute_pending_job();
+            discarded += 1;
+        }
+        self.state.finish();
+        self.state.abort.set(None);
+        if self.runtime.is_job_pending() {
+            tracing::warn!(
+                "a script left promise jobs that keep queueing; its runtime was replaced"
+            );
+            match Engine::new(self.state.limits.clone()) {
+                Ok(replacement) => {
+                    let stats = self.stats;
+                    *self = replacement;
+                    self.stats = stats;
+                }
+                Err(error) => tracing::error!(%error, "cannot replace a script runtime"),
+            }
+        }
+    }
+
     fn evict_if_full(&mut self) {
         let max = self.state.limits.max_warm_contexts.max(1);
         while self.warm.len() >= max {
@@ -903,6 +934,10 @@ impl Engine {
 }
 
 type Saved = Persistent<Function<'static>>;
+
+/// Most promise jobs a failed run may leave that are discarded in place (see
+/// [`Engine::discard_pending_jobs`]).
+const MAX_DISCARDED_JOBS: usize = 1000;
 
 /// Describe a failure during setup or a run: an abort (timeout, limit) wins over what JS saw.
 fn run_error<'js>(

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use engine::{Engine, EngineStats};
-pub use pool::{run_once, ScriptPool};
+pub use pool::{default_share, run_once, ScriptPool};
 
 /// The bounds of one script run.
 ///

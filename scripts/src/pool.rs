@@ -1,9 +1,14 @@
 //! Script threads: the pool the agent's workers use, and [`run_once`] for the dry run and tests.
+//!
+//! The pool also keeps integrations fair: one integration holds at most its share of the threads
+//! at once, so runaway scripts in one integration (each bounded by the time limit) cannot make
+//! every other integration wait. It does not bound the queue: the agent's backlog does that.
 
 use crate::{
     Engine, ErrorKind, HttpCall, HttpClient, HttpReply, Limits, Outcome, Program, ScriptError,
     ScriptRequest,
 };
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,26 +56,57 @@ fn run_guarded(
     }
 }
 
+/// How many threads one integration may hold when the configuration does not say: half of them
+/// rounded up, so with two threads or more another integration always finds one.
+pub fn default_share(threads: usize) -> usize {
+    threads.max(1).div_ceil(2)
+}
+
+/// Per-integration admission: a FIFO semaphore per integration with `share` permits. Entries are
+/// keyed by the configured integration ids, so the map is as bounded as the configuration.
+struct Shares {
+    share: usize,
+    by_integration: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+}
+
+impl Shares {
+    fn of(&self, integration: &str) -> Arc<tokio::sync::Semaphore> {
+        let mut map = self
+            .by_integration
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(integration.to_owned())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.share)))
+            .clone()
+    }
+}
+
 struct Job {
     program: Arc<Program>,
     request: ScriptRequest,
     http: Arc<dyn HttpClient>,
     reply: tokio::sync::oneshot::Sender<Outcome>,
+    /// The integration's share this job holds until its thread is done with it, even if the
+    /// caller stopped waiting.
+    _share: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// N script threads, each owning one QuickJS runtime with warm contexts; jobs arrive over a channel.
 ///
 /// Scripts are CPU-bound and QuickJS runtimes are single-threaded, so they run on dedicated OS
 /// threads rather than on the tokio runtime (DESIGN §4). Any thread may take any job; each keeps its
-/// own warm context per integration.
+/// own warm context per integration. A job enters the queue only once its integration holds
+/// fewer than its share of the threads.
 pub struct ScriptPool {
     sender: Option<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    shares: Shares,
 }
 
 impl ScriptPool {
-    /// Start `threads` script threads (at least one) with the given per-run limits.
-    pub fn new(threads: usize, limits: Limits) -> ScriptPool {
+    /// Start `threads` script threads (at least one) with the given per-run limits; one
+    /// integration runs at most `share` scripts at once (at least one; see [`default_share`]).
+    pub fn new(threads: usize, share: usize, limits: Limits) -> ScriptPool {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let mut handles = Vec::new();
@@ -89,10 +125,15 @@ impl ScriptPool {
         ScriptPool {
             sender: Some(sender),
             threads: handles,
+            shares: Shares {
+                share: share.max(1),
+                by_integration: Mutex::new(HashMap::new()),
+            },
         }
     }
 
-    /// Run the program for one request on a free script thread and wait for the outcome.
+    /// Run the program for one request on a free script thread and wait for the outcome. The
+    /// request first waits (in arrival order) while its integration holds its whole share.
     pub async fn run(
         &self,
         program: Arc<Program>,
@@ -102,12 +143,17 @@ impl ScriptPool {
         let Some(sender) = &self.sender else {
             return internal("the script pool is shut down");
         };
+        let share = self.shares.of(program.integration_id());
+        let Ok(share) = share.acquire_owned().await else {
+            return internal("the script pool is shut down");
+        };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = Job {
             program,
             request,
             http,
             reply,
+            _share: share,
         };
         if sender.send(job).is_err() {
             return internal("the script pool has no running threads");

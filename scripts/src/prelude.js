@@ -190,6 +190,86 @@
   deepFreeze(XMLUtils);
   deepFreeze(require);
 
+  // ---- built-ins that forget ------------------------------------------------------------------
+  // Every built-in object except the global object (constructors, methods, prototypes, `Math`,
+  // `JSON`, `Reflect`, the iterator and generator prototypes...) is frozen once per context, so no
+  // run can leave anything on them: `Math.stash = ...`, `JSON.parse = ...` or
+  // `String.prototype.toUpperCase = ...` are ignored (a TypeError in strict code), whatever the
+  // nesting. Freezing costs nothing per run, unlike comparing hundreds of objects after each one.
+  // Frozen prototypes would break a common ES5 idiom through the "override mistake" (assigning
+  // `Child.prototype.constructor` or `obj.toString` fails when the inherited property is read-only),
+  // so the names scripts override on their own objects become accessors: reading gives the
+  // built-in, assigning to an object that inherits it creates the object's own property, and
+  // assigning to the built-in itself is ignored. Adding methods to a built-in prototype
+  // (`String.prototype.format = ...`) is not possible either; scripts define functions instead.
+  var ownKeys = Reflect.ownKeys;
+  var isExtensible = Object.isExtensible;
+  var arrayPrototype = Array.prototype;
+  var overridable = ['constructor', 'toString', 'toLocaleString', 'valueOf', 'hasOwnProperty',
+    'isPrototypeOf', 'propertyIsEnumerable', 'name', 'message', 'toJSON'];
+  function tameOverride(o, key) {
+    var d = getDescriptor(o, key);
+    if (d === undefined || !('value' in d) || !d.configurable) return;
+    var value = d.value;
+    defineProperty(o, key, {
+      get: freeze(function () { return value; }),
+      set: freeze(function (v) {
+        if (this === o || Object(this) !== this || !isExtensible(this)) return;
+        defineProperty(this, key, { value: v, writable: true, enumerable: true, configurable: true });
+      }),
+      enumerable: d.enumerable,
+      configurable: false
+    });
+  }
+  function harden(o) {
+    if (typeof o !== 'function') {
+      for (var i = 0; i < overridable.length; i++) tameOverride(o, overridable[i]);
+    } else if (o === Function.prototype) {
+      tameOverride(o, 'toString');
+      tameOverride(o, 'constructor');
+    }
+    if (o !== arrayPrototype) return freeze(o);
+    // Array.prototype is an array: freezing would make `length` read-only for every object that
+    // inherits it. Its `length` stays writable and is reset after each run.
+    var keys = ownKeys(o);
+    for (var k = 0; k < keys.length; k++) {
+      if (keys[k] !== 'length') defineProperty(o, keys[k], { configurable: false });
+      var d = getDescriptor(o, keys[k]);
+      if (keys[k] !== 'length' && 'value' in d) defineProperty(o, keys[k], { writable: false });
+    }
+    Object.preventExtensions(o);
+  }
+  function hardenBuiltIns() {
+    var seen = new Set();
+    var pending = [];
+    function visit(v) {
+      if ((typeof v === 'object' && v !== null) || typeof v === 'function') {
+        if (v !== G && !seen.has(v)) {
+          seen.add(v);
+          pending.push(v);
+        }
+      }
+    }
+    function walk(o) {
+      var keys = ownKeys(o);
+      for (var i = 0; i < keys.length; i++) {
+        var d = getDescriptor(o, keys[i]);
+        if ('value' in d) visit(d.value);
+        else { visit(d.get); visit(d.set); }
+      }
+      visit(Object.getPrototypeOf(o));
+    }
+    walk(G);
+    // Intrinsics no global names: reached through instances.
+    [function* () {}, async function () {}, async function* () {}, [][Symbol.iterator](),
+      new Map()[Symbol.iterator](), new Set()[Symbol.iterator](), ''[Symbol.iterator](),
+      /x/[Symbol.matchAll](''), (function* () {})(), (async function* () {})(), Promise.resolve()
+    ].forEach(function (instance) { visit(Object.getPrototypeOf(instance)); });
+    for (var n = 0; n < pending.length; n++) walk(pending[n]);
+    pending.forEach(harden);
+  }
+  hardenBuiltIns();
+
   // One run: the request's parts arrive as arguments (headers and parameters as plain objects
   // built by the host). Returns what `cleanup` returns.
   function run(method, body, headers, parameters, requestId, integrationUuid, remoteAddress) {
@@ -218,62 +298,56 @@
   function setScript(fn) { script = fn; }
   function registerLibrary(name, fn) { libraries[name] = fn; }
 
-  // ---- leak guard -----------------------------------------------------------------------------
-  // Enumerating every property of the built-ins costs tens of µs per run in QuickJS, so the
-  // per-run guard relies on a cheaper fact: built-in properties are non-enumerable, while what a
-  // script adds by assignment (implicit globals, `this.x = ...`, `String.prototype.f = ...`) is
-  // enumerable. After each successful run the guard deletes enumerable properties that were not
-  // there after setup, on the global object and on the objects scripts commonly extend, and puts
-  // back the global bindings of the standard library if a script replaced them. Whatever it cannot
-  // see (for example a replaced built-in method) lives at most until the host recycles the
-  // context after `max_runs_per_context` runs. `cleanup` returns false when something could not be
-  // undone (a non-configurable global made by indirect eval): the host then drops the context.
+  // ---- leak guard for the global object -------------------------------------------------------
+  // The built-ins are frozen (above); the global object cannot be, since scripts legitimately
+  // assign globals (`x = 1` without `var`, `this.x = ...`). After each successful run the guard
+  // deletes the global properties that were not there after setup (enumerable or not, named by
+  // strings or symbols), puts back every original global binding a script replaced or deleted,
+  // and empties `Array.prototype` again (its `length` stays writable, see `harden`). `cleanup`
+  // returns false when something could not be undone (a non-configurable global made with
+  // `Object.defineProperty`): the host then drops the context, as it does after a failed run.
   //
-  // Both checks have a fast path for the usual run that changed nothing: `for...in` only looks at
-  // property flags (no array of names is built), and the standard bindings are compared by a
-  // function generated at setup that reads each one by a constant name.
-  var extended = [G, Object.prototype, Array.prototype, String.prototype];
-  var bindingNames = ['Object', 'Function', 'Array', 'String', 'Number', 'Boolean', 'Date', 'RegExp',
-    'Error', 'TypeError', 'RangeError', 'SyntaxError', 'JSON', 'Math', 'Promise', 'Map', 'Set',
-    'Symbol', 'Reflect', 'Proxy', 'parseInt', 'parseFloat', 'isNaN', 'isFinite', 'encodeURIComponent',
-    'decodeURIComponent', 'encodeURI', 'decodeURI', 'escape', 'unescape', 'eval', 'globalThis'];
+  // The usual run changed nothing, so both checks have a fast path: the count of own keys, and a
+  // function generated at setup that compares each original binding by a constant name.
   var baseKeys = [];
   var bindings = [];
   var bindingValues = [];
   var bindingsIntact = null;
+  var globalPrototype = Object.getPrototypeOf(G);
+  var identifier = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
   function snapshot() {
-    baseKeys = extended.map(function (o) { return Object.keys(o); });
-    bindings = bindingNames.map(function (name) { return getDescriptor(G, name); });
-    bindingValues = bindingNames.map(function (name) { return G[name]; });
-    bindingsIntact = Function('g', 'v', 'return ' + bindingNames.map(function (name, i) {
-      return 'g.' + name + ' === v[' + i + ']';
-    }).join(' && ') + ';');
-  }
-  // Whether `for...in` over `o` still yields exactly the names it had after setup (QuickJS-ng
-  // makes `performance` an enumerable global, so "no enumerable names" is not the usual case).
-  function unchanged(o, base) {
-    var n = 0;
-    for (var k in o) {
-      if (base.indexOf(k) === -1) return false;
-      n++;
-    }
-    return n === base.length;
+    baseKeys = ownKeys(G);
+    bindings = baseKeys.map(function (key) { return getDescriptor(G, key); });
+    bindingValues = bindings.map(function (d) { return d.value; });
+    var checks = [];
+    baseKeys.forEach(function (key, i) {
+      var d = bindings[i];
+      // Read-only, non-configurable globals (NaN, undefined, Infinity) cannot change.
+      if ((!d.configurable && !d.writable) || !('value' in d)) return;
+      var read = typeof key === 'string' && identifier.test(key) ? 'g.' + key : 'g[k[' + i + ']]';
+      checks.push(read + ' === v[' + i + ']');
+    });
+    bindingsIntact = Function('g', 'k', 'v', 'return ' + (checks.length ? checks.join(' && ') : 'true') + ';');
   }
   function cleanup() {
+    if (arrayPrototype.length !== 0) arrayPrototype.length = 0;
+    // A global object made non-extensible cannot be undone; a replaced prototype can.
+    if (!isExtensible(G)) return false;
+    if (Object.getPrototypeOf(G) !== globalPrototype) Object.setPrototypeOf(G, globalPrototype);
+    var keys = ownKeys(G);
+    if (keys.length === baseKeys.length && bindingsIntact(G, baseKeys, bindingValues)) return true;
     var clean = true;
-    for (var i = 0; i < extended.length; i++) {
-      if (unchanged(extended[i], baseKeys[i])) continue;
-      var keys = Object.keys(extended[i]);
-      for (var j = 0; j < keys.length; j++) {
-        if (baseKeys[i].indexOf(keys[j]) === -1 && !deleteProperty(extended[i], keys[j])) clean = false;
-      }
+    for (var j = 0; j < keys.length; j++) {
+      if (baseKeys.indexOf(keys[j]) === -1 && !deleteProperty(G, keys[j])) clean = false;
     }
-    if (bindingsIntact(G, bindingValues)) return clean;
-    for (var k = 0; k < bindingNames.length; k++) {
-      if (bindings[k] !== undefined && G[bindingNames[k]] !== bindingValues[k] &&
-          !reflectDefine(G, bindingNames[k], bindings[k])) clean = false;
+    for (var k = 0; k < baseKeys.length; k++) {
+      var now = getDescriptor(G, baseKeys[k]);
+      var then = bindings[k];
+      var same = now !== undefined && ('value' in then ? now.value === then.value || then.value !== then.value
+        : now.get === then.get && now.set === then.set);
+      if (!same && !reflectDefine(G, baseKeys[k], then)) clean = false;
     }
-    return clean;
+    return clean && ownKeys(G).length === baseKeys.length;
   }
 
   return { run: run, cleanup: cleanup, snapshot: snapshot, registerLibrary: registerLibrary, setScript: setScript };

@@ -81,42 +81,113 @@ fn engine(limits: Limits) -> Engine {
     Engine::new(limits).expect("engine starts")
 }
 
+/// Run `program` `runs` times in one engine (one warm context) and check that every run logs
+/// `expected`: what a run did is invisible to the next. Returns the engine for its counters.
+fn runs_log_alike(program: &Program, runs: usize, expected: &[&str]) -> Engine {
+    let mut e = engine(Limits::default());
+    for run in 0..runs {
+        let outcome = e.run(program, request("{}"), client());
+        assert!(outcome.is_ok(), "run {run}: {:?}", outcome.error);
+        assert_eq!(messages(&outcome), expected, "run {run}");
+    }
+    e
+}
+
 #[test]
 fn globals_set_in_one_run_are_gone_in_the_next() {
     let code = r#"
-        console.log(typeof leaked, typeof this.viaThis, typeof String.prototype.shout,
-                    typeof Array.prototype.last, JSON.stringify === undefined);
+        console.log(typeof leaked, typeof this.viaThis, typeof hidden, JSON.stringify === undefined,
+                    typeof globalThis[Symbol.for('stash')], typeof inherited);
         leaked = 1;
         this.viaThis = 2;
-        String.prototype.shout = function () { return this.toUpperCase(); };
-        Array.prototype.last = function () { return this[this.length - 1]; };
-        console.log('a'.shout(), [1, 2].last());
+        var local = 3;
+        Object.defineProperty(globalThis, 'hidden', { value: request.body, enumerable: false, configurable: true });
+        globalThis[Symbol.for('stash')] = request.body;
+        Object.setPrototypeOf(globalThis, { inherited: request.body });
+        console.log(leaked + this.viaThis + local, typeof hidden, inherited);
         JSON = {}; // replaced standard bindings are put back
+        delete globalThis.escape;
     "#;
-    let p = program("iso", code);
-    let mut e = engine(Limits::default());
-    let first = e.run(&p, request("{}"), client());
-    assert!(first.is_ok(), "{:?}", first.error);
-    assert_eq!(
-        messages(&first),
-        ["undefined undefined undefined undefined false", "A 2"]
+    let e = runs_log_alike(
+        &program("iso", code),
+        3,
+        &[
+            "undefined undefined undefined false undefined undefined",
+            "6 string {}",
+        ],
     );
-    let second = e.run(&p, request("{}"), client());
-    assert!(second.is_ok(), "{:?}", second.error);
-    assert_eq!(
-        messages(&second)[0],
-        "undefined undefined undefined undefined false"
-    );
-    assert_eq!(messages(&second)[1], "A 2");
     assert_eq!(
         e.stats().contexts_created,
         1,
         "the clean-up kept the context warm"
     );
-    // Math.max was restored between runs: a third program run in the same context sees the
-    // original.
-    let check = e.run(&p, request("{}"), client());
-    assert!(check.is_ok());
+}
+
+/// Every run starts clean (issue 11): what one run does to the built-ins, at any depth, is not
+/// visible to the next run of the same integration in the same warm context. Each line tries a
+/// change, and the next run reports what it sees.
+#[test]
+fn built_ins_cannot_carry_state_between_runs() {
+    let code = r#"
+        var seen = [typeof Math.stash, 'a'.toUpperCase(), JSON.parse('1'), typeof ({}).x,
+                    [1].push(2), typeof (function () {}).x, typeof Function.prototype.x,
+                    typeof String.prototype.shout, typeof Object.prototype.constructor.stash,
+                    typeof Array.prototype.push.stash, Array.prototype.length, typeof [][0],
+                    typeof Object.keys.stash, typeof Error.prototype.stash,
+                    typeof Object.getPrototypeOf([][Symbol.iterator]()).stash];
+        console.log(seen.join(' '));
+        Math.stash = Math.stash || [];
+        try { Math.stash.push(request.body); } catch (e) { /* Math is frozen */ }
+        String.prototype.toUpperCase = function () { return 'leaked'; };
+        JSON.parse = function () { return 'leaked'; };
+        Object.prototype.x = 1;
+        Array.prototype.push = function () { return 'leaked'; };
+        Function.prototype.x = 1;
+        String.prototype.shout = function () { return 'leaked'; };
+        Object.prototype.constructor.stash = 1;
+        Array.prototype.push.stash = 1;
+        Array.prototype.length = 5;
+        Object.keys.stash = 1;
+        Error.prototype.stash = 1;
+        Object.getPrototypeOf([][Symbol.iterator]()).stash = 1;
+        try { Object.defineProperty(Object.prototype, 'y', { value: 1 }); } catch (e) { console.log(e.name); }
+        (function () { 'use strict';
+          try { Math.stash = 1; } catch (e) { console.log(e.name); } })();
+    "#;
+    let clean = "undefined A 1 undefined 2 undefined undefined undefined undefined undefined 0 undefined undefined undefined undefined";
+    let e = runs_log_alike(
+        &program("forget", code),
+        3,
+        &[clean, "TypeError", "TypeError"],
+    );
+    assert_eq!(e.stats().contexts_created, 1);
+}
+
+/// Freezing the built-ins must not break the ES5 idioms that assign over inherited built-in
+/// names on the script's own objects (the "override mistake"), nor ordinary globals.
+#[test]
+fn scripts_still_override_inherited_names_on_their_own_objects() {
+    let code = r#"
+        function Base(name) { this.name = name; }
+        Base.prototype.toString = function () { return 'Base ' + this.name; };
+        function Child(name) { Base.call(this, name); }
+        Child.prototype = Object.create(Base.prototype);
+        Child.prototype.constructor = Child;
+        function MyError(message) { this.message = message; }
+        MyError.prototype = Object.create(Error.prototype);
+        MyError.prototype.name = 'MyError';
+        var o = {}; o.valueOf = function () { return 41; }; o.hasOwnProperty = 1;
+        var c = new Child('x');
+        var counter = 0; total = (typeof total === 'number' ? total : 0) + 1;
+        console.log(String(c), c.constructor === Child, new MyError('m').name, o + 1,
+                    o.hasOwnProperty, Object.prototype.hasOwnProperty.call(c, 'name'),
+                    String(new MyError('boom')), total, ['b', 'a'].sort().join());
+    "#;
+    runs_log_alike(
+        &program("idioms", code),
+        2,
+        &["Base x true MyError 42 1 true MyError: boom 1 a,b"],
+    );
 }
 
 /// The leak guard's fast path compares the enumerable names with those after setup; a run that
@@ -124,13 +195,7 @@ fn globals_set_in_one_run_are_gone_in_the_next() {
 #[test]
 fn a_global_swapped_for_another_is_still_removed() {
     let code = "console.log(typeof swapped); delete globalThis.performance; swapped = 1;";
-    let p = program("swap", code);
-    let mut e = engine(Limits::default());
-    for _ in 0..3 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(messages(&outcome), ["undefined"]);
-    }
+    let e = runs_log_alike(&program("swap", code), 3, &["undefined"]);
     assert_eq!(e.stats().contexts_created, 1);
 }
 
@@ -192,19 +257,14 @@ fn shared_built_ins_cannot_carry_state_between_runs() {
         (function () { 'use strict';
           try { form.post = null; } catch (e) { console.warn(e instanceof TypeError); } })();
     "#;
-    let p = program("frozen", code);
-    let mut e = engine(Limits::default());
-    for _ in 0..2 {
-        let outcome = e.run(&p, request("{}"), client());
-        assert!(outcome.is_ok(), "{:?}", outcome.error);
-        assert_eq!(
-            messages(&outcome),
-            [
-                "undefined undefined undefined undefined undefined undefined true Ops undefined application/json true",
-                "true"
-            ]
-        );
-    }
+    let e = runs_log_alike(
+        &program("frozen", code),
+        2,
+        &[
+            "undefined undefined undefined undefined undefined undefined true Ops undefined application/json true",
+            "true",
+        ],
+    );
     assert_eq!(e.stats().contexts_created, 1);
 }
 
@@ -501,7 +561,7 @@ async fn pool_keeps_serving_after_a_runaway_script() {
         timeout: Duration::from_millis(200),
         ..Limits::default()
     };
-    let pool = ScriptPool::new(1, limits);
+    let pool = ScriptPool::new(1, 1, limits);
     let runaway = Arc::new(program("runaway", "while (true) {}"));
     let good = Arc::new(program(
         "good",
@@ -576,4 +636,72 @@ fn warm_run_cost() {
         cold.as_micros(),
         e.stats().contexts_created
     );
+}
+
+/// Fair script threads (issue 11): with two threads and a share of one, four runaway runs of one
+/// integration hold one thread at a time and queue for it; another integration's run goes
+/// through the other thread at once, long before the runaway runs time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_integration_cannot_hold_every_thread() {
+    let limits = Limits {
+        timeout: Duration::from_millis(800),
+        ..Limits::default()
+    };
+    let pool = Arc::new(ScriptPool::new(2, scripts::default_share(2), limits));
+    assert_eq!(scripts::default_share(2), 1);
+    assert_eq!(scripts::default_share(1), 1);
+    assert_eq!(scripts::default_share(5), 3);
+    let runaway = Arc::new(program("runaway", "while (true) {}"));
+    let good = Arc::new(program("good", "form.post(trigger);"));
+    let started = Instant::now();
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (pool, runaway) = (pool.clone(), runaway.clone());
+            tokio::spawn(async move { pool.run(runaway, request("{}"), client()).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let outcome = pool.run(good.clone(), request("{}"), client()).await;
+    let neighbour = started.elapsed();
+    assert!(outcome.is_ok(), "{:?}", outcome.error);
+    assert!(
+        neighbour < Duration::from_millis(600),
+        "the neighbour waited {neighbour:?} behind runaway scripts"
+    );
+    let mut finished = Vec::new();
+    for handle in loops {
+        let outcome = handle.await.expect("task");
+        assert_eq!(outcome.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+        finished.push(started.elapsed());
+    }
+    // One at a time: the last runaway run ends after four time limits, not two.
+    assert!(
+        finished[3] >= Duration::from_millis(4 * 800),
+        "runaway runs overlapped: {finished:?}"
+    );
+}
+
+/// Promise jobs a failed or aborted run left queued belong to that run: they must not act (post,
+/// log) during the next run of the thread, which may be another integration's.
+#[test]
+fn jobs_left_by_a_failed_run_do_not_act_in_the_next() {
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let mut e = engine(limits);
+    for code in [
+        "Promise.resolve().then(function () { form.post({properties: {leaked: 1}}); console.log('leaked'); });\nthrow new Error('fail');",
+        "Promise.resolve().then(function again() { form.post({properties: {leaked: 1}}); return Promise.resolve().then(again); });\nwhile (true) {}",
+    ] {
+        let failing = program("failing", code);
+        let failed = e.run(&failing, request("{}"), client());
+        assert!(failed.error.is_some(), "{code}");
+        assert!(failed.posts.is_empty(), "{code}");
+        let good = program("good", "form.post({properties: {mine: 1}});");
+        let outcome = e.run(&good, request("{}"), client());
+        assert!(outcome.is_ok(), "{code}: {:?}", outcome.error);
+        assert_eq!(outcome.posts.len(), 1, "{code}: {:?}", outcome.posts);
+        assert!(outcome.logs.is_empty(), "{code}: {:?}", outcome.logs);
+    }
 }

@@ -372,6 +372,35 @@ pub async fn trigger(
         .expect("agent reachable")
 }
 
+/// POST `body` to an integration whose URL key is `key-{integration}` (the convention of the
+/// script tests), insist on 202 and return the request id.
+pub async fn accepted(agent: SocketAddr, integration: &str, body: &str) -> String {
+    let query = format!("?apiKey=key-{integration}");
+    let answer = trigger(agent, integration, &query, &[], body).await;
+    assert_eq!(
+        answer.status,
+        202,
+        "{integration}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()["requestId"].as_str().unwrap().to_owned()
+}
+
+/// GET an agent API path as `user`, insist on 200 and return the JSON body.
+pub async fn get_json(agent: SocketAddr, path: &str, (user, password): (&str, &str)) -> Value {
+    let auth = basic(user, password);
+    let answer = http(agent, "GET", path, &[("authorization", &auth)], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{path}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    answer.json()
+}
+
 /// The events the central holds for `request_id`.
 pub async fn central_events(central: SocketAddr, request_id: &str) -> Vec<Value> {
     let auth = basic(CENTRAL_USER.0, CENTRAL_USER.1);

@@ -113,28 +113,11 @@ fn write_scripts(dir: &Path) {
 }
 
 async fn post(agent: SocketAddr, id: &str, body: &str) -> String {
-    let answer = trigger(agent, id, &format!("?apiKey=key-{id}"), &[], body).await;
-    assert_eq!(
-        answer.status,
-        202,
-        "{id}: {}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()["requestId"].as_str().unwrap().to_owned()
+    accepted(agent, id, body).await
 }
 
 async fn admin_get(agent: SocketAddr, path: &str) -> Value {
-    let auth = basic("svc", "svc-password");
-    let answer = http(agent, "GET", path, &[("authorization", &auth)], "")
-        .await
-        .unwrap();
-    assert_eq!(
-        answer.status,
-        200,
-        "{path}: {}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()
+    get_json(agent, path, ("svc", "svc-password")).await
 }
 
 /// Wait until the request reached a final status; return its record.
