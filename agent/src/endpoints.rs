@@ -714,6 +714,27 @@ mod tests {
             .endpoints
     }
 
+    /// The endpoints of integration `alerts`, with the built-in one at `central`.
+    fn test_endpoints(
+        rt: &tokio::runtime::Runtime,
+        list: &[EndpointConfig],
+        dir: &std::path::Path,
+        central: std::net::SocketAddr,
+        proxy: Option<crate::relay::Proxy>,
+    ) -> IntegrationEndpoints {
+        let builtin = BuiltinXmatters {
+            base_url: format!("http://{central}"),
+            bearer_token: "agent-token".into(),
+            tls: None,
+            proxy,
+        };
+        Arc::new(
+            Endpoints::new(list, dir, Some(builtin), rt.handle().clone())
+                .expect("endpoints resolve"),
+        )
+        .for_integration(&["alerts".to_owned()])
+    }
+
     /// An HTTP CONNECT proxy on loopback that tunnels every connection and records the
     /// targets it was asked for.
     fn start_connect_proxy(
@@ -765,24 +786,8 @@ mod tests {
             "#,
             addr.port()
         ));
-        let endpoints = Arc::new(
-            Endpoints::new(
-                &list,
-                dir.path(),
-                Some(BuiltinXmatters {
-                    base_url: format!("http://{addr}"),
-                    bearer_token: "agent-token".into(),
-                    tls: None,
-                    proxy: Some(
-                        crate::relay::Proxy::parse(&format!("http://{proxy_addr}"))
-                            .expect("proxy url"),
-                    ),
-                }),
-                rt.handle().clone(),
-            )
-            .expect("endpoints resolve"),
-        )
-        .for_integration(&["alerts".to_owned()]);
+        let proxy = crate::relay::Proxy::parse(&format!("http://{proxy_addr}")).expect("proxy");
+        let endpoints = test_endpoints(&rt, &list, dir.path(), addr, Some(proxy));
         let reply = endpoints
             .send(&call("xMatters", "GET", "/api/xm/1/events", None))
             .expect("the central answers through the proxy");
@@ -821,21 +826,7 @@ mod tests {
             timeout_ms = 200
             "#
         ));
-        let endpoints = Arc::new(
-            Endpoints::new(
-                &list,
-                dir.path(),
-                Some(BuiltinXmatters {
-                    base_url: format!("http://{addr}"),
-                    bearer_token: "agent-token".into(),
-                    tls: None,
-                    proxy: None,
-                }),
-                rt.handle().clone(),
-            )
-            .expect("endpoints resolve"),
-        )
-        .for_integration(&["alerts".to_owned()]);
+        let endpoints = test_endpoints(&rt, &list, dir.path(), addr, None);
 
         let reply = endpoints
             .send(&call("CMDB", "GET", "/ci/web01?x=1", None))
