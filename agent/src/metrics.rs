@@ -14,45 +14,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
-/// Upper bounds (seconds) of the latency histograms: from a fast group commit to a slow script.
-const LATENCY_BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
-
-/// A Prometheus histogram with the fixed [`LATENCY_BUCKETS`].
-#[derive(Default)]
-pub struct Histogram {
-    /// Observations per bucket (not cumulative; rendering sums them up).
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    /// Record one duration.
-    pub fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        if let Some(index) = LATENCY_BUCKETS.iter().position(|bound| secs <= *bound) {
-            self.buckets[index].fetch_add(1, Ordering::Relaxed);
-        }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
-    }
-}
+pub use server::metrics::Histogram;
 
 /// Script runs started and finished (a run waiting for a free script thread counts as started).
 #[derive(Default)]

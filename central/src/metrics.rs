@@ -1,8 +1,17 @@
 //! Counters the central exposes on `/metrics` in the Prometheus text format, so an operator can
-//! see that agents are connected and events flow without reading logs.
+//! see that agents are connected and events flow without reading logs: the same style as the
+//! agent's (per-agent counters, latency histograms from `server::metrics`). Every series is
+//! explained in README.md ("Metrics of the central").
+//!
+//! It does not read the store or the connections; the places that create events, answer frames
+//! and flush count here.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use server::metrics::Histogram;
 
 /// Process-wide counters; cheap atomics so the hot path never takes a lock to count.
 #[derive(Debug, Default)]
@@ -17,12 +26,31 @@ pub struct Metrics {
     pub frames_rejected: AtomicU64,
     /// Status changes made through REST.
     pub status_changes: AtomicU64,
+    /// Events created per agent id (bounded by the configured agents).
+    created_by_agent: Mutex<BTreeMap<String, u64>>,
+    /// How long each batch's flush and sync took before its acks went out.
+    pub store_flush: Histogram,
 }
 
 impl Metrics {
     /// Add `n` to a counter.
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Count `n` events created for `agent`.
+    pub fn created_for(&self, agent: &str, n: u64) {
+        Self::add(&self.events_created, n);
+        let mut by_agent = self
+            .created_by_agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match by_agent.get_mut(agent) {
+            Some(count) => *count += n,
+            None => {
+                by_agent.insert(agent.to_owned(), n);
+            }
+        }
     }
 
     /// Render every metric in the Prometheus text exposition format (version 0.0.4).
@@ -65,6 +93,25 @@ impl Metrics {
             "Event status changes made through REST.",
             counter(&self.status_changes),
         );
+        let name = "xmcentral_events_created_by_agent_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Events created from each agent's frames.\n# TYPE {name} counter"
+        );
+        let by_agent = self
+            .created_by_agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for (agent, count) in by_agent.iter() {
+            let agent = agent.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(out, "{name}{{agent=\"{agent}\"}} {count}");
+        }
+        drop(by_agent);
+        self.store_flush.render(
+            &mut out,
+            "xmcentral_store_flush_seconds",
+            "Flush and sync of one batch of events before its acks.",
+        );
         out
     }
 }
@@ -76,11 +123,18 @@ mod tests {
     #[test]
     fn renders_counters_with_help_and_type() {
         let metrics = Metrics::default();
-        Metrics::add(&metrics.events_created, 3);
+        metrics.created_for("agent-01", 2);
+        metrics.created_for("agent-\"2", 1);
         metrics.agents_connected.fetch_add(2, Ordering::Relaxed);
+        metrics
+            .store_flush
+            .observe(std::time::Duration::from_millis(2));
         let text = metrics.render();
         assert!(text.contains("# TYPE xmcentral_events_created_total counter\n"));
         assert!(text.contains("\nxmcentral_events_created_total 3\n"));
+        assert!(text.contains("\nxmcentral_events_created_by_agent_total{agent=\"agent-01\"} 2\n"));
+        assert!(text.contains("{agent=\"agent-\\\"2\"} 1\n"), "{text}");
+        assert!(text.contains("\nxmcentral_store_flush_seconds_count 1\n"));
         assert!(text.contains("\nxmcentral_agents_connected 2\n"));
         assert!(text.contains("\nxmcentral_frames_rejected_total 0\n"));
     }

@@ -268,7 +268,12 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
 
     let (sink, mut stream) = socket.split();
     let (to_writer, from_reader) = mpsc::channel::<Outgoing>(4);
-    let writer = tokio::spawn(write_answers(state.clone(), sink, from_reader));
+    let writer = tokio::spawn(write_answers(
+        state.clone(),
+        sink,
+        from_reader,
+        agent_id.clone(),
+    ));
 
     let mut batch: Vec<Create> = Vec::new();
     let mut answers_before: Vec<Answer> = Vec::new();
@@ -542,6 +547,7 @@ async fn write_answers(
     state: Arc<State>,
     mut sink: futures_util::stream::SplitSink<Socket, Message>,
     mut from_reader: mpsc::Receiver<Outgoing>,
+    agent_id: String,
 ) {
     while let Some(outgoing) = from_reader.recv().await {
         match outgoing {
@@ -551,7 +557,10 @@ async fn write_answers(
             }
             Outgoing::Answers { frames, durable } => {
                 let durable_ok = if durable {
-                    match state.store.wait_durable().await {
+                    let started = std::time::Instant::now();
+                    let flushed = state.store.wait_durable().await;
+                    state.metrics.store_flush.observe(started.elapsed());
+                    match flushed {
                         Ok(()) => true,
                         Err(error) => {
                             tracing::error!(%error, "flush failed; answering retryable rejects");
@@ -568,12 +577,11 @@ async fn write_answers(
                             event_id,
                             duplicate,
                         } if durable_ok => {
-                            let counter = if duplicate {
-                                &state.metrics.duplicates_answered
+                            if duplicate {
+                                Metrics::add(&state.metrics.duplicates_answered, 1);
                             } else {
-                                &state.metrics.events_created
-                            };
-                            Metrics::add(counter, 1);
+                                state.metrics.created_for(&agent_id, 1);
+                            }
                             CentralFrame::Ack { seq, event_id }
                         }
                         Answer::Ack { seq, .. } => {
