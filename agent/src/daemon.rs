@@ -318,7 +318,14 @@ impl crate::notify::Health for Shared {
             Some(relay) if !relay.alive.load(Ordering::SeqCst) => {
                 Err("relay: its task ended".to_owned())
             }
-            _ => Ok(()),
+            Some(relay) => match relay.heartbeat.overdue() {
+                Some(late) => Err(format!(
+                    "relay: no progress, {}s past the time it promised to be back",
+                    late.as_secs()
+                )),
+                None => Ok(()),
+            },
+            None => Ok(()),
         }
     }
 }
@@ -476,6 +483,8 @@ struct RelayTask {
     task: JoinHandle<()>,
     /// False once the relay task ended (or panicked) while it should run.
     alive: Arc<AtomicBool>,
+    /// Overdue when the task lives but stopped making progress.
+    heartbeat: Arc<relay::Heartbeat>,
 }
 
 /// Sets the flag to false when the relay task ends, however it ends (a panic included).
@@ -493,8 +502,11 @@ impl RelayTask {
         let alive = Arc::new(AtomicBool::new(true));
         let flag = AliveFlag(alive.clone());
         let agent_id = shared.live().config.agent_id.clone();
+        let heartbeat = Arc::new(relay::Heartbeat::default());
         let relay = relay::run(
-            settings.with_ack_latency(shared.metrics.ack_latency.clone()),
+            settings
+                .with_ack_latency(shared.metrics.ack_latency.clone())
+                .with_heartbeat(heartbeat.clone()),
             agent_id,
             Arc::new(shared.store.clone()),
             shared.relay_status_tx.clone(),
@@ -504,7 +516,12 @@ impl RelayTask {
             let _flag = flag;
             relay.await;
         });
-        RelayTask { stop, task, alive }
+        RelayTask {
+            stop,
+            task,
+            alive,
+            heartbeat,
+        }
     }
 
     /// Stop the relay (it waits briefly for outstanding acks; unanswered entries are resent by

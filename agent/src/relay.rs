@@ -223,6 +223,7 @@ impl RelayConfig {
             welcome_timeout: WELCOME_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
             ack_latency: None,
+            heartbeat: Arc::default(),
         })
     }
 }
@@ -311,9 +312,56 @@ pub struct RelaySettings {
     shutdown_grace: Duration,
     /// Where the time from sending an entry to its ack is recorded (`/metrics`), if anywhere.
     ack_latency: Option<Arc<crate::metrics::Histogram>>,
+    heartbeat: Arc<Heartbeat>,
 }
 
+/// When the relay promises to be heard from next: before each wait it sets a deadline (the
+/// connect timeout, the back-off delay, the ping interval) and the watchdog checks that the
+/// deadline is not long past, so a relay task that is alive but hung is noticed too.
+#[derive(Debug)]
+pub struct Heartbeat {
+    origin: std::time::Instant,
+    /// Milliseconds after `origin` by which the relay will have beaten again.
+    deadline_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat {
+            origin: std::time::Instant::now(),
+            deadline_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Heartbeat {
+    /// The relay is busy for at most `wait` (plus a margin) before it beats again.
+    fn expect_within(&self, wait: Duration) {
+        let deadline = self.origin.elapsed() + wait + HEARTBEAT_MARGIN;
+        self.deadline_ms.store(
+            u64::try_from(deadline.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// How long the relay is overdue, if it is (0 before its first beat: not started yet).
+    pub fn overdue(&self) -> Option<Duration> {
+        let deadline = self.deadline_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        (deadline > 0 && now > deadline).then(|| Duration::from_millis(now - deadline))
+    }
+}
+
+/// Slack on top of every promised wait (scheduling, a slow disk under the outbox queries).
+const HEARTBEAT_MARGIN: Duration = Duration::from_secs(30);
+
 impl RelaySettings {
+    /// Beat `heartbeat` at every wait (see [`Heartbeat`]).
+    pub fn with_heartbeat(mut self, heartbeat: Arc<Heartbeat>) -> Self {
+        self.heartbeat = heartbeat;
+        self
+    }
+
     /// Record every ack's latency (send to ack, on one connection) in `histogram`.
     pub fn with_ack_latency(mut self, histogram: Arc<crate::metrics::Histogram>) -> Self {
         self.ack_latency = Some(histogram);
@@ -448,6 +496,9 @@ pub async fn run(
         if shutdown_requested(&mut shutdown) {
             break;
         }
+        settings
+            .heartbeat
+            .expect_within(settings.connect_timeout + settings.welcome_timeout);
         let attempt = tokio::select! {
             biased;
             _ = wait_shutdown(&mut shutdown) => break,
@@ -496,6 +547,7 @@ pub async fn run(
                     tracing::warn!(url = %url, %reason, retry_in = ?delay, "cannot connect to the central");
                 }
                 status.send_modify(|s| s.last_error = Some(reason));
+                settings.heartbeat.expect_within(delay);
                 tokio::select! {
                     biased;
                     _ = wait_shutdown(&mut shutdown) => break,
@@ -728,8 +780,11 @@ impl<'a> Session<'a> {
             self.settings.ping_interval,
         );
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let heartbeat = self.settings.heartbeat.clone();
 
         loop {
+            // Every turn of the loop ends at the latest at the next ping tick.
+            heartbeat.expect_within(self.settings.ping_interval + self.settings.dead_after);
             if let Err(e) = self.resend_due().await {
                 return self.lost(e);
             }

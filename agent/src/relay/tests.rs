@@ -143,6 +143,7 @@ fn test_settings(url: &str) -> RelaySettings {
         welcome_timeout: Duration::from_secs(2),
         shutdown_grace: Duration::from_millis(500),
         ack_latency: None,
+        heartbeat: Default::default(),
     }
 }
 
@@ -1133,4 +1134,48 @@ fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
     b.attempt = u32::MAX;
     assert_eq!(b.nominal(), Duration::from_millis(1000));
     assert!(b.next_delay() <= Duration::from_millis(1000));
+}
+
+#[test]
+fn a_heartbeat_is_overdue_only_after_its_promise() {
+    let heartbeat = Heartbeat::default();
+    assert_eq!(
+        heartbeat.overdue(),
+        None,
+        "a relay that has not started is not late"
+    );
+    heartbeat.expect_within(Duration::from_secs(1));
+    assert_eq!(
+        heartbeat.overdue(),
+        None,
+        "within its promise (and the margin)"
+    );
+    // A promise made long ago and not renewed: the relay is hung.
+    heartbeat
+        .deadline_ms
+        .store(1, std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(5));
+    assert!(heartbeat.overdue().is_some());
+}
+
+#[tokio::test]
+async fn a_connected_relay_keeps_renewing_its_heartbeat() {
+    let (listener, url) = listen().await;
+    let heartbeat = Arc::new(Heartbeat::default());
+    let settings = test_settings(&url).with_heartbeat(heartbeat.clone());
+    let outbox = MemOutbox::new();
+    let _relay = Relay::start(settings, outbox.clone());
+    let _ws = accept_welcomed(&listener).await;
+    let first = heartbeat
+        .deadline_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(first > 0, "the relay promised a beat when it started");
+    wait_until("a renewed promise", || {
+        heartbeat
+            .deadline_ms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > first
+    })
+    .await;
+    assert_eq!(heartbeat.overdue(), None);
 }
