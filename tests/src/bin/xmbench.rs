@@ -224,7 +224,13 @@ fn spawn_listening(exe: &PathBuf, args: &[&str]) -> anyhow::Result<(Child, Socke
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(exe)
         .args(args)
-        .env("RUST_LOG", "warn,xmagent=info,agent=info")
+        // The agent logs as an operator would run it (INFO, one access line per request);
+        // XMBENCH_AGENT_LOG sets another filter, e.g. to measure a silenced access log.
+        .env(
+            "RUST_LOG",
+            std::env::var("XMBENCH_AGENT_LOG")
+                .unwrap_or_else(|_| "warn,xmagent=info,agent=info".to_owned()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
