@@ -429,7 +429,7 @@ async fn run_action(
 /// would be half of what the script meant to create.
 fn unsendable_post(posts: &[serde_json::Value]) -> Option<String> {
     posts.iter().enumerate().find_map(|(index, post)| {
-        protocol::limits::check_json(&post.to_string())
+        protocol::limits::check_value(post)
             .err()
             .map(|error| format!("form.post call {} cannot be sent: {error}", index + 1))
     })

@@ -70,6 +70,46 @@ pub fn check_json(text: &str) -> Result<(), LimitError> {
         .map_err(LimitError::from)
 }
 
+/// Check a value already in memory against the shared limits, without writing or reading its
+/// text: a `Value` holds only finite numbers and valid strings by construction, so what is left
+/// is the nesting (walked, never deeper than [`MAX_DEPTH`]) and the size of its compact JSON
+/// (counted, stopping at the limit). Agrees with [`check_json`] of the value's text.
+pub fn check_value(value: &serde_json::Value) -> Result<(), LimitError> {
+    fn within_depth(value: &serde_json::Value, depth: usize) -> bool {
+        use serde_json::Value::{Array, Object};
+        match value {
+            Array(items) => depth < MAX_DEPTH && items.iter().all(|v| within_depth(v, depth + 1)),
+            Object(map) => depth < MAX_DEPTH && map.values().all(|v| within_depth(v, depth + 1)),
+            _ => true,
+        }
+    }
+    if !within_depth(value, 0) {
+        return Err(LimitError::TooDeep);
+    }
+    let mut counter = ByteCount(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => Ok(()),
+        Err(_) => Err(LimitError::TooLarge { bytes: counter.0 }),
+    }
+}
+
+/// Counts what is written and refuses to go past [`MAX_TRIGGER_BYTES`].
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        if self.0 > MAX_TRIGGER_BYTES {
+            return Err(std::io::Error::other("over the limit"));
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// For readers that embed [`Bounded`] in their own pass: the depth refusal comes back as a
 /// serde error, recognised here by its own message.
 impl From<serde_json::Error> for LimitError {
@@ -216,6 +256,17 @@ mod tests {
     }
 
     #[test]
+    fn a_large_value_is_refused_without_writing_it_all() {
+        let big = serde_json::json!({ "a": "x".repeat(MAX_TRIGGER_BYTES) });
+        assert!(matches!(
+            check_value(&big),
+            Err(LimitError::TooLarge { .. })
+        ));
+        let fits = serde_json::json!({ "a": "x".repeat(MAX_TRIGGER_BYTES - 10) });
+        assert_eq!(check_value(&fits), Ok(()));
+    }
+
+    #[test]
     fn size_is_bounded() {
         let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(MAX_TRIGGER_BYTES));
         assert!(matches!(check_json(&big), Err(LimitError::TooLarge { .. })));
@@ -244,6 +295,22 @@ mod tests {
                 let value: serde_json::Value = serde_json::from_str(&text).unwrap();
                 prop_assert_eq!(check_json(&value.to_string()), Ok(()));
             }
+        }
+
+        /// Checking a value in memory and checking its text say the same.
+        #[test]
+        fn a_value_and_its_text_are_judged_alike(depth in 0usize..(MAX_DEPTH + 3), width in 1usize..4, leaf in "[a-z\u{e9}\u{1f600}]{0,6}") {
+            let mut value = serde_json::Value::String(leaf);
+            for level in 0..depth {
+                // Wide only at the bottom, so the value stays small at any depth.
+                let copies = if level == 0 { width } else { 1 };
+                value = if level % 2 == 0 {
+                    serde_json::Value::Array(vec![value; copies])
+                } else {
+                    serde_json::json!({ "k": value })
+                };
+            }
+            prop_assert_eq!(check_value(&value), check_json(&value.to_string()));
         }
 
         #[test]
