@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hyper::StatusCode;
 
+use server::metrics::label_value;
 pub use server::metrics::Histogram;
 
 /// Script runs started and finished (a run waiting for a free script thread counts as started).
@@ -190,33 +191,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A label value escaped as the exposition format wants (`\`, `"` and newlines).
-fn label_value(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative_with_sum_and_count() {
-        let histogram = Histogram::default();
-        histogram.observe(Duration::from_micros(300));
-        histogram.observe(Duration::from_millis(20));
-        histogram.observe(Duration::from_secs(9));
-        let mut out = String::new();
-        histogram.render(&mut out, "h", "help");
-        assert!(out.contains("h_bucket{le=\"0.0005\"} 1\n"), "{out}");
-        assert!(out.contains("h_bucket{le=\"0.025\"} 2\n"), "{out}");
-        assert!(out.contains("h_bucket{le=\"5\"} 2\n"), "{out}");
-        assert!(out.contains("h_bucket{le=\"+Inf\"} 3\n"), "{out}");
-        assert!(out.contains("h_count 3\n"), "{out}");
-        assert!(out.contains("h_sum 9.0203\n"), "{out}");
-    }
 
     #[test]
     fn unknown_integrations_share_one_label_and_auth_failures_are_counted() {

@@ -103,7 +103,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         for (agent, count) in by_agent.iter() {
-            let agent = agent.replace('\\', "\\\\").replace('"', "\\\"");
+            let agent = server::metrics::label_value(agent);
             let _ = writeln!(out, "{name}{{agent=\"{agent}\"}} {count}");
         }
         drop(by_agent);

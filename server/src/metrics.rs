@@ -49,6 +49,14 @@ impl Histogram {
     }
 }
 
+/// A label value escaped as the exposition format wants (`\`, `"` and newlines).
+pub fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
