@@ -1192,17 +1192,26 @@ impl Store {
         }
         let added = processed.events.len() as u64 - 1;
         let entries = inner.pending_entries.load(Ordering::SeqCst) + added;
+        if entries > inner.bounds.max_entries() {
+            return false;
+        }
+        let pending = inner
+            .pending_bytes
+            .load(Ordering::SeqCst)
+            .saturating_sub(accepted.size);
+        let head_bytes = processed.events.len() as u64 * OUTBOX_HEAD_BYTES;
+        // Every event is at most the shared limit: far from the byte bound that settles it,
+        // and the events are not written out here only to be written again by `complete`.
+        let most = processed.events.len() as u64 * protocol::limits::MAX_TRIGGER_BYTES as u64;
+        if pending + head_bytes + most <= inner.bounds.max_bytes() {
+            return true;
+        }
         let event_bytes: u64 = processed
             .events
             .iter()
-            .map(|(_, trigger)| trigger.to_string().len() as u64 + OUTBOX_HEAD_BYTES)
+            .map(|(_, trigger)| trigger.to_string().len() as u64)
             .sum();
-        let bytes = inner
-            .pending_bytes
-            .load(Ordering::SeqCst)
-            .saturating_sub(accepted.size)
-            + event_bytes;
-        entries <= inner.bounds.max_entries() && bytes <= inner.bounds.max_bytes()
+        pending + head_bytes + event_bytes <= inner.bounds.max_bytes()
     }
 
     fn release(&self, size: u64) {
