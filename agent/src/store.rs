@@ -974,12 +974,7 @@ impl Store {
         inner.measure_disk();
         // Refused writes leave the database, durably, before the seal forgets them; the seal
         // then starts from what the database holds.
-        commit.write_groups(&mut Vec::new())?;
-        commit.db.flush()?;
-        commit
-            .disk
-            .sync()
-            .map_err(|e| StoreError::Io(format!("cannot sync {}: {e}", dir.display())))?;
+        commit.commit().map_err(StoreError::Io)?;
         commit
             .seal
             .reset(*commit.mark.lock().unwrap_or_else(|p| p.into_inner()))?;
