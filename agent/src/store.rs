@@ -1378,7 +1378,9 @@ impl Store {
             }
             let place = self.unrecorded().get(request_id).copied();
             match place {
-                None => return Ok(None),
+                // The index entry may have gone because the record was written after the look
+                // above: the record is written first, so a second look settles it.
+                None => return self.stored_record(request_id),
                 Some(Unrecorded::Inbox(key)) => {
                     if let Some(request) = self.inbox_get(key)? {
                         return Ok(Some(RequestRecord {
@@ -1957,6 +1959,49 @@ mod tests {
         assert_eq!(done.events[0].event_id.as_deref(), Some("ev-7"));
         assert_eq!(store.pending(), (0, 0));
         assert_eq!(store.outbox_len(), 0);
+    }
+
+    /// A status lookup racing the moves of its request (inbox → record + outbox → delivered)
+    /// always finds it: every move writes the new place before the old one goes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lookup_racing_its_request_always_finds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), StoreConfig::default()).unwrap();
+        const REQUESTS: u64 = 300;
+        let mut accepted = Vec::new();
+        for n in 0..REQUESTS {
+            accepted.push(store.accept(request(n)).await.unwrap());
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut lookups = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    for n in 0..REQUESTS {
+                        let id = format!("req-{n}");
+                        assert!(store.request(&id).unwrap().is_some(), "{id} vanished");
+                        lookups += 1;
+                    }
+                }
+                lookups
+            })
+        };
+        for accepted in &accepted {
+            store.complete(accepted, events(1)).unwrap();
+        }
+        store.flush().await.unwrap();
+        for entry in store.pending_after(None, REQUESTS as usize).unwrap() {
+            store
+                .acknowledged(&[(entry.seq, format!("ev-{}", entry.seq))])
+                .unwrap();
+        }
+        stop.store(true, Ordering::SeqCst);
+        assert!(watcher.join().unwrap() > 0);
+        for n in 0..REQUESTS {
+            let record = store.request(&format!("req-{n}")).unwrap().unwrap();
+            assert_eq!(record.status, RequestStatus::Delivered);
+        }
     }
 
     /// Writes that trickle in while the flusher waits share its flush.

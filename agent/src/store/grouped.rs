@@ -37,6 +37,9 @@ struct State {
     groups: BTreeMap<u64, Group>,
     /// Keys of groups whose entries are all done, removed from sled at the next seal.
     emptied: Vec<u64>,
+    /// Values of sealed groups not in sled yet, so a read between the seal and the write finds
+    /// their entries (a group is written before it leaves this map).
+    unwritten: BTreeMap<u64, sled::IVec>,
 }
 
 struct Group {
@@ -52,7 +55,7 @@ struct Group {
 pub(super) struct Sealed {
     /// The group's first seq.
     pub(super) key: u64,
-    value: Vec<u8>,
+    value: sled::IVec,
     /// The highest seq in the group.
     pub(super) last: u64,
     /// How many entries the group holds.
@@ -194,7 +197,8 @@ impl GroupedLog {
         let (Some(&(key, _)), Some(&(last, _))) = (open.first(), open.last()) else {
             return (None, emptied);
         };
-        let value = encode(&open);
+        let value = sled::IVec::from(encode(&open));
+        state.unwritten.insert(key, value.clone());
         let count = open.len() as u64;
         let live = open.iter().map(|(s, v)| (*s, v.len() as u64)).collect();
         state.groups.insert(
@@ -218,8 +222,13 @@ impl GroupedLog {
 
     /// Write a sealed group.
     pub(super) fn write(&self, sealed: Sealed) -> Result<(), sled::Error> {
-        self.tree.insert(sealed.key.to_be_bytes(), sealed.value)?;
-        Ok(())
+        let written = self.tree.insert(sealed.key.to_be_bytes(), sealed.value);
+        // After a failed write the store is broken and takes nothing more; the entries stay
+        // readable from memory until the daemon exits.
+        if written.is_ok() {
+            self.lock().unwritten.remove(&sealed.key);
+        }
+        written.map(drop)
     }
 
     /// Remove emptied groups from sled.
@@ -302,8 +311,14 @@ impl GroupedLog {
         key: u64,
         keep: impl Fn(&State, u64) -> bool,
     ) -> Result<Vec<Entry>, ReadError> {
-        let Some(value) = self.tree.get(key.to_be_bytes())? else {
-            return Ok(Vec::new());
+        // Memory first: a group leaves `unwritten` only once it is in the tree.
+        let unwritten = self.lock().unwritten.get(&key).cloned();
+        let value = match unwritten {
+            Some(value) => value,
+            None => match self.tree.get(key.to_be_bytes())? {
+                Some(value) => value,
+                None => return Ok(Vec::new()),
+            },
         };
         let entries = entries_of(&value)?;
         let state = self.lock();
