@@ -168,7 +168,7 @@ pub fn main() -> i32 {
 /// run the real agent in a child process of its own binary.
 pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
     let cli = Cli::parse_from(args);
-    telemetry::init(cli.log_format);
+    let _logs = telemetry::init(cli.log_format);
     match cli.command {
         Command::Run {
             config,

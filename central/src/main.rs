@@ -53,7 +53,7 @@ fn main() {
             }
         },
         Command::Run { config, log_format } => {
-            telemetry::init(log_format);
+            let _logs = telemetry::init(log_format);
             match central::config::load(&config) {
                 Err(error) => {
                     tracing::error!("config error: {error}");

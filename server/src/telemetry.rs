@@ -3,13 +3,21 @@
 //! (`JOURNAL_STREAM` names it), text lines carry no timestamp (journald adds its own) and start
 //! with a `<N>` syslog priority, so `journalctl -p warning` filters by level.
 //!
+//! Warnings and errors are written to stderr by the thread that logs them, so they are out before
+//! the process can exit. INFO and more verbose lines (one access line per request on a busy
+//! daemon) are handed to a writer thread that writes them in batches: a request thread never
+//! waits for the pipe to journald. The two can interleave a few milliseconds out of order.
+//!
 //! It does not decide what is logged; the daemons do (never a secret or a whole body at INFO).
 
 use std::fmt;
+use std::io::BufWriter;
 
 use clap::ValueEnum;
 use tracing::{Event, Level, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
@@ -24,16 +32,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// Keeps the log writer thread; dropping it writes out the lines still queued. Hold it until the
+/// command returns.
+#[must_use = "dropping the guard stops the log writer thread"]
+pub struct LogGuard {
+    _writer: Option<WorkerGuard>,
+}
+
+impl fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogGuard").finish_non_exhaustive()
+    }
+}
+
 /// Install the global tracing subscriber. `RUST_LOG` overrides the default level (`info`).
-/// Calling it twice is harmless (the second call is ignored), which lets `xmagent dev` start the
-/// embedded central without fighting over the subscriber.
-pub fn init(format: LogFormat) {
+/// Calling it twice is harmless (the second call is ignored and its guard holds nothing), which
+/// lets `xmagent dev` start the embedded central without fighting over the subscriber.
+pub fn init(format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,sled=warn,hyper=warn"));
+    // Not lossy: a full queue (a flood of INFO lines) makes the logging thread wait, as a
+    // direct write would, instead of dropping lines.
+    let (batched, worker) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(BufWriter::new(std::io::stderr()));
+    let writer = std::io::stderr.with_max_level(Level::WARN).or_else(batched);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text if stderr_is_journal() => builder
             .with_ansi(false)
             .event_format(JournalLine)
@@ -49,6 +77,9 @@ pub fn init(format: LogFormat) {
             .with_current_span(true)
             .try_init(),
     };
+    LogGuard {
+        _writer: installed.is_ok().then_some(worker),
+    }
 }
 
 /// True when stderr is the stream `JOURNAL_STREAM` (`DEVICE:INODE`) names: systemd set it up for
