@@ -49,9 +49,10 @@ pub struct Metrics {
     processed: AtomicU64,
     failed: AtomicU64,
     processing_micros: AtomicU64,
-    /// Trigger responses by (integration, status); unknown integrations share one label, so a
-    /// caller cannot grow the map with made-up ids.
-    responses: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Trigger responses by integration, then status; unknown integrations share one label, so
+    /// a caller cannot grow the map with made-up ids. Nested so that counting a known pair
+    /// allocates nothing.
+    responses: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
     auth_failures: Mutex<BTreeMap<String, u64>>,
     request_duration: Histogram,
     script_duration: Histogram,
@@ -86,9 +87,14 @@ impl Metrics {
         };
         let label = if known { id } else { UNKNOWN_INTEGRATION };
         self.request_duration.observe(took);
-        *lock(&self.responses)
-            .entry((label.to_owned(), status.as_u16()))
-            .or_default() += 1;
+        {
+            let mut responses = lock(&self.responses);
+            let by_status = match responses.get_mut(label) {
+                Some(by_status) => by_status,
+                None => responses.entry(label.to_owned()).or_default(),
+            };
+            *by_status.entry(status.as_u16()).or_default() += 1;
+        }
         if matches!(status.as_u16(), 401 | 403) {
             *lock(&self.auth_failures)
                 .entry(label.to_owned())
@@ -145,12 +151,14 @@ impl Metrics {
         }
         let name = "xmagent_requests_total";
         let _ = writeln!(out, "# HELP {name} Trigger responses by integration and status code.\n# TYPE {name} counter");
-        for ((integration, status), count) in lock(&self.responses).iter() {
+        for (integration, by_status) in lock(&self.responses).iter() {
             let integration = label_value(integration);
-            let _ = writeln!(
-                out,
-                "{name}{{integration=\"{integration}\",status=\"{status}\"}} {count}"
-            );
+            for (status, count) in by_status {
+                let _ = writeln!(
+                    out,
+                    "{name}{{integration=\"{integration}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
         let name = "xmagent_auth_failures_total";
         let _ = writeln!(out, "# HELP {name} Triggers refused with 401 or 403, by integration.\n# TYPE {name} counter");

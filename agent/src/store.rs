@@ -67,10 +67,9 @@ pub struct StoreConfig {
     pub max_request_records: u64,
     /// sled page cache; small by default because the agent must stay lean.
     pub cache_mib: u64,
-    /// Microseconds the flusher waits for more writes to join a flush that covers only a few
-    /// (0 = flush at once). Each flush costs a disk write, a write-back request and wakes sled's
-    /// I/O threads, so under load fewer, larger flushes leave more CPU for requests; an idle
-    /// agent pays this once per request in latency.
+    /// Microseconds the flusher may gather writes into one flush while they keep arriving (0 =
+    /// flush at once). Each flush costs a disk sync, so under load fewer, larger flushes answer
+    /// more clients per sync; a lone write waits only until no other follows (100 µs).
     pub group_commit_wait_us: u64,
     /// Free space (MiB) the store's filesystem must keep. Below it ingress answers 503 and
     /// `/readyz` says not ready, until space returns: sled cannot go on after a write failed
@@ -676,7 +675,13 @@ struct GroupCommit {
     outbox: Arc<GroupedLog>,
     /// Held while gathered queue changes are written; see [`GroupCommit::write_groups`].
     writing: Mutex<()>,
+    /// Writes someone waits to see flushed (a 202 waits for its request's), counted.
     written: AtomicU64,
+    /// Set by writes nobody waits for (answers, completed runs): they ride on the next flush a
+    /// waiting write starts, or get one of their own after [`LAZY_FLUSH_DELAY`]. Under load,
+    /// flushes then serve the writers that hold a client's answer instead of alternating with
+    /// flushes nobody waits for.
+    lazy: std::sync::atomic::AtomicBool,
     /// One past the highest seq the relay may read: advanced past the outbox group a successful
     /// flush covered, so the central only ever sees entries that are on disk (a failed write or
     /// flush leaves sled in its sticky error state, so the watermark never passes unflushed
@@ -697,6 +702,22 @@ struct GroupCommit {
 }
 
 impl GroupCommit {
+    /// Wait while writes keep arriving, for at most `gather`: the clients a flush just answered
+    /// send their next requests within a moment, and one flush for all of them beats one for
+    /// the first few and another for the rest. A lone write waits one [`GATHER_STEP`].
+    fn gather_burst(&self, done: u64) {
+        let deadline = std::time::Instant::now() + self.gather;
+        let mut seen = self.written.load(Ordering::SeqCst) - done;
+        while std::time::Instant::now() + GATHER_STEP <= deadline {
+            std::thread::sleep(GATHER_STEP);
+            let now = self.written.load(Ordering::SeqCst) - done;
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+    }
+
     /// Write what the inbox and outbox gathered since the last flush, and the mark that counts
     /// it; answers one past the highest outbox seq written (if any) and the new mark (if
     /// anything was written). The seq ranges written are added to `refusable` first, so a
@@ -787,8 +808,11 @@ impl GroupCommit {
     }
 }
 
-/// A flush that covers at least this many writes starts at once, without gathering.
-const GATHER_ENOUGH: u64 = 32;
+/// How long the flusher watches for more writes before it decides the burst is over.
+const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// The longest a write nobody waits for stays unflushed while no waiting write comes along.
+const LAZY_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How many failed flush ranges are remembered; writers look theirs up right after the flush.
 const FAILED_RANGES_KEPT: usize = 64;
@@ -941,6 +965,7 @@ impl Store {
             outbox: outbox.clone(),
             writing: Mutex::new(()),
             written: AtomicU64::new(0),
+            lazy: std::sync::atomic::AtomicBool::new(false),
             outbox_visible: AtomicU64::new(appended_end),
             appended: Arc::new(Notify::new()),
             wake: Notify::new(),
@@ -1146,11 +1171,12 @@ impl Store {
         }
     }
 
-    /// Ask the flusher for a flush without waiting for it (outbox entries become visible to the
-    /// relay once it finished).
+    /// Have what was just written flushed soon, without waiting for it (outbox entries become
+    /// visible to the relay once it is): within [`LAZY_FLUSH_DELAY`], or sooner with the next
+    /// flush a waiting write asks for.
     fn request_flush(&self) {
         let commit = &self.inner.commit;
-        commit.written.fetch_add(1, Ordering::SeqCst);
+        commit.lazy.store(true, Ordering::SeqCst);
         commit.wake.notify_one();
     }
 
@@ -1726,18 +1752,28 @@ async fn flusher(commit: Arc<GroupCommit>) {
     loop {
         let done = *commit.flushed.borrow();
         if commit.written.load(Ordering::SeqCst) == done {
-            if commit.stopped.load(Ordering::SeqCst) {
-                return;
+            let stopped = commit.stopped.load(Ordering::SeqCst);
+            if !commit.lazy.load(Ordering::SeqCst) {
+                if stopped {
+                    return;
+                }
+                commit.wake.notified().await;
+            } else if stopped
+                || tokio::time::timeout(LAZY_FLUSH_DELAY, commit.wake.notified())
+                    .await
+                    .is_err()
+            {
+                // No waiting write came along: the lazy writes get a flush of their own.
+                commit.written.fetch_add(1, Ordering::SeqCst);
             }
-            commit.wake.notified().await;
             continue;
         }
+        // Everything written so far is sealed by this commit; a lazy write from now on asks
+        // again.
+        commit.lazy.store(false, Ordering::SeqCst);
         let shared = commit.clone();
         let flushed = tokio::task::spawn_blocking(move || {
-            let gather = shared.gather;
-            if !gather.is_zero() && shared.written.load(Ordering::SeqCst) - done < GATHER_ENOUGH {
-                std::thread::sleep(gather);
-            }
+            shared.gather_burst(done);
             // Read before the groups are sealed: every write counted here is covered.
             let target = shared.written.load(Ordering::SeqCst);
             shared.flushes.fetch_add(1, Ordering::Relaxed);
@@ -1977,14 +2013,16 @@ mod tests {
             let (store, stop) = (store.clone(), stop.clone());
             std::thread::spawn(move || {
                 let mut lookups = 0u64;
-                while !stop.load(Ordering::SeqCst) {
+                loop {
                     for n in 0..REQUESTS {
                         let id = format!("req-{n}");
                         assert!(store.request(&id).unwrap().is_some(), "{id} vanished");
                         lookups += 1;
                     }
+                    if stop.load(Ordering::SeqCst) {
+                        return lookups;
+                    }
                 }
-                lookups
             })
         };
         for accepted in &accepted {
@@ -2004,21 +2042,33 @@ mod tests {
         }
     }
 
-    /// Writes that trickle in while the flusher waits share its flush.
+    /// A burst of writes shares one gathered flush, and a lone write does not wait for the whole
+    /// gathering time (it ends once no other write follows).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_writes_share_a_gathered_flush() {
+    async fn a_burst_shares_a_flush_and_a_lone_write_does_not_wait() {
         let dir = tempfile::tempdir().unwrap();
+        let gather = std::time::Duration::from_secs(10);
         let config = StoreConfig {
-            group_commit_wait_us: 200_000,
+            group_commit_wait_us: gather.as_micros() as u64,
             ..StoreConfig::default()
         };
         let store = Store::open(dir.path(), config).unwrap();
-        // Writes arrive 2 ms apart: without the wait each would get a flush of its own.
+        let started = std::time::Instant::now();
+        let trigger = json!({"properties": {"lone": true}}).to_string();
+        store
+            .accept_event("lone", "int", "", None, &trigger, || json!({}))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < gather / 2,
+            "a lone write waited {:?}",
+            started.elapsed()
+        );
+        let before = store.flushes();
         let writers: Vec<_> = (0..16u64)
             .map(|n| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await;
                     let trigger = json!({"properties": {"n": n}}).to_string();
                     store
                         .accept_event(&request(n).request_id, "int", "", None, &trigger, || {
@@ -2031,14 +2081,13 @@ mod tests {
         for writer in writers {
             writer.await.unwrap().unwrap();
         }
-        // All 16 arrive within the 200 ms wait of the first flush, so one flush (two if the
-        // first write raced ahead of the others) makes them all durable.
-        let flushes = store.flushes();
+        // One flush, two if the first write raced ahead of the others.
+        let flushes = store.flushes() - before;
         assert!(
             (1..=2).contains(&flushes),
             "{flushes} flushes for 16 writes"
         );
-        assert_eq!(store.outbox_len(), 16);
+        assert_eq!(store.outbox_len(), 17);
     }
 
     /// More entries than the in-memory tail holds: the oldest are read back from sled, every

@@ -135,6 +135,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(120),
     )
     .await?;
+    let batching = store_batching(agent_addr).await.unwrap_or_default();
     let peak_rss_mib = peak_rss_kib(agent.id()).unwrap_or(0) as f64 / 1024.0;
     // Everything the agent spent, accepting and delivering, per accepted request.
     let agent_cpu_us =
@@ -177,6 +178,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "agent_cpu_us_per_request": agent_cpu_us.round(),
         "delivery_lag_s": (caught_up.as_secs_f64() * 100.0).round() / 100.0,
         "cpu_steal_pct": steal_pct.round(),
+        "store_flushes": batching.flushes,
+        "flush_ms_mean": (batching.flush_ms_mean() * 100.0).round() / 100.0,
     });
     println!("{summary}");
     Ok(())
@@ -213,9 +216,14 @@ auth = "url"
 authenticating_user = "svc"
 url_key = "bench-url-key"
 script = "{script}"
-"#,
+{store}"#,
         data = dir.join("agent").display(),
         script = script.display(),
+        // XMBENCH_AGENT_STORE adds `[store]` keys, to measure a setting (e.g.
+        // `group_commit_wait_us = 200`).
+        store = std::env::var("XMBENCH_AGENT_STORE")
+            .map(|keys| format!("\n[store]\n{keys}\n"))
+            .unwrap_or_default(),
     )
 }
 
@@ -370,6 +378,40 @@ struct Delivered {
 
 /// Wait until the central counts as many created events as requests were accepted; returns
 /// how long that took after the load ended (how far delivery lagged behind acceptance).
+/// The agent's group commits over the run, from its `/metrics`: how many flushes and how long
+/// one took, which says whether the load was bound by the disk's sync time or by the CPU.
+#[derive(Default)]
+struct Batching {
+    flushes: f64,
+    flush_seconds: f64,
+}
+
+impl Batching {
+    fn flush_ms_mean(&self) -> f64 {
+        if self.flushes > 0.0 {
+            self.flush_seconds * 1000.0 / self.flushes
+        } else {
+            0.0
+        }
+    }
+}
+
+async fn store_batching(agent: SocketAddr) -> anyhow::Result<Batching> {
+    let metrics = get_body(agent, "/metrics", "").await?;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok(Batching {
+        flushes: value("xmagent_store_flushes_total"),
+        flush_seconds: value("xmagent_store_flush_duration_seconds_sum"),
+    })
+}
+
 async fn wait_created(
     central: SocketAddr,
     accepted: usize,
@@ -442,10 +484,11 @@ async fn get_body(addr: SocketAddr, path: &str, auth: &str) -> anyhow::Result<By
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = Request::get(path)
-        .header("host", addr.to_string())
-        .header("authorization", auth)
-        .body(Full::new(Bytes::new()))?;
+    let mut request = Request::get(path).header("host", addr.to_string());
+    if !auth.is_empty() {
+        request = request.header("authorization", auth);
+    }
+    let request = request.body(Full::new(Bytes::new()))?;
     let response = sender.send_request(request).await?;
     Ok(response.into_body().collect().await?.to_bytes())
 }
