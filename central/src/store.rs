@@ -797,6 +797,76 @@ mod tests {
     }
 
     #[test]
+    fn time_ranges_and_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut ids = Vec::new();
+        for batch in 0..4 {
+            let events: Vec<_> = (0..3)
+                .map(|index| new_event(&format!("r-{batch}"), index, json!({})))
+                .collect();
+            let written = store.create_batch("agent-01", &events).expect("write");
+            ids.extend(written.into_iter().map(|w| w.event_id));
+            // Spreads the ids over a few milliseconds; the expectations below are computed
+            // from the ids themselves, so they hold however the clock falls.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let millis: Vec<u64> = ids.iter().map(|id| created_ms(id).expect("v7")).collect();
+        let listed = |query: Query| -> (usize, Vec<String>) {
+            let page = store.query(&query).expect("query");
+            let ids = page.events.iter().map(|e| e["id"].as_str().unwrap().to_owned());
+            (page.total, ids.collect())
+        };
+        let newest: Vec<String> = ids.iter().rev().cloned().collect();
+        let all = Query {
+            newest_first: true,
+            limit: 100,
+            ..Query::default()
+        };
+        assert_eq!(listed(all.clone()), (12, newest.clone()));
+        let paged = Query {
+            offset: 2,
+            limit: 4,
+            ..all.clone()
+        };
+        assert_eq!(listed(paged), (12, newest[2..6].to_vec()));
+        let request = Query {
+            request_id: Some("r-2".into()),
+            ..all.clone()
+        };
+        assert_eq!(listed(request).1, newest[3..6].to_vec());
+
+        let ranges = [
+            (millis[4], millis[9]),
+            (millis[0], millis[0] + 1),
+            (millis[11], millis[11] + 1),
+            (millis[11] + 1, millis[11] + 100),
+            (0, millis[5]),
+        ];
+        for (from, until) in ranges {
+            let expected: Vec<String> = ids
+                .iter()
+                .zip(&millis)
+                .filter(|(_, ms)| (from..until).contains(*ms))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let oldest_first = Query {
+                created_from_ms: Some(from),
+                created_until_ms: Some(until),
+                limit: 100,
+                ..Query::default()
+            };
+            assert_eq!(listed(oldest_first.clone()), (expected.len(), expected.clone()));
+            let newest_first = Query {
+                newest_first: true,
+                ..oldest_first
+            };
+            let reversed: Vec<String> = expected.iter().rev().cloned().collect();
+            assert_eq!(listed(newest_first), (expected.len(), reversed));
+        }
+    }
+
+    #[test]
     fn filters_and_paging() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
