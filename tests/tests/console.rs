@@ -1,0 +1,375 @@
+//! The web console end to end: the real `xmcentral` and `xmagent` binaries, plain HTTP for the
+//! refusals, and a real headless Chromium driven through WebDriver (`chromedriver`) for what an
+//! operator does. The browser test skips, saying why, where Chromium or its driver is missing
+//! (`.ci/run` installs both).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use e2e::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+/// Generous: CI is a loaded two-core machine.
+const WAIT: Duration = Duration::from_secs(60);
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+    connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The value of cookie `name` in the answer's `Set-Cookie` headers, with the whole header.
+fn set_cookie<'a>(answer: &'a Answer, name: &str) -> Option<(&'a str, &'a str)> {
+    answer
+        .headers
+        .iter()
+        .filter(|(header, _)| header == "set-cookie")
+        .find_map(|(_, value)| {
+            let (pair, _) = value.split_once(';').unwrap_or((value, ""));
+            let value_of = pair.strip_prefix(name)?.strip_prefix('=')?;
+            Some((value_of, value.as_str()))
+        })
+}
+
+/// The `value` of the hidden `csrf` field in a page.
+fn csrf_field(html: &str) -> String {
+    let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+fn body(answer: &Answer) -> String {
+    String::from_utf8_lossy(&answer.body).into_owned()
+}
+
+async fn get(central: std::net::SocketAddr, path: &str, cookie: &str) -> Answer {
+    http(central, "GET", path, &[("cookie", cookie)], "")
+        .await
+        .expect("central reachable")
+}
+
+async fn post_form(central: std::net::SocketAddr, path: &str, cookie: &str, form: &str) -> Answer {
+    let headers = [
+        ("cookie", cookie),
+        ("content-type", "application/x-www-form-urlencoded"),
+    ];
+    http(central, "POST", path, &headers, form.to_owned())
+        .await
+        .expect("central reachable")
+}
+
+/// Fetch the login form, post `user` and `password` with its token, return the answer.
+async fn log_in(central: std::net::SocketAddr, user: &str, password: &str) -> Answer {
+    let form = get(central, "/console/login", "").await;
+    assert_eq!(form.status, 200, "{}", body(&form));
+    let (token, cookie) = set_cookie(&form, "xmc_login").expect("login cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    assert_eq!(csrf_field(&body(&form)), token, "the form carries the cookie's token");
+    let fields = form_urlencoded::Serializer::new(String::new())
+        .append_pair("csrf", token)
+        .append_pair("user", user)
+        .append_pair("password", password)
+        .finish();
+    post_form(central, "/console/login", &format!("xmc_login={token}"), &fields).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_without_a_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let at = central.addr;
+
+    // Without a session: pages redirect to the login form, everything else is refused.
+    let page = get(at, "/console/events", "").await;
+    assert_eq!(page.status, 303);
+    assert_eq!(page.header("location"), Some("/console/login"));
+    assert_eq!(page.header("content-security-policy"), Some(CSP));
+    let live = get(at, "/console/events/live", "").await;
+    assert_eq!(live.status, 403, "{}", body(&live));
+    let forged = get(at, "/console/events", "xmc_session=made-up").await;
+    assert_eq!(forged.status, 303, "an unknown session is no session");
+    let terminate = post_form(at, "/console/events/x/terminate", "", "csrf=x").await;
+    assert_eq!(terminate.status, 403);
+
+    // The assets need no session and are what the policy allows.
+    let script = get(at, "/console/assets/console.js", "").await;
+    assert_eq!(script.status, 200);
+    assert!(script.header("content-type").unwrap().starts_with("text/javascript"));
+
+    // A login form posted without its token, or with another one, is refused.
+    let no_token = post_form(at, "/console/login", "", "user=admin&password=x").await;
+    assert_eq!(no_token.status, 403, "{}", body(&no_token));
+    let other = post_form(
+        at,
+        "/console/login",
+        "xmc_login=one",
+        "csrf=two&user=admin&password=x",
+    )
+    .await;
+    assert_eq!(other.status, 403);
+
+    // A wrong password: 401, the form again, no session.
+    let wrong = log_in(at, CENTRAL_USER.0, "not-the-password").await;
+    assert_eq!(wrong.status, 401, "{}", body(&wrong));
+    assert!(body(&wrong).contains("Wrong user name or password."));
+    assert!(set_cookie(&wrong, "xmc_session").is_none());
+    assert!(!body(&wrong).contains("not-the-password"), "never echoed");
+
+    // The right one: a session cookie that scripts cannot read and other sites do not send.
+    let right = log_in(at, CENTRAL_USER.0, CENTRAL_USER.1).await;
+    assert_eq!(right.status, 303, "{}", body(&right));
+    assert_eq!(right.header("location"), Some("/console"));
+    let (token, cookie) = set_cookie(&right, "xmc_session").expect("session cookie");
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
+    let session = format!("xmc_session={token}");
+
+    let report = get(at, "/console/events", &session).await;
+    assert_eq!(report.status, 200, "{}", body(&report));
+    assert_eq!(report.header("content-security-policy"), Some(CSP));
+    let html = body(&report);
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/console/assets/console.js\"").count(),
+        "no inline script"
+    );
+    assert!(!html.contains("style=\""), "no inline style");
+    let csrf = csrf_field(&html);
+    let bad = get(at, "/console/events?status=paused", &session).await;
+    assert_eq!(bad.status, 400);
+    assert!(body(&bad).contains("paused"));
+    for page in ["/console", "/console/agents", "/console/integrations"] {
+        let answer = get(at, page, &session).await;
+        assert_eq!(answer.status, 200, "{page}: {}", body(&answer));
+    }
+    assert!(body(&get(at, "/console/agents", &session).await).contains("agent-test"));
+
+    // State-changing forms without the session's CSRF token are refused, and change nothing.
+    let missing = post_form(at, "/console/logout", &session, "").await;
+    assert_eq!(missing.status, 403, "{}", body(&missing));
+    let wrong_token = post_form(at, "/console/logout", &session, "csrf=guess").await;
+    assert_eq!(wrong_token.status, 403);
+    let unknown = post_form(
+        at,
+        "/console/events/0190a1b2-0000-7000-8000-000000000000/terminate",
+        &session,
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status, 403, "the token is checked before the event");
+    assert_eq!(get(at, "/console/events", &session).await.status, 200);
+
+    // Logout ends the session: the old cookie is refused afterwards.
+    let logout = post_form(at, "/console/logout", &session, &format!("csrf={csrf}")).await;
+    assert_eq!(logout.status, 303);
+    assert_eq!(logout.header("location"), Some("/console/login"));
+    let (cleared, _) = set_cookie(&logout, "xmc_session").expect("cookie cleared");
+    assert_eq!(cleared, "");
+    let after = get(at, "/console/events", &session).await;
+    assert_eq!(after.status, 303);
+    assert_eq!(after.header("location"), Some("/console/login"));
+
+    // Failed logins are throttled like the API's: per source and user name.
+    for _ in 0..central::access::MAX_FAILURES {
+        assert_eq!(log_in(at, "ghost", "guess").await.status, 401);
+    }
+    let throttled = log_in(at, "ghost", "guess").await;
+    assert_eq!(throttled.status, 429, "{}", body(&throttled));
+    assert!(throttled.header("retry-after").is_some());
+}
+
+/// `chromedriver` on a free port, ended when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Chromium and its driver, or why the browser test cannot run here.
+fn browser() -> Result<(PathBuf, PathBuf), String> {
+    let find = |names: &[&str]| {
+        names.iter().find_map(|name| {
+            std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(name))
+                    .find(|candidate| candidate.is_file())
+            })
+        })
+    };
+    let chromium = find(&["chromium", "chromium-browser", "google-chrome"])
+        .ok_or("no chromium on PATH (apt-get install chromium)")?;
+    let driver = find(&["chromedriver"])
+        .ok_or("no chromedriver on PATH (apt-get install chromium-driver)")?;
+    Ok((chromium, driver))
+}
+
+async fn start_driver(driver: &Path) -> Driver {
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver { child, port };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    eventually(WAIT, "chromedriver answering /status", || async {
+        http(addr, "GET", "/status", &[], "")
+            .await
+            .ok()
+            .filter(|answer| answer.status == 200)
+    })
+    .await;
+    driver
+}
+
+async fn open_browser(chromium: &Path, driver: &Driver) -> Client {
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        serde_json::json!({
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,1000"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Wait for an element with `css` whose text contains `text`.
+async fn wait_for_text(client: &Client, css: &str, text: &str) {
+    eventually(WAIT, &format!("`{text}` in {css}"), || async {
+        let elements = client.find_all(Locator::Css(css)).await.ok()?;
+        for element in elements {
+            if element.text().await.ok()?.contains(text) {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot directory");
+    let png = client.screenshot().await.expect("screenshot");
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, png).expect("write screenshot");
+    println!("screenshot: {}", path.display());
+}
+
+async fn path_of(client: &Client) -> String {
+    client.current_url().await.expect("url").path().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_browser() {
+    let (chromium, driver) = match browser() {
+        Ok(found) => found,
+        Err(reason) => {
+            println!("SKIPPED: the browser test needs Chromium and chromedriver: {reason}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let agent = start_agent(&agent_config(dir.path(), central.addr.port(), STANDARD_AGENT));
+    let driver = start_driver(&driver).await;
+    let client = open_browser(&chromium, &driver).await;
+    let console = format!("http://{}/console", central.addr);
+
+    // Log in: the console sends us to the form first.
+    client.goto(&console).await.expect("open the console");
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#user"))
+        .await
+        .expect("the login form");
+    assert_eq!(path_of(&client).await, "/console/login");
+    let find = |css: &'static str| client.find(Locator::Css(css));
+    find("#user").await.unwrap().send_keys(CENTRAL_USER.0).await.unwrap();
+    find("#password").await.unwrap().send_keys(CENTRAL_USER.1).await.unwrap();
+    find("form.login button").await.unwrap().click().await.unwrap();
+    wait_for_text(&client, "header", "Signed in as admin").await;
+
+    // Open the integration's activity stream, then trigger it: the request appears without a
+    // reload (the marker set on this page survives).
+    client.goto(&format!("{console}/integrations/any")).await.unwrap();
+    client
+        .execute("window.loadedOnce = 'still here'; return null;", vec![])
+        .await
+        .unwrap();
+    let answer = trigger(
+        agent.addr,
+        "any",
+        "?apiKey=url-key-any",
+        &[],
+        r#"{"properties": {"summary": "Disk <full>", "host": "db1"}, "priority": "high"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 202, "{}", String::from_utf8_lossy(&answer.body));
+    let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
+    wait_for_text(&client, "#activity code.request-id", &request_id).await;
+    let marker = client
+        .execute("return window.loadedOnce || null;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(marker, serde_json::json!("still here"), "the page was not reloaded");
+    screenshot(&client, "activity").await;
+    client.goto(&console).await.unwrap();
+    wait_for_text(&client, "main h2", "Events per minute").await;
+    screenshot(&client, "overview").await;
+
+    // Find the event in the events report by its request id, and open it.
+    client.goto(&format!("{console}/events")).await.unwrap();
+    find("#requestId").await.unwrap().send_keys(&request_id).await.unwrap();
+    find("form.search button").await.unwrap().click().await.unwrap();
+    wait_for_text(&client, "#result-count", "1 events match.").await;
+    wait_for_text(&client, "#events code.request-id", &request_id).await;
+    screenshot(&client, "events").await;
+    find("#events a[href^='/console/events/']")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#event-status", "ACTIVE").await;
+    wait_for_text(&client, "table.properties", "Disk <full>").await;
+
+    // Terminate it from the page; the central's REST API agrees.
+    find("#terminate").await.unwrap().click().await.unwrap();
+    wait_for_text(&client, "#event-status", "TERMINATED").await;
+    screenshot(&client, "event").await;
+    let event = central_events(central.addr, &request_id).await;
+    assert_eq!(event[0]["status"], "TERMINATED");
+
+    // Log out, and be refused: the console sends us back to the login form.
+    find("form.logout button").await.unwrap().click().await.unwrap();
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#user"))
+        .await
+        .expect("the login form after logout");
+    client.goto(&format!("{console}/events")).await.unwrap();
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#user"))
+        .await
+        .expect("refused after logout");
+    assert_eq!(path_of(&client).await, "/console/login");
+
+    client.close().await.expect("close the browser");
+}
