@@ -542,9 +542,8 @@ impl Store {
             || query.property.is_some()
             || query.agent_id.is_some()
             || query.integration_ids.is_some();
-        let filtered = content_filtered
-            || query.created_from_ms.is_some()
-            || query.created_until_ms.is_some();
+        let filtered =
+            content_filtered || query.created_from_ms.is_some() || query.created_until_ms.is_some();
         let from = query.created_from_ms.map_or(0, first_id_at);
         let until = query.created_until_ms.map_or(u128::MAX, first_id_at);
         let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
@@ -613,7 +612,10 @@ impl Store {
             Some(_) => self.batch_for(from)?.map_or(from, |(key, _)| key),
             None => 0,
         };
-        let batches = self.inner.tree.range(batch_key(first_batch)..batch_key(until));
+        let batches = self
+            .inner
+            .tree
+            .range(batch_key(first_batch)..batch_key(until));
         let batches: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             if query.newest_first {
                 Box::new(batches.rev())
@@ -814,7 +816,10 @@ mod tests {
         let millis: Vec<u64> = ids.iter().map(|id| created_ms(id).expect("v7")).collect();
         let listed = |query: Query| -> (usize, Vec<String>) {
             let page = store.query(&query).expect("query");
-            let ids = page.events.iter().map(|e| e["id"].as_str().unwrap().to_owned());
+            let ids = page
+                .events
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned());
             (page.total, ids.collect())
         };
         let newest: Vec<String> = ids.iter().rev().cloned().collect();
@@ -856,7 +861,10 @@ mod tests {
                 limit: 100,
                 ..Query::default()
             };
-            assert_eq!(listed(oldest_first.clone()), (expected.len(), expected.clone()));
+            assert_eq!(
+                listed(oldest_first.clone()),
+                (expected.len(), expected.clone())
+            );
             let newest_first = Query {
                 newest_first: true,
                 ..oldest_first

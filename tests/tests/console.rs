@@ -60,14 +60,27 @@ async fn log_in(central: std::net::SocketAddr, user: &str, password: &str) -> An
     let form = get(central, "/console/login", "").await;
     assert_eq!(form.status, 200, "{}", body(&form));
     let (token, cookie) = set_cookie(&form, "xmc_login").expect("login cookie");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
-    assert_eq!(csrf_field(&body(&form)), token, "the form carries the cookie's token");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    assert_eq!(
+        csrf_field(&body(&form)),
+        token,
+        "the form carries the cookie's token"
+    );
     let fields = form_urlencoded::Serializer::new(String::new())
         .append_pair("csrf", token)
         .append_pair("user", user)
         .append_pair("password", password)
         .finish();
-    post_form(central, "/console/login", &format!("xmc_login={token}"), &fields).await
+    post_form(
+        central,
+        "/console/login",
+        &format!("xmc_login={token}"),
+        &fields,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,7 +104,10 @@ async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_withou
     // The assets need no session and are what the policy allows.
     let script = get(at, "/console/assets/console.js", "").await;
     assert_eq!(script.status, 200);
-    assert!(script.header("content-type").unwrap().starts_with("text/javascript"));
+    assert!(script
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/javascript"));
 
     // A login form posted without its token, or with another one, is refused.
     let no_token = post_form(at, "/console/login", "", "user=admin&password=x").await;
@@ -129,7 +145,8 @@ async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_withou
     let html = body(&report);
     assert_eq!(
         html.matches("<script").count(),
-        html.matches("<script src=\"/console/assets/console.js\"").count(),
+        html.matches("<script src=\"/console/assets/console.js\"")
+            .count(),
         "no inline script"
     );
     assert!(!html.contains("style=\""), "no inline style");
@@ -283,7 +300,11 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     };
     let dir = tempfile::tempdir().unwrap();
     let central = start_central(dir.path(), 0);
-    let agent = start_agent(&agent_config(dir.path(), central.addr.port(), STANDARD_AGENT));
+    let agent = start_agent(&agent_config(
+        dir.path(),
+        central.addr.port(),
+        STANDARD_AGENT,
+    ));
     let driver = start_driver(&driver).await;
     let client = open_browser(&chromium, &driver).await;
     let console = format!("http://{}/console", central.addr);
@@ -298,14 +319,32 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         .expect("the login form");
     assert_eq!(path_of(&client).await, "/console/login");
     let find = |css: &'static str| client.find(Locator::Css(css));
-    find("#user").await.unwrap().send_keys(CENTRAL_USER.0).await.unwrap();
-    find("#password").await.unwrap().send_keys(CENTRAL_USER.1).await.unwrap();
-    find("form.login button").await.unwrap().click().await.unwrap();
+    find("#user")
+        .await
+        .unwrap()
+        .send_keys(CENTRAL_USER.0)
+        .await
+        .unwrap();
+    find("#password")
+        .await
+        .unwrap()
+        .send_keys(CENTRAL_USER.1)
+        .await
+        .unwrap();
+    find("form.login button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     wait_for_text(&client, "header", "Signed in as admin").await;
 
     // Open the integration's activity stream, then trigger it: the request appears without a
     // reload (the marker set on this page survives).
-    client.goto(&format!("{console}/integrations/any")).await.unwrap();
+    client
+        .goto(&format!("{console}/integrations/any"))
+        .await
+        .unwrap();
     client
         .execute("window.loadedOnce = 'still here'; return null;", vec![])
         .await
@@ -318,26 +357,64 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         r#"{"properties": {"summary": "Disk <full>", "host": "db1"}, "priority": "high"}"#,
     )
     .await;
-    assert_eq!(answer.status, 202, "{}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
     let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
     wait_for_text(&client, "#activity code.request-id", &request_id).await;
     let marker = client
         .execute("return window.loadedOnce || null;", vec![])
         .await
         .unwrap();
-    assert_eq!(marker, serde_json::json!("still here"), "the page was not reloaded");
+    assert_eq!(
+        marker,
+        serde_json::json!("still here"),
+        "the page was not reloaded"
+    );
     screenshot(&client, "activity").await;
     client.goto(&console).await.unwrap();
     wait_for_text(&client, "main h2", "Events per minute").await;
     screenshot(&client, "overview").await;
 
-    // Find the event in the events report by its request id, and open it.
+    // The events report's first page is live too.
     client.goto(&format!("{console}/events")).await.unwrap();
-    find("#requestId").await.unwrap().send_keys(&request_id).await.unwrap();
-    find("form.search button").await.unwrap().click().await.unwrap();
-    wait_for_text(&client, "#result-count", "1 events match.").await;
     wait_for_text(&client, "#events code.request-id", &request_id).await;
+    let answer = trigger(
+        agent.addr,
+        "url",
+        "?apiKey=url-key-url",
+        &[],
+        r#"{"properties": {"summary": "CPU high", "host": "web2"}}"#,
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let second = answer.json()["requestId"].as_str().unwrap().to_owned();
+    wait_for_text(&client, "#events code.request-id", &second).await;
     screenshot(&client, "events").await;
+
+    // Find the first event in the events report by its request id, and open it.
+    find("#requestId")
+        .await
+        .unwrap()
+        .send_keys(&request_id)
+        .await
+        .unwrap();
+    find("form.search button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "#result-count", "1 event matches.").await;
+    wait_for_text(&client, "#events code.request-id", &request_id).await;
     find("#events a[href^='/console/events/']")
         .await
         .unwrap()
@@ -355,7 +432,12 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     assert_eq!(event[0]["status"], "TERMINATED");
 
     // Log out, and be refused: the console sends us back to the login form.
-    find("form.logout button").await.unwrap().click().await.unwrap();
+    find("form.logout button")
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
     client
         .wait()
         .at_most(WAIT)

@@ -18,7 +18,7 @@ const TOP: f64 = 10.0;
 const BOTTOM: f64 = 24.0;
 /// Colour classes in the stylesheet.
 const COLOURS: usize = 8;
-/// Minutes between two time labels.
+/// Minutes between two time labels (on the hour and the half hour).
 const LABEL_EVERY: usize = 30;
 
 /// The bars of `data`, titled `title` (also its accessible name), with a legend.
@@ -32,6 +32,7 @@ pub fn stacked_bars(title: &str, data: &PerMinute) -> Markup {
     let plot_height = HEIGHT - TOP - BOTTOM;
     let bar = plot_width / minutes.max(1) as f64;
     let y_of = |count: u64| TOP + plot_height - plot_height * count as f64 / peak as f64;
+    let first_minute = (data.start_ms / 60_000) as usize;
     let description = format!(
         "{} in {} minutes from {} UTC; at most {} in one minute.",
         data.total(),
@@ -48,7 +49,7 @@ pub fn stacked_bars(title: &str, data: &PerMinute) -> Markup {
                 @for (value, label) in [(0, "0".to_owned()), (peak, peak.to_string())] {
                     text.tick x=(LEFT - 4.0) y=(y_of(value) + 4.0) text-anchor="end" { (label) }
                 }
-                @for minute in (0..minutes).step_by(LABEL_EVERY) {
+                @for minute in (0..minutes).filter(|m| (first_minute + m) % LABEL_EVERY == 0) {
                     text.tick x=(LEFT + bar * minute as f64) y=(HEIGHT - 6.0) {
                         (clock(data.start_ms + minute as u64 * 60_000))
                     }
@@ -100,10 +101,17 @@ mod tests {
         data.add("alerts", now, 2);
         data.add("<b>odd</b>", now, 1);
         let svg = stacked_bars("Events per minute", &data).into_string();
-        assert_eq!(svg.matches("<rect class=\"s").count(), 2 + 2, "two bars, two swatches");
+        assert_eq!(
+            svg.matches("<rect class=\"s").count(),
+            2 + 2,
+            "two bars, two swatches"
+        );
         assert!(svg.contains("role=\"img\""));
         assert!(svg.contains("3 in 180 minutes"), "{svg}");
-        assert!(svg.contains("&lt;b&gt;odd&lt;/b&gt;: 1"), "labels are escaped");
+        assert!(
+            svg.contains("&lt;b&gt;odd&lt;/b&gt;: 1"),
+            "labels are escaped"
+        );
         assert!(!svg.contains("style="), "no inline style under the CSP");
 
         let empty = stacked_bars("Nothing", &PerMinute::ending_at(now)).into_string();

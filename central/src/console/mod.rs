@@ -111,16 +111,28 @@ pub async fn route(
 }
 
 /// What a path asks for once its segments are decoded.
-async fn dispatch(state: &Arc<State>, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn dispatch(
+    state: &Arc<State>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let method = request.method().clone();
     let rest = request.uri().path().strip_prefix(PREFIX).unwrap_or("");
     let Some(segments) = rest
         .split('/')
         .filter(|segment| !segment.is_empty())
-        .map(|segment| percent_decode_str(segment).decode_utf8().ok().map(|s| s.into_owned()))
+        .map(|segment| {
+            percent_decode_str(segment)
+                .decode_utf8()
+                .ok()
+                .map(|s| s.into_owned())
+        })
         .collect::<Option<Vec<String>>>()
     else {
-        return html(StatusCode::BAD_REQUEST, pages::message(None, "Bad request", "The path is not valid UTF-8."));
+        return html(
+            StatusCode::BAD_REQUEST,
+            pages::message(None, "Bad request", "The path is not valid UTF-8."),
+        );
     };
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let query = request.uri().query().map(str::to_owned);
@@ -136,7 +148,9 @@ async fn dispatch(state: &Arc<State>, request: Request<Incoming>, peer: SocketAd
         _ => {}
     }
     let allowed = match parts.as_slice() {
-        [] | ["events"] | ["events", _] | ["agents"] | ["integrations"] | ["integrations", _] => "GET",
+        [] | ["events"] | ["events", _] | ["agents"] | ["integrations"] | ["integrations", _] => {
+            "GET"
+        }
         ["integrations", _, "live"] => "GET",
         ["events", _, "terminate"] | ["logout"] => "POST",
         _ => {
@@ -157,7 +171,11 @@ async fn dispatch(state: &Arc<State>, request: Request<Incoming>, peer: SocketAd
         } else {
             html(
                 StatusCode::FORBIDDEN,
-                pages::message(None, "Not logged in", "Your session has ended: log in again."),
+                pages::message(
+                    None,
+                    "Not logged in",
+                    "Your session has ended: log in again.",
+                ),
             )
         };
     };
@@ -201,7 +219,11 @@ fn redirect(location: &str) -> Response<Body> {
 fn not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = html(
         StatusCode::METHOD_NOT_ALLOWED,
-        pages::message(None, "Method not allowed", &format!("Allowed methods: {allow}.")),
+        pages::message(
+            None,
+            "Method not allowed",
+            &format!("Allowed methods: {allow}."),
+        ),
     );
     response
         .headers_mut()
@@ -219,7 +241,11 @@ fn store_failure(session: &Session, error: &StoreError) -> Response<Body> {
     tracing::error!(%error, "event store failure while serving the console");
     let mut response = html(
         StatusCode::SERVICE_UNAVAILABLE,
-        pages::message(Some(session), "Unavailable", "The event store is unavailable; try again shortly."),
+        pages::message(
+            Some(session),
+            "Unavailable",
+            "The event store is unavailable; try again shortly.",
+        ),
     );
     response
         .headers_mut()
@@ -255,17 +281,19 @@ fn now_ms() -> u64 {
 }
 
 /// The pairs of a form body, read up to [`FORM_LIMIT`].
-async fn form_fields(request: Request<Incoming>) -> Result<Vec<(String, String)>, Response<Body>> {
+async fn form_fields(
+    request: Request<Incoming>,
+) -> Result<Vec<(String, String)>, Box<Response<Body>>> {
     match http_util::read_body(request.into_body(), FORM_LIMIT).await {
         Ok(body) => Ok(form_urlencoded::parse(&body).into_owned().collect()),
-        Err(error @ BodyError::TooLarge { .. }) => Err(html(
+        Err(error @ BodyError::TooLarge { .. }) => Err(Box::new(html(
             StatusCode::PAYLOAD_TOO_LARGE,
             pages::message(None, "Too large", &error.to_string()),
-        )),
-        Err(error) => Err(html(
+        ))),
+        Err(error) => Err(Box::new(html(
             StatusCode::BAD_REQUEST,
             pages::message(None, "Bad request", &error.to_string()),
-        )),
+        ))),
     }
 }
 
@@ -277,19 +305,19 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
 }
 
 /// 403 unless the form carries the session's CSRF token.
-fn check_csrf(session: &Session, fields: &[(String, String)]) -> Result<(), Response<Body>> {
+fn check_csrf(session: &Session, fields: &[(String, String)]) -> Result<(), Box<Response<Body>>> {
     if field(fields, "csrf").is_some_and(|given| session.csrf_matches(given)) {
         return Ok(());
     }
     tracing::warn!(user = %session.user, "console form refused: missing or wrong CSRF token");
-    Err(html(
+    Err(Box::new(html(
         StatusCode::FORBIDDEN,
         pages::message(
             Some(session),
             "Refused",
             "The form's security token is missing or out of date; reload the page and try again.",
         ),
-    ))
+    )))
 }
 
 fn login_form(state: &State, request: &Request<Incoming>) -> Response<Body> {
@@ -316,7 +344,7 @@ async fn login(state: &State, request: Request<Incoming>, peer: SocketAddr) -> R
     let paired = session::cookie_value(request.headers(), LOGIN_COOKIE);
     let fields = match form_fields(request).await {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let form = |error: &str, status| login_page(state, Some(error), status);
     if !session::login_form_matches(paired.as_deref(), field(&fields, "csrf")) {
@@ -370,10 +398,10 @@ async fn logout(
 ) -> Response<Body> {
     let fields = match form_fields(request).await {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Err(refused) = check_csrf(session, &fields) {
-        return refused;
+        return *refused;
     }
     state.console.sessions.end(token);
     tracing::info!(user = %session.user, "console logout");
@@ -449,7 +477,12 @@ async fn events_report(state: &State, session: &Session, raw: Option<&str>) -> R
 fn newer_than(events: Vec<Value>, after: &str) -> Vec<Value> {
     events
         .into_iter()
-        .filter(|event| event.get("id").and_then(Value::as_str).is_some_and(|id| id > after))
+        .filter(|event| {
+            event
+                .get("id")
+                .and_then(Value::as_str)
+                .is_some_and(|id| id > after)
+        })
         .collect()
 }
 
@@ -457,7 +490,10 @@ fn newer_than(events: Vec<Value>, after: &str) -> Vec<Value> {
 fn fragment(result: Result<Vec<Value>, String>, render: fn(&[Value]) -> Markup) -> Response<Body> {
     match result {
         Ok(events) => html(StatusCode::OK, render(&events)),
-        Err(error) => html(StatusCode::BAD_REQUEST, pages::message(None, "Bad request", &error)),
+        Err(error) => html(
+            StatusCode::BAD_REQUEST,
+            pages::message(None, "Bad request", &error),
+        ),
     }
 }
 
@@ -490,7 +526,11 @@ fn event_page(state: &State, session: &Session, id: &str) -> Response<Body> {
         }
         Ok(None) => html(
             StatusCode::NOT_FOUND,
-            pages::message(Some(session), "Not found", &format!("There is no event with id {id}.")),
+            pages::message(
+                Some(session),
+                "Not found",
+                &format!("There is no event with id {id}."),
+            ),
         ),
         Err(error) => store_failure(session, &error),
     }
@@ -504,10 +544,10 @@ async fn terminate(
 ) -> Response<Body> {
     let fields = match form_fields(request).await {
         Ok(fields) => fields,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     if let Err(refused) = check_csrf(session, &fields) {
-        return refused;
+        return *refused;
     }
     match crate::rest::apply_status(state, id, Status::Terminated).await {
         Ok(StatusChange::Changed(_) | StatusChange::Terminated(_)) => {
@@ -516,7 +556,11 @@ async fn terminate(
         }
         Ok(StatusChange::NotFound) => html(
             StatusCode::NOT_FOUND,
-            pages::message(Some(session), "Not found", &format!("There is no event with id {id}.")),
+            pages::message(
+                Some(session),
+                "Not found",
+                &format!("There is no event with id {id}."),
+            ),
         ),
         Err(error) => store_failure(session, &error),
     }

@@ -71,7 +71,11 @@ fn shown(value: &Value) -> String {
         other => other.to_string(),
     };
     match text.char_indices().nth(VALUE_SHOWN) {
-        Some((cut, _)) => format!("{}… ({} characters in all)", &text[..cut], text.chars().count()),
+        Some((cut, _)) => format!(
+            "{}… ({} characters in all)",
+            &text[..cut],
+            text.chars().count()
+        ),
         None => text,
     }
 }
@@ -81,7 +85,11 @@ pub fn layout(title: &str, session: Option<&Session>, section: Section, main: Ma
     let nav = [
         (Section::Overview, "Overview", PREFIX.to_owned()),
         (Section::Events, "Events", format!("{PREFIX}/events")),
-        (Section::Integrations, "Integrations", format!("{PREFIX}/integrations")),
+        (
+            Section::Integrations,
+            "Integrations",
+            format!("{PREFIX}/integrations"),
+        ),
         (Section::Agents, "Agents", format!("{PREFIX}/agents")),
     ];
     html! {
@@ -238,7 +246,9 @@ pub fn events_report(
                 p.error role="alert" { (error) }
             }
             @if let Some(page) = page {
-                p #result-count { (page.total) " events match." }
+                p #result-count {
+                    @if page.total == 1 { "1 event matches." } @else { (page.total) " events match." }
+                }
                 table.events {
                     caption.visually-hidden { "Events, newest first" }
                     thead { tr {
@@ -278,10 +288,11 @@ pub fn event_page(
 ) -> Markup {
     let id = field(event, "id");
     let status = field(event, "status");
+    let created = when(field(event, "created"));
     let fields = [
         ("Status", status),
         ("Priority", field(event, "priority")),
-        ("Created", field(event, "created")),
+        ("Created", &created),
         ("Request id", field(event, "requestId")),
         ("Integration", field(event, "integrationId")),
         ("Agent", field(event, "agentId")),
@@ -585,14 +596,27 @@ mod tests {
         assert!(!page.contains("<i>"));
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("&lt;ops&gt;"));
-        assert!(page.contains("(500 characters in all)"), "long values are cut");
-        assert!(page.contains("name=\"csrf\" value=\"csrf-token\""), "forms carry the token");
+        assert!(
+            page.contains("(500 characters in all)"),
+            "long values are cut"
+        );
+        assert!(
+            page.contains("name=\"csrf\" value=\"csrf-token\""),
+            "forms carry the token"
+        );
         assert!(page.contains("This central does not track notifications."));
-        assert_eq!(page.matches("<script").count(), 1, "only the console's script file");
+        assert_eq!(
+            page.matches("<script").count(),
+            1,
+            "only the console's script file"
+        );
         assert!(page.contains("src=\"/console/assets/console.js\""));
 
         let rows = event_rows(&[hostile_event()]).into_string();
-        assert!(rows.contains("/console/integrations/a%2Fb%20%3Ci%3E"), "{rows}");
+        assert!(
+            rows.contains("/console/integrations/a%2Fb%20%3Ci%3E"),
+            "{rows}"
+        );
         let items = activity_items(&[hostile_event()]).into_string();
         assert!(!items.contains("<script>") && !items.contains("<img"));
     }
@@ -600,9 +624,13 @@ mod tests {
     #[test]
     fn terminated_events_have_no_terminate_button() {
         let mut event = hostile_event();
-        assert!(event_page(&session(), &event, None).into_string().contains("id=\"terminate\""));
+        assert!(event_page(&session(), &event, None)
+            .into_string()
+            .contains("id=\"terminate\""));
         event["status"] = json!("TERMINATED");
-        assert!(!event_page(&session(), &event, None).into_string().contains("id=\"terminate\""));
+        assert!(!event_page(&session(), &event, None)
+            .into_string()
+            .contains("id=\"terminate\""));
     }
 
     #[test]
@@ -647,7 +675,9 @@ mod tests {
         }];
         let page = integrations(&session(), &summary, Some(&hosted)).into_string();
         assert!(page.contains("Cloud &lt;one&gt;"));
-        assert!(page.contains("value=\"https://central/api/integration/1/functions/cloud-1/triggers\""));
+        assert!(
+            page.contains("value=\"https://central/api/integration/1/functions/cloud-1/triggers\"")
+        );
         let without = integrations(&session(), &summary, None).into_string();
         assert!(without.contains("This central does not host integrations."));
 
@@ -659,7 +689,10 @@ mod tests {
         }]);
         let page = activity(&session(), "cloud-1", None, "", &[], Some(&entries)).into_string();
         assert!(page.contains("script threw &lt;x&gt;"));
-        assert!(page.contains("data-live-url=\"/console/integrations/cloud-1/live?\""), "{page}");
+        assert!(
+            page.contains("data-live-url=\"/console/integrations/cloud-1/live?\""),
+            "{page}"
+        );
     }
 
     #[test]

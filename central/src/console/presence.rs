@@ -26,8 +26,6 @@ pub struct AgentPresence {
     pub peer: Option<SocketAddr>,
     /// The protocol version the agent's `hello` named.
     pub protocol_version: Option<u32>,
-    /// Frames received since the central started.
-    pub frames: u64,
 }
 
 /// The table of agents heard from; one per running central.
@@ -54,7 +52,6 @@ impl Presence {
             last_seen: None,
             peer: None,
             protocol_version: None,
-            frames: 0,
         });
         entry.connections += 1;
         entry.connected_since = Some(now);
@@ -67,11 +64,10 @@ impl Presence {
         }
     }
 
-    /// Record that `frames` frames (pings included) just arrived from `agent`.
-    pub fn seen(&self, agent: &str, frames: u64) {
+    /// Record that frames (pings included) just arrived from `agent`.
+    pub fn seen(&self, agent: &str) {
         if let Some(entry) = self.lock().get_mut(agent) {
             entry.last_seen = Some(OffsetDateTime::now_utc());
-            entry.frames += frames;
         }
     }
 
@@ -104,13 +100,12 @@ mod tests {
         assert_eq!(presence.of("a"), None);
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let first = presence.connected("a", 1, peer);
-        presence.seen("a", 3);
-        presence.seen("unknown", 1);
+        let welcomed = presence.of("a").expect("known");
+        presence.seen("a");
+        presence.seen("unknown");
         let known = presence.of("a").expect("known");
-        assert_eq!(
-            (known.connections, known.frames, known.protocol_version),
-            (1, 3, Some(1))
-        );
+        assert_eq!((known.connections, known.protocol_version), (1, Some(1)));
+        assert!(known.last_seen >= welcomed.last_seen);
         assert_eq!(known.peer, Some(peer));
         assert_eq!(presence.of("unknown"), None, "only welcomed agents appear");
         let second = presence.connected("a", 1, peer);

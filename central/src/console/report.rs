@@ -117,7 +117,9 @@ fn utc_millis(field: &str, value: &str) -> Result<Option<u64>, String> {
     let without = format_description!("[year]-[month]-[day]T[hour]:[minute]");
     let parsed = PrimitiveDateTime::parse(value, with_seconds)
         .or_else(|_| PrimitiveDateTime::parse(value, without))
-        .map_err(|_| format!("`{field}` must be a date and time like 2024-05-01T13:30, got `{value}`"))?;
+        .map_err(|_| {
+            format!("`{field}` must be a date and time like 2024-05-01T13:30, got `{value}`")
+        })?;
     let millis = parsed.assume_utc().unix_timestamp_nanos() / 1_000_000;
     u64::try_from(millis)
         .map(Some)
@@ -154,7 +156,13 @@ mod tests {
 
         let again = ReportForm::parse(Some(&form.link(75)));
         assert_eq!(again.offset, 75);
-        assert_eq!(ReportForm { offset: 50, ..again }, form);
+        assert_eq!(
+            ReportForm {
+                offset: 50,
+                ..again
+            },
+            form
+        );
     }
 
     #[test]

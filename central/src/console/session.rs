@@ -86,8 +86,7 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 fn expired(entry: &Entry, now: Instant) -> bool {
-    now.duration_since(entry.used) >= IDLE_TIMEOUT
-        || now.duration_since(entry.started) >= LIFETIME
+    now.duration_since(entry.used) >= IDLE_TIMEOUT || now.duration_since(entry.started) >= LIFETIME
 }
 
 impl Sessions {
@@ -216,7 +215,10 @@ mod tests {
         let start = Instant::now();
         let (token, session) = sessions.create("admin", start);
         assert_eq!(session.user, "admin");
-        assert_ne!(token, session.csrf, "the CSRF token is not the session token");
+        assert_ne!(
+            token, session.csrf,
+            "the CSRF token is not the session token"
+        );
         assert_eq!(sessions.get(&token, start), Some(session.clone()));
         assert_eq!(sessions.get("not-a-token", start), None);
 
@@ -248,10 +250,14 @@ mod tests {
             assert!(sessions.len() <= i + 1);
         }
         // `first` is used again, so `second` is now the least recently used.
-        assert!(sessions.get(&first, start + Duration::from_secs(3)).is_some());
+        assert!(sessions
+            .get(&first, start + Duration::from_secs(3))
+            .is_some());
         sessions.create("u", start + Duration::from_secs(4));
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert!(sessions.get(&first, start + Duration::from_secs(5)).is_some());
+        assert!(sessions
+            .get(&first, start + Duration::from_secs(5))
+            .is_some());
         assert_eq!(sessions.get(&second, start + Duration::from_secs(5)), None);
     }
 
@@ -279,7 +285,12 @@ mod tests {
     #[test]
     fn cookies_are_http_only_strict_and_secure_over_tls() {
         let plain = session_cookie("tok", false);
-        for part in ["xmc_session=tok", "HttpOnly", "SameSite=Strict", "Path=/console"] {
+        for part in [
+            "xmc_session=tok",
+            "HttpOnly",
+            "SameSite=Strict",
+            "Path=/console",
+        ] {
             assert!(plain.contains(part), "{plain} lacks {part}");
         }
         assert!(plain.contains(&format!("Max-Age={}", LIFETIME.as_secs())));

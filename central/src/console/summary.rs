@@ -74,7 +74,10 @@ impl PerMinute {
         else {
             return;
         };
-        let at = match self.series.binary_search_by(|(name, _)| name.as_str().cmp(label)) {
+        let at = match self
+            .series
+            .binary_search_by(|(name, _)| name.as_str().cmp(label))
+        {
             Ok(at) => at,
             Err(at) => {
                 self.series
@@ -183,9 +186,17 @@ mod tests {
 
         let chart = &summary.per_minute;
         assert_eq!(chart.total(), 3);
-        let labels: Vec<_> = chart.series.iter().map(|(label, _)| label.as_str()).collect();
+        let labels: Vec<_> = chart
+            .series
+            .iter()
+            .map(|(label, _)| label.as_str())
+            .collect();
         assert_eq!(labels, ["a", "b"], "series sorted by label");
-        assert_eq!(chart.series[0].1[CHART_MINUTES - 2], 2, "a: the minute before");
+        assert_eq!(
+            chart.series[0].1[CHART_MINUTES - 2],
+            2,
+            "a: the minute before"
+        );
         assert_eq!(chart.series[1].1[CHART_MINUTES - 1], 1, "b: this minute");
     }
 }
