@@ -194,6 +194,139 @@ async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_withou
     assert!(throttled.header("retry-after").is_some());
 }
 
+/// The rows of the events table of a report page: (event id, request id).
+fn report_rows(html: &str) -> Vec<(String, String)> {
+    html.split("<tr data-id=\"")
+        .skip(1)
+        .map(|row| {
+            let id = row.split('"').next().unwrap().to_owned();
+            let request = row
+                .split("<code class=\"request-id\">")
+                .nth(1)
+                .and_then(|rest| rest.split('<').next())
+                .unwrap_or_default()
+                .to_owned();
+            (id, request)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_events_report_searches_pages_and_terminates_with_the_sessions_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = start_central(dir.path(), 0);
+    let agent = start_agent(&agent_config(
+        dir.path(),
+        central.addr.port(),
+        STANDARD_AGENT,
+    ));
+    let at = central.addr;
+
+    let mut requests = Vec::new();
+    for n in 0..27 {
+        let event = format!(r#"{{"properties": {{"host": "db{}", "n": {n}}}}}"#, n % 3);
+        let answer = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], &event).await;
+        assert_eq!(answer.status, 202, "{}", body(&answer));
+        requests.push(answer.json()["requestId"].as_str().unwrap().to_owned());
+    }
+    let last = requests.last().unwrap().clone();
+    eventually(WAIT, "all 27 events at the central", || async {
+        (!central_events(at, &last).await.is_empty()).then_some(())
+    })
+    .await;
+
+    let login = log_in(at, CENTRAL_USER.0, CENTRAL_USER.1).await;
+    let (token, _) = set_cookie(&login, "xmc_session").expect("session");
+    let session = format!("xmc_session={token}");
+    let report = |query: String| {
+        let session = session.clone();
+        async move {
+            let answer = get(at, &format!("/console/events{query}"), &session).await;
+            assert_eq!(answer.status, 200, "{query}: {}", body(&answer));
+            body(&answer)
+        }
+    };
+
+    // Newest first, 25 a page, and an "Older" link to the rest.
+    let first = report(String::new()).await;
+    assert!(first.contains("27 events match."));
+    let rows = report_rows(&first);
+    assert_eq!(rows.len(), 25);
+    assert_eq!(rows[0].1, last, "newest first");
+    assert!(
+        first.contains("href=\"/console/events?offset=25\""),
+        "{first}"
+    );
+    let second = report("?offset=25".to_owned()).await;
+    let older: Vec<_> = report_rows(&second).into_iter().map(|(_, r)| r).collect();
+    assert_eq!(older, [requests[1].clone(), requests[0].clone()]);
+    assert!(second.contains("rel=\"prev\""));
+
+    // Filters: request id, property, time range.
+    let by_request = report(format!("?requestId={}", requests[4])).await;
+    assert_eq!(report_rows(&by_request).len(), 1);
+    let by_property = report("?propertyName=host&propertyValue=db1".to_owned()).await;
+    assert!(by_property.contains("9 events match."), "{by_property}");
+    let future = report("?from=2999-01-01T00:00".to_owned()).await;
+    assert!(future.contains("0 events match."));
+    let past = report("?to=2000-01-01T00:00".to_owned()).await;
+    assert!(past.contains("0 events match."));
+    let everything = report("?from=2000-01-01T00:00&to=2999-01-01T00:00".to_owned()).await;
+    assert!(everything.contains("27 events match."));
+    let bad = get(at, "/console/events?from=yesterday", &session).await;
+    assert_eq!(bad.status, 400);
+    assert!(body(&bad).contains("`from` must be a date and time"));
+
+    // Terminate from the event page's form: needs the session's token; REST agrees after.
+    let (event_id, _) = rows[0].clone();
+    let page = get(at, &format!("/console/events/{event_id}"), &session).await;
+    assert_eq!(page.status, 200);
+    let csrf = csrf_field(&body(&page));
+    let path = format!("/console/events/{event_id}/terminate");
+    assert_eq!(
+        post_form(at, &path, &session, "csrf=wrong").await.status,
+        403
+    );
+    assert_eq!(
+        central_events(at, &last).await[0]["status"],
+        "ACTIVE",
+        "unchanged"
+    );
+    let done = post_form(at, &path, &session, &format!("csrf={csrf}")).await;
+    assert_eq!(done.status, 303, "{}", body(&done));
+    assert_eq!(central_events(at, &last).await[0]["status"], "TERMINATED");
+    let missing = post_form(
+        at,
+        "/console/events/0190a1b2-0000-7000-8000-000000000000/terminate",
+        &session,
+        &format!("csrf={csrf}"),
+    )
+    .await;
+    assert_eq!(missing.status, 404);
+
+    // The activity stream filters by outcome; its live fragment sends only what is newer.
+    let terminated = get(at, "/console/integrations/any?status=TERMINATED", &session).await;
+    assert_eq!(terminated.status, 200);
+    assert_eq!(body(&terminated).matches("<li data-id=").count(), 1);
+    let live = get(
+        at,
+        &format!("/console/integrations/any/live?after={}", rows[1].0),
+        &session,
+    )
+    .await;
+    assert_eq!(live.status, 200);
+    assert_eq!(
+        body(&live).matches("<li data-id=").count(),
+        1,
+        "{}",
+        body(&live)
+    );
+    assert!(body(&live).contains(&last));
+    let integrations = body(&get(at, "/console/integrations", &session).await);
+    assert!(integrations.contains(">27<"), "{integrations}");
+    assert!(integrations.contains("agent-test"));
+}
+
 /// `chromedriver` on a free port, ended when dropped.
 struct Driver {
     child: Child,
