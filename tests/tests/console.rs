@@ -55,6 +55,18 @@ async fn post_form(central: std::net::SocketAddr, path: &str, cookie: &str, form
         .expect("central reachable")
 }
 
+/// Trigger `integration` with `body`, insist on 202 and return the request id.
+async fn request_id_of(
+    agent: std::net::SocketAddr,
+    integration: &str,
+    query: &str,
+    event: &str,
+) -> String {
+    let answer = trigger(agent, integration, query, &[], event).await;
+    assert_eq!(answer.status, 202, "{}", body(&answer));
+    answer.json()["requestId"].as_str().unwrap().to_owned()
+}
+
 /// Fetch the login form, post `user` and `password` with its token, return the answer.
 async fn log_in(central: std::net::SocketAddr, user: &str, password: &str) -> Answer {
     let form = get(central, "/console/login", "").await;
@@ -225,9 +237,7 @@ async fn the_events_report_searches_pages_and_terminates_with_the_sessions_token
     let mut requests = Vec::new();
     for n in 0..27 {
         let event = format!(r#"{{"properties": {{"host": "db{}", "n": {n}}}}}"#, n % 3);
-        let answer = trigger(agent.addr, "any", "?apiKey=url-key-any", &[], &event).await;
-        assert_eq!(answer.status, 202, "{}", body(&answer));
-        requests.push(answer.json()["requestId"].as_str().unwrap().to_owned());
+        requests.push(request_id_of(agent.addr, "any", "?apiKey=url-key-any", &event).await);
     }
     let last = requests.last().unwrap().clone();
     eventually(WAIT, "all 27 events at the central", || async {
@@ -409,6 +419,18 @@ async fn wait_for_text(client: &Client, css: &str, text: &str) {
     .await;
 }
 
+/// Type `text` into the element with `css`.
+async fn type_into(client: &Client, css: &str, text: &str) {
+    let element = client.find(Locator::Css(css)).await.expect(css);
+    element.send_keys(text).await.expect(css);
+}
+
+/// Click the element with `css`.
+async fn click(client: &Client, css: &str) {
+    let element = client.find(Locator::Css(css)).await.expect(css);
+    element.click().await.expect(css);
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
     std::fs::create_dir_all(&dir).expect("screenshot directory");
@@ -418,8 +440,16 @@ async fn screenshot(client: &Client, name: &str) {
     println!("screenshot: {}", path.display());
 }
 
-async fn path_of(client: &Client) -> String {
-    client.current_url().await.expect("url").path().to_owned()
+/// Wait until the browser shows the login form (`what` names the moment in a failure).
+async fn on_login_form(client: &Client, what: &str) {
+    client
+        .wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("#user"))
+        .await
+        .expect(what);
+    let url = client.current_url().await.expect("url");
+    assert_eq!(url.path(), "/console/login", "{what}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -444,32 +474,10 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
 
     // Log in: the console sends us to the form first.
     client.goto(&console).await.expect("open the console");
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#user"))
-        .await
-        .expect("the login form");
-    assert_eq!(path_of(&client).await, "/console/login");
-    let find = |css: &'static str| client.find(Locator::Css(css));
-    find("#user")
-        .await
-        .unwrap()
-        .send_keys(CENTRAL_USER.0)
-        .await
-        .unwrap();
-    find("#password")
-        .await
-        .unwrap()
-        .send_keys(CENTRAL_USER.1)
-        .await
-        .unwrap();
-    find("form.login button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    on_login_form(&client, "the login form").await;
+    type_into(&client, "#user", CENTRAL_USER.0).await;
+    type_into(&client, "#password", CENTRAL_USER.1).await;
+    click(&client, "form.login button").await;
     wait_for_text(&client, "header", "Signed in as admin").await;
 
     // Open the integration's activity stream, then trigger it: the request appears without a
@@ -482,21 +490,13 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         .execute("window.loadedOnce = 'still here'; return null;", vec![])
         .await
         .unwrap();
-    let answer = trigger(
+    let request_id = request_id_of(
         agent.addr,
         "any",
         "?apiKey=url-key-any",
-        &[],
         r#"{"properties": {"summary": "Disk <full>", "host": "db1"}, "priority": "high"}"#,
     )
     .await;
-    assert_eq!(
-        answer.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
     wait_for_text(&client, "#activity code.request-id", &request_id).await;
     let marker = client
         .execute("return window.loadedOnce || null;", vec![])
@@ -515,76 +515,37 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     // The events report's first page is live too.
     client.goto(&format!("{console}/events")).await.unwrap();
     wait_for_text(&client, "#events code.request-id", &request_id).await;
-    let answer = trigger(
+    let second = request_id_of(
         agent.addr,
         "url",
         "?apiKey=url-key-url",
-        &[],
         r#"{"properties": {"summary": "CPU high", "host": "web2"}}"#,
     )
     .await;
-    assert_eq!(
-        answer.status,
-        202,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    let second = answer.json()["requestId"].as_str().unwrap().to_owned();
     wait_for_text(&client, "#events code.request-id", &second).await;
     screenshot(&client, "events").await;
 
     // Find the first event in the events report by its request id, and open it.
-    find("#requestId")
-        .await
-        .unwrap()
-        .send_keys(&request_id)
-        .await
-        .unwrap();
-    find("form.search button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(&client, "#requestId", &request_id).await;
+    click(&client, "form.search button").await;
     wait_for_text(&client, "#result-count", "1 event matches.").await;
     wait_for_text(&client, "#events code.request-id", &request_id).await;
-    find("#events a[href^='/console/events/']")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, "#events a[href^='/console/events/']").await;
     wait_for_text(&client, "#event-status", "ACTIVE").await;
     wait_for_text(&client, "table.properties", "Disk <full>").await;
 
     // Terminate it from the page; the central's REST API agrees.
-    find("#terminate").await.unwrap().click().await.unwrap();
+    click(&client, "#terminate").await;
     wait_for_text(&client, "#event-status", "TERMINATED").await;
     screenshot(&client, "event").await;
     let event = central_events(central.addr, &request_id).await;
     assert_eq!(event[0]["status"], "TERMINATED");
 
     // Log out, and be refused: the console sends us back to the login form.
-    find("form.logout button")
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#user"))
-        .await
-        .expect("the login form after logout");
+    click(&client, "form.logout button").await;
+    on_login_form(&client, "the login form after logout").await;
     client.goto(&format!("{console}/events")).await.unwrap();
-    client
-        .wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("#user"))
-        .await
-        .expect("refused after logout");
-    assert_eq!(path_of(&client).await, "/console/login");
+    on_login_form(&client, "refused after logout").await;
 
     client.close().await.expect("close the browser");
 }

@@ -304,10 +304,14 @@ fn field<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.as_str())
 }
 
-/// 403 unless the form carries the session's CSRF token.
-fn check_csrf(session: &Session, fields: &[(String, String)]) -> Result<(), Box<Response<Body>>> {
-    if field(fields, "csrf").is_some_and(|given| session.csrf_matches(given)) {
-        return Ok(());
+/// Read a state-changing form of `session`: 403 unless it carries the session's CSRF token.
+async fn checked_form(
+    session: &Session,
+    request: Request<Incoming>,
+) -> Result<Vec<(String, String)>, Box<Response<Body>>> {
+    let fields = form_fields(request).await?;
+    if field(&fields, "csrf").is_some_and(|given| session.csrf_matches(given)) {
+        return Ok(fields);
     }
     tracing::warn!(user = %session.user, "console form refused: missing or wrong CSRF token");
     Err(Box::new(html(
@@ -396,11 +400,7 @@ async fn logout(
     token: &str,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let fields = match form_fields(request).await {
-        Ok(fields) => fields,
-        Err(response) => return *response,
-    };
-    if let Err(refused) = check_csrf(session, &fields) {
+    if let Err(refused) = checked_form(session, request).await {
         return *refused;
     }
     state.console.sessions.end(token);
@@ -524,16 +524,20 @@ fn event_page(state: &State, session: &Session, id: &str) -> Response<Body> {
                 pages::event_page(session, &event, notifications.as_ref()),
             )
         }
-        Ok(None) => html(
-            StatusCode::NOT_FOUND,
-            pages::message(
-                Some(session),
-                "Not found",
-                &format!("There is no event with id {id}."),
-            ),
-        ),
+        Ok(None) => no_event(session, id),
         Err(error) => store_failure(session, &error),
     }
+}
+
+fn no_event(session: &Session, id: &str) -> Response<Body> {
+    html(
+        StatusCode::NOT_FOUND,
+        pages::message(
+            Some(session),
+            "Not found",
+            &format!("There is no event with id {id}."),
+        ),
+    )
 }
 
 async fn terminate(
@@ -542,11 +546,7 @@ async fn terminate(
     id: &str,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let fields = match form_fields(request).await {
-        Ok(fields) => fields,
-        Err(response) => return *response,
-    };
-    if let Err(refused) = check_csrf(session, &fields) {
+    if let Err(refused) = checked_form(session, request).await {
         return *refused;
     }
     match crate::rest::apply_status(state, id, Status::Terminated).await {
@@ -554,14 +554,7 @@ async fn terminate(
             tracing::info!(user = %session.user, event = %id, "event terminated from the console");
             redirect(&format!("{PREFIX}/events/{}", pages::segment(id)))
         }
-        Ok(StatusChange::NotFound) => html(
-            StatusCode::NOT_FOUND,
-            pages::message(
-                Some(session),
-                "Not found",
-                &format!("There is no event with id {id}."),
-            ),
-        ),
+        Ok(StatusChange::NotFound) => no_event(session, id),
         Err(error) => store_failure(session, &error),
     }
 }

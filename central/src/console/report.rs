@@ -60,18 +60,7 @@ impl ReportForm {
 
     /// The store query for one page, newest first, or a message saying which field is wrong.
     pub fn query(&self) -> Result<Query, String> {
-        let mut rest = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [
-            ("requestId", &self.request_id),
-            ("status", &self.status),
-            ("propertyName", &self.property_name),
-            ("propertyValue", &self.property_value),
-        ] {
-            if !value.is_empty() {
-                rest.append_pair(name, value);
-            }
-        }
-        let mut query = crate::rest::parse_query(Some(&rest.finish()))?;
+        let mut query = crate::rest::parse_query(Some(&self.filled(false)))?;
         query.created_from_ms = utc_millis("from", &self.from)?;
         query.created_until_ms = utc_millis("to", &self.to)?;
         if let (Some(from), Some(to)) = (query.created_from_ms, query.created_until_ms) {
@@ -87,21 +76,32 @@ impl ReportForm {
 
     /// The query string of this search at `offset` (without `after`).
     pub fn link(&self, offset: usize) -> String {
-        let mut params = form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [
+        let mut link = self.filled(true);
+        if offset > 0 {
+            if !link.is_empty() {
+                link.push('&');
+            }
+            link.push_str(&format!("offset={offset}"));
+        }
+        link
+    }
+
+    /// The filled-in fields as a query string: the filters REST knows, and the time range too
+    /// when `with_range`.
+    fn filled(&self, with_range: bool) -> String {
+        let filters = [
             ("requestId", &self.request_id),
             ("status", &self.status),
             ("propertyName", &self.property_name),
             ("propertyValue", &self.property_value),
-            ("from", &self.from),
-            ("to", &self.to),
-        ] {
+        ];
+        let range = [("from", &self.from), ("to", &self.to)];
+        let range = if with_range { &range[..] } else { &[] };
+        let mut params = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in filters.iter().chain(range) {
             if !value.is_empty() {
                 params.append_pair(name, value);
             }
-        }
-        if offset > 0 {
-            params.append_pair("offset", &offset.to_string());
         }
         params.finish()
     }
