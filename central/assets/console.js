@@ -4,7 +4,8 @@
 // An element with data-live-url lists items newest first, each with data-id. Every few seconds
 // this asks that URL for the items newer than the first one shown (after=ID) and inserts the
 // HTML the central rendered (and escaped) at the top, so new requests appear without reloading.
-// It stops when the session ends and says so in the element named by data-live-status.
+// It stops when the session ends and says so in the element named by data-live-status, and
+// keeps the count named by data-live-count up to date.
 'use strict';
 
 (function () {
@@ -14,6 +15,16 @@
     var status = document.getElementById(list.dataset.liveStatus || '');
     if (status) {
       status.textContent = text;
+    }
+  }
+
+  // The element named by data-live-count says how many events match (data-total).
+  function count(list, added) {
+    var counter = document.getElementById(list.dataset.liveCount || '');
+    if (counter) {
+      var total = Number(counter.dataset.total) + added;
+      counter.dataset.total = String(total);
+      counter.textContent = total === 1 ? '1 event matches.' : total + ' events match.';
     }
   }
 
@@ -45,6 +56,7 @@
           if (empty) {
             empty.remove();
           }
+          count(list, items.length);
           say(list, items.length + ' new at ' + new Date().toLocaleTimeString() + '.');
         }
         window.setTimeout(function () { poll(list); }, PERIOD_MS);

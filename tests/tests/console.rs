@@ -523,6 +523,7 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     )
     .await;
     wait_for_text(&client, "#events code.request-id", &second).await;
+    wait_for_text(&client, "#result-count", "2 events match.").await;
     screenshot(&client, "events").await;
 
     // Find the first event in the events report by its request id, and open it.

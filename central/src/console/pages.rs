@@ -246,7 +246,7 @@ pub fn events_report(
                 p.error role="alert" { (error) }
             }
             @if let Some(page) = page {
-                p #result-count {
+                p #result-count data-total=(page.total) {
                     @if page.total == 1 { "1 event matches." } @else { (page.total) " events match." }
                 }
                 table.events {
@@ -257,7 +257,7 @@ pub fn events_report(
                         th scope="col" { "Request id" }
                     } }
                     @if form.offset == 0 {
-                        tbody #events data-live-url=(format!("{PREFIX}/events/live?{}", form.link(0))) data-live-status="live-status" {
+                        tbody #events data-live-url=(format!("{PREFIX}/events/live?{}", form.link(0))) data-live-status="live-status" data-live-count="result-count" {
                             (event_rows(&page.events))
                         }
                     } @else {
