@@ -370,6 +370,10 @@ async fn dev(examples: &Path) -> Result<(), Failure> {
     );
     println!("Try it:\n\n{}\n", curl_example(&agent_path, agent.addr));
     println!("Then look the event up at the central:\n  curl -s -u admin:admin-change-me 'http://{}/api/xm/1/events?requestId=REQUEST_ID'\n", central.addr);
+    println!(
+        "Or open the web console: http://{}/console (admin / admin-change-me)\n",
+        central.addr
+    );
     println!("Stop with Ctrl-C.");
     agent.task.await.context("agent task panicked")??;
     central.task.await.context("central task panicked")?;

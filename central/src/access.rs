@@ -156,6 +156,18 @@ impl Access {
                 .ok_or(Refusal::Unauthorized);
         }
         let (name, password) = basic_credentials(header).ok_or(Refusal::Unauthorized)?;
+        self.user(config, name, password, source).await
+    }
+
+    /// Check a REST user's password from `source` (Basic auth, or the console's login form):
+    /// throttled per (source, name), argon2 on the bounded pool, the REST role required.
+    pub async fn user(
+        &self,
+        config: &CentralConfig,
+        name: String,
+        password: String,
+        source: IpAddr,
+    ) -> Result<Caller, Refusal> {
         if let Err(wait) = self.throttle.check(source, &name, Instant::now()) {
             return Err(Refusal::Throttled(wait.as_secs().max(1)));
         }

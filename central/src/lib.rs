@@ -12,6 +12,7 @@
 
 pub mod access;
 pub mod config;
+pub mod console;
 pub mod event;
 pub mod metrics;
 pub mod rest;
@@ -46,6 +47,8 @@ pub struct State {
     pub ws_tracker: Arc<ws::Tracker>,
     /// Checks REST credentials (argon2 off the async runtime).
     pub access: access::Access,
+    /// The web console's sessions, agent presence and optional data sources.
+    pub console: console::Console,
 }
 
 /// A central that is listening. Returned by [`start`] so embedders learn the bound port (when
@@ -102,6 +105,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         ws_tracker: Arc::default(),
         access: access::Access::default(),
+        console: console::Console::default(),
     });
     let handler = {
         let state = Arc::clone(&state);

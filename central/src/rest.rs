@@ -87,6 +87,9 @@ pub async fn route(
                 change_status(&state, &caller, request).await
             }
         }
+        console if crate::console::owns(console) => {
+            crate::console::route(state, request, peer).await
+        }
         other => match other
             .strip_prefix(EVENTS_PATH)
             .and_then(|rest| rest.strip_prefix('/'))
@@ -304,7 +307,7 @@ async fn change_status(
     if !visible {
         return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"));
     }
-    let changed = match state.store.set_status(id, status) {
+    let changed = match apply_status(state, id, status).await {
         Ok(StatusChange::Changed(event)) => event,
         Ok(StatusChange::NotFound) => {
             return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"))
@@ -317,12 +320,23 @@ async fn change_status(
         }
         Err(error) => return store_failure(&error),
     };
-    if let Err(error) = state.store.wait_durable().await {
-        return store_failure(&error);
-    }
-    Metrics::add(&state.metrics.status_changes, 1);
-    tracing::info!(event = %id, status = status.as_str(), "event status changed");
     http_util::json(StatusCode::ACCEPTED, &changed)
+}
+
+/// Change event `id` to `status` and wait until the change is durable: the one path for REST
+/// and the console's terminate button. The caller checked that the event is in scope.
+pub async fn apply_status(
+    state: &State,
+    id: &str,
+    status: Status,
+) -> Result<StatusChange, StoreError> {
+    let change = state.store.set_status(id, status)?;
+    if let StatusChange::Changed(_) = change {
+        state.store.wait_durable().await?;
+        Metrics::add(&state.metrics.status_changes, 1);
+        tracing::info!(event = %id, status = status.as_str(), "event status changed");
+    }
+    Ok(change)
 }
 
 #[cfg(test)]

@@ -107,6 +107,13 @@ pub struct Query {
     pub agent_id: Option<String>,
     /// Only events of these integrations (script callers limited to their integrations).
     pub integration_ids: Option<Vec<String>>,
+    /// Only events created at or after this time, in Unix milliseconds (read from the
+    /// time-ordered id, so batches before it are not read).
+    pub created_from_ms: Option<u64>,
+    /// Only events created before this time, in Unix milliseconds.
+    pub created_until_ms: Option<u64>,
+    /// List the newest events first (the console), instead of the oldest (REST).
+    pub newest_first: bool,
     /// How many matching events to skip.
     pub offset: usize,
     /// The most events to return.
@@ -268,6 +275,16 @@ fn decode_batch(key: u128, value: &[u8]) -> Result<batch::Batch<'_>, StoreError>
         id: format!("(batch {})", Uuid::from_u128(key)),
         reason,
     })
+}
+
+/// The smallest event id minted at `millis` (a UUID v7 starts with its Unix milliseconds).
+fn first_id_at(millis: u64) -> u128 {
+    u128::from(millis) << 80
+}
+
+/// When event `id` was minted, in Unix milliseconds, if it is one of this store's ids.
+pub fn created_ms(id: &str) -> Option<u64> {
+    parse_id(id).map(|uuid| (uuid.as_u128() >> 80) as u64)
 }
 
 fn id_text(id: u128) -> String {
@@ -511,8 +528,9 @@ impl Store {
         Ok(StatusChange::Changed(event))
     }
 
-    /// List events matching `query`, oldest first. With a `request_id` only the batches of
-    /// that request are read; other filters are applied while scanning. Blocking (sled reads).
+    /// List events matching `query`, oldest first (newest first with `newest_first`). With a
+    /// `request_id` only the batches of that request are read, with a time range only the
+    /// batches in it; other filters are applied while scanning. Blocking (sled reads).
     pub fn query(&self, query: &Query) -> Result<Page, StoreError> {
         let mut page = Page {
             total: 0,
@@ -520,13 +538,20 @@ impl Store {
         };
         // Without a filter on the content, events outside the page are only counted, not
         // decoded, and the total comes from the index, so paging stays cheap.
-        let filtered = query.status.is_some()
+        let content_filtered = query.status.is_some()
             || query.property.is_some()
             || query.agent_id.is_some()
             || query.integration_ids.is_some();
+        let filtered =
+            content_filtered || query.created_from_ms.is_some() || query.created_until_ms.is_some();
+        let from = query.created_from_ms.map_or(0, first_id_at);
+        let until = query.created_until_ms.map_or(u128::MAX, first_id_at);
         let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
+            if !(from..until).contains(&entry.id) {
+                return Ok(());
+            }
             let on_page = page.total >= query.offset && page.events.len() < query.limit;
-            if !filtered && !on_page {
+            if !content_filtered && !on_page {
                 page.total += 1;
                 return Ok(());
             }
@@ -558,13 +583,22 @@ impl Store {
             page.total += 1;
             Ok(())
         };
+        fn ordered<T>(mut entries: Vec<T>, newest_first: bool) -> Vec<T> {
+            if newest_first {
+                entries.reverse();
+            }
+            entries
+        }
         if let Some(request_id) = &query.request_id {
-            let keys = self.lock_writer().index.batches_of(request_id);
+            let mut keys = self.lock_writer().index.batches_of(request_id);
+            if query.newest_first {
+                keys.reverse();
+            }
             for key in keys {
                 let Some(value) = self.inner.tree.get(batch_key(key))? else {
                     continue;
                 };
-                for entry in decode_batch(key, &value)?.entries {
+                for entry in ordered(decode_batch(key, &value)?.entries, query.newest_first) {
                     if entry.request_id == request_id {
                         consider(&entry, &mut page)?;
                     }
@@ -572,7 +606,23 @@ impl Store {
             }
             return Ok(page);
         }
-        for item in self.inner.tree.scan_prefix([BATCH]) {
+        // The batch holding `from` may start before it; batches starting at `until` or later
+        // hold nothing earlier.
+        let first_batch = match query.created_from_ms {
+            Some(_) => self.batch_for(from)?.map_or(from, |(key, _)| key),
+            None => 0,
+        };
+        let batches = self
+            .inner
+            .tree
+            .range(batch_key(first_batch)..batch_key(until));
+        let batches: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if query.newest_first {
+                Box::new(batches.rev())
+            } else {
+                Box::new(batches)
+            };
+        for item in batches {
             let (sled_key, value) = item?;
             if !filtered {
                 if page.events.len() == query.limit {
@@ -585,7 +635,10 @@ impl Store {
                     continue;
                 }
             }
-            for entry in decode_batch(key_of(&sled_key)?, &value)?.entries {
+            for entry in ordered(
+                decode_batch(key_of(&sled_key)?, &value)?.entries,
+                query.newest_first,
+            ) {
                 consider(&entry, &mut page)?;
             }
         }
@@ -743,6 +796,82 @@ mod tests {
             .expect("query");
         assert_eq!(page.total, 1);
         assert_eq!(page.events[0]["requestId"], "x");
+    }
+
+    #[test]
+    fn time_ranges_and_newest_first() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let mut ids = Vec::new();
+        for batch in 0..4 {
+            let events: Vec<_> = (0..3)
+                .map(|index| new_event(&format!("r-{batch}"), index, json!({})))
+                .collect();
+            let written = store.create_batch("agent-01", &events).expect("write");
+            ids.extend(written.into_iter().map(|w| w.event_id));
+            // Spreads the ids over a few milliseconds; the expectations below are computed
+            // from the ids themselves, so they hold however the clock falls.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let millis: Vec<u64> = ids.iter().map(|id| created_ms(id).expect("v7")).collect();
+        let listed = |query: Query| -> (usize, Vec<String>) {
+            let page = store.query(&query).expect("query");
+            let ids = page
+                .events
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned());
+            (page.total, ids.collect())
+        };
+        let newest: Vec<String> = ids.iter().rev().cloned().collect();
+        let all = Query {
+            newest_first: true,
+            limit: 100,
+            ..Query::default()
+        };
+        assert_eq!(listed(all.clone()), (12, newest.clone()));
+        let paged = Query {
+            offset: 2,
+            limit: 4,
+            ..all.clone()
+        };
+        assert_eq!(listed(paged), (12, newest[2..6].to_vec()));
+        let request = Query {
+            request_id: Some("r-2".into()),
+            ..all.clone()
+        };
+        assert_eq!(listed(request).1, newest[3..6].to_vec());
+
+        let ranges = [
+            (millis[4], millis[9]),
+            (millis[0], millis[0] + 1),
+            (millis[11], millis[11] + 1),
+            (millis[11] + 1, millis[11] + 100),
+            (0, millis[5]),
+        ];
+        for (from, until) in ranges {
+            let expected: Vec<String> = ids
+                .iter()
+                .zip(&millis)
+                .filter(|(_, ms)| (from..until).contains(*ms))
+                .map(|(id, _)| id.clone())
+                .collect();
+            let oldest_first = Query {
+                created_from_ms: Some(from),
+                created_until_ms: Some(until),
+                limit: 100,
+                ..Query::default()
+            };
+            assert_eq!(
+                listed(oldest_first.clone()),
+                (expected.len(), expected.clone())
+            );
+            let newest_first = Query {
+                newest_first: true,
+                ..oldest_first
+            };
+            let reversed: Vec<String> = expected.iter().rev().cloned().collect();
+            assert_eq!(listed(newest_first), (expected.len(), reversed));
+        }
     }
 
     #[test]

@@ -264,6 +264,10 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
         .agents_connected
         .fetch_add(1, Ordering::Relaxed);
     let _connected = Connected(&state.metrics);
+    let _present = state
+        .console
+        .presence
+        .connected(&agent_id, PROTOCOL_VERSION, peer);
     tracing::info!(agent = %agent_id, %peer, "agent connected");
 
     let (sink, mut stream) = socket.split();
@@ -326,6 +330,7 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
         }
         let mut frames = std::mem::take(&mut answers_before);
         frames.extend(process(&state, &agent_id, &mut batch));
+        state.console.presence.seen(&agent_id);
         if !frames.is_empty() {
             let durable = frames
                 .iter()
@@ -635,6 +640,7 @@ mod tests {
             shutdown,
             ws_tracker: Arc::default(),
             access: crate::access::Access::default(),
+            console: crate::console::Console::default(),
         })
     }
 
