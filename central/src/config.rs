@@ -52,6 +52,8 @@ pub struct CentralConfig {
     pub users: Vec<UserCredential>,
     /// Serve HTTPS/WSS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The directory, flood control and notification delivery (reloaded on SIGHUP).
+    pub notifications: crate::notify::Policy,
 }
 
 /// One agent the central accepts: the id it is bound to and a digest of its token.
@@ -163,6 +165,7 @@ impl CentralConfig {
             agents: Vec::new(),
             users: Vec::new(),
             tls: None,
+            notifications: crate::notify::Policy::default(),
         }
     }
 
@@ -229,6 +232,16 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default)]
+    people: Vec<crate::directory::RawPerson>,
+    #[serde(default)]
+    groups: Vec<crate::directory::RawGroup>,
+    #[serde(default)]
+    plans: Vec<crate::directory::RawPlan>,
+    #[serde(default)]
+    flood_control: crate::flood::RawFloodSettings,
+    #[serde(default)]
+    notifications: crate::notify::RawDeliverySettings,
 }
 
 #[derive(Deserialize, Default)]
@@ -397,6 +410,16 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
         }
     };
 
+    config.notifications = crate::notify::Policy {
+        directory: crate::directory::RawDirectory {
+            people: raw.people,
+            groups: raw.groups,
+            plans: raw.plans,
+        }
+        .validate(file)?,
+        flood: raw.flood_control.validate(file)?,
+        delivery: raw.notifications.validate(file)?,
+    };
     Ok(config)
 }
 

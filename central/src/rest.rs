@@ -104,7 +104,27 @@ pub async fn route(
                     Err(refusal) => refused(&refusal),
                 }
             }
-            _ => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
+            _ => match crate::report::Resource::of(other) {
+                Some(resource) => {
+                    if method != Method::GET {
+                        return not_allowed("GET");
+                    }
+                    match state
+                        .access
+                        .caller(&state.config, request.headers(), peer.ip())
+                        .await
+                    {
+                        Ok(caller) => {
+                            let query = request.uri().query();
+                            crate::report::get(&state, &caller, &resource, other, query)
+                        }
+                        Err(refusal) => refused(&refusal),
+                    }
+                }
+                None => {
+                    http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"))
+                }
+            },
         },
     }
 }
@@ -151,7 +171,8 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     response
 }
 
-fn store_failure(error: &StoreError) -> Response<Body> {
+/// 503 with `Retry-After` for a store failure (logged here, never shown to the caller).
+pub(crate) fn store_failure(error: &StoreError) -> Response<Body> {
     tracing::error!(%error, "event store failure while serving REST");
     let mut response = http_util::error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -317,6 +338,12 @@ async fn change_status(
         }
         Err(error) => return store_failure(&error),
     };
+    // A terminated or suspended event notifies nobody more.
+    if status != Status::Active {
+        if let Err(error) = state.notifier.cancel(id) {
+            return store_failure(&error);
+        }
+    }
     if let Err(error) = state.store.wait_durable().await {
         return store_failure(&error);
     }

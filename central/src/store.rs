@@ -326,6 +326,12 @@ impl Store {
         })
     }
 
+    /// Another tree of the same database, for data that must become durable with the events
+    /// (notifications and their flood-control counts): [`Store::wait_durable`] covers it too.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic in another writer leaves the clock consistent (`last` is set in one step) and
         // the index at worst missing the batch that was being written.
@@ -640,6 +646,8 @@ mod tests {
                 agent_id: "agent-01",
                 integration_id: "i-1",
                 form: None,
+                plan: None,
+                flood_control: false,
                 created: "2024-01-01T00:00:00.000Z",
             };
             event::build(&self.trigger, &origin).expect("valid trigger")

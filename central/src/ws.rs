@@ -450,25 +450,33 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     let mut write_seqs = Vec::with_capacity(batch.len());
     // Validation first, so an invalid trigger is refused whether or not its key exists.
     for create in batch.iter() {
-        match event::check(&create.trigger) {
-            Ok(checked) => {
+        let admitted = event::check(&create.trigger).map_err(|e| (400, e.to_string()));
+        let admitted = admitted.and_then(|checked| {
+            let (plan, form) = (create.plan.as_deref(), create.form.as_deref());
+            match state.notifier.admit(plan, form, create.sender.as_deref()) {
+                Ok(admitted) => Ok((checked, admitted)),
+                Err(refusal) => Err((403, refusal.to_string())),
+            }
+        });
+        match admitted {
+            Ok((checked, admitted)) => {
                 writes.push(Pending {
                     create,
                     checked,
+                    admitted,
                     agent_id,
                     created: &created,
                 });
                 write_seqs.push((answers.len(), create.seq));
                 answers.push(None);
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err((status, message)) => {
                 tracing::info!(agent = %agent_id, request_id = %create.request_id,
                     index = create.index, %message, "event.create rejected");
                 answers.push(Some(Answer::Reject {
                     seq: create.seq,
                     retryable: false,
-                    status: 400,
+                    status,
                     message,
                 }));
             }
@@ -477,13 +485,25 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     if !writes.is_empty() {
         match state.store.create_batch(agent_id, &writes) {
             Ok(written) => {
-                for ((slot, seq), written) in write_seqs.into_iter().zip(written) {
-                    if let Some(answer) = answers.get_mut(slot) {
-                        *answer = Some(Answer::Ack {
+                for (((slot, seq), written), pending) in
+                    write_seqs.into_iter().zip(written).zip(&writes)
+                {
+                    // Before the ack's flush, so the ack covers the notifications too; a
+                    // failure leaves the event without them, and the agent's resend retries.
+                    let notified = state.notifier.after_create(&pending.notice(&written.event_id));
+                    let answer = match notified {
+                        Ok(()) => Answer::Ack {
                             seq,
                             event_id: written.event_id,
                             duplicate: written.duplicate,
-                        });
+                        },
+                        Err(error) => {
+                            tracing::error!(%error, agent = %agent_id, "could not store notifications");
+                            unavailable(seq)
+                        }
+                    };
+                    if let Some(slot) = answers.get_mut(slot) {
+                        *slot = Some(answer);
                     }
                 }
             }
@@ -506,8 +526,22 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
 struct Pending<'a> {
     create: &'a Create,
     checked: event::Checked<'a>,
+    admitted: crate::notify::Admitted,
     agent_id: &'a str,
     created: &'a str,
+}
+
+impl Pending<'_> {
+    /// What the notifier needs of the created event `event_id`.
+    fn notice<'n>(&'n self, event_id: &'n str) -> crate::notify::Created<'n> {
+        crate::notify::Created {
+            event_id,
+            integration_id: &self.create.integration_id,
+            recipients: self.checked.recipients(),
+            admitted: &self.admitted,
+            flood_control: self.create.flood_control,
+        }
+    }
 }
 
 impl NewEvent for Pending<'_> {
@@ -526,6 +560,8 @@ impl NewEvent for Pending<'_> {
             agent_id: self.agent_id,
             integration_id: &self.create.integration_id,
             form: self.create.form.as_deref(),
+            plan: self.create.plan.as_deref(),
+            flood_control: self.create.flood_control,
             created: self.created,
         })
     }
@@ -628,9 +664,14 @@ mod tests {
         let config = crate::CentralConfig::new("127.0.0.1:0".parse().expect("addr"), dir)
             .with_agent("agent-01", "token");
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let store = crate::store::Store::open(dir).expect("open store");
+        let (notifier, _queue) =
+            crate::notify::Notifier::open(store.clone(), config.notifications.clone())
+                .expect("open notifications");
         Arc::new(State {
             config,
-            store: crate::store::Store::open(dir).expect("open store"),
+            store,
+            notifier,
             metrics: Metrics::default(),
             shutdown,
             ws_tracker: Arc::default(),
@@ -653,6 +694,8 @@ mod tests {
             agent_id: "a",
             integration_id: &create.integration_id,
             form: create.form.as_deref(),
+            plan: create.plan.as_deref(),
+            flood_control: create.flood_control,
             created: "t",
         };
         event::build(&create.trigger, &origin)
@@ -1128,6 +1171,8 @@ mod tests {
                     agent_id: "agent-01",
                     integration_id: &create.integration_id,
                     form: create.form.as_deref(),
+                    plan: create.plan.as_deref(),
+                    flood_control: create.flood_control,
                     created: "2024-01-01T00:00:00.000Z",
                 };
                 assert!(event::build(&create.trigger, &origin).is_ok());

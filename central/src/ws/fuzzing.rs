@@ -44,6 +44,8 @@ pub fn read_text_frame(text: &str) -> Verdict {
                     agent_id: "fuzz-agent",
                     integration_id: &create.integration_id,
                     form: create.form.as_deref(),
+                    plan: create.plan.as_deref(),
+                    flood_control: create.flood_control,
                     created: "1970-01-01T00:00:00Z",
                 }),
             },
