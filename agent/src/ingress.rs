@@ -379,7 +379,7 @@ async fn trigger(
                     &request_id,
                     &id,
                     &received_at,
-                    integration.form.as_deref(),
+                    &integration.routing(&principal.user),
                     &trigger,
                     activity,
                 )

@@ -40,6 +40,11 @@ pub struct EventCreate {
     /// The form (communication plan form) the event is created from, if the integration names one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<String>,
+    /// The trigger object: `properties`, `recipients`, `priority`, ... exactly as the script or the
+    /// request body built it.
+    pub trigger: Value,
+    // The members below came later: they are optional and declared after `trigger`, so every
+    // frame an older agent wrote (in any form serde reads) still parses the same.
     /// The communication plan of `form`, if the integration names one (without it the central
     /// looks the form up in every plan).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,9 +56,6 @@ pub struct EventCreate {
     /// Whether the integration enables notification flood control.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub flood_control: bool,
-    /// The trigger object: `properties`, `recipients`, `priority`, ... exactly as the script or the
-    /// request body built it.
-    pub trigger: Value,
 }
 
 /// Frames the agent sends.

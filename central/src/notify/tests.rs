@@ -1,0 +1,248 @@
+//! Notification creation, flood control across restarts, cancellation and delivery.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const DIRECTORY: &str = r#"
+[[people]]
+target_name = "oncall"
+devices = [
+  { name = "Work Email", device_type = "EMAIL", address = "oncall@example.com" },
+  { name = "Mobile", device_type = "TEXT_PHONE", address = "+15550100" },
+]
+[[groups]]
+target_name = "ops"
+members = ["oncall"]
+[[plans]]
+name = "Ops"
+[[plans.forms]]
+name = "Alert"
+recipients = ["ops"]
+"#;
+
+fn policy(extra: &str) -> Policy {
+    let dir = tempfile::tempdir().expect("tempdir");
+    crate::config::parse(
+        &format!("{DIRECTORY}\n{extra}"),
+        "test.toml",
+        dir.path(),
+    )
+    .expect("valid config")
+    .notifications
+}
+
+fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver<u128>) {
+    let store = Store::open(dir).expect("open store");
+    Notifier::open(store, policy).expect("open notifier")
+}
+
+/// Notify for a new event id with `recipients`, as the websocket does after creating it.
+fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String {
+    let event_id = uuid::Uuid::now_v7().to_string();
+    let admitted = notifier
+        .admit(None, Some("Alert"), Some("svc"))
+        .expect("admitted");
+    notifier
+        .after_create(&Created {
+            event_id: &event_id,
+            integration_id: "flood-demo",
+            recipients: recipients.as_bytes(),
+            admitted: &admitted,
+            flood_control,
+        })
+        .expect("notifications written");
+    event_id
+}
+
+fn statuses(notifier: &Notifier, event_id: &str) -> Vec<(String, String)> {
+    notifier
+        .list(event_id)
+        .expect("list")
+        .iter()
+        .map(|n| {
+            (
+                n["device"]["deviceType"].as_str().unwrap_or("").to_owned(),
+                n["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pair(kind: &str, status: &str) -> (String, String) {
+    (kind.to_owned(), status.to_owned())
+}
+
+#[test]
+fn flood_control_suppresses_sms_beyond_the_maximum_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = {
+        let (notifier, _queue) = open(dir.path(), policy(""));
+        let first = notify(&notifier, r#"["oncall"]"#, true);
+        let second = notify(&notifier, r#"["oncall"]"#, true);
+        assert_eq!(
+            statuses(&notifier, &second),
+            [pair("EMAIL", "PENDING"), pair("TEXT_PHONE", "SUPPRESSED")]
+        );
+        let suppressed = &notifier.list(&second).expect("list")[1];
+        assert!(
+            suppressed["reason"].as_str().unwrap_or("").contains("flood control"),
+            "{suppressed}"
+        );
+        tokio::runtime::Runtime::new()
+            .expect("runtime")
+            .block_on(notifier.store.wait_durable())
+            .expect("flush");
+        first
+    };
+    // Reopened: the count of the first SMS is still there.
+    let (notifier, _queue) = open(dir.path(), policy(""));
+    assert_eq!(
+        statuses(&notifier, &first),
+        [pair("EMAIL", "PENDING"), pair("TEXT_PHONE", "PENDING")]
+    );
+    let third = notify(&notifier, r#"["oncall"]"#, true);
+    assert_eq!(
+        statuses(&notifier, &third),
+        [pair("EMAIL", "PENDING"), pair("TEXT_PHONE", "SUPPRESSED")]
+    );
+    assert_eq!(notifier.pending_events().expect("pending").len(), 3);
+}
+
+#[test]
+fn without_flood_control_or_with_a_wider_limit_everything_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notifier, _queue) = open(
+        dir.path(),
+        policy("[flood_control]\nmax_notifications = 2\nperiod_secs = 60\n"),
+    );
+    for _ in 0..3 {
+        let event = notify(&notifier, r#"["oncall"]"#, false);
+        assert_eq!(
+            statuses(&notifier, &event),
+            [pair("EMAIL", "PENDING"), pair("TEXT_PHONE", "PENDING")]
+        );
+    }
+    let kinds: Vec<_> = (0..3)
+        .map(|_| statuses(&notifier, &notify(&notifier, "oncall", true))[1].1.clone())
+        .collect();
+    assert_eq!(kinds, ["PENDING", "PENDING", "SUPPRESSED"], "two per minute");
+}
+
+#[test]
+fn form_defaults_groups_filters_idempotence_and_cancel() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notifier, _queue) = open(dir.path(), policy(""));
+    // No recipients on the event: the form's defaults (the group `ops`).
+    let by_default = notify(&notifier, "[]", false);
+    let listed = notifier.list(&by_default).expect("list");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["group"]["targetName"], "ops");
+    assert_eq!(listed[0]["recipient"]["targetName"], "oncall");
+
+    let filtered = notify(
+        &notifier,
+        r#"[{"targetName": "ops", "devices": ["EMAIL"]}]"#,
+        false,
+    );
+    assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
+
+    // A resend of the same event changes nothing.
+    let admitted = notifier.admit(None, Some("Alert"), None).expect("open form");
+    notifier
+        .after_create(&Created {
+            event_id: &filtered,
+            integration_id: "flood-demo",
+            recipients: br#"["oncall"]"#,
+            admitted: &admitted,
+            flood_control: true,
+        })
+        .expect("idempotent");
+    assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
+
+    assert_eq!(notifier.cancel(&filtered).expect("cancel"), 1);
+    assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "CANCELLED")]);
+    assert_eq!(notifier.cancel(&filtered).expect("again"), 0);
+    assert_eq!(notifier.pending_events().expect("pending").len(), 1);
+
+    let nobody = notify(&notifier, r#"["ghost"]"#, true);
+    assert!(notifier.list(&nobody).expect("list").is_empty());
+    assert!(notifier.list("not-an-id").expect("list").is_empty());
+}
+
+#[test]
+fn backoff_doubles_up_to_the_cap() {
+    let settings = DeliverySettings {
+        retry_initial: Duration::from_millis(100),
+        retry_max: Duration::from_millis(350),
+        ..DeliverySettings::default()
+    };
+    let waits: Vec<u128> = (1..=4).map(|n| settings.backoff(n).as_millis()).collect();
+    assert_eq!(waits, [100, 200, 350, 350]);
+}
+
+#[test]
+fn bad_delivery_settings_name_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (text, key) in [
+        (
+            "[notifications.webhooks]\nEMAIL = \"https://example.com/x\"\n",
+            "notifications.webhooks.EMAIL",
+        ),
+        (
+            "[notifications.webhooks]\nPAGER = \"http://example.com/x\"\n",
+            "notifications.webhooks",
+        ),
+        ("[notifications]\nmax_attempts = 0\n", "notifications.max_attempts"),
+        ("[flood_control]\nperiod_secs = 0\n", "flood_control.period_secs"),
+    ] {
+        let error = crate::config::parse(text, "test.toml", dir.path()).expect_err(text);
+        assert!(error.key.starts_with(key), "{text}: {}", error.key);
+    }
+}
+
+/// Wait (polling, generous deadline) until `check` holds.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_log_deliverer_delivers_and_an_unreachable_webhook_fails_after_its_attempts() {
+    // A port nobody listens on: bind, note it, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notifier, queue) = open(
+        dir.path(),
+        policy(&format!(
+            "[notifications]\nmax_attempts = 2\nretry_initial_ms = 10\nretry_max_ms = 20\n\
+             [notifications.webhooks]\nTEXT_PHONE = \"http://127.0.0.1:{port}/sms\"\n"
+        )),
+    );
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(deliver::run(Arc::clone(&notifier), queue, shutdown));
+    let event = notify(&notifier, r#"["oncall"]"#, false);
+    eventually("both notifications settled", || {
+        statuses(&notifier, &event)
+            .iter()
+            .all(|(_, status)| status != "PENDING")
+    })
+    .await;
+    let listed = notifier.list(&event).expect("list");
+    assert_eq!(listed[0]["status"], "DELIVERED", "{listed:?}");
+    assert!(listed[0]["delivered"].is_string());
+    assert_eq!(listed[1]["status"], "FAILED", "{listed:?}");
+    assert_eq!(listed[1]["attempts"], 2);
+    assert!(
+        listed[1]["reason"].as_str().unwrap_or("").contains("unreachable"),
+        "{listed:?}"
+    );
+    assert!(notifier.pending_events().expect("pending").is_empty());
+    stop.send(true).expect("stop");
+    task.await.expect("delivery task ends");
+}
