@@ -2071,9 +2071,14 @@ mod tests {
                     tokio::time::sleep(std::time::Duration::from_millis(2 * n)).await;
                     let trigger = json!({"properties": {"n": n}}).to_string();
                     store
-                        .accept_event(&request(n).request_id, "int", "", &Routing::default(), &trigger, || {
-                            json!({})
-                        })
+                        .accept_event(
+                            &request(n).request_id,
+                            "int",
+                            "",
+                            &Routing::default(),
+                            &trigger,
+                            || json!({}),
+                        )
                         .await
                 })
             })
@@ -2103,9 +2108,14 @@ mod tests {
         for n in 0..count as u64 {
             let trigger = json!({"properties": {"n": n, "filler": filler}}).to_string();
             let seq = store
-                .accept_event(&request(n).request_id, "int", "", &Routing::default(), &trigger, || {
-                    json!({})
-                })
+                .accept_event(
+                    &request(n).request_id,
+                    "int",
+                    "",
+                    &Routing::default(),
+                    &trigger,
+                    || json!({}),
+                )
                 .await
                 .unwrap();
             seqs.push(seq);

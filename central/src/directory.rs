@@ -356,7 +356,12 @@ impl Directory {
     /// The forms of plan `name`, in the shape of `GET /api/xm/1/plans/{plan}/forms` items.
     pub fn forms_json(&self, plan: &str) -> Option<Vec<Value>> {
         let plan = self.plans.iter().find(|p| p.name == plan)?;
-        Some(plan.forms.iter().map(|form| form_json(plan, form)).collect())
+        Some(
+            plan.forms
+                .iter()
+                .map(|form| form_json(plan, form))
+                .collect(),
+        )
     }
 }
 
@@ -584,7 +589,10 @@ impl RawDirectory {
         for (index, raw) in self.people.into_iter().enumerate() {
             let key = format!("people[{index}]");
             if raw.target_name.trim().is_empty() {
-                return Err(fail(format!("{key}.target_name"), "must not be empty".into()));
+                return Err(fail(
+                    format!("{key}.target_name"),
+                    "must not be empty".into(),
+                ));
             }
             let mut devices: Vec<Device> = Vec::new();
             for (at, device) in raw.devices.into_iter().enumerate() {
@@ -621,9 +629,7 @@ impl RawDirectory {
                     format!("person `{}` is configured twice", person.target_name),
                 ));
             }
-            directory
-                .people
-                .insert(person.target_name.clone(), person);
+            directory.people.insert(person.target_name.clone(), person);
         }
         for (index, person) in directory.people.values().enumerate() {
             if let Some(unknown) = person
@@ -641,7 +647,10 @@ impl RawDirectory {
             let key = format!("groups[{index}]");
             let name = raw.target_name;
             if name.trim().is_empty() {
-                return Err(fail(format!("{key}.target_name"), "must not be empty".into()));
+                return Err(fail(
+                    format!("{key}.target_name"),
+                    "must not be empty".into(),
+                ));
             }
             if directory.groups.contains_key(&name) || directory.people.contains_key(&name) {
                 return Err(fail(
@@ -772,7 +781,12 @@ mod tests {
     }
 
     fn raw_directory(value: &toml::Value) -> RawDirectory {
-        let take = |name: &str| value.get(name).cloned().unwrap_or(toml::Value::Array(vec![]));
+        let take = |name: &str| {
+            value
+                .get(name)
+                .cloned()
+                .unwrap_or(toml::Value::Array(vec![]))
+        };
         RawDirectory {
             people: take("people").try_into().expect("people"),
             groups: take("groups").try_into().expect("groups"),
@@ -823,7 +837,9 @@ mod tests {
         let refused = directory
             .authorize(None, Some("Alert"), Some("oncall"))
             .expect_err("no permission");
-        assert!(refused.to_string().contains("`oncall` does not have permission"));
+        assert!(refused
+            .to_string()
+            .contains("`oncall` does not have permission"));
         assert!(matches!(
             directory.authorize(Some("Nope"), Some("Alert"), Some("svc")),
             Err(Refusal::UnknownPlan(_))
@@ -833,7 +849,10 @@ mod tests {
             Err(Refusal::UnknownForm { .. })
         ));
         assert!(directory.authorize(None, Some("Open"), None).is_ok());
-        assert!(directory.authorize(None, None, None).expect("no form").is_none());
+        assert!(directory
+            .authorize(None, None, None)
+            .expect("no form")
+            .is_none());
         assert!(Directory::default()
             .authorize(None, Some("Anything"), None)
             .expect("no plans: no check")
@@ -862,9 +881,7 @@ mod tests {
         ];
         for (text, key) in bad {
             let value: toml::Value = toml::from_str(text).expect("toml");
-            let error = raw_directory(&value)
-                .validate("test.toml")
-                .expect_err(text);
+            let error = raw_directory(&value).validate("test.toml").expect_err(text);
             assert_eq!(error.key, key, "{text}");
         }
     }

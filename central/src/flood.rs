@@ -123,7 +123,9 @@ mod tests {
 
     #[test]
     fn defaults_are_one_per_five_minutes_on_app_sms_and_voice() {
-        let settings = RawFloodSettings::default().validate("c.toml").expect("valid");
+        let settings = RawFloodSettings::default()
+            .validate("c.toml")
+            .expect("valid");
         assert_eq!(settings, FloodSettings::default());
         assert_eq!(settings.max_notifications, 1);
         assert_eq!(settings.period, Duration::from_secs(300));
@@ -165,8 +167,14 @@ mod tests {
         assert!(window.admit(1_000, &settings));
         assert!(window.admit(2_000, &settings));
         assert!(!window.admit(3_000, &settings), "third within 10 s");
-        assert!(!window.admit(10_999, &settings), "the first is 9.999 s old: still in");
-        assert!(window.admit(11_000, &settings), "10 s old: the first left the period");
+        assert!(
+            !window.admit(10_999, &settings),
+            "the first is 9.999 s old: still in"
+        );
+        assert!(
+            window.admit(11_000, &settings),
+            "10 s old: the first left the period"
+        );
         assert_eq!(window.0, [2_000, 11_000]);
     }
 

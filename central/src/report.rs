@@ -159,11 +159,7 @@ impl Paging {
     /// `links.next`.
     fn page(&self, path: &str, all: Vec<Value>) -> http::Response<Body> {
         let total = all.len();
-        let data: Vec<Value> = all
-            .into_iter()
-            .skip(self.offset)
-            .take(self.limit)
-            .collect();
+        let data: Vec<Value> = all.into_iter().skip(self.offset).take(self.limit).collect();
         let link = |offset: usize| format!("{path}?offset={offset}&limit={}", self.limit);
         let mut links = json!({"self": link(self.offset)});
         let next = self.offset.saturating_add(data.len());

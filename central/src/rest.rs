@@ -121,9 +121,7 @@ pub async fn route(
                         Err(refusal) => refused(&refusal),
                     }
                 }
-                None => {
-                    http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"))
-                }
+                None => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
             },
         },
     }

@@ -490,7 +490,9 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
                 {
                     // Before the ack's flush, so the ack covers the notifications too; a
                     // failure leaves the event without them, and the agent's resend retries.
-                    let notified = state.notifier.after_create(&pending.notice(&written.event_id));
+                    let notified = state
+                        .notifier
+                        .after_create(&pending.notice(&written.event_id));
                     let answer = match notified {
                         Ok(()) => Answer::Ack {
                             seq,

@@ -158,7 +158,10 @@ mod tests {
         let Ok(AgentFrame::EventCreate(create)) = serde_json::from_str::<AgentFrame>(older) else {
             panic!("an older frame still parses");
         };
-        assert_eq!((create.plan, create.sender, create.flood_control), (None, None, false));
+        assert_eq!(
+            (create.plan, create.sender, create.flood_control),
+            (None, None, false)
+        );
         let frame = AgentFrame::EventCreate(EventCreate {
             seq: 2,
             request_id: "r".into(),

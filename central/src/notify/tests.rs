@@ -23,13 +23,9 @@ recipients = ["ops"]
 
 fn policy(extra: &str) -> Policy {
     let dir = tempfile::tempdir().expect("tempdir");
-    crate::config::parse(
-        &format!("{DIRECTORY}\n{extra}"),
-        "test.toml",
-        dir.path(),
-    )
-    .expect("valid config")
-    .notifications
+    crate::config::parse(&format!("{DIRECTORY}\n{extra}"), "test.toml", dir.path())
+        .expect("valid config")
+        .notifications
 }
 
 fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver<u128>) {
@@ -86,7 +82,10 @@ fn flood_control_suppresses_sms_beyond_the_maximum_and_survives_a_restart() {
         );
         let suppressed = &notifier.list(&second).expect("list")[1];
         assert!(
-            suppressed["reason"].as_str().unwrap_or("").contains("flood control"),
+            suppressed["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("flood control"),
             "{suppressed}"
         );
         tokio::runtime::Runtime::new()
@@ -124,9 +123,17 @@ fn without_flood_control_or_with_a_wider_limit_everything_goes() {
         );
     }
     let kinds: Vec<_> = (0..3)
-        .map(|_| statuses(&notifier, &notify(&notifier, "oncall", true))[1].1.clone())
+        .map(|_| {
+            statuses(&notifier, &notify(&notifier, "oncall", true))[1]
+                .1
+                .clone()
+        })
         .collect();
-    assert_eq!(kinds, ["PENDING", "PENDING", "SUPPRESSED"], "two per minute");
+    assert_eq!(
+        kinds,
+        ["PENDING", "PENDING", "SUPPRESSED"],
+        "two per minute"
+    );
 }
 
 #[test]
@@ -148,7 +155,9 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
     assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
 
     // A resend of the same event changes nothing.
-    let admitted = notifier.admit(None, Some("Alert"), None).expect("open form");
+    let admitted = notifier
+        .admit(None, Some("Alert"), None)
+        .expect("open form");
     notifier
         .after_create(&Created {
             event_id: &filtered,
@@ -193,8 +202,14 @@ fn bad_delivery_settings_name_the_key() {
             "[notifications.webhooks]\nPAGER = \"http://example.com/x\"\n",
             "notifications.webhooks",
         ),
-        ("[notifications]\nmax_attempts = 0\n", "notifications.max_attempts"),
-        ("[flood_control]\nperiod_secs = 0\n", "flood_control.period_secs"),
+        (
+            "[notifications]\nmax_attempts = 0\n",
+            "notifications.max_attempts",
+        ),
+        (
+            "[flood_control]\nperiod_secs = 0\n",
+            "flood_control.period_secs",
+        ),
     ] {
         let error = crate::config::parse(text, "test.toml", dir.path()).expect_err(text);
         assert!(error.key.starts_with(key), "{text}: {}", error.key);
@@ -239,7 +254,10 @@ async fn the_log_deliverer_delivers_and_an_unreachable_webhook_fails_after_its_a
     assert_eq!(listed[1]["status"], "FAILED", "{listed:?}");
     assert_eq!(listed[1]["attempts"], 2);
     assert!(
-        listed[1]["reason"].as_str().unwrap_or("").contains("unreachable"),
+        listed[1]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable"),
         "{listed:?}"
     );
     assert!(notifier.pending_events().expect("pending").is_empty());
