@@ -10,11 +10,13 @@
 //! decide who is notified or suppress anything (that is settled when notifications are
 //! created, see [`super::Notifier::after_create`]), or speak TLS (webhooks are plain HTTP).
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,8 +31,12 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Events delivered at once (their calls run concurrently; one flush records them all).
+const BATCH: usize = 32;
+
 /// Deliver until `shutdown` turns true: first every event left PENDING by an earlier run, then
-/// events as they are created, and retries when they are due.
+/// events as they are created, and retries when they are due (one timer per event, in memory:
+/// after a restart the pending index brings them back).
 pub async fn run(
     notifier: Arc<Notifier>,
     mut queue: mpsc::Receiver<u128>,
@@ -38,52 +44,89 @@ pub async fn run(
 ) {
     let client: HttpClient =
         Client::builder(hyper_util::rt::TokioExecutor::new()).build(HttpConnector::new());
-    let mut backlog = match notifier.pending_events() {
-        Ok(ids) => ids,
+    let mut backlog: VecDeque<u128> = match notifier.pending_events() {
+        Ok(ids) => ids.into(),
         Err(error) => {
             tracing::error!(%error, "cannot read pending notifications; they wait for a restart");
-            Vec::new()
+            VecDeque::new()
         }
     };
     if !backlog.is_empty() {
         tracing::info!(events = backlog.len(), "resuming pending notifications");
     }
+    let mut retries: HashMap<u128, Instant> = HashMap::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
-        let next = match backlog.pop() {
-            Some(id) => id,
-            None => {
-                if notifier.overflowed.swap(false, Ordering::SeqCst) {
-                    backlog = notifier.pending_events().unwrap_or_default();
-                    continue;
-                }
-                tokio::select! {
-                    id = queue.recv() => match id {
-                        Some(id) => id,
-                        None => return,
-                    },
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+        let take = backlog.len().min(BATCH);
+        let mut batch: Vec<u128> = backlog.drain(..take).collect();
+        if batch.is_empty() {
+            if notifier.overflowed.swap(false, Ordering::SeqCst) {
+                backlog = notifier.pending_events().unwrap_or_default().into();
+                continue;
+            }
+            let next_retry = retries.values().min().copied();
+            tokio::select! {
+                id = queue.recv() => match id {
+                    Some(id) => batch.push(id),
+                    None => return,
+                },
+                () = sleep_until(next_retry), if next_retry.is_some() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(id) => batch.push(id),
+                    Err(_) => break,
                 }
             }
-        };
-        match deliver_event(&notifier, &client, next).await {
-            Ok(Some(wait)) => {
-                let sender = notifier.queue.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = sender.send(next).await;
-                });
+        }
+        let now = Instant::now();
+        retries.retain(|id, due| {
+            let take = *due <= now && batch.len() < BATCH;
+            if take {
+                batch.push(*id);
             }
-            Ok(None) => {}
-            Err(error) => tracing::error!(%error, "notification delivery could not be recorded"),
+            !take
+        });
+        batch.sort_unstable();
+        batch.dedup();
+        let outcomes = join_all(
+            batch
+                .iter()
+                .map(|&id| deliver_event(&notifier, &client, id)),
+        )
+        .await;
+        for (id, outcome) in batch.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(Some(wait)) => {
+                    retries.insert(id, Instant::now() + wait);
+                }
+                Ok(None) => {
+                    retries.remove(&id);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "notification delivery could not be recorded")
+                }
+            }
+        }
+        // Attempts are recorded durably, so a restart neither forgets nor repeats them.
+        if let Err(error) = notifier.store.wait_durable().await {
+            tracing::error!(%error, "cannot make notification attempts durable");
         }
     }
 }
 
+async fn sleep_until(due: Option<Instant>) {
+    if let Some(due) = due {
+        tokio::time::sleep_until(due.into()).await;
+    }
+}
+
 /// Attempt every due PENDING notification of event `id` and record the outcomes. Returns how
-/// long until the next retry is due, if any notification is still PENDING.
+/// long until the next retry is due, if any notification is still PENDING. Not durable until
+/// the caller's flush.
 async fn deliver_event(
     notifier: &Notifier,
     client: &HttpClient,
@@ -155,8 +198,6 @@ async fn deliver_event(
             .map(|n| Duration::from_millis(n.next_attempt_ms.saturating_sub(now)))
             .min()
     };
-    // Attempts are recorded durably, so a restart neither forgets nor repeats them.
-    notifier.store.wait_durable().await?;
     Ok(next_due)
 }
 
