@@ -316,6 +316,11 @@ impl Directory {
         reached
     }
 
+    /// The group called `target_name`.
+    pub fn group(&self, target_name: &str) -> Option<&Group> {
+        self.groups.get(target_name)
+    }
+
     /// All people, in the shape of `GET /api/xm/1/people` items.
     pub fn people_json(&self) -> Vec<Value> {
         self.people.values().map(person_json).collect()
@@ -430,7 +435,8 @@ fn form_json(plan: &Plan, form: &Form) -> Value {
     })
 }
 
-fn recipient_json(recipient: &Recipient) -> Value {
+/// A recipient as xMatters writes one: `{targetName, devices?}`.
+pub fn recipient_json(recipient: &Recipient) -> Value {
     let mut value = json!({"targetName": recipient.target_name});
     if !recipient.devices.is_empty() {
         value["devices"] = recipient

@@ -14,6 +14,7 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::access::Caller;
+use crate::directory::{self, Directory};
 use crate::rest::{DEFAULT_LIMIT, MAX_LIMIT};
 use crate::State;
 use server::http_util;
@@ -113,6 +114,28 @@ pub fn get(
             }
         }
     }
+}
+
+/// An event's `recipients` as the embedded xMatters list: each target with its
+/// `recipientType` (PERSON, GROUP, or UNKNOWN when the directory does not know the name) and
+/// its device filter.
+pub fn recipients_list(recipients: &Value, directory: &Directory) -> Value {
+    let data: Vec<Value> = directory::recipients_from(recipients)
+        .iter()
+        .map(|recipient| {
+            let kind = if directory.person(&recipient.target_name).is_some() {
+                "PERSON"
+            } else if directory.group(&recipient.target_name).is_some() {
+                "GROUP"
+            } else {
+                "UNKNOWN"
+            };
+            let mut value = directory::recipient_json(recipient);
+            value["recipientType"] = Value::from(kind);
+            value
+        })
+        .collect();
+    json!({"count": data.len(), "total": data.len(), "data": data})
 }
 
 fn percent_decode(raw: &str) -> String {

@@ -14,6 +14,7 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
 
 use crate::access::{Caller, Refusal};
 use crate::event::Status;
@@ -100,7 +101,7 @@ pub async fn route(
                     .caller(&state.config, request.headers(), peer.ip())
                     .await
                 {
-                    Ok(caller) => get_event(&state, &caller, id),
+                    Ok(caller) => get_event(&state, &caller, id, request.uri().query()),
                     Err(refusal) => refused(&refusal),
                 }
             }
@@ -203,6 +204,8 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
                 property_name = Some(crate::event::strip_locale(&value).to_owned());
             }
             "propertyValue" => property_value = Some(value.into_owned()),
+            "from" => query.created_from = Some(parse_time("from", &value)?),
+            "to" => query.created_to = Some(parse_time("to", &value)?),
             "offset" => {
                 query.offset = value
                     .parse()
@@ -228,6 +231,13 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
     Ok(query)
 }
 
+/// A `from`/`to` time: RFC 3339 / ISO 8601 with an offset, e.g. `2026-01-31T08:00:00Z`.
+fn parse_time(name: &str, value: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+        format!("{name} must be an ISO 8601 UTC time like 2026-01-31T08:00:00Z, got `{value}`")
+    })
+}
+
 /// The `links.self` (and `next`) of a page: the query, normalized, with its paging.
 fn page_link(query: &Query, offset: usize) -> String {
     let mut params = form_urlencoded::Serializer::new(String::new());
@@ -240,6 +250,11 @@ fn page_link(query: &Query, offset: usize) -> String {
     if let Some((name, value)) = &query.property {
         params.append_pair("propertyName", name);
         params.append_pair("propertyValue", value);
+    }
+    for (name, time) in [("from", query.created_from), ("to", query.created_to)] {
+        if let Some(text) = time.and_then(|time| time.format(&Rfc3339).ok()) {
+            params.append_pair(name, &text);
+        }
     }
     params.append_pair("offset", &offset.to_string());
     params.append_pair("limit", &query.limit.to_string());
@@ -272,9 +287,20 @@ async fn list_events(state: &State, caller: &Caller, raw_query: Option<&str>) ->
     )
 }
 
-fn get_event(state: &State, caller: &Caller, id: &str) -> Response<Body> {
+/// One event. `embed=recipients` lists its recipients as xMatters does (`{count, total, data}`
+/// with each target's `recipientType`); properties are always included.
+fn get_event(state: &State, caller: &Caller, id: &str, query: Option<&str>) -> Response<Body> {
+    let embeds_recipients = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(key, value)| key == "embed" && value.split(',').any(|v| v.trim() == "recipients"));
     match state.store.get(id) {
-        Ok(Some(event)) if caller.may_touch(&event) => http_util::json(StatusCode::OK, &event),
+        Ok(Some(mut event)) if caller.may_touch(&event) => {
+            if embeds_recipients {
+                let policy = state.notifier.policy();
+                event["recipients"] =
+                    crate::report::recipients_list(&event["recipients"], &policy.directory);
+            }
+            http_util::json(StatusCode::OK, &event)
+        }
         Ok(_) => http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}")),
         Err(error) => store_failure(&error),
     }
@@ -376,6 +402,8 @@ mod tests {
             "offset=-1",
             "propertyName=Host",
             "propertyValue=x",
+            "from=yesterday",
+            "to=2026-01-01",
         ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
@@ -395,5 +423,15 @@ mod tests {
         assert_eq!(back.request_id.as_deref(), Some("a&b"));
         assert_eq!(back.property, query.property);
         assert_eq!(back.offset, 100);
+
+        let timed = parse_query(Some(
+            "from=2026-01-31T08%3A00%3A00Z&to=2026-02-01T00:00:00%2B01:00",
+        ))
+        .expect("valid");
+        let link = page_link(&timed, 0);
+        let back = parse_query(link.split_once('?').map(|(_, raw)| raw)).expect("valid");
+        assert_eq!(back.created_from, timed.created_from);
+        assert_eq!(back.created_to, timed.created_to);
+        assert!(back.created_from < back.created_to);
     }
 }

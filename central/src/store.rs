@@ -107,6 +107,10 @@ pub struct Query {
     pub agent_id: Option<String>,
     /// Only events of these integrations (script callers limited to their integrations).
     pub integration_ids: Option<Vec<String>>,
+    /// Only events created at or after this time (`from`).
+    pub created_from: Option<time::OffsetDateTime>,
+    /// Only events created before this time (`to`).
+    pub created_to: Option<time::OffsetDateTime>,
     /// How many matching events to skip.
     pub offset: usize,
     /// The most events to return.
@@ -287,6 +291,25 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
         id: id.to_owned(),
         reason: error.to_string(),
     })
+}
+
+/// Whether the event's `created` time is within the query's `from`/`to` (an event whose time
+/// cannot be read matches only a query without them).
+fn created_within(event: &Value, query: &Query) -> bool {
+    if query.created_from.is_none() && query.created_to.is_none() {
+        return true;
+    }
+    let Some(created) = event
+        .get("created")
+        .and_then(Value::as_str)
+        .and_then(|text| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+        })
+    else {
+        return false;
+    };
+    query.created_from.is_none_or(|from| created >= from)
+        && query.created_to.is_none_or(|to| created < to)
 }
 
 impl Store {
@@ -529,7 +552,9 @@ impl Store {
         let filtered = query.status.is_some()
             || query.property.is_some()
             || query.agent_id.is_some()
-            || query.integration_ids.is_some();
+            || query.integration_ids.is_some()
+            || query.created_from.is_some()
+            || query.created_to.is_some();
         let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
             let on_page = page.total >= query.offset && page.events.len() < query.limit;
             if !filtered && !on_page {
@@ -555,7 +580,7 @@ impl Store {
             let other_integration = query.integration_ids.as_ref().is_some_and(|ids| {
                 !field("integrationId").is_some_and(|id| ids.iter().any(|i| i == id))
             });
-            if other_agent || other_integration {
+            if other_agent || other_integration || !created_within(&event, query) {
                 return Ok(());
             }
             if on_page {
@@ -954,6 +979,49 @@ mod tests {
                 ..Query::default()
             })
             .expect("query")
+    }
+
+    #[test]
+    fn from_and_to_filter_by_creation_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let events: Vec<TestEvent> = (0..3).map(|i| new_event("r", i, json!({}))).collect();
+        store.create_batch("agent-01", &events).expect("create");
+        // The test events are created at 2024-01-01T00:00:00.000Z.
+        let at = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                .expect("time")
+        };
+        let count = |from: Option<&str>, to: Option<&str>| {
+            store
+                .query(&Query {
+                    created_from: from.map(at),
+                    created_to: to.map(at),
+                    limit: 100,
+                    ..Query::default()
+                })
+                .expect("query")
+                .total
+        };
+        assert_eq!(
+            count(Some("2024-01-01T00:00:00Z"), None),
+            3,
+            "from is inclusive"
+        );
+        assert_eq!(
+            count(None, Some("2024-01-01T00:00:00Z")),
+            0,
+            "to is exclusive"
+        );
+        assert_eq!(
+            count(Some("2023-12-31T23:00:00-02:00"), None),
+            0,
+            "offsets count"
+        );
+        assert_eq!(
+            count(Some("2023-12-31T00:00:00Z"), Some("2024-01-02T00:00:00Z")),
+            3
+        );
     }
 
     fn by_request(store: &Store, request_id: &str) -> Page {

@@ -452,6 +452,27 @@ async fn recipients_resolve_through_groups_device_filters_and_form_defaults() {
     assert_eq!(notifications[3]["device"]["deviceType"], "VOICE");
     assert_eq!(notifications[3]["device"]["name"], "Desk");
 
+    // The event with its recipients embedded, and the report's time filters.
+    let embedded = central_get(
+        central,
+        &format!(
+            "/api/xm/1/events/{}?embed=properties,recipients",
+            filtered["id"].as_str().unwrap()
+        ),
+    )
+    .await;
+    assert_eq!(
+        embedded["recipients"],
+        json!({"count": 1, "total": 1, "data": [
+            {"targetName": "ops", "recipientType": "GROUP", "devices": ["EMAIL"]}]})
+    );
+    let since = |from: &str| {
+        let path = format!("/api/xm/1/events?from={from}");
+        async move { central_get(central, &path).await["total"].clone() }
+    };
+    assert_eq!(since("2000-01-01T00:00:00Z").await, 2);
+    assert_eq!(since("2999-01-01T00:00:00Z").await, 0);
+
     // The directory reads, in the xMatters shapes.
     let people = central_get(central, "/api/xm/1/people?limit=1").await;
     assert_eq!(
