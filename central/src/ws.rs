@@ -485,24 +485,26 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     if !writes.is_empty() {
         match state.store.create_batch(agent_id, &writes) {
             Ok(written) => {
-                for (((slot, seq), written), pending) in
-                    write_seqs.into_iter().zip(written).zip(&writes)
-                {
-                    // Before the ack's flush, so the ack covers the notifications too; a
-                    // failure leaves the event without them, and the agent's resend retries.
-                    let notified = state
-                        .notifier
-                        .after_create(&pending.notice(&written.event_id));
+                // Before the acks' flush, so the acks cover the notifications too; on a failure
+                // the events stay without them and the agent's resend creates them.
+                let notices: Vec<_> = writes
+                    .iter()
+                    .zip(&written)
+                    .map(|(pending, written)| pending.notice(&written.event_id))
+                    .collect();
+                let notified = state.notifier.after_create(&notices);
+                drop(notices); // it borrows the ids
+                if let Err(error) = &notified {
+                    tracing::error!(%error, agent = %agent_id, "could not store notifications");
+                }
+                for ((slot, seq), written) in write_seqs.into_iter().zip(written) {
                     let answer = match notified {
                         Ok(()) => Answer::Ack {
                             seq,
                             event_id: written.event_id,
                             duplicate: written.duplicate,
                         },
-                        Err(error) => {
-                            tracing::error!(%error, agent = %agent_id, "could not store notifications");
-                            unavailable(seq)
-                        }
+                        Err(_) => unavailable(seq),
                     };
                     if let Some(slot) = answers.get_mut(slot) {
                         *slot = Some(answer);

@@ -316,108 +316,129 @@ impl Notifier {
         })
     }
 
-    /// Create the notifications of a created event (idempotent: an event that has them keeps
-    /// them). Not durable until the store's next [`Store::wait_durable`], which the ack waits
-    /// for anyway. Delivery happens later, on the delivery task.
-    pub fn after_create(&self, created: &Created<'_>) -> Result<(), StoreError> {
+    /// Create the notifications of created events (idempotent: an event that has them keeps
+    /// them), all in one sled batch. Not durable until the store's next
+    /// [`Store::wait_durable`], which the acks wait for anyway. Delivery happens later, on the
+    /// delivery task. On an error nothing is written.
+    pub fn after_create(&self, events: &[Created<'_>]) -> Result<(), StoreError> {
         let policy = self.policy();
         if policy.directory.is_empty() {
             return Ok(());
         }
-        let named = serde_json::from_slice::<Value>(created.recipients)
-            .map(|value| directory::recipients_from(&value))
-            .unwrap_or_default();
-        let recipients = if named.is_empty() {
-            &created.admitted.defaults
-        } else {
-            &named
-        };
-        let reached = policy.directory.resolve(recipients);
-        if reached.is_empty() {
+        // Resolution needs no lock: only events that reach someone go on.
+        let mut planned = Vec::new();
+        for created in events {
+            let named = serde_json::from_slice::<Value>(created.recipients)
+                .map(|value| directory::recipients_from(&value))
+                .unwrap_or_default();
+            let recipients = if named.is_empty() {
+                &created.admitted.defaults
+            } else {
+                &named
+            };
+            let reached = policy.directory.resolve(recipients);
+            if reached.is_empty() {
+                continue;
+            }
+            let id = uuid::Uuid::parse_str(created.event_id)
+                .map_err(|e| corrupt(created.event_id, e))?
+                .as_u128();
+            planned.push((id, created, reached));
+        }
+        if planned.is_empty() {
             return Ok(());
         }
-        let Some(id) = uuid::Uuid::parse_str(created.event_id)
-            .ok()
-            .map(|u| u.as_u128())
-        else {
-            return Err(corrupt(created.event_id, "not an event id"));
-        };
         let mut batch = sled::Batch::default();
-        let mut pending = false;
+        let mut queued = Vec::new();
         {
             let _writer = self.lock();
-            if self.tree.contains_key(key(b'n', id))? {
-                return Ok(());
-            }
             let now = now_ms();
             let stamp = server::http_util::now_rfc3339();
-            let mut windows: HashMap<String, Window> = HashMap::new();
-            let mut notifications = Vec::with_capacity(reached.len());
-            for (position, reach) in reached.into_iter().enumerate() {
-                let kind = reach.device.device_type;
-                let counted = created.flood_control && policy.flood.covers(kind);
-                let admitted = !counted || {
-                    let window = match windows.get_mut(&reach.person) {
-                        Some(window) => window,
-                        None => {
-                            let stored = match self
-                                .tree
-                                .get(flood_key(created.integration_id, &reach.person))?
-                            {
-                                Some(bytes) => serde_json::from_slice(&bytes)
-                                    .map_err(|e| corrupt("flood window", e))?,
-                                None => Window::default(),
-                            };
-                            windows.entry(reach.person.clone()).or_insert(stored)
-                        }
+            // (integration, person) → window, read once and shared by the batch's events.
+            let mut windows: HashMap<(&str, String), Window> = HashMap::new();
+            let mut written = std::collections::HashSet::new();
+            for (id, created, reached) in planned {
+                if !written.insert(id) || self.tree.contains_key(key(b'n', id))? {
+                    continue;
+                }
+                let mut pending = false;
+                let mut notifications = Vec::with_capacity(reached.len());
+                for (position, reach) in reached.into_iter().enumerate() {
+                    let kind = reach.device.device_type;
+                    let counted = created.flood_control && policy.flood.covers(kind);
+                    let admitted = !counted || {
+                        let slot = (created.integration_id, reach.person.clone());
+                        let window = match windows.entry(slot) {
+                            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                            std::collections::hash_map::Entry::Vacant(entry) => {
+                                let stored = self
+                                    .tree
+                                    .get(flood_key(created.integration_id, &reach.person))?;
+                                let window = match stored {
+                                    Some(bytes) => serde_json::from_slice(&bytes)
+                                        .map_err(|e| corrupt("flood window", e))?,
+                                    None => Window::default(),
+                                };
+                                entry.insert(window)
+                            }
+                        };
+                        window.admit(now, &policy.flood)
                     };
-                    window.admit(now, &policy.flood)
+                    let (status, reason) = if admitted {
+                        pending = true;
+                        (NotificationStatus::Pending, None)
+                    } else {
+                        (
+                            NotificationStatus::Suppressed,
+                            Some(format!(
+                                "flood control: more than {} notification(s) to {} devices \
+                                 within {} s",
+                                policy.flood.max_notifications,
+                                policy
+                                    .flood
+                                    .device_types
+                                    .iter()
+                                    .map(|kind| kind.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join("/"),
+                                policy.flood.period.as_secs()
+                            )),
+                        )
+                    };
+                    notifications.push(Notification {
+                        id: format!("{}-{}", created.event_id, position + 1),
+                        recipient: reach.person,
+                        via_group: reach.via_group,
+                        device_name: reach.device.name,
+                        device_type: kind,
+                        address: reach.device.address,
+                        status,
+                        reason,
+                        created: stamp.clone(),
+                        delivered: None,
+                        attempts: 0,
+                        next_attempt_ms: now,
+                    });
+                }
+                let record = Record {
+                    integration_id: created.integration_id.to_owned(),
+                    notifications,
                 };
-                let (status, reason) = if admitted {
-                    pending = true;
-                    (NotificationStatus::Pending, None)
-                } else {
-                    (
-                        NotificationStatus::Suppressed,
-                        Some(format!(
-                            "flood control: more than {} notification(s) to {} devices within {} s",
-                            policy.flood.max_notifications,
-                            kind,
-                            policy.flood.period.as_secs()
-                        )),
-                    )
-                };
-                notifications.push(Notification {
-                    id: format!("{}-{}", created.event_id, position + 1),
-                    recipient: reach.person,
-                    via_group: reach.via_group,
-                    device_name: reach.device.name,
-                    device_type: kind,
-                    address: reach.device.address,
-                    status,
-                    reason,
-                    created: stamp.clone(),
-                    delivered: None,
-                    attempts: 0,
-                    next_attempt_ms: now,
-                });
+                let encoded =
+                    serde_json::to_vec(&record).map_err(|e| corrupt("notification", e))?;
+                batch.insert(&key(b'n', id)[..], encoded);
+                if pending {
+                    batch.insert(&key(b'p', id)[..], &[][..]);
+                    queued.push(id);
+                }
             }
-            let record = Record {
-                integration_id: created.integration_id.to_owned(),
-                notifications,
-            };
-            let encoded = serde_json::to_vec(&record).map_err(|e| corrupt("notification", e))?;
-            batch.insert(&key(b'n', id)[..], encoded);
-            if pending {
-                batch.insert(&key(b'p', id)[..], &[][..]);
-            }
-            for (person, window) in windows {
+            for ((integration_id, person), window) in windows {
                 let encoded = serde_json::to_vec(&window).map_err(|e| corrupt("flood", e))?;
-                batch.insert(flood_key(created.integration_id, &person), encoded);
+                batch.insert(flood_key(integration_id, &person), encoded);
             }
             self.tree.apply_batch(batch)?;
         }
-        if pending {
+        for id in queued {
             self.enqueue(id);
         }
         Ok(())

@@ -40,13 +40,13 @@ fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String 
         .admit(None, Some("Alert"), Some("svc"))
         .expect("admitted");
     notifier
-        .after_create(&Created {
+        .after_create(&[Created {
             event_id: &event_id,
             integration_id: "flood-demo",
             recipients: recipients.as_bytes(),
             admitted: &admitted,
             flood_control,
-        })
+        }])
         .expect("notifications written");
     event_id
 }
@@ -159,13 +159,13 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
         .admit(None, Some("Alert"), None)
         .expect("open form");
     notifier
-        .after_create(&Created {
+        .after_create(&[Created {
             event_id: &filtered,
             integration_id: "flood-demo",
             recipients: br#"["oncall"]"#,
             admitted: &admitted,
             flood_control: true,
-        })
+        }])
         .expect("idempotent");
     assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
 
@@ -263,4 +263,49 @@ async fn the_log_deliverer_delivers_and_an_unreachable_webhook_fails_after_its_a
     assert!(notifier.pending_events().expect("pending").is_empty());
     stop.send(true).expect("stop");
     task.await.expect("delivery task ends");
+}
+
+/// What creating notifications adds per event on the ack path (a measurement, not a check):
+/// `after_create` for 20k events (in batches of 64) to `oncall` (an email and an SMS), with flood control (one
+/// window read and written per event) and without, and for events that reach nobody (the
+/// directory is consulted and nothing is written). Best of three runs.
+/// Run with `cargo test -p central --release --lib -- --ignored --nocapture notification_costs`.
+#[test]
+#[ignore]
+fn notification_costs() {
+    const N: usize = 20_000;
+    let ids: Vec<String> = (0..N).map(|_| uuid::Uuid::now_v7().to_string()).collect();
+    for (what, recipients, flood_control) in [
+        ("2 devices, flood control", r#"["oncall"]"#, true),
+        ("2 devices, no flood control", r#"["oncall"]"#, false),
+        ("nobody reached", r#"["ghost"]"#, false),
+    ] {
+        let mut best = Duration::MAX;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let (notifier, _queue) = open(dir.path(), policy(""));
+            let admitted = notifier.admit(None, Some("Alert"), None).expect("open");
+            let started = Instant::now();
+            // In batches of 64, as the websocket hands them over.
+            for chunk in ids.chunks(64) {
+                let events: Vec<Created<'_>> = chunk
+                    .iter()
+                    .map(|id| Created {
+                        event_id: id,
+                        integration_id: "flood-demo",
+                        recipients: recipients.as_bytes(),
+                        admitted: &admitted,
+                        flood_control,
+                    })
+                    .collect();
+                notifier.after_create(&events).expect("written");
+            }
+            best = best.min(started.elapsed());
+        }
+        eprintln!(
+            "{what}: {:?} per event ({:.0} events/s)",
+            best / N as u32,
+            N as f64 / best.as_secs_f64()
+        );
+    }
 }
