@@ -590,8 +590,7 @@ async fn a_script_terminates_events_by_property_and_pending_notifications_are_ca
 
     let script_request = accepted(agent, "terminator", r#"{"host": "db-9"}"#).await;
     let event = eventually(WAIT, "the event terminated", || async {
-        let events =
-            central_events(central, &event["requestId"].as_str().unwrap().to_owned()).await;
+        let events = central_events(central, event["requestId"].as_str().unwrap()).await;
         events
             .into_iter()
             .next()
