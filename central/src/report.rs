@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use crate::access::Caller;
 use crate::directory::{self, Directory};
-use crate::rest::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::rest::DEFAULT_LIMIT;
 use crate::State;
 use server::http_util;
 use server::serve::Body;
@@ -158,20 +158,8 @@ impl Paging {
         };
         for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match key.as_ref() {
-                "offset" => {
-                    paging.offset = value.parse().map_err(|_| {
-                        format!("offset must be a non-negative integer, got `{value}`")
-                    })?
-                }
-                "limit" => {
-                    paging.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                        .ok_or_else(|| {
-                            format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`")
-                        })?
-                }
+                "offset" => paging.offset = crate::rest::parse_offset(&value)?,
+                "limit" => paging.limit = crate::rest::parse_limit(&value)?,
                 _ => {}
             }
         }

@@ -88,43 +88,38 @@ pub async fn route(
                 change_status(&state, &caller, request).await
             }
         }
-        other => match other
-            .strip_prefix(EVENTS_PATH)
-            .and_then(|rest| rest.strip_prefix('/'))
-        {
-            Some(id) if !id.is_empty() && !id.contains('/') => {
-                if method != Method::GET {
-                    return not_allowed("GET");
+        other => {
+            // GET-only resources: one event, the directory, an event's notifications.
+            let event_id = other
+                .strip_prefix(EVENTS_PATH)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|id| !id.is_empty() && !id.contains('/'));
+            let resource = crate::report::Resource::of(other);
+            if event_id.is_none() && resource.is_none() {
+                return http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"));
+            }
+            if method != Method::GET {
+                return not_allowed("GET");
+            }
+            let caller = match state
+                .access
+                .caller(&state.config, request.headers(), peer.ip())
+                .await
+            {
+                Ok(caller) => caller,
+                Err(refusal) => return refused(&refusal),
+            };
+            let query = request.uri().query();
+            match (event_id, resource) {
+                (Some(id), _) => get_event(&state, &caller, id, query),
+                (None, Some(resource)) => {
+                    crate::report::get(&state, &caller, &resource, other, query)
                 }
-                match state
-                    .access
-                    .caller(&state.config, request.headers(), peer.ip())
-                    .await
-                {
-                    Ok(caller) => get_event(&state, &caller, id, request.uri().query()),
-                    Err(refusal) => refused(&refusal),
+                (None, None) => {
+                    http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"))
                 }
             }
-            _ => match crate::report::Resource::of(other) {
-                Some(resource) => {
-                    if method != Method::GET {
-                        return not_allowed("GET");
-                    }
-                    match state
-                        .access
-                        .caller(&state.config, request.headers(), peer.ip())
-                        .await
-                    {
-                        Ok(caller) => {
-                            let query = request.uri().query();
-                            crate::report::get(&state, &caller, &resource, other, query)
-                        }
-                        Err(refusal) => refused(&refusal),
-                    }
-                }
-                None => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
-            },
-        },
+        }
     }
 }
 
@@ -206,20 +201,8 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
             "propertyValue" => property_value = Some(value.into_owned()),
             "from" => query.created_from = Some(parse_time("from", &value)?),
             "to" => query.created_to = Some(parse_time("to", &value)?),
-            "offset" => {
-                query.offset = value
-                    .parse()
-                    .map_err(|_| format!("offset must be a non-negative integer, got `{value}`"))?
-            }
-            "limit" => {
-                query.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`")
-                    })?
-            }
+            "offset" => query.offset = parse_offset(&value)?,
+            "limit" => query.limit = parse_limit(&value)?,
             _ => {}
         }
     }
@@ -229,6 +212,22 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
         _ => return Err("propertyName and propertyValue must be used together".to_owned()),
     };
     Ok(query)
+}
+
+/// The `offset` of a list: how many items to skip.
+pub(crate) fn parse_offset(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("offset must be a non-negative integer, got `{value}`"))
+}
+
+/// The `limit` of a list: 1 to [`MAX_LIMIT`].
+pub(crate) fn parse_limit(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`"))
 }
 
 /// A `from`/`to` time: RFC 3339 / ISO 8601 with an offset, e.g. `2026-01-31T08:00:00Z`.

@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(30);
+const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 
 /// The directory every test uses: `oncall` (email, SMS), `lead` (email, voice), the group `ops`
 /// holding both, and a plan whose form goes to `ops` and may be sent by `svc` only. No
@@ -112,19 +113,8 @@ form = "Incident Alert"
 auth = "url"
 authenticating_user = "svc"
 url_key = "key-terminator"
-script = "terminator.js"
+script = "{examples}/integrations/terminate-by-property.js"
 script_events_of = ["no-flood"]
-"#;
-
-const TERMINATOR: &str = r#"
-var data = JSON.parse(request.body);
-var found = JSON.parse(http.request({ endpoint: 'xMatters', method: 'GET',
-  path: '/api/xm/1/events?status=ACTIVE&propertyName=host&propertyValue=' + encodeURIComponent(data.host) }).write().body);
-for (var i = 0; i < found.data.length; i++) {
-  var r = http.request({ endpoint: 'xMatters', method: 'POST', path: '/api/xm/1/events',
-    headers: { 'Content-Type': 'application/json' } }).write({ id: found.data[i].id, status: 'TERMINATED' });
-  console.log('terminated ' + found.data[i].id + ': ' + r.statusCode);
-}
 "#;
 
 /// A webhook receiver: records every POST (path and JSON body) and answers `sms_status` on
@@ -221,8 +211,8 @@ async fn start(retry_initial_ms: u64) -> System {
     let central_port = free_port();
     write_central_config(dir.path(), central_port, receiver.addr, retry_initial_ms);
     let central = run_central(dir.path());
-    std::fs::write(dir.path().join("terminator.js"), TERMINATOR).expect("script");
-    let agent = start_agent(&agent_config(dir.path(), central_port, INTEGRATIONS));
+    let integrations = INTEGRATIONS.replace("{examples}", EXAMPLES);
+    let agent = start_agent(&agent_config(dir.path(), central_port, &integrations));
     System {
         dir,
         central,
@@ -238,16 +228,7 @@ fn admin() -> String {
 
 /// GET a central REST path as the admin, insisting on 200.
 async fn central_get(central: SocketAddr, path: &str) -> Value {
-    let answer = http(central, "GET", path, &[("authorization", &admin())], "")
-        .await
-        .expect("central reachable");
-    assert_eq!(
-        answer.status,
-        200,
-        "{path}: {}",
-        String::from_utf8_lossy(&answer.body)
-    );
-    answer.json()
+    get_json(central, path, CENTRAL_USER).await
 }
 
 /// POST `body` to a URL-key integration (key `key-{integration}`) and wait for its event.
@@ -588,7 +569,8 @@ async fn a_script_terminates_events_by_property_and_pending_notifications_are_ca
         "{failed_once}"
     );
 
-    let script_request = accepted(agent, "terminator", r#"{"host": "db-9"}"#).await;
+    let script_request =
+        accepted(agent, "terminator", r#"{"name": "host", "value": "db-9"}"#).await;
     let event = eventually(WAIT, "the event terminated", || async {
         let events = central_events(central, event["requestId"].as_str().unwrap()).await;
         events
