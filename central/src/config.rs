@@ -242,6 +242,7 @@ struct RawConfig {
     flood_control: crate::flood::RawFloodSettings,
     #[serde(default)]
     notifications: crate::notify::RawDeliverySettings,
+    alert_rate_filter: Option<crate::alert_rate::RawAlertRateSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -419,6 +420,10 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
         .validate(file)?,
         flood: raw.flood_control.validate(file)?,
         delivery: raw.notifications.validate(file)?,
+        alert_rate: raw
+            .alert_rate_filter
+            .map(|raw| raw.validate(file))
+            .transpose()?,
     };
     Ok(config)
 }

@@ -76,6 +76,9 @@ pub struct Origin<'a> {
     pub plan: Option<&'a str>,
     /// Whether the integration enables notification flood control (`floodControl`).
     pub flood_control: bool,
+    /// Why the alert rate filter suppressed the event (`suppressed: {rule, reason}`); the member
+    /// is absent for events that were not suppressed.
+    pub suppressed: Option<&'a str>,
     /// Creation time, RFC 3339 UTC.
     pub created: &'a str,
 }
@@ -140,7 +143,7 @@ impl Trigger {
 
 /// The keys the central fills in itself; a trigger member with one of these names never reaches
 /// the event as it is (some are read: see [`build`]). Compared as canonical JSON keys.
-const OWNED: [&[u8]; 14] = [
+const OWNED: [&[u8]; 15] = [
     b"\"id\"",
     b"\"eventId\"",
     b"\"status\"",
@@ -152,6 +155,7 @@ const OWNED: [&[u8]; 14] = [
     b"\"requestId\"",
     b"\"created\"",
     b"\"floodControl\"",
+    b"\"suppressed\"",
     b"\"links\"",
     b"\"integrationId\"",
     b"\"agentId\"",
@@ -299,6 +303,12 @@ impl Checked<'_> {
             b"false"
         };
         event.raw("floodControl", flood);
+        if let Some(reason) = origin.suppressed {
+            event.raw("suppressed", b"{");
+            event.string("rule", "Alert Rate Filter");
+            event.string("reason", reason);
+            event.0.push(b'}');
+        }
         event.raw("links", b"{");
         event.string("self", format_args!("/api/xm/1/events/{}", origin.event_id));
         event.0.push(b'}');
@@ -713,6 +723,7 @@ pub(crate) mod tests {
             form: Some("Incident"),
             plan: None,
             flood_control: false,
+            suppressed: None,
             created: "2024-01-01T00:00:00.000Z",
         }
     }
@@ -722,11 +733,16 @@ pub(crate) mod tests {
         let origin = Origin {
             plan: Some("Ops"),
             flood_control: true,
+            suppressed: Some("too many"),
             ..origin()
         };
         let event = build_value(&json!({"plan": "trigger's"}), &origin).expect("valid");
         assert_eq!(event["plan"], json!({"name": "Ops"}));
         assert_eq!(event["floodControl"], true);
+        assert_eq!(
+            event["suppressed"],
+            json!({"rule": "Alert Rate Filter", "reason": "too many"})
+        );
         assert_eq!(
             event,
             reference_build(&json!({"plan": "trigger's"}), &origin).expect("valid")
@@ -892,6 +908,13 @@ pub(crate) mod tests {
             ("created", json!(origin.created)),
             ("floodControl", json!(origin.flood_control)),
             (
+                "suppressed",
+                origin.suppressed.map_or(
+                    Value::Null,
+                    |reason| json!({"rule": "Alert Rate Filter", "reason": reason}),
+                ),
+            ),
+            (
                 "links",
                 json!({ "self": format!("/api/xm/1/events/{}", origin.event_id) }),
             ),
@@ -899,6 +922,11 @@ pub(crate) mod tests {
             ("agentId", json!(origin.agent_id)),
         ];
         for (key, value) in owned {
+            // `suppressed` is the central's: absent unless the alert rate filter set it.
+            if value.is_null() && key == "suppressed" {
+                event.remove(key);
+                continue;
+            }
             event.insert(key.to_owned(), value);
         }
         Ok(Value::Object(event))

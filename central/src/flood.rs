@@ -104,15 +104,27 @@ impl Window {
     /// the maximum counted ones fall within the period ending at `now_ms`; false means
     /// SUPPRESSED, and a suppressed notification is not counted.
     pub fn admit(&mut self, now_ms: u64, settings: &FloodSettings) -> bool {
-        let period_ms = u64::try_from(settings.period.as_millis()).unwrap_or(u64::MAX);
-        let start = now_ms.saturating_sub(period_ms);
-        self.0.retain(|&at| at > start);
-        if self.0.len() < settings.max_notifications as usize {
+        self.admit_within(now_ms, settings.max_notifications, settings.period)
+    }
+
+    /// [`Window::admit`] with the maximum and the period given directly (the alert rate filter
+    /// counts events with the same window).
+    pub fn admit_within(&mut self, now_ms: u64, max: u32, period: Duration) -> bool {
+        self.forget_before(now_ms, period);
+        if self.0.len() < max as usize {
             self.0.push(now_ms);
             true
         } else {
             false
         }
+    }
+
+    /// Drop the times that are `period` or more before `now_ms`; true when none is left.
+    pub fn forget_before(&mut self, now_ms: u64, period: Duration) -> bool {
+        let period_ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let start = now_ms.saturating_sub(period_ms);
+        self.0.retain(|&at| at > start);
+        self.0.is_empty()
     }
 }
 

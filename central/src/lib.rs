@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod alert_rate;
 pub mod config;
 pub mod directory;
 pub mod event;

@@ -673,6 +673,7 @@ mod tests {
                 form: None,
                 plan: None,
                 flood_control: false,
+                suppressed: None,
                 created: "2024-01-01T00:00:00.000Z",
             };
             event::build(&self.trigger, &origin).expect("valid trigger")

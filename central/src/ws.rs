@@ -466,6 +466,8 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
                     admitted,
                     agent_id,
                     created: &created,
+                    notifier: &state.notifier,
+                    suppressed: std::cell::Cell::new(false),
                 });
                 write_seqs.push((answers.len(), create.seq));
                 answers.push(None);
@@ -533,6 +535,9 @@ struct Pending<'a> {
     admitted: crate::notify::Admitted,
     agent_id: &'a str,
     created: &'a str,
+    notifier: &'a crate::notify::Notifier,
+    /// Set by `to_json` (new events only) when the alert rate filter suppressed the event.
+    suppressed: std::cell::Cell<bool>,
 }
 
 impl Pending<'_> {
@@ -544,6 +549,7 @@ impl Pending<'_> {
             recipients: self.checked.recipients(),
             admitted: &self.admitted,
             flood_control: self.create.flood_control,
+            suppressed: self.suppressed.get(),
         }
     }
 }
@@ -557,8 +563,12 @@ impl NewEvent for Pending<'_> {
         self.create.index
     }
 
+    /// Called for new events only, so the alert rate filter counts each event once.
     fn to_json(&self, event_id: &str) -> Vec<u8> {
-        self.checked.to_json(&event::Origin {
+        let suppressed = self
+            .notifier
+            .rate_filter(&self.create.integration_id, self.checked.recipients());
+        let json = self.checked.to_json(&event::Origin {
             event_id,
             request_id: &self.create.request_id,
             agent_id: self.agent_id,
@@ -566,8 +576,11 @@ impl NewEvent for Pending<'_> {
             form: self.create.form.as_deref(),
             plan: self.create.plan.as_deref(),
             flood_control: self.create.flood_control,
+            suppressed: suppressed.as_deref(),
             created: self.created,
-        })
+        });
+        self.suppressed.set(suppressed.is_some());
+        json
     }
 }
 
@@ -700,6 +713,7 @@ mod tests {
             form: create.form.as_deref(),
             plan: create.plan.as_deref(),
             flood_control: create.flood_control,
+            suppressed: None,
             created: "t",
         };
         event::build(&create.trigger, &origin)
@@ -1177,6 +1191,7 @@ mod tests {
                     form: create.form.as_deref(),
                     plan: create.plan.as_deref(),
                     flood_control: create.flood_control,
+                    suppressed: None,
                     created: "2024-01-01T00:00:00.000Z",
                 };
                 assert!(event::build(&create.trigger, &origin).is_ok());

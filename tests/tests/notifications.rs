@@ -189,10 +189,17 @@ struct System {
     receiver: Receiver,
 }
 
-fn write_central_config(dir: &Path, port: u16, receiver: SocketAddr, retry_initial_ms: u64) {
+fn write_central_config(
+    dir: &Path,
+    port: u16,
+    receiver: SocketAddr,
+    retry_initial_ms: u64,
+    extra: &str,
+) {
     let path = central_config(dir, port);
     let mut text = std::fs::read_to_string(&path).expect("read central config");
     text.push_str(&directory(receiver, retry_initial_ms));
+    text.push_str(extra);
     std::fs::write(&path, text).expect("write central config");
 }
 
@@ -206,10 +213,21 @@ fn run_central(dir: &Path) -> Node {
 
 /// Central (on a fixed free port, so it can come back on it), receiver and agent.
 async fn start(retry_initial_ms: u64) -> System {
+    start_with(retry_initial_ms, "").await
+}
+
+/// [`start`] with `extra` appended to the central's config.
+async fn start_with(retry_initial_ms: u64, extra: &str) -> System {
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = Receiver::start().await;
     let central_port = free_port();
-    write_central_config(dir.path(), central_port, receiver.addr, retry_initial_ms);
+    write_central_config(
+        dir.path(),
+        central_port,
+        receiver.addr,
+        retry_initial_ms,
+        extra,
+    );
     let central = run_central(dir.path());
     let integrations = INTEGRATIONS.replace("{examples}", EXAMPLES);
     let agent = start_agent(&agent_config(dir.path(), central_port, &integrations));
@@ -290,6 +308,10 @@ async fn flood_control_delivers_one_sms_per_period_by_default_and_counts_across_
     for _ in 0..3 {
         let event = event_through(agent, central, "flood-demo", &body).await;
         assert_eq!(event["floodControl"], true, "{event}");
+        assert!(
+            event.get("suppressed").is_none(),
+            "the alert rate filter is off by default"
+        );
         assert_eq!(event["plan"], json!({"name": "Operations"}));
         events.push(event["id"].as_str().unwrap().to_owned());
     }
@@ -584,4 +606,46 @@ async fn a_script_terminates_events_by_property_and_pending_notifications_are_ca
     assert_eq!(after[0]["status"], "DELIVERED");
     assert_eq!(after[1]["status"], "CANCELLED", "{after}");
     assert!(!script_request.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_alert_rate_filter_suppresses_events_to_the_same_recipients_when_configured() {
+    let sys = start_with(1_000, "\n[alert_rate_filter]\nmax_events_per_minute = 2\n").await;
+    let (agent, central) = (sys.agent.addr, sys.central.addr);
+    let to = |who: &str| json!({"properties": {"summary": "flapping"}, "recipients": [who]});
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        events.push(event_through(agent, central, "no-flood", &to("oncall")).await);
+    }
+    assert!(events[0].get("suppressed").is_none() && events[1].get("suppressed").is_none());
+    let suppressed = &events[2];
+    assert_eq!(
+        suppressed["suppressed"]["rule"], "Alert Rate Filter",
+        "{suppressed}"
+    );
+    assert!(
+        suppressed["suppressed"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("more than 2 event(s) from integration `no-flood`"),
+        "{suppressed}"
+    );
+    let path = format!(
+        "/api/xm/1/events/{}/notifications",
+        suppressed["id"].as_str().unwrap()
+    );
+    assert_eq!(
+        central_get(central, &path).await["total"],
+        0,
+        "a suppressed event notifies nobody"
+    );
+    assert_eq!(
+        settled(central, events[1]["id"].as_str().unwrap())
+            .await
+            .len(),
+        2
+    );
+    // Other recipients are counted apart.
+    let other = event_through(agent, central, "no-flood", &to("lead")).await;
+    assert!(other.get("suppressed").is_none(), "{other}");
 }

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use crate::alert_rate::{AlertRateFilter, AlertRateSettings};
 use crate::directory::{self, DeviceType, Directory, Recipient, Refusal};
 use crate::flood::{FloodSettings, Window};
 use crate::store::{Store, StoreError};
@@ -144,6 +145,8 @@ pub struct Policy {
     pub flood: FloodSettings,
     /// `[notifications]`.
     pub delivery: DeliverySettings,
+    /// `[alert_rate_filter]`; `None` (the default): off.
+    pub alert_rate: Option<AlertRateSettings>,
 }
 
 /// Where a notification stands.
@@ -218,6 +221,8 @@ pub struct Created<'a> {
     pub admitted: &'a Admitted,
     /// Whether the integration enables flood control.
     pub flood_control: bool,
+    /// The alert rate filter suppressed the event: it notifies nobody.
+    pub suppressed: bool,
 }
 
 /// Creates, lists, cancels and (with [`deliver::run`]) delivers notifications.
@@ -230,6 +235,8 @@ pub struct Notifier {
     queue: mpsc::Sender<u128>,
     /// The queue was full: the delivery task rescans the pending index once it drains.
     overflowed: AtomicBool,
+    /// The alert rate filter's counts.
+    alert_rate: AlertRateFilter,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -284,6 +291,7 @@ impl Notifier {
             writer: Mutex::new(()),
             queue,
             overflowed: AtomicBool::new(false),
+            alert_rate: AlertRateFilter::default(),
         });
         Ok((notifier, receiver))
     }
@@ -316,6 +324,15 @@ impl Notifier {
         })
     }
 
+    /// Whether the alert rate filter suppresses a new event of `integration_id` to `recipients`
+    /// (its `recipients` JSON text): `Some(reason)`, counted only when it goes. Always `None`
+    /// while the filter is off.
+    pub fn rate_filter(&self, integration_id: &str, recipients: &[u8]) -> Option<String> {
+        let settings = self.policy().alert_rate?;
+        self.alert_rate
+            .check(&settings, integration_id, recipients, now_ms())
+    }
+
     /// Create the notifications of created events (idempotent: an event that has them keeps
     /// them), all in one sled batch. Not durable until the store's next
     /// [`Store::wait_durable`], which the acks wait for anyway. Delivery happens later, on the
@@ -327,7 +344,7 @@ impl Notifier {
         }
         // Resolution needs no lock: only events that reach someone go on.
         let mut planned = Vec::new();
-        for created in events {
+        for created in events.iter().filter(|created| !created.suppressed) {
             let named = serde_json::from_slice::<Value>(created.recipients)
                 .map(|value| directory::recipients_from(&value))
                 .unwrap_or_default();

@@ -46,6 +46,7 @@ fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String 
             recipients: recipients.as_bytes(),
             admitted: &admitted,
             flood_control,
+            suppressed: false,
         }])
         .expect("notifications written");
     event_id
@@ -165,6 +166,7 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
             recipients: br#"["oncall"]"#,
             admitted: &admitted,
             flood_control: true,
+            suppressed: false,
         }])
         .expect("idempotent");
     assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
@@ -296,6 +298,7 @@ fn notification_costs() {
                         recipients: recipients.as_bytes(),
                         admitted: &admitted,
                         flood_control,
+                        suppressed: false,
                     })
                     .collect();
                 notifier.after_create(&events).expect("written");

@@ -46,6 +46,7 @@ pub fn read_text_frame(text: &str) -> Verdict {
                     form: create.form.as_deref(),
                     plan: create.plan.as_deref(),
                     flood_control: create.flood_control,
+                    suppressed: None,
                     created: "1970-01-01T00:00:00Z",
                 }),
             },
