@@ -503,6 +503,20 @@ async fn recipients_resolve_through_groups_device_filters_and_form_defaults() {
             .unwrap();
         assert_eq!(answer.status, 404, "{missing}");
     }
+    // SIGHUP reloads the directory.
+    let config = sys.dir.path().join("central.toml");
+    let mut text = std::fs::read_to_string(&config).expect("read config");
+    text.push_str("\n[[people]]\ntarget_name = \"newbie\"\n");
+    std::fs::write(&config, text).expect("write config");
+    sys.central.signal("HUP");
+    eventually(WAIT, "newbie after SIGHUP", || async {
+        let path = "/api/xm/1/people/newbie";
+        let answer = http(central, "GET", path, &[("authorization", &admin())], "")
+            .await
+            .ok()?;
+        (answer.status == 200).then_some(())
+    })
+    .await;
     let anonymous = http(central, "GET", "/api/xm/1/people", &[], "")
         .await
         .unwrap();

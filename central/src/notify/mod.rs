@@ -99,6 +99,14 @@ impl RawDeliverySettings {
             let uri: hyper::Uri = url
                 .parse()
                 .map_err(|e| ConfigError::new(file, &key, format!("not a URL: {e}")))?;
+            if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+                return Err(ConfigError::new(
+                    file,
+                    &key,
+                    "must not carry credentials (user:password@): they would show in logs and \
+                     delivery errors",
+                ));
+            }
             if uri.scheme_str() != Some("http") || uri.host().is_none() {
                 return Err(ConfigError::new(
                     file,

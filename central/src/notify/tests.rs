@@ -209,6 +209,10 @@ fn bad_delivery_settings_name_the_key() {
             "notifications.max_attempts",
         ),
         (
+            "[notifications.webhooks]\nVOICE = \"http://u:secret@example.com/x\"\n",
+            "notifications.webhooks.VOICE",
+        ),
+        (
             "[flood_control]\nperiod_secs = 0\n",
             "flood_control.period_secs",
         ),
