@@ -492,7 +492,7 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
                 let notices: Vec<_> = writes
                     .iter()
                     .zip(&written)
-                    .map(|(pending, written)| pending.notice(&written.event_id))
+                    .map(|(pending, written)| pending.notice(written))
                     .collect();
                 let notified = state.notifier.after_create(&notices);
                 drop(notices); // it borrows the ids
@@ -541,10 +541,11 @@ struct Pending<'a> {
 }
 
 impl Pending<'_> {
-    /// What the notifier needs of the created event `event_id`.
-    fn notice<'n>(&'n self, event_id: &'n str) -> crate::notify::Created<'n> {
+    /// What the notifier needs of the event the store wrote (or found) for this one.
+    fn notice<'n>(&'n self, written: &'n crate::store::Written) -> crate::notify::Created<'n> {
         crate::notify::Created {
-            event_id,
+            event_id: &written.event_id,
+            duplicate: written.duplicate,
             integration_id: &self.create.integration_id,
             recipients: self.checked.recipients(),
             admitted: &self.admitted,

@@ -231,6 +231,9 @@ pub struct Created<'a> {
     pub flood_control: bool,
     /// The alert rate filter suppressed the event: it notifies nobody.
     pub suppressed: bool,
+    /// The event existed already (a resend): `suppressed` is then unknown, and read from the
+    /// stored event if the event has no notifications yet.
+    pub duplicate: bool,
 }
 
 /// Creates, lists, cancels and (with [`deliver::run`]) delivers notifications.
@@ -368,6 +371,17 @@ impl Notifier {
             let id = uuid::Uuid::parse_str(created.event_id)
                 .map_err(|e| corrupt(created.event_id, e))?
                 .as_u128();
+            // A resend of an event the filter suppressed must not notify now: the rare resend
+            // whose notifications are missing reads its event once.
+            if created.duplicate
+                && !self.tree.contains_key(key(b'n', id))?
+                && self
+                    .store
+                    .get(created.event_id)?
+                    .is_some_and(|event| event.get("suppressed").is_some())
+            {
+                continue;
+            }
             planned.push((id, created, reached));
         }
         if planned.is_empty() {

@@ -28,8 +28,19 @@ fn policy(extra: &str) -> Policy {
         .notifications
 }
 
+/// Open the store (again): after a previous handle was dropped, sled's threads may hold its
+/// file lock a moment longer, so retry briefly.
 fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver<u128>) {
-    let store = Store::open(dir).expect("open store");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let store = loop {
+        match Store::open(dir) {
+            Ok(store) => break store,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "cannot open the store: {error}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
     Notifier::open(store, policy).expect("open notifier")
 }
 
@@ -47,6 +58,7 @@ fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String 
             admitted: &admitted,
             flood_control,
             suppressed: false,
+            duplicate: false,
         }])
         .expect("notifications written");
     event_id
@@ -167,6 +179,7 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
             admitted: &admitted,
             flood_control: true,
             suppressed: false,
+            duplicate: false,
         }])
         .expect("idempotent");
     assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
@@ -303,6 +316,7 @@ fn notification_costs() {
                         admitted: &admitted,
                         flood_control,
                         suppressed: false,
+                        duplicate: false,
                     })
                     .collect();
                 notifier.after_create(&events).expect("written");
@@ -315,4 +329,93 @@ fn notification_costs() {
             N as f64 / best.as_secs_f64()
         );
     }
+}
+
+/// An event as the store keeps it, with or without the alert rate filter's mark.
+struct StoredEvent {
+    suppressed: bool,
+}
+
+impl crate::store::NewEvent for StoredEvent {
+    fn request_id(&self) -> &str {
+        if self.suppressed {
+            "r-suppressed"
+        } else {
+            "r-plain"
+        }
+    }
+
+    fn index(&self) -> u32 {
+        0
+    }
+
+    fn to_json(&self, event_id: &str) -> Vec<u8> {
+        let mut event = serde_json::json!({"id": event_id, "status": "ACTIVE"});
+        if self.suppressed {
+            event["suppressed"] = serde_json::json!({"rule": "Alert Rate Filter", "reason": "x"});
+        }
+        event.to_string().into_bytes()
+    }
+}
+
+#[test]
+fn a_resend_creates_missing_notifications_unless_the_event_was_suppressed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notifier, _queue) = open(dir.path(), policy(""));
+    let written = notifier
+        .store
+        .create_batch(
+            "agent-01",
+            &[
+                StoredEvent { suppressed: true },
+                StoredEvent { suppressed: false },
+            ],
+        )
+        .expect("events stored");
+    let admitted = notifier
+        .admit(None, Some("Alert"), Some("svc"))
+        .expect("ok");
+    let resend = |event_id: &str| {
+        notifier
+            .after_create(&[Created {
+                event_id,
+                integration_id: "no-flood",
+                recipients: br#"["oncall"]"#,
+                admitted: &admitted,
+                flood_control: false,
+                suppressed: false,
+                duplicate: true,
+            }])
+            .expect("written");
+    };
+    resend(&written[0].event_id);
+    assert!(notifier
+        .list(&written[0].event_id)
+        .expect("list")
+        .is_empty());
+    resend(&written[1].event_id);
+    assert_eq!(notifier.list(&written[1].event_id).expect("list").len(), 2);
+}
+
+#[tokio::test]
+async fn pending_notifications_are_delivered_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let event = {
+        // Created, made durable, never delivered (no delivery task ran).
+        let (notifier, _queue) = open(dir.path(), policy(""));
+        let event = notify(&notifier, r#"["oncall"]"#, false);
+        notifier.store.wait_durable().await.expect("flush");
+        event
+    };
+    let (queue_notifier, queue) = open(dir.path(), policy(""));
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(deliver::run(Arc::clone(&queue_notifier), queue, shutdown));
+    eventually("resumed deliveries", || {
+        statuses(&queue_notifier, &event)
+            .iter()
+            .all(|(_, status)| status == "DELIVERED")
+    })
+    .await;
+    stop.send(true).expect("stop");
+    task.await.expect("delivery task ends");
 }
