@@ -661,4 +661,33 @@ mod tests {
         assert_eq!(error.key, "agent.id");
         assert!(error.reason.starts_with("malformed TOML"), "{error}");
     }
+
+    #[test]
+    fn an_integration_routes_its_events_by_plan_sender_and_flood_control() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("agent.toml");
+        let text = "[agent]\nid = \"a\"\ndata_dir = \"data\"\n[central]\nurl = \"ws://127.0.0.1:1/x\"\ntoken = \"t\"\n\
+            [[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"p\"\n\
+            [[integrations]]\nid = \"flood\"\naction = \"create_event\"\nplan = \"Ops\"\n\
+            form = \"Alert\"\nflood_control = true\nauth = \"basic\"\n\
+            [[integrations]]\nid = \"plain\"\naction = \"create_event\"\nauth = \"basic\"\n";
+        std::fs::write(&path, text).expect("write the config");
+        let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+        let routing = loaded.integrations["flood"].routing("svc");
+        assert_eq!(
+            routing,
+            crate::store::Routing {
+                form: Some("Alert".into()),
+                plan: Some("Ops".into()),
+                sender: Some("svc".into()),
+                flood_control: true,
+            }
+        );
+        let plain = loaded.integrations["plain"].routing("caller");
+        assert_eq!(
+            (plain.plan, plain.flood_control),
+            (None, false),
+            "the defaults"
+        );
+    }
 }
