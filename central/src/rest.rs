@@ -199,8 +199,8 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
                 property_name = Some(crate::event::strip_locale(&value).to_owned());
             }
             "propertyValue" => property_value = Some(value.into_owned()),
-            "from" => query.created_from = Some(parse_time("from", &value)?),
-            "to" => query.created_to = Some(parse_time("to", &value)?),
+            "from" => query.created_from_ms = Some(parse_time("from", &value)?),
+            "to" => query.created_until_ms = Some(parse_time("to", &value)?),
             "offset" => query.offset = parse_offset(&value)?,
             "limit" => query.limit = parse_limit(&value)?,
             _ => {}
@@ -230,11 +230,22 @@ pub(crate) fn parse_limit(value: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`"))
 }
 
-/// A `from`/`to` time: RFC 3339 / ISO 8601 with an offset, e.g. `2026-01-31T08:00:00Z`.
-fn parse_time(name: &str, value: &str) -> Result<time::OffsetDateTime, String> {
-    time::OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+/// A `from`/`to` time, RFC 3339 / ISO 8601 with an offset (e.g. `2026-01-31T08:00:00Z`), in
+/// Unix milliseconds (times before 1970 count as 0).
+fn parse_time(name: &str, value: &str) -> Result<u64, String> {
+    let time = time::OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
         format!("{name} must be an ISO 8601 UTC time like 2026-01-31T08:00:00Z, got `{value}`")
-    })
+    })?;
+    Ok(u64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+/// Unix milliseconds as the RFC 3339 text `parse_time` reads.
+fn time_text(millis: u64) -> Option<String> {
+    let nanos = i128::from(millis) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
 }
 
 /// The `links.self` (and `next`) of a page: the query, normalized, with its paging.
@@ -250,8 +261,11 @@ fn page_link(query: &Query, offset: usize) -> String {
         params.append_pair("propertyName", name);
         params.append_pair("propertyValue", value);
     }
-    for (name, time) in [("from", query.created_from), ("to", query.created_to)] {
-        if let Some(text) = time.and_then(|time| time.format(&Rfc3339).ok()) {
+    for (name, millis) in [
+        ("from", query.created_from_ms),
+        ("to", query.created_until_ms),
+    ] {
+        if let Some(text) = millis.and_then(time_text) {
             params.append_pair(name, &text);
         }
     }
@@ -429,8 +443,13 @@ mod tests {
         .expect("valid");
         let link = page_link(&timed, 0);
         let back = parse_query(link.split_once('?').map(|(_, raw)| raw)).expect("valid");
-        assert_eq!(back.created_from, timed.created_from);
-        assert_eq!(back.created_to, timed.created_to);
-        assert!(back.created_from < back.created_to);
+        assert_eq!(back.created_from_ms, timed.created_from_ms);
+        assert_eq!(back.created_until_ms, timed.created_until_ms);
+        assert_eq!(timed.created_from_ms, Some(1_769_846_400_000));
+        assert_eq!(
+            timed.created_until_ms,
+            Some(1_769_900_400_000),
+            "the offset counts"
+        );
     }
 }

@@ -107,10 +107,11 @@ pub struct Query {
     pub agent_id: Option<String>,
     /// Only events of these integrations (script callers limited to their integrations).
     pub integration_ids: Option<Vec<String>>,
-    /// Only events created at or after this time (`from`).
-    pub created_from: Option<time::OffsetDateTime>,
-    /// Only events created before this time (`to`).
-    pub created_to: Option<time::OffsetDateTime>,
+    /// Only events created at or after this time, in Unix milliseconds (read from the
+    /// time-ordered id).
+    pub created_from_ms: Option<u64>,
+    /// Only events created before this time, in Unix milliseconds.
+    pub created_until_ms: Option<u64>,
     /// How many matching events to skip.
     pub offset: usize,
     /// The most events to return.
@@ -293,23 +294,10 @@ fn decode(id: &str, bytes: &[u8]) -> Result<Value, StoreError> {
     })
 }
 
-/// Whether the event's `created` time is within the query's `from`/`to` (an event whose time
-/// cannot be read matches only a query without them).
-fn created_within(event: &Value, query: &Query) -> bool {
-    if query.created_from.is_none() && query.created_to.is_none() {
-        return true;
-    }
-    let Some(created) = event
-        .get("created")
-        .and_then(Value::as_str)
-        .and_then(|text| {
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
-        })
-    else {
-        return false;
-    };
-    query.created_from.is_none_or(|from| created >= from)
-        && query.created_to.is_none_or(|to| created < to)
+/// The smallest event id minted at `millis` (Unix milliseconds): UUID v7 ids begin with their
+/// time, so a time range is a range of ids.
+fn first_id_at(millis: u64) -> u128 {
+    u128::from(millis) << 80
 }
 
 impl Store {
@@ -553,9 +541,14 @@ impl Store {
             || query.property.is_some()
             || query.agent_id.is_some()
             || query.integration_ids.is_some()
-            || query.created_from.is_some()
-            || query.created_to.is_some();
+            || query.created_from_ms.is_some()
+            || query.created_until_ms.is_some();
+        let from = query.created_from_ms.map_or(0, first_id_at);
+        let until = query.created_until_ms.map_or(u128::MAX, first_id_at);
         let consider = |entry: &Entry<'_>, page: &mut Page| -> Result<(), StoreError> {
+            if !(from..until).contains(&entry.id) {
+                return Ok(());
+            }
             let on_page = page.total >= query.offset && page.events.len() < query.limit;
             if !filtered && !on_page {
                 page.total += 1;
@@ -580,7 +573,7 @@ impl Store {
             let other_integration = query.integration_ids.as_ref().is_some_and(|ids| {
                 !field("integrationId").is_some_and(|id| ids.iter().any(|i| i == id))
             });
-            if other_agent || other_integration || !created_within(&event, query) {
+            if other_agent || other_integration {
                 return Ok(());
             }
             if on_page {
@@ -983,46 +976,27 @@ mod tests {
     }
 
     #[test]
-    fn from_and_to_filter_by_creation_time() {
+    fn a_time_range_filters_by_the_ids_time() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let events: Vec<TestEvent> = (0..3).map(|i| new_event("r", i, json!({}))).collect();
-        store.create_batch("agent-01", &events).expect("create");
-        // The test events are created at 2024-01-01T00:00:00.000Z.
-        let at = |text: &str| {
-            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-                .expect("time")
-        };
-        let count = |from: Option<&str>, to: Option<&str>| {
+        let written = store.create_batch("agent-01", &events).expect("create");
+        let minted = (parse_id(&written[0].event_id).expect("id").as_u128() >> 80) as u64;
+        let count = |from: Option<u64>, until: Option<u64>| {
             store
                 .query(&Query {
-                    created_from: from.map(at),
-                    created_to: to.map(at),
+                    created_from_ms: from,
+                    created_until_ms: until,
                     limit: 100,
                     ..Query::default()
                 })
                 .expect("query")
                 .total
         };
-        assert_eq!(
-            count(Some("2024-01-01T00:00:00Z"), None),
-            3,
-            "from is inclusive"
-        );
-        assert_eq!(
-            count(None, Some("2024-01-01T00:00:00Z")),
-            0,
-            "to is exclusive"
-        );
-        assert_eq!(
-            count(Some("2023-12-31T23:00:00-02:00"), None),
-            0,
-            "offsets count"
-        );
-        assert_eq!(
-            count(Some("2023-12-31T00:00:00Z"), Some("2024-01-02T00:00:00Z")),
-            3
-        );
+        assert_eq!(count(Some(minted), None), 3, "from is inclusive");
+        assert_eq!(count(None, Some(minted)), 0, "until is exclusive");
+        assert_eq!(count(Some(minted + 60_000), None), 0);
+        assert_eq!(count(Some(minted - 1), Some(minted + 60_000)), 3);
     }
 
     fn by_request(store: &Store, request_id: &str) -> Page {
