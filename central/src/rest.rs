@@ -362,7 +362,7 @@ async fn change_status(
     if !visible {
         return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"));
     }
-    let changed = match state.store.set_status(id, status) {
+    let changed = match apply_status(state, id, status).await {
         Ok(StatusChange::Changed(event)) => event,
         Ok(StatusChange::NotFound) => {
             return http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}"))
@@ -375,18 +375,27 @@ async fn change_status(
         }
         Err(error) => return store_failure(&error),
     };
-    // A terminated or suspended event notifies nobody more.
-    if status != Status::Active {
-        if let Err(error) = state.notifier.cancel(id) {
-            return store_failure(&error);
-        }
-    }
-    if let Err(error) = state.store.wait_durable().await {
-        return store_failure(&error);
-    }
-    Metrics::add(&state.metrics.status_changes, 1);
-    tracing::info!(event = %id, status = status.as_str(), "event status changed");
     http_util::json(StatusCode::ACCEPTED, &changed)
+}
+
+/// Change event `id` to `status` and wait until the change is durable. A terminated or
+/// suspended event notifies nobody more: its PENDING notifications are cancelled in the same
+/// flush. The caller checked that the event is in scope.
+pub async fn apply_status(
+    state: &State,
+    id: &str,
+    status: Status,
+) -> Result<StatusChange, StoreError> {
+    let change = state.store.set_status(id, status)?;
+    if let StatusChange::Changed(_) = change {
+        if status != Status::Active {
+            state.notifier.cancel(id)?;
+        }
+        state.store.wait_durable().await?;
+        Metrics::add(&state.metrics.status_changes, 1);
+        tracing::info!(event = %id, status = status.as_str(), "event status changed");
+    }
+    Ok(change)
 }
 
 #[cfg(test)]
