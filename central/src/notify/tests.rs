@@ -44,6 +44,24 @@ fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver
     Notifier::open(store, policy).expect("open notifier")
 }
 
+/// A new, unsuppressed event of `flood-demo`.
+fn created<'a>(
+    event_id: &'a str,
+    recipients: &'a [u8],
+    admitted: &'a Admitted,
+    flood_control: bool,
+) -> Created<'a> {
+    Created {
+        event_id,
+        integration_id: "flood-demo",
+        recipients,
+        admitted,
+        flood_control,
+        suppressed: false,
+        duplicate: false,
+    }
+}
+
 /// Notify for a new event id with `recipients`, as the websocket does after creating it.
 fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String {
     let event_id = uuid::Uuid::now_v7().to_string();
@@ -51,15 +69,12 @@ fn notify(notifier: &Notifier, recipients: &str, flood_control: bool) -> String 
         .admit(None, Some("Alert"), Some("svc"))
         .expect("admitted");
     notifier
-        .after_create(&[Created {
-            event_id: &event_id,
-            integration_id: "flood-demo",
-            recipients: recipients.as_bytes(),
-            admitted: &admitted,
+        .after_create(&[created(
+            &event_id,
+            recipients.as_bytes(),
+            &admitted,
             flood_control,
-            suppressed: false,
-            duplicate: false,
-        }])
+        )])
         .expect("notifications written");
     event_id
 }
@@ -172,15 +187,7 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
         .admit(None, Some("Alert"), None)
         .expect("open form");
     notifier
-        .after_create(&[Created {
-            event_id: &filtered,
-            integration_id: "flood-demo",
-            recipients: br#"["oncall"]"#,
-            admitted: &admitted,
-            flood_control: true,
-            suppressed: false,
-            duplicate: false,
-        }])
+        .after_create(&[created(&filtered, br#"["oncall"]"#, &admitted, true)])
         .expect("idempotent");
     assert_eq!(statuses(&notifier, &filtered), [pair("EMAIL", "PENDING")]);
 
@@ -309,15 +316,7 @@ fn notification_costs() {
             for chunk in ids.chunks(64) {
                 let events: Vec<Created<'_>> = chunk
                     .iter()
-                    .map(|id| Created {
-                        event_id: id,
-                        integration_id: "flood-demo",
-                        recipients: recipients.as_bytes(),
-                        admitted: &admitted,
-                        flood_control,
-                        suppressed: false,
-                        duplicate: false,
-                    })
+                    .map(|id| created(id, recipients.as_bytes(), &admitted, flood_control))
                     .collect();
                 notifier.after_create(&events).expect("written");
             }
@@ -378,13 +377,8 @@ fn a_resend_creates_missing_notifications_unless_the_event_was_suppressed() {
     let resend = |event_id: &str| {
         notifier
             .after_create(&[Created {
-                event_id,
-                integration_id: "no-flood",
-                recipients: br#"["oncall"]"#,
-                admitted: &admitted,
-                flood_control: false,
-                suppressed: false,
                 duplicate: true,
+                ..created(event_id, br#"["oncall"]"#, &admitted, false)
             }])
             .expect("written");
     };
