@@ -395,6 +395,8 @@ async fn without_flood_control_all_six_are_delivered() {
     let sms = sms.expect("an SMS was posted");
     assert_eq!(sms["recipient"], "oncall");
     assert_eq!(sms["device"]["address"], "+15550100");
+    assert_eq!(sms["properties"]["summary"], "disk full", "{sms}");
+    assert_eq!(sms["priority"], "MEDIUM");
 }
 
 #[tokio::test(flavor = "multi_thread")]

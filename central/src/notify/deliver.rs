@@ -20,7 +20,7 @@ use futures_util::future::join_all;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{now_ms, Notification, NotificationStatus, Notifier};
@@ -107,7 +107,10 @@ pub async fn run(
                     retries.remove(&id);
                 }
                 Err(error) => {
-                    tracing::error!(%error, "notification delivery could not be recorded")
+                    // The store failed: try the event again later rather than forget it.
+                    tracing::error!(%error, "notification delivery could not be recorded");
+                    let wait = notifier.policy().delivery.retry_max;
+                    retries.insert(id, Instant::now() + wait);
                 }
             }
         }
@@ -139,13 +142,25 @@ async fn deliver_event(
     let policy = notifier.policy();
     let now = now_ms();
     let mut outcomes = Vec::new();
+    // What a webhook shows of the event (its priority and properties), read once when needed.
+    let mut message: Option<Value> = None;
     for (position, notification) in record.notifications.iter().enumerate() {
         if notification.status != NotificationStatus::Pending || notification.next_attempt_ms > now
         {
             continue;
         }
         let outcome = match policy.delivery.webhooks.get(&notification.device_type) {
-            Some(url) => post(client, url, &event_id, notification).await,
+            Some(url) => {
+                if message.is_none() {
+                    let event = notifier.store.get(&event_id)?.unwrap_or(Value::Null);
+                    message = Some(json!({
+                        "priority": event.get("priority"),
+                        "properties": event.get("properties"),
+                    }));
+                }
+                let message = message.as_ref().unwrap_or(&Value::Null);
+                post(client, url, &event_id, message, notification).await
+            }
             None => {
                 tracing::info!(event = %event_id, notification = %notification.id,
                     recipient = %notification.recipient, device = %notification.device_name,
@@ -201,15 +216,19 @@ async fn deliver_event(
     Ok(next_due)
 }
 
-/// POST one notification to a webhook; `Err` names the failure (no credentials are involved).
+/// POST one notification to a webhook, with the event's priority and properties (`message`);
+/// `Err` names the failure (no credentials are involved).
 async fn post(
     client: &HttpClient,
     url: &hyper::Uri,
     event_id: &str,
+    message: &Value,
     notification: &Notification,
 ) -> Result<(), String> {
     let body = json!({
         "eventId": event_id,
+        "priority": message["priority"],
+        "properties": message["properties"],
         "notificationId": notification.id,
         "recipient": notification.recipient,
         "group": notification.via_group,
