@@ -8,6 +8,11 @@
 //! [`REST_WEB_SERVICE_USER`]. The central serves HTTPS/WSS when `tls_cert_file` and `tls_key_file`
 //! are set.
 //!
+//! The notification tables (`[[people]]`, `[[groups]]`, `[[plans]]`, `[flood_control]`,
+//! `[alert_rate_filter]`, `[notifications]`) are read here and validated by their own modules
+//! ([`crate::directory`], [`crate::flood`], [`crate::alert_rate`], [`crate::notify`]) into one
+//! [`crate::notify::Policy`], the part SIGHUP reloads.
+//!
 //! What it does NOT do: verify passwords (see [`crate::access`]) or open sockets.
 
 use std::net::SocketAddr;

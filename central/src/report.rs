@@ -23,7 +23,7 @@ use server::serve::Body;
 /// The prefix of the xMatters REST API.
 const API: &str = "/api/xm/1";
 
-/// What a path under [`API`] names, if it is one of this module's resources.
+/// What a path under `/api/xm/1` names, if it is one of this module's resources.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resource<'p> {
     /// `/people`.
