@@ -202,6 +202,17 @@ fn form_defaults_groups_filters_idempotence_and_cancel() {
 }
 
 #[test]
+fn the_documented_defaults() {
+    let defaults = policy("");
+    assert_eq!(defaults.flood, FloodSettings::default());
+    assert_eq!(defaults.delivery.max_attempts, 5);
+    assert_eq!(defaults.delivery.retry_initial, Duration::from_secs(1));
+    assert_eq!(defaults.delivery.retry_max, Duration::from_secs(60));
+    assert!(defaults.delivery.webhooks.is_empty(), "the log deliverer");
+    assert_eq!(defaults.alert_rate, None, "the alert rate filter is off");
+}
+
+#[test]
 fn backoff_doubles_up_to_the_cap() {
     let settings = DeliverySettings {
         retry_initial: Duration::from_millis(100),
