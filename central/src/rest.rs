@@ -74,13 +74,9 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            let caller = match state
-                .access
-                .caller(&state.config, request.headers(), peer.ip())
-                .await
-            {
+            let caller = match caller_of(&state, &request, peer).await {
                 Ok(caller) => caller,
-                Err(refusal) => return refused(&refusal),
+                Err(refusal) => return refusal,
             };
             if method == Method::GET {
                 list_events(&state, &caller, request.uri().query()).await
@@ -101,13 +97,9 @@ pub async fn route(
             if method != Method::GET {
                 return not_allowed("GET");
             }
-            let caller = match state
-                .access
-                .caller(&state.config, request.headers(), peer.ip())
-                .await
-            {
+            let caller = match caller_of(&state, &request, peer).await {
                 Ok(caller) => caller,
-                Err(refusal) => return refused(&refusal),
+                Err(refusal) => return refusal,
             };
             let query = request.uri().query();
             match (event_id, resource) {
@@ -121,6 +113,19 @@ pub async fn route(
             }
         }
     }
+}
+
+/// Who calls the REST API, or the answer refusing them (401, 403 or 429).
+async fn caller_of(
+    state: &State,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Caller, Response<Body>> {
+    state
+        .access
+        .caller(&state.config, request.headers(), peer.ip())
+        .await
+        .map_err(|refusal| refused(&refusal))
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
