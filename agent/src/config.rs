@@ -144,6 +144,11 @@ pub struct IntegrationConfig {
     pub action: Action,
     /// The form events are created from.
     pub form: Option<String>,
+    /// The communication plan of `form` (the central then looks for the form in it only).
+    pub plan: Option<String>,
+    /// Whether the central applies notification flood control to this integration's events.
+    #[serde(default)]
+    pub flood_control: bool,
     /// Which credentials are accepted.
     #[serde(default)]
     pub auth: AuthMode,
@@ -183,6 +188,10 @@ pub struct Integration {
     pub action: Action,
     /// The form events are created from.
     pub form: Option<String>,
+    /// The communication plan of `form`.
+    pub plan: Option<String>,
+    /// Whether the central applies notification flood control to this integration's events.
+    pub flood_control: bool,
     /// Authentication policy.
     pub auth: IntegrationAuth,
     /// The request rate limit, when `rate_limit_per_minute` is set.
@@ -193,6 +202,20 @@ pub struct Integration {
     pub program: Option<Arc<scripts::Program>>,
     /// How an `http_trigger` integration's outputs become its event (default mapping otherwise).
     pub event: scripts::flow::EventMapping,
+}
+
+impl Integration {
+    /// How this integration's events sent by `sender` are routed at the central: the
+    /// principal's user is the integration's authenticating user for URL and API-key requests
+    /// and the caller for Basic and OAuth, as the form's sender permissions expect.
+    pub fn routing(&self, sender: &str) -> crate::store::Routing {
+        crate::store::Routing {
+            form: self.form.clone(),
+            plan: self.plan.clone(),
+            sender: Some(sender.to_owned()),
+            flood_control: self.flood_control,
+        }
+    }
 }
 
 /// The whole resolved configuration: what the daemon runs on until the next reload.
@@ -514,6 +537,8 @@ fn resolve(file: FileConfig, path: &Path, base_dir: &Path) -> Result<Loaded, Con
             name: integration.name.unwrap_or_else(|| integration.id.clone()),
             action: integration.action,
             form: integration.form,
+            plan: integration.plan,
+            flood_control: integration.flood_control,
             auth: IntegrationAuth {
                 mode: integration.auth,
                 url_key: url_key.as_deref().map(SecretDigest::new),
@@ -635,5 +660,34 @@ mod tests {
         };
         assert_eq!(error.key, "agent.id");
         assert!(error.reason.starts_with("malformed TOML"), "{error}");
+    }
+
+    #[test]
+    fn an_integration_routes_its_events_by_plan_sender_and_flood_control() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("agent.toml");
+        let text = "[agent]\nid = \"a\"\ndata_dir = \"data\"\n[central]\nurl = \"ws://127.0.0.1:1/x\"\ntoken = \"t\"\n\
+            [[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"p\"\n\
+            [[integrations]]\nid = \"flood\"\naction = \"create_event\"\nplan = \"Ops\"\n\
+            form = \"Alert\"\nflood_control = true\nauth = \"basic\"\n\
+            [[integrations]]\nid = \"plain\"\naction = \"create_event\"\nauth = \"basic\"\n";
+        std::fs::write(&path, text).expect("write the config");
+        let loaded = load(&path).unwrap_or_else(|error| panic!("{error}"));
+        let routing = loaded.integrations["flood"].routing("svc");
+        assert_eq!(
+            routing,
+            crate::store::Routing {
+                form: Some("Alert".into()),
+                plan: Some("Ops".into()),
+                sender: Some("svc".into()),
+                flood_control: true,
+            }
+        );
+        let plain = loaded.integrations["plain"].routing("caller");
+        assert_eq!(
+            (plain.plan, plain.flood_control),
+            (None, false),
+            "the defaults"
+        );
     }
 }

@@ -171,6 +171,10 @@ async fn route(
                                 .iter()
                                 .filter_map(|e| e.event_id.clone())
                                 .collect::<Vec<_>>());
+                            // Why it failed, e.g. the central refused the sender for the form.
+                            if let Some(reason) = &record.reason {
+                                entry["reason"] = json!(reason);
+                            }
                         }
                     }
                     Ok(Some(
@@ -379,7 +383,7 @@ async fn trigger(
                     &request_id,
                     &id,
                     &received_at,
-                    integration.form.as_deref(),
+                    &integration.routing(&principal.user),
                     &trigger,
                     activity,
                 )

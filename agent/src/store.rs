@@ -305,8 +305,8 @@ pub struct Accepted {
 /// The result of processing one inbound request, recorded by [`Store::complete`].
 #[derive(Debug, Clone)]
 pub struct Processed {
-    /// Event triggers to send, each with the form name (if any).
-    pub events: Vec<(Option<String>, serde_json::Value)>,
+    /// Event triggers to send, each with its routing (form, plan, sender, flood control).
+    pub events: Vec<(Routing, serde_json::Value)>,
     /// `Some(reason)` when processing failed (no events are sent then).
     pub failure: Option<String>,
     /// The activity-stream entry for this request (a JSON object).
@@ -394,6 +394,39 @@ struct FrameHead<'a> {
     integration_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     form: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    flood_control: bool,
+}
+
+/// Where the central files an event and who sends it: the `event.create` members beside the
+/// trigger. The central checks the form and the sender's permission to send it, and applies
+/// notification flood control when the integration enables it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// The form the event is created from.
+    pub form: Option<String>,
+    /// The communication plan of the form.
+    pub plan: Option<String>,
+    /// The integration's authenticating user (URL, API key) or the caller (Basic, OAuth).
+    pub sender: Option<String>,
+    /// Whether the integration enables notification flood control.
+    pub flood_control: bool,
+}
+
+impl Routing {
+    /// The routing an `event.create` frame carried (a dead letter's retry sends it again).
+    pub fn of(create: &protocol::EventCreate) -> Self {
+        Self {
+            form: create.form.clone(),
+            plan: create.plan.clone(),
+            sender: create.sender.clone(),
+            flood_control: create.flood_control,
+        }
+    }
 }
 
 /// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
@@ -403,7 +436,7 @@ struct FrameHead<'a> {
 /// strings needs no UTF-8 check to become one.
 fn outbox_value_head(
     meta: &OutboxMeta,
-    form: Option<&str>,
+    routing: &Routing,
     trigger: &str,
 ) -> Result<String, StoreError> {
     let head = FrameHead {
@@ -411,7 +444,10 @@ fn outbox_value_head(
         request_id: &meta.request_id,
         index: meta.index,
         integration_id: &meta.integration_id,
-        form,
+        form: routing.form.as_deref(),
+        plan: routing.plan.as_deref(),
+        sender: routing.sender.as_deref(),
+        flood_control: routing.flood_control,
     };
     let mut value = serde_json::to_string(meta)?;
     // Sized once: the meta and frame head are a few hundred bytes next to the trigger.
@@ -1053,7 +1089,7 @@ impl Store {
         request_id: &str,
         integration_id: &str,
         received_at: &str,
-        form: Option<&str>,
+        routing: &Routing,
         trigger: &str,
         activity: impl FnOnce() -> serde_json::Value + Send + 'static,
     ) -> Result<u64, StoreError> {
@@ -1065,7 +1101,7 @@ impl Store {
             received_at: received_at.to_owned(),
             record_at_ack: true,
         };
-        let seq = self.append_event_durably(&meta, form, trigger).await?;
+        let seq = self.append_event_durably(&meta, routing, trigger).await?;
         self.record_activity(
             &meta.integration_id,
             BufferedActivity::Pending(Box::new(activity)),
@@ -1080,11 +1116,11 @@ impl Store {
     async fn append_event_durably(
         &self,
         meta: &OutboxMeta,
-        form: Option<&str>,
+        routing: &Routing,
         trigger: &str,
     ) -> Result<u64, StoreError> {
         let inner = &self.inner;
-        let value = outbox_value_head(meta, form, trigger)?;
+        let value = outbox_value_head(meta, routing, trigger)?;
         let head = value.len() as u64;
         self.reserve(head, Headroom::None)?;
         let mut size = head;
@@ -1296,7 +1332,7 @@ impl Store {
         let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
         let mut heads: Vec<(String, OutboxMeta)> = Vec::new();
         if processed.failure.is_none() {
-            for (index, (form, trigger)) in processed.events.iter().enumerate() {
+            for (index, (routing, trigger)) in processed.events.iter().enumerate() {
                 let index =
                     u32::try_from(index).map_err(|_| StoreError::Full("too many events"))?;
                 let meta = OutboxMeta {
@@ -1307,7 +1343,7 @@ impl Store {
                     record_at_ack,
                 };
                 let trigger = serde_json::to_string(trigger)?;
-                heads.push((outbox_value_head(&meta, form.as_deref(), &trigger)?, meta));
+                heads.push((outbox_value_head(&meta, routing, &trigger)?, meta));
             }
         }
         let status = match (&processed.failure, heads.is_empty()) {
@@ -1876,7 +1912,13 @@ mod tests {
     fn events(n: usize) -> Processed {
         Processed {
             events: (0..n)
-                .map(|i| (Some("Form".to_owned()), json!({"properties": {"i": i}})))
+                .map(|i| {
+                    let routing = Routing {
+                        form: Some("Form".to_owned()),
+                        ..Routing::default()
+                    };
+                    (routing, json!({"properties": {"i": i}}))
+                })
                 .collect(),
             failure: None,
             activity: json!({"status": "QUEUED"}),
@@ -1955,7 +1997,12 @@ mod tests {
                 &request(7).request_id,
                 "int",
                 "2024-01-01T00:00:00Z",
-                Some("Form"),
+                &Routing {
+                    form: Some("Form".into()),
+                    plan: Some("Plan".into()),
+                    sender: Some("svc".into()),
+                    flood_control: true,
+                },
                 &trigger.to_string(),
                 move || json!({"n": 7, "id": request(7).request_id}),
             )
@@ -1982,6 +2029,9 @@ mod tests {
                 index: 0,
                 integration_id: "int".into(),
                 form: Some("Form".into()),
+                plan: Some("Plan".into()),
+                sender: Some("svc".into()),
+                flood_control: true,
                 trigger,
             })
         );
@@ -2056,7 +2106,9 @@ mod tests {
         let started = std::time::Instant::now();
         let trigger = json!({"properties": {"lone": true}}).to_string();
         store
-            .accept_event("lone", "int", "", None, &trigger, || json!({}))
+            .accept_event("lone", "int", "", &Routing::default(), &trigger, || {
+                json!({})
+            })
             .await
             .unwrap();
         assert!(
@@ -2071,9 +2123,14 @@ mod tests {
                 tokio::spawn(async move {
                     let trigger = json!({"properties": {"n": n}}).to_string();
                     store
-                        .accept_event(&request(n).request_id, "int", "", None, &trigger, || {
-                            json!({})
-                        })
+                        .accept_event(
+                            &request(n).request_id,
+                            "int",
+                            "",
+                            &Routing::default(),
+                            &trigger,
+                            || json!({}),
+                        )
                         .await
                 })
             })
@@ -2102,9 +2159,14 @@ mod tests {
         for n in 0..count as u64 {
             let trigger = json!({"properties": {"n": n, "filler": filler}}).to_string();
             let seq = store
-                .accept_event(&request(n).request_id, "int", "", None, &trigger, || {
-                    json!({})
-                })
+                .accept_event(
+                    &request(n).request_id,
+                    "int",
+                    "",
+                    &Routing::default(),
+                    &trigger,
+                    || json!({}),
+                )
                 .await
                 .unwrap();
             seqs.push(seq);
@@ -2186,7 +2248,7 @@ mod tests {
         for n in 0..7 {
             let id = request(100 + n).request_id;
             store
-                .accept_event(&id, "int", "", None, "{}", || json!({}))
+                .accept_event(&id, "int", "", &Routing::default(), "{}", || json!({}))
                 .await
                 .unwrap();
         }

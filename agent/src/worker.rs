@@ -346,7 +346,7 @@ async fn run_action(
         {
             Ok(trigger) => Processed {
                 activity: activity(request, "QUEUED", json!({"events": 1})),
-                events: vec![(integration.form.clone(), trigger)],
+                events: vec![(integration.routing(&request.principal.user), trigger)],
                 failure: None,
             },
             Err(reason) => failed(request, reason),
@@ -415,7 +415,7 @@ async fn run_action(
                 activity: activity(request, status, details),
                 events: posts
                     .into_iter()
-                    .map(|post| (integration.form.clone(), post))
+                    .map(|post| (integration.routing(&request.principal.user), post))
                     .collect(),
                 failure,
             }

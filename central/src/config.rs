@@ -8,6 +8,11 @@
 //! [`REST_WEB_SERVICE_USER`]. The central serves HTTPS/WSS when `tls_cert_file` and `tls_key_file`
 //! are set.
 //!
+//! The notification tables (`[[people]]`, `[[groups]]`, `[[plans]]`, `[flood_control]`,
+//! `[alert_rate_filter]`, `[notifications]`) are read here and validated by their own modules
+//! ([`crate::directory`], [`crate::flood`], [`crate::alert_rate`], [`crate::notify`]) into one
+//! [`crate::notify::Policy`], the part SIGHUP reloads.
+//!
 //! What it does NOT do: verify passwords (see [`crate::access`]) or open sockets.
 
 use std::net::SocketAddr;
@@ -52,6 +57,8 @@ pub struct CentralConfig {
     pub users: Vec<UserCredential>,
     /// Serve HTTPS/WSS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// The directory, flood control and notification delivery (reloaded on SIGHUP).
+    pub notifications: crate::notify::Policy,
 }
 
 /// One agent the central accepts: the id it is bound to and a digest of its token.
@@ -163,6 +170,7 @@ impl CentralConfig {
             agents: Vec::new(),
             users: Vec::new(),
             tls: None,
+            notifications: crate::notify::Policy::default(),
         }
     }
 
@@ -229,6 +237,17 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default)]
+    people: Vec<crate::directory::RawPerson>,
+    #[serde(default)]
+    groups: Vec<crate::directory::RawGroup>,
+    #[serde(default)]
+    plans: Vec<crate::directory::RawPlan>,
+    #[serde(default)]
+    flood_control: crate::flood::RawFloodSettings,
+    #[serde(default)]
+    notifications: crate::notify::RawDeliverySettings,
+    alert_rate_filter: Option<crate::alert_rate::RawAlertRateSettings>,
 }
 
 #[derive(Deserialize, Default)]
@@ -397,6 +416,20 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
         }
     };
 
+    config.notifications = crate::notify::Policy {
+        directory: crate::directory::RawDirectory {
+            people: raw.people,
+            groups: raw.groups,
+            plans: raw.plans,
+        }
+        .validate(file)?,
+        flood: raw.flood_control.validate(file)?,
+        delivery: raw.notifications.validate(file)?,
+        alert_rate: raw
+            .alert_rate_filter
+            .map(|raw| raw.validate(file))
+            .transpose()?,
+    };
     Ok(config)
 }
 

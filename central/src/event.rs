@@ -71,6 +71,14 @@ pub struct Origin<'a> {
     pub integration_id: &'a str,
     /// The form the event is created from, if any.
     pub form: Option<&'a str>,
+    /// The communication plan the integration names, if any (`plan: {name}`; without it the
+    /// trigger's own `plan` member is kept).
+    pub plan: Option<&'a str>,
+    /// Whether the integration enables notification flood control (`floodControl`).
+    pub flood_control: bool,
+    /// Why the alert rate filter suppressed the event (`suppressed: {rule, reason}`); the member
+    /// is absent for events that were not suppressed.
+    pub suppressed: Option<&'a str>,
     /// Creation time, RFC 3339 UTC.
     pub created: &'a str,
 }
@@ -135,7 +143,7 @@ impl Trigger {
 
 /// The keys the central fills in itself; a trigger member with one of these names never reaches
 /// the event as it is (some are read: see [`build`]). Compared as canonical JSON keys.
-const OWNED: [&[u8]; 14] = [
+const OWNED: [&[u8]; 15] = [
     b"\"id\"",
     b"\"eventId\"",
     b"\"status\"",
@@ -147,6 +155,7 @@ const OWNED: [&[u8]; 14] = [
     b"\"requestId\"",
     b"\"created\"",
     b"\"floodControl\"",
+    b"\"suppressed\"",
     b"\"links\"",
     b"\"integrationId\"",
     b"\"agentId\"",
@@ -253,6 +262,11 @@ pub fn check(trigger: &Trigger) -> Result<Checked<'_>, TriggerError> {
 }
 
 impl Checked<'_> {
+    /// The trigger's `recipients` as JSON text (`[]` when absent), for notifications.
+    pub fn recipients(&self) -> &[u8] {
+        self.recipients
+    }
+
     /// The event JSON for this trigger and origin (the second half of [`build`]).
     pub fn to_json(&self, origin: &Origin<'_>) -> Vec<u8> {
         let mut event = Object(Vec::with_capacity(self.size + 512));
@@ -273,10 +287,28 @@ impl Checked<'_> {
             }
             None => event.raw("form", b"null"),
         }
-        event.raw("plan", self.plan);
+        match origin.plan {
+            Some(name) => {
+                event.raw("plan", b"{");
+                event.string("name", name);
+                event.0.push(b'}');
+            }
+            None => event.raw("plan", self.plan),
+        }
         event.string("requestId", origin.request_id);
         event.string("created", origin.created);
-        event.raw("floodControl", b"false");
+        let flood: &[u8] = if origin.flood_control {
+            b"true"
+        } else {
+            b"false"
+        };
+        event.raw("floodControl", flood);
+        if let Some(reason) = origin.suppressed {
+            event.raw("suppressed", b"{");
+            event.string("rule", "Alert Rate Filter");
+            event.string("reason", reason);
+            event.0.push(b'}');
+        }
         event.raw("links", b"{");
         event.string("self", format_args!("/api/xm/1/events/{}", origin.event_id));
         event.0.push(b'}');
@@ -689,8 +721,32 @@ pub(crate) mod tests {
             agent_id: "agent-01",
             integration_id: "i-1",
             form: Some("Incident"),
+            plan: None,
+            flood_control: false,
+            suppressed: None,
             created: "2024-01-01T00:00:00.000Z",
         }
+    }
+
+    #[test]
+    fn the_integration_names_plan_and_flood_control() {
+        let origin = Origin {
+            plan: Some("Ops"),
+            flood_control: true,
+            suppressed: Some("too many"),
+            ..origin()
+        };
+        let event = build_value(&json!({"plan": "trigger's"}), &origin).expect("valid");
+        assert_eq!(event["plan"], json!({"name": "Ops"}));
+        assert_eq!(event["floodControl"], true);
+        assert_eq!(
+            event["suppressed"],
+            json!({"rule": "Alert Rate Filter", "reason": "too many"})
+        );
+        assert_eq!(
+            event,
+            reference_build(&json!({"plan": "trigger's"}), &origin).expect("valid")
+        );
     }
 
     #[test]
@@ -841,10 +897,23 @@ pub(crate) mod tests {
                     .form
                     .map_or(Value::Null, |name| json!({ "name": name })),
             ),
-            ("plan", event.get("plan").cloned().unwrap_or(Value::Null)),
+            (
+                "plan",
+                match origin.plan {
+                    Some(name) => json!({ "name": name }),
+                    None => event.get("plan").cloned().unwrap_or(Value::Null),
+                },
+            ),
             ("requestId", json!(origin.request_id)),
             ("created", json!(origin.created)),
-            ("floodControl", json!(false)),
+            ("floodControl", json!(origin.flood_control)),
+            (
+                "suppressed",
+                origin.suppressed.map_or(
+                    Value::Null,
+                    |reason| json!({"rule": "Alert Rate Filter", "reason": reason}),
+                ),
+            ),
             (
                 "links",
                 json!({ "self": format!("/api/xm/1/events/{}", origin.event_id) }),
@@ -853,6 +922,11 @@ pub(crate) mod tests {
             ("agentId", json!(origin.agent_id)),
         ];
         for (key, value) in owned {
+            // `suppressed` is the central's: absent unless the alert rate filter set it.
+            if value.is_null() && key == "suppressed" {
+                event.remove(key);
+                continue;
+            }
             event.insert(key.to_owned(), value);
         }
         Ok(Value::Object(event))

@@ -11,10 +11,15 @@
 #![warn(missing_docs)]
 
 pub mod access;
+pub mod alert_rate;
 pub mod config;
 pub mod console;
+pub mod directory;
 pub mod event;
+pub mod flood;
 pub mod metrics;
+pub mod notify;
+pub mod report;
 pub mod rest;
 pub mod store;
 pub mod ws;
@@ -39,6 +44,8 @@ pub struct State {
     pub config: CentralConfig,
     /// The event store.
     pub store: store::Store,
+    /// Notifications: the directory and flood control in force, records, delivery queue.
+    pub notifier: Arc<notify::Notifier>,
     /// Counters for `/metrics`.
     pub metrics: metrics::Metrics,
     /// Turns true when the central should stop; websockets watch it to close themselves.
@@ -59,6 +66,8 @@ pub struct RunningCentral {
     pub addr: SocketAddr,
     /// Ends after `shutdown` turned true, connections drained and the store flushed.
     pub task: JoinHandle<()>,
+    /// Takes a reloaded configuration's directory, flood control and delivery settings.
+    pub notifier: Arc<notify::Notifier>,
 }
 
 /// Open the store under `config.data_dir`, bind `config.listen` and serve until `shutdown`
@@ -80,6 +89,8 @@ pub async fn start(
                 config.data_dir.display()
             )
         })?;
+    let (notifier, queue) = notify::Notifier::open(store.clone(), config.notifications.clone())
+        .context("cannot open the notification store")?;
     let tls = match &config.tls {
         Some(files) => Some(server::tls::acceptor(files).context("cannot set up TLS")?),
         None => None,
@@ -98,9 +109,15 @@ pub async fn start(
         "listening on {addr}"
     );
 
+    let delivery = tokio::spawn(notify::deliver::run(
+        Arc::clone(&notifier),
+        queue,
+        shutdown.clone(),
+    ));
     let state = Arc::new(State {
         config,
         store,
+        notifier: Arc::clone(&notifier),
         metrics: metrics::Metrics::default(),
         shutdown: shutdown.clone(),
         ws_tracker: Arc::default(),
@@ -119,10 +136,16 @@ pub async fn start(
         {
             tracing::warn!("some agent connections did not close within {WS_DRAIN_TIMEOUT:?}");
         }
+        // Ends at shutdown; a delivery in flight finishes its attempt first.
+        let _ = delivery.await;
         match state.store.flush().await {
             Ok(()) => tracing::info!("central stopped; store flushed"),
             Err(error) => tracing::error!(%error, "final flush of the event store failed"),
         }
     });
-    Ok(RunningCentral { addr, task })
+    Ok(RunningCentral {
+        addr,
+        task,
+        notifier,
+    })
 }

@@ -59,7 +59,7 @@ fn main() {
                     tracing::error!("config error: {error}");
                     exit::CONFIG
                 }
-                Ok(config) => match run(config) {
+                Ok(loaded) => match run(loaded, &config) {
                     Ok(()) => 0,
                     Err(error) => {
                         tracing::error!("xmcentral failed: {error:#}");
@@ -72,7 +72,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(config: central::CentralConfig) -> anyhow::Result<()> {
+fn run(config: central::CentralConfig, path: &std::path::Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +80,7 @@ fn run(config: central::CentralConfig) -> anyhow::Result<()> {
     runtime.block_on(async {
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let running = central::start(config, shutdown).await?;
-        wait_for_signal().await?;
+        wait_for_signal(&running, path).await?;
         tracing::info!("shutdown requested; draining connections");
         let _ = stop.send(true);
         running.task.await.context("the server task panicked")?;
@@ -88,13 +88,30 @@ fn run(config: central::CentralConfig) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Wait for SIGTERM or SIGINT. SIGHUP reloads the directory, flood control and notification
+/// settings from `path` (other keys need a restart); a bad file is logged and the running
+/// settings stay.
+async fn wait_for_signal(
+    running: &central::RunningCentral,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => match central::config::load(path) {
+                Ok(config) => {
+                    running.notifier.reload(config.notifications);
+                    tracing::info!("reloaded the directory, flood control and notification settings");
+                }
+                Err(error) => {
+                    tracing::error!("config error, keeping the running settings: {error}");
+                }
+            },
+        }
     }
-    Ok(())
 }

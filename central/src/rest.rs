@@ -14,6 +14,7 @@ use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
 
 use crate::access::{Caller, Refusal};
 use crate::event::Status;
@@ -73,13 +74,9 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            let caller = match state
-                .access
-                .caller(&state.config, request.headers(), peer.ip())
-                .await
-            {
+            let caller = match caller_of(&state, &request, peer).await {
                 Ok(caller) => caller,
-                Err(refusal) => return refused(&refusal),
+                Err(refusal) => return refusal,
             };
             if method == Method::GET {
                 list_events(&state, &caller, request.uri().query()).await
@@ -90,26 +87,48 @@ pub async fn route(
         console if crate::console::owns(console) => {
             crate::console::route(state, request, peer).await
         }
-        other => match other
-            .strip_prefix(EVENTS_PATH)
-            .and_then(|rest| rest.strip_prefix('/'))
-        {
-            Some(id) if !id.is_empty() && !id.contains('/') => {
-                if method != Method::GET {
-                    return not_allowed("GET");
+        other => {
+            // GET-only resources: one event, the directory, an event's notifications.
+            let event_id = other
+                .strip_prefix(EVENTS_PATH)
+                .and_then(|rest| rest.strip_prefix('/'))
+                .filter(|id| !id.is_empty() && !id.contains('/'));
+            let resource = crate::report::Resource::of(other);
+            if event_id.is_none() && resource.is_none() {
+                return http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"));
+            }
+            if method != Method::GET {
+                return not_allowed("GET");
+            }
+            let caller = match caller_of(&state, &request, peer).await {
+                Ok(caller) => caller,
+                Err(refusal) => return refusal,
+            };
+            let query = request.uri().query();
+            match (event_id, resource) {
+                (Some(id), _) => get_event(&state, &caller, id, query),
+                (None, Some(resource)) => {
+                    crate::report::get(&state, &caller, &resource, other, query)
                 }
-                match state
-                    .access
-                    .caller(&state.config, request.headers(), peer.ip())
-                    .await
-                {
-                    Ok(caller) => get_event(&state, &caller, id),
-                    Err(refusal) => refused(&refusal),
+                (None, None) => {
+                    http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}"))
                 }
             }
-            _ => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
-        },
+        }
     }
+}
+
+/// Who calls the REST API, or the answer refusing them (401, 403 or 429).
+async fn caller_of(
+    state: &State,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Caller, Response<Body>> {
+    state
+        .access
+        .caller(&state.config, request.headers(), peer.ip())
+        .await
+        .map_err(|refusal| refused(&refusal))
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -154,7 +173,8 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     response
 }
 
-fn store_failure(error: &StoreError) -> Response<Body> {
+/// 503 with `Retry-After` for a store failure (logged here, never shown to the caller).
+pub(crate) fn store_failure(error: &StoreError) -> Response<Body> {
     tracing::error!(%error, "event store failure while serving REST");
     let mut response = http_util::error(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -187,20 +207,10 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
                 property_name = Some(crate::event::strip_locale(&value).to_owned());
             }
             "propertyValue" => property_value = Some(value.into_owned()),
-            "offset" => {
-                query.offset = value
-                    .parse()
-                    .map_err(|_| format!("offset must be a non-negative integer, got `{value}`"))?
-            }
-            "limit" => {
-                query.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|limit| (1..=MAX_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`")
-                    })?
-            }
+            "from" => query.created_from_ms = Some(parse_time("from", &value)?),
+            "to" => query.created_until_ms = Some(parse_time("to", &value)?),
+            "offset" => query.offset = parse_offset(&value)?,
+            "limit" => query.limit = parse_limit(&value)?,
             _ => {}
         }
     }
@@ -210,6 +220,40 @@ pub fn parse_query(raw: Option<&str>) -> Result<Query, String> {
         _ => return Err("propertyName and propertyValue must be used together".to_owned()),
     };
     Ok(query)
+}
+
+/// The `offset` of a list: how many items to skip.
+pub(crate) fn parse_offset(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .map_err(|_| format!("offset must be a non-negative integer, got `{value}`"))
+}
+
+/// The `limit` of a list: 1 to [`MAX_LIMIT`].
+pub(crate) fn parse_limit(value: &str) -> Result<usize, String> {
+    value
+        .parse()
+        .ok()
+        .filter(|limit| (1..=MAX_LIMIT).contains(limit))
+        .ok_or_else(|| format!("limit must be an integer from 1 to {MAX_LIMIT}, got `{value}`"))
+}
+
+/// A `from`/`to` time, RFC 3339 / ISO 8601 with an offset (e.g. `2026-01-31T08:00:00Z`), in
+/// Unix milliseconds (times before 1970 count as 0).
+fn parse_time(name: &str, value: &str) -> Result<u64, String> {
+    let time = time::OffsetDateTime::parse(value, &Rfc3339).map_err(|_| {
+        format!("{name} must be an ISO 8601 UTC time like 2026-01-31T08:00:00Z, got `{value}`")
+    })?;
+    Ok(u64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+}
+
+/// Unix milliseconds as the RFC 3339 text `parse_time` reads.
+fn time_text(millis: u64) -> Option<String> {
+    let nanos = i128::from(millis) * 1_000_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()?
+        .format(&Rfc3339)
+        .ok()
 }
 
 /// The `links.self` (and `next`) of a page: the query, normalized, with its paging.
@@ -224,6 +268,14 @@ fn page_link(query: &Query, offset: usize) -> String {
     if let Some((name, value)) = &query.property {
         params.append_pair("propertyName", name);
         params.append_pair("propertyValue", value);
+    }
+    for (name, millis) in [
+        ("from", query.created_from_ms),
+        ("to", query.created_until_ms),
+    ] {
+        if let Some(text) = millis.and_then(time_text) {
+            params.append_pair(name, &text);
+        }
     }
     params.append_pair("offset", &offset.to_string());
     params.append_pair("limit", &query.limit.to_string());
@@ -256,9 +308,20 @@ async fn list_events(state: &State, caller: &Caller, raw_query: Option<&str>) ->
     )
 }
 
-fn get_event(state: &State, caller: &Caller, id: &str) -> Response<Body> {
+/// One event. `embed=recipients` lists its recipients as xMatters does (`{count, total, data}`
+/// with each target's `recipientType`); properties are always included.
+fn get_event(state: &State, caller: &Caller, id: &str, query: Option<&str>) -> Response<Body> {
+    let embeds_recipients = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .any(|(key, value)| key == "embed" && value.split(',').any(|v| v.trim() == "recipients"));
     match state.store.get(id) {
-        Ok(Some(event)) if caller.may_touch(&event) => http_util::json(StatusCode::OK, &event),
+        Ok(Some(mut event)) if caller.may_touch(&event) => {
+            if embeds_recipients {
+                let policy = state.notifier.policy();
+                event["recipients"] =
+                    crate::report::recipients_list(&event["recipients"], &policy.directory);
+            }
+            http_util::json(StatusCode::OK, &event)
+        }
         Ok(_) => http_util::error(StatusCode::NOT_FOUND, format!("no event with id {id}")),
         Err(error) => store_failure(&error),
     }
@@ -324,7 +387,9 @@ async fn change_status(
 }
 
 /// Change event `id` to `status` and wait until the change is durable: the one path for REST
-/// and the console's terminate button. The caller checked that the event is in scope.
+/// and the console's terminate button. A terminated or suspended event notifies nobody more:
+/// its PENDING notifications are cancelled in the same flush. The caller checked that the event
+/// is in scope.
 pub async fn apply_status(
     state: &State,
     id: &str,
@@ -332,6 +397,9 @@ pub async fn apply_status(
 ) -> Result<StatusChange, StoreError> {
     let change = state.store.set_status(id, status)?;
     if let StatusChange::Changed(_) = change {
+        if status != Status::Active {
+            state.notifier.cancel(id)?;
+        }
         state.store.wait_durable().await?;
         Metrics::add(&state.metrics.status_changes, 1);
         tracing::info!(event = %id, status = status.as_str(), "event status changed");
@@ -365,6 +433,8 @@ mod tests {
             "offset=-1",
             "propertyName=Host",
             "propertyValue=x",
+            "from=yesterday",
+            "to=2026-01-01",
         ] {
             assert!(parse_query(Some(bad)).is_err(), "{bad}");
         }
@@ -384,5 +454,20 @@ mod tests {
         assert_eq!(back.request_id.as_deref(), Some("a&b"));
         assert_eq!(back.property, query.property);
         assert_eq!(back.offset, 100);
+
+        let timed = parse_query(Some(
+            "from=2026-01-31T08%3A00%3A00Z&to=2026-02-01T00:00:00%2B01:00",
+        ))
+        .expect("valid");
+        let link = page_link(&timed, 0);
+        let back = parse_query(link.split_once('?').map(|(_, raw)| raw)).expect("valid");
+        assert_eq!(back.created_from_ms, timed.created_from_ms);
+        assert_eq!(back.created_until_ms, timed.created_until_ms);
+        assert_eq!(timed.created_from_ms, Some(1_769_846_400_000));
+        assert_eq!(
+            timed.created_until_ms,
+            Some(1_769_900_400_000),
+            "the offset counts"
+        );
     }
 }

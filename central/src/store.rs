@@ -343,6 +343,12 @@ impl Store {
         })
     }
 
+    /// Another tree of the same database, for data that must become durable with the events
+    /// (notifications and their flood-control counts): [`Store::wait_durable`] covers it too.
+    pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     fn lock_writer(&self) -> std::sync::MutexGuard<'_, Writer> {
         // A panic in another writer leaves the clock consistent (`last` is set in one step) and
         // the index at worst missing the batch that was being written.
@@ -693,6 +699,9 @@ mod tests {
                 agent_id: "agent-01",
                 integration_id: "i-1",
                 form: None,
+                plan: None,
+                flood_control: false,
+                suppressed: None,
                 created: "2024-01-01T00:00:00.000Z",
             };
             event::build(&self.trigger, &origin).expect("valid trigger")
@@ -1075,6 +1084,30 @@ mod tests {
                 ..Query::default()
             })
             .expect("query")
+    }
+
+    #[test]
+    fn a_time_range_filters_by_the_ids_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let events: Vec<TestEvent> = (0..3).map(|i| new_event("r", i, json!({}))).collect();
+        let written = store.create_batch("agent-01", &events).expect("create");
+        let minted = (parse_id(&written[0].event_id).expect("id").as_u128() >> 80) as u64;
+        let count = |from: Option<u64>, until: Option<u64>| {
+            store
+                .query(&Query {
+                    created_from_ms: from,
+                    created_until_ms: until,
+                    limit: 100,
+                    ..Query::default()
+                })
+                .expect("query")
+                .total
+        };
+        assert_eq!(count(Some(minted), None), 3, "from is inclusive");
+        assert_eq!(count(None, Some(minted)), 0, "until is exclusive");
+        assert_eq!(count(Some(minted + 60_000), None), 0);
+        assert_eq!(count(Some(minted - 1), Some(minted + 60_000)), 3);
     }
 
     fn by_request(store: &Store, request_id: &str) -> Page {

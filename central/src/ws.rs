@@ -455,25 +455,35 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     let mut write_seqs = Vec::with_capacity(batch.len());
     // Validation first, so an invalid trigger is refused whether or not its key exists.
     for create in batch.iter() {
-        match event::check(&create.trigger) {
-            Ok(checked) => {
+        let admitted = event::check(&create.trigger).map_err(|e| (400, e.to_string()));
+        let admitted = admitted.and_then(|checked| {
+            let (plan, form) = (create.plan.as_deref(), create.form.as_deref());
+            match state.notifier.admit(plan, form, create.sender.as_deref()) {
+                Ok(admitted) => Ok((checked, admitted)),
+                Err(refusal) => Err((403, refusal.to_string())),
+            }
+        });
+        match admitted {
+            Ok((checked, admitted)) => {
                 writes.push(Pending {
                     create,
                     checked,
+                    admitted,
                     agent_id,
                     created: &created,
+                    notifier: &state.notifier,
+                    suppressed: std::cell::Cell::new(false),
                 });
                 write_seqs.push((answers.len(), create.seq));
                 answers.push(None);
             }
-            Err(error) => {
-                let message = error.to_string();
+            Err((status, message)) => {
                 tracing::info!(agent = %agent_id, request_id = %create.request_id,
                     index = create.index, %message, "event.create rejected");
                 answers.push(Some(Answer::Reject {
                     seq: create.seq,
                     retryable: false,
-                    status: 400,
+                    status,
                     message,
                 }));
             }
@@ -482,13 +492,29 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     if !writes.is_empty() {
         match state.store.create_batch(agent_id, &writes) {
             Ok(written) => {
+                // Before the acks' flush, so the acks cover the notifications too; on a failure
+                // the events stay without them and the agent's resend creates them.
+                let notices: Vec<_> = writes
+                    .iter()
+                    .zip(&written)
+                    .map(|(pending, written)| pending.notice(written))
+                    .collect();
+                let notified = state.notifier.after_create(&notices);
+                drop(notices); // it borrows the ids
+                if let Err(error) = &notified {
+                    tracing::error!(%error, agent = %agent_id, "could not store notifications");
+                }
                 for ((slot, seq), written) in write_seqs.into_iter().zip(written) {
-                    if let Some(answer) = answers.get_mut(slot) {
-                        *answer = Some(Answer::Ack {
+                    let answer = match notified {
+                        Ok(()) => Answer::Ack {
                             seq,
                             event_id: written.event_id,
                             duplicate: written.duplicate,
-                        });
+                        },
+                        Err(_) => unavailable(seq),
+                    };
+                    if let Some(slot) = answers.get_mut(slot) {
+                        *slot = Some(answer);
                     }
                 }
             }
@@ -511,8 +537,27 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
 struct Pending<'a> {
     create: &'a Create,
     checked: event::Checked<'a>,
+    admitted: crate::notify::Admitted,
     agent_id: &'a str,
     created: &'a str,
+    notifier: &'a crate::notify::Notifier,
+    /// Set by `to_json` (new events only) when the alert rate filter suppressed the event.
+    suppressed: std::cell::Cell<bool>,
+}
+
+impl Pending<'_> {
+    /// What the notifier needs of the event the store wrote (or found) for this one.
+    fn notice<'n>(&'n self, written: &'n crate::store::Written) -> crate::notify::Created<'n> {
+        crate::notify::Created {
+            event_id: &written.event_id,
+            duplicate: written.duplicate,
+            integration_id: &self.create.integration_id,
+            recipients: self.checked.recipients(),
+            admitted: &self.admitted,
+            flood_control: self.create.flood_control,
+            suppressed: self.suppressed.get(),
+        }
+    }
 }
 
 impl NewEvent for Pending<'_> {
@@ -524,15 +569,24 @@ impl NewEvent for Pending<'_> {
         self.create.index
     }
 
+    /// Called for new events only, so the alert rate filter counts each event once.
     fn to_json(&self, event_id: &str) -> Vec<u8> {
-        self.checked.to_json(&event::Origin {
+        let suppressed = self
+            .notifier
+            .rate_filter(&self.create.integration_id, self.checked.recipients());
+        let json = self.checked.to_json(&event::Origin {
             event_id,
             request_id: &self.create.request_id,
             agent_id: self.agent_id,
             integration_id: &self.create.integration_id,
             form: self.create.form.as_deref(),
+            plan: self.create.plan.as_deref(),
+            flood_control: self.create.flood_control,
+            suppressed: suppressed.as_deref(),
             created: self.created,
-        })
+        });
+        self.suppressed.set(suppressed.is_some());
+        json
     }
 }
 
@@ -633,9 +687,14 @@ mod tests {
         let config = crate::CentralConfig::new("127.0.0.1:0".parse().expect("addr"), dir)
             .with_agent("agent-01", "token");
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let store = crate::store::Store::open(dir).expect("open store");
+        let (notifier, _queue) =
+            crate::notify::Notifier::open(store.clone(), config.notifications.clone())
+                .expect("open notifications");
         Arc::new(State {
             config,
-            store: crate::store::Store::open(dir).expect("open store"),
+            store,
+            notifier,
             metrics: Metrics::default(),
             shutdown,
             ws_tracker: Arc::default(),
@@ -659,6 +718,9 @@ mod tests {
             agent_id: "a",
             integration_id: &create.integration_id,
             form: create.form.as_deref(),
+            plan: create.plan.as_deref(),
+            flood_control: create.flood_control,
+            suppressed: None,
             created: "t",
         };
         event::build(&create.trigger, &origin)
@@ -1134,6 +1196,9 @@ mod tests {
                     agent_id: "agent-01",
                     integration_id: &create.integration_id,
                     form: create.form.as_deref(),
+                    plan: create.plan.as_deref(),
+                    flood_control: create.flood_control,
+                    suppressed: None,
                     created: "2024-01-01T00:00:00.000Z",
                 };
                 assert!(event::build(&create.trigger, &origin).is_ok());

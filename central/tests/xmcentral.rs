@@ -260,6 +260,9 @@ fn create(seq: u64, request_id: &str, index: u32, trigger: Value) -> AgentFrame 
         index,
         integration_id: "int-1".into(),
         form: Some("Incident".into()),
+        plan: None,
+        sender: None,
+        flood_control: false,
         trigger,
     })
 }

@@ -43,6 +43,19 @@ pub struct EventCreate {
     /// The trigger object: `properties`, `recipients`, `priority`, ... exactly as the script or the
     /// request body built it.
     pub trigger: Value,
+    // The members below came later: they are optional and declared after `trigger`, so every
+    // frame an older agent wrote (in any form serde reads) still parses the same.
+    /// The communication plan of `form`, if the integration names one (without it the central
+    /// looks the form up in every plan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    /// Who sends the event, for the form's sender permissions: the integration's authenticating
+    /// user for URL and API-key authentication, the caller for Basic and OAuth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Whether the integration enables notification flood control.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flood_control: bool,
 }
 
 /// Frames the agent sends.
@@ -124,6 +137,9 @@ mod tests {
             index: 2,
             integration_id: "i-1".into(),
             form: None,
+            plan: None,
+            sender: None,
+            flood_control: false,
             trigger: json!({"properties": {"a": 1}}),
         });
         let v: Value = serde_json::from_str(&frame.to_text()).unwrap();
@@ -132,6 +148,35 @@ mod tests {
             json!({"type": "event.create", "seq": 7, "requestId": "r-1", "index": 2,
                    "integrationId": "i-1", "trigger": {"properties": {"a": 1}}})
         );
+        assert_eq!(serde_json::from_value::<AgentFrame>(v).unwrap(), frame);
+    }
+
+    #[test]
+    fn routing_fields_are_optional_and_round_trip() {
+        let older = r#"{"type":"event.create","seq":1,"requestId":"r","index":0,
+            "integrationId":"i","trigger":{}}"#;
+        let Ok(AgentFrame::EventCreate(create)) = serde_json::from_str::<AgentFrame>(older) else {
+            panic!("an older frame still parses");
+        };
+        assert_eq!(
+            (create.plan, create.sender, create.flood_control),
+            (None, None, false)
+        );
+        let frame = AgentFrame::EventCreate(EventCreate {
+            seq: 2,
+            request_id: "r".into(),
+            index: 0,
+            integration_id: "i".into(),
+            form: Some("F".into()),
+            plan: Some("P".into()),
+            sender: Some("svc".into()),
+            flood_control: true,
+            trigger: json!({}),
+        });
+        let v: Value = serde_json::from_str(&frame.to_text()).unwrap();
+        assert_eq!(v["plan"], "P");
+        assert_eq!(v["sender"], "svc");
+        assert_eq!(v["floodControl"], true);
         assert_eq!(serde_json::from_value::<AgentFrame>(v).unwrap(), frame);
     }
 

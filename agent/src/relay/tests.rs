@@ -120,6 +120,9 @@ fn entry(seq: u64) -> EventCreate {
         index: 0,
         integration_id: "int-1".into(),
         form: Some("Incident Alert".into()),
+        plan: None,
+        sender: None,
+        flood_control: false,
         trigger: json!({"properties": {"n": seq}}),
     }
 }

@@ -166,7 +166,7 @@ impl Store {
             record_at_ack: true,
         };
         let trigger = serde_json::to_string(&event.trigger)?;
-        self.append_event_durably(&meta, event.form.as_deref(), &trigger)
+        self.append_event_durably(&meta, &super::Routing::of(&event), &trigger)
             .await?;
         inner.dead_letters.remove(be(id))?;
         self.wait_for_flush().await?;

@@ -18,6 +18,9 @@ pub(super) struct Create {
     pub(super) index: u32,
     pub(super) integration_id: String,
     pub(super) form: Option<String>,
+    pub(super) plan: Option<String>,
+    pub(super) sender: Option<String>,
+    pub(super) flood_control: bool,
     pub(super) trigger: event::Trigger,
 }
 
@@ -43,6 +46,9 @@ impl Create {
             index: create.index,
             integration_id: create.integration_id,
             form: create.form,
+            plan: create.plan,
+            sender: create.sender,
+            flood_control: create.flood_control,
             trigger,
         })
     }
@@ -56,6 +62,9 @@ enum Member {
     Index,
     IntegrationId,
     Form,
+    Plan,
+    Sender,
+    FloodControl,
     Trigger,
     Other,
 }
@@ -83,6 +92,9 @@ impl serde::de::Visitor<'_> for MemberVisitor {
             "index" => Member::Index,
             "integrationId" => Member::IntegrationId,
             "form" => Member::Form,
+            "plan" => Member::Plan,
+            "sender" => Member::Sender,
+            "floodControl" => Member::FloodControl,
             "trigger" => Member::Trigger,
             _ => Member::Other,
         })
@@ -157,6 +169,9 @@ impl<'de> serde::de::Visitor<'de> for CreateSeed {
         let mut index = None;
         let mut integration_id = None;
         let mut form: Option<Option<String>> = None;
+        let mut plan: Option<Option<String>> = None;
+        let mut sender: Option<Option<String>> = None;
+        let mut flood_control: Option<bool> = None;
         let mut trigger = None;
         while let Some(member) = map.next_key::<Member>()? {
             match member {
@@ -166,6 +181,9 @@ impl<'de> serde::de::Visitor<'de> for CreateSeed {
                 Member::Index => once(&mut index, &mut map, "index")?,
                 Member::IntegrationId => once(&mut integration_id, &mut map, "integrationId")?,
                 Member::Form => once(&mut form, &mut map, "form")?,
+                Member::Plan => once(&mut plan, &mut map, "plan")?,
+                Member::Sender => once(&mut sender, &mut map, "sender")?,
+                Member::FloodControl => once(&mut flood_control, &mut map, "floodControl")?,
                 Member::Trigger => {
                     if trigger.is_some() {
                         return Err(A::Error::duplicate_field("trigger"));
@@ -186,6 +204,9 @@ impl<'de> serde::de::Visitor<'de> for CreateSeed {
             index: index.ok_or_else(|| missing("index"))?,
             integration_id: integration_id.ok_or_else(|| missing("integrationId"))?,
             form: form.flatten(),
+            plan: plan.flatten(),
+            sender: sender.flatten(),
+            flood_control: flood_control.unwrap_or(false),
             trigger: trigger.ok_or_else(|| missing("trigger"))?,
         })
     }
