@@ -39,6 +39,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use bytes::Bytes;
+use integration::action::Processed;
+use integration::request::InboundRequest;
 
 mod finished;
 mod grouped;
@@ -191,38 +193,6 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// Who made a request, as recorded for the activity stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PrincipalRecord {
-    /// The user the request acts as.
-    pub user: String,
-    /// How it authenticated: `url`, `basic`, `api_key` or `oauth`.
-    pub method: String,
-}
-
-/// One accepted inbound request, exactly as the worker needs it after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InboundRequest {
-    /// The UUID answered in the 202.
-    pub request_id: String,
-    /// The integration the URL named.
-    pub integration_id: String,
-    /// HTTP method (always POST today; kept for scripts).
-    pub method: String,
-    /// Request headers with credentials redacted, in arrival order.
-    pub headers: Vec<(String, String)>,
-    /// The raw query string without `apiKey`.
-    pub query: String,
-    /// The body as text (invalid UTF-8 replaced).
-    pub body: String,
-    /// The authenticated principal.
-    pub principal: PrincipalRecord,
-    /// The peer address.
-    pub remote_address: String,
-    /// RFC 3339 UTC time of acceptance.
-    pub received_at: String,
-}
-
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -301,17 +271,6 @@ pub struct Accepted {
     pub request: InboundRequest,
     /// Its stored size, for the pending-bytes bound.
     pub size: u64,
-}
-
-/// The result of processing one inbound request, recorded by [`Store::complete`].
-#[derive(Debug, Clone)]
-pub struct Processed {
-    /// Event triggers to send, each with the form name (if any).
-    pub events: Vec<(Option<String>, serde_json::Value)>,
-    /// `Some(reason)` when processing failed (no events are sent then).
-    pub failure: Option<String>,
-    /// The activity-stream entry for this request (a JSON object).
-    pub activity: serde_json::Value,
 }
 
 /// The durable store. Cheap to clone.
@@ -1828,7 +1787,7 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             query: String::new(),
             body: format!("{{\"n\":{n}}}"),
-            principal: PrincipalRecord {
+            principal: integration::request::PrincipalRecord {
                 user: "svc".into(),
                 method: "url".into(),
             },

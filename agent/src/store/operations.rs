@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::{
-    be, outbox_parts, DeadLetter, InboundRequest, OutboxMeta, Store, StoreConfig, StoreError,
-};
+use integration::request::InboundRequest;
+
+use super::{be, outbox_parts, DeadLetter, OutboxMeta, Store, StoreConfig, StoreError};
 
 /// The `[store]` bounds read on every request, as atomics so a reload can change them while
 /// ingress runs. The other `[store]` keys size sled at open and need a restart.
