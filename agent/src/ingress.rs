@@ -4,7 +4,8 @@
 //! 414, big headers 431) → route (404/405) → declared length (413) → credentials (401/403, 429
 //! when throttled) → the integration's rate limit (429) → body read with the limit (413) →
 //! action-specific validation (400) → durable store (503) → 202. Cheap refusals come first, and
-//! nothing is stored for a refused request.
+//! nothing is stored for a refused request. The checks up to the body are the ones the central's
+//! hosted integrations make too (`integration::http::admit`).
 //!
 //! What it does not do: it never runs scripts or talks to the central; the worker and relay do.
 
@@ -12,18 +13,18 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
-    WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use server::http_util::{self, read_body, BodyError};
+use server::http_util;
 use server::serve::Body;
 use tracing::Instrument;
 
-use integration::auth::{AdminCaller, AuthError, AuthMode, IntegrationAuth, SecretDigest};
-use integration::definition::Action;
+use integration::auth::{AdminCaller, AuthMode, IntegrationAuth, SecretDigest};
+use integration::http::{
+    accepted, admit, auth_failure, method_not_allowed, token, Admitted, LOGS_PREFIX, TOKEN_PATH,
+    TRIGGER_PREFIX,
+};
 use integration::request::{
     principal_record, query_param, query_without_api_key, redacted_headers, InboundRequest,
 };
@@ -36,9 +37,6 @@ use crate::worker::{Job, WorkQueue};
 
 pub mod admin;
 
-const TRIGGER_PREFIX: &str = "/api/integration/1/functions/";
-const TOKEN_PATH: &str = "/api/xm/1/oauth2/token";
-const LOGS_PREFIX: &str = "/api/xm/1/integrations/";
 /// The HTTP equivalent of `xmagent request ID`.
 pub const REQUESTS_PREFIX: &str = "/api/agent/1/requests/";
 /// The dead-letter list behind `xmagent dead-letters`.
@@ -136,7 +134,10 @@ async fn route(
         ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
         ("/readyz", &Method::GET) => ingress.state.readiness(),
         ("/metrics", &Method::GET) => ingress.state.metrics_response(),
-        (TOKEN_PATH, &Method::POST) => token(ingress, request, peer).await,
+        (TOKEN_PATH, &Method::POST) => {
+            let authenticator = ingress.live.get().config.authenticator.clone();
+            token(&authenticator, request, peer.ip()).await
+        }
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         (TOKEN_PATH, _) => method_not_allowed("POST"),
         (DEAD_LETTERS_PATH, &Method::GET) => {
@@ -264,38 +265,6 @@ pub(crate) fn may_see(caller: &AdminCaller, live: &Live, integration_id: &str) -
     caller.may_see(policy)
 }
 
-async fn token(
-    ingress: &Arc<Ingress>,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let body = match read_body(request.into_body(), 64 * 1024).await {
-        Ok(body) => body,
-        Err(error) => return body_failure(error),
-    };
-    let authenticator = ingress.live.get().config.authenticator.clone();
-    let mut response = match authenticator.token(&body, peer.ip()).await {
-        Ok(token) => http_util::json(StatusCode::OK, &token),
-        Err(error) => {
-            let mut response = http_util::json(
-                error.status,
-                &json!({"error": error.error, "error_description": error.description}),
-            );
-            if let Some(secs) = error.retry_after_secs {
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
-    };
-    // RFC 6749 §5.1: token answers must not be cached anywhere.
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
 async fn trigger(
     ingress: &Arc<Ingress>,
     request: Request<Incoming>,
@@ -303,67 +272,25 @@ async fn trigger(
     id: String,
 ) -> Response<Body> {
     let live = ingress.live.get();
-    let Some(integration) = live.config.integrations.get(&id).cloned() else {
-        return http_util::error(
-            StatusCode::NOT_FOUND,
-            format!("no integration with id {id:?}"),
-        );
-    };
-    if request.method() != Method::POST {
-        return method_not_allowed("POST");
-    }
-    let limit = live.config.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return body_failure(BodyError::TooLarge { limit });
-    }
-    let (parts, body) = request.into_parts();
-    let query = parts.uri.query().unwrap_or("");
-    let api_key = query_param(Some(query), "apiKey");
-    let authenticator = live.config.authenticator.clone();
-    let principal = match authenticator
-        .authenticate(
-            &integration.auth,
-            &parts.headers,
-            api_key.as_deref(),
-            peer.ip(),
-        )
-        .await
-    {
-        Ok(principal) => principal,
-        Err(error) => {
-            tracing::info!(integration = %id, %peer, reason = %error, "trigger refused");
-            return auth_failure(&error, integration.auth.mode);
-        }
-    };
-    if let Some(rate_limit) = &integration.rate_limit {
-        if let Err(wait) = rate_limit.try_acquire(std::time::Instant::now()) {
-            tracing::info!(integration = %id, %peer, "trigger refused: rate limit");
-            let mut response = http_util::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("integration {id:?} is over its rate limit; retry later"),
-            );
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-            return response;
-        }
-    }
+    let admitted = admit(
+        &live.config.integrations,
+        &live.config.authenticator,
+        live.config.max_body_bytes,
+        &id,
+        request,
+        peer.ip(),
+    )
+    .await;
     drop(live);
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(error) => return body_failure(error),
-    };
-    let trigger = match integration.action {
-        Action::CreateEvent => match integration::trigger::trigger_from_body(&body) {
-            Ok(trigger) => Some(trigger),
-            Err(reason) => return http_util::error(StatusCode::BAD_REQUEST, reason),
-        },
-        Action::Transform | Action::RunScript | Action::HttpTrigger => None,
+    let Admitted {
+        integration,
+        principal,
+        parts,
+        body,
+        trigger,
+    } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let received_at = server::http_util::now_rfc3339();
@@ -437,49 +364,6 @@ async fn trigger(
     .await
 }
 
-/// The 202 answer, as xMatters words it.
-fn accepted_response(request_id: &str) -> Response<Body> {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Accepted<'a> {
-        request_id: &'a str,
-    }
-    let mut response = http_util::json(StatusCode::ACCEPTED, &Accepted { request_id });
-    response
-        .extensions_mut()
-        .insert(AcceptedId(request_id.to_owned()));
-    response
-}
-
-fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
-    let status = match error {
-        AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        AuthError::Forbidden { .. } | AuthError::NotAdmin { .. } => StatusCode::FORBIDDEN,
-        AuthError::Throttled { .. } | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
-    };
-    let mut response = http_util::error(status, error.to_string());
-    if let Some(secs) = error.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if let Some(challenge) = error.www_authenticate(mode) {
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    }
-    response
-}
-
-fn body_failure(error: BodyError) -> Response<Body> {
-    match error {
-        BodyError::TooLarge { .. } => {
-            http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
-        }
-        BodyError::Io(_) => http_util::error(StatusCode::BAD_REQUEST, error.to_string()),
-    }
-}
-
 pub(crate) fn store_failure(error: StoreError) -> Response<Body> {
     tracing::warn!(%error, "store refused the request");
     unavailable(error.to_string())
@@ -500,16 +384,17 @@ fn unavailable(message: String) -> Response<Body> {
     response
 }
 
-pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
 fn not_found(path: &str) -> Response<Body> {
     http_util::error(StatusCode::NOT_FOUND, format!("nothing at {path}"))
+}
+
+/// The 202 answer, carrying its requestId to the outcome log line.
+fn accepted_response(request_id: &str) -> Response<Body> {
+    let mut response = accepted(request_id);
+    response
+        .extensions_mut()
+        .insert(AcceptedId(request_id.to_owned()));
+    response
 }
 
 /// A text/plain response (health checks).

@@ -9,6 +9,7 @@
 //! - [`trigger`]: a `create_event` body into its trigger.
 //! - [`action`]: a request into events through `scripts`; [`activity`]: its activity entry.
 //! - [`endpoints`]: the HTTP client behind scripts' `http.request`; [`proxy`]: CONNECT tunnels.
+//! - [`http`]: admitting a trigger request, the token endpoint, refusals.
 //! - [`rate_limit`]: the per-integration request rate limit.
 //!
 //! What it deliberately does not do: store anything (no sled), speak the websocket, or run an
@@ -20,6 +21,7 @@ pub mod activity;
 pub mod auth;
 pub mod definition;
 pub mod endpoints;
+pub mod http;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request;

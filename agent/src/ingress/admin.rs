@@ -20,7 +20,9 @@ use server::serve::Body;
 use integration::auth::AdminCaller;
 use integration::request::query_param;
 
-use super::{authorize_admin, may_see, method_not_allowed, store_failure, Ingress};
+use integration::http::method_not_allowed;
+
+use super::{authorize_admin, may_see, store_failure, Ingress};
 use crate::relay::RelayStatus;
 use crate::store::{QueueEntry, QueueState};
 
