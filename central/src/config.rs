@@ -24,9 +24,18 @@ use server::credentials::{script_mac, SCRIPT_TOKEN_PREFIX};
 use server::exit::ConfigError;
 use server::tls::TlsFiles;
 
+use integration::auth::{ApiKeyConfig, AuthLimitsConfig, Authenticator, OAuthConfig, UserConfig};
+use integration::definition::{self, Host, IntegrationConfig, LibraryConfig, ScriptsSection};
+use integration::endpoints::EndpointConfig;
+
+use crate::hosted::{HostedConfig, HOSTED_AGENT_ID};
+
 /// The address used when `[central] listen` is absent: loopback only, so a fresh install is not
 /// reachable from the network by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// The largest trigger body of a hosted integration when `[central] max_body_bytes` is absent.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The data directory used when `[central] data_dir` is absent (relative to the config file).
 pub const DEFAULT_DATA_DIR: &str = "./central-data";
@@ -52,6 +61,8 @@ pub struct CentralConfig {
     pub users: Vec<UserCredential>,
     /// Serve HTTPS/WSS with these files instead of plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Cloud-hosted integrations (`[[integrations]]`), when the file has any.
+    pub hosted: Option<HostedConfig>,
 }
 
 /// One agent the central accepts: the id it is bound to and a digest of its token.
@@ -163,6 +174,7 @@ impl CentralConfig {
             agents: Vec::new(),
             users: Vec::new(),
             tls: None,
+            hosted: None,
         }
     }
 
@@ -229,6 +241,18 @@ struct RawConfig {
     agents: Vec<RawAgent>,
     #[serde(default)]
     users: Vec<RawUser>,
+    #[serde(default)]
+    oauth: OAuthConfig,
+    #[serde(default)]
+    auth: AuthLimitsConfig,
+    #[serde(default)]
+    scripts: ScriptsSection,
+    #[serde(default)]
+    endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    libraries: Vec<LibraryConfig>,
+    #[serde(default)]
+    integrations: Vec<IntegrationConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -238,6 +262,7 @@ struct RawCentral {
     data_dir: Option<PathBuf>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +281,8 @@ struct RawUser {
     password: Option<String>,
     password_file: Option<PathBuf>,
     password_hash: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<ApiKeyConfig>,
 }
 
 /// Read and validate the config file at `path`.
@@ -303,9 +330,31 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
     let data_dir = absolute(base, &data_dir);
 
     let mut config = CentralConfig::new(listen, data_dir);
+    let callers: Vec<UserConfig> = raw
+        .users
+        .iter()
+        .map(|user| UserConfig {
+            name: user.name.clone(),
+            roles: user
+                .roles
+                .clone()
+                .unwrap_or_else(|| vec![REST_WEB_SERVICE_USER.to_owned()]),
+            password: user.password.clone(),
+            password_file: user.password_file.clone(),
+            password_hash: user.password_hash.clone(),
+            api_keys: user.api_keys.clone(),
+        })
+        .collect();
 
     for (index, agent) in raw.agents.into_iter().enumerate() {
         let key = format!("agents[{index}]");
+        if agent.id == HOSTED_AGENT_ID {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.id"),
+                format!("`{HOSTED_AGENT_ID}` is the id of the central's own hosted integrations"),
+            ));
+        }
         if agent.id.trim().is_empty() {
             return Err(ConfigError::new(
                 file,
@@ -373,6 +422,40 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
         }
         .map_err(|reason| ConfigError::new(file, format!("{key}.password_hash"), reason))?;
         config.users.push(credential);
+    }
+
+    if !raw.integrations.is_empty() {
+        let max_body_bytes = match raw.central.max_body_bytes {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    file,
+                    "central.max_body_bytes",
+                    "must be greater than 0",
+                ))
+            }
+            Some(bytes) => bytes,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        let config_path = Path::new(file);
+        let authenticator =
+            Authenticator::from_config(&callers, &raw.oauth, &raw.auth, config_path, base)?;
+        let libraries = definition::libraries(&raw.libraries, base, file)?;
+        let integrations = definition::integrations(
+            raw.integrations,
+            &libraries,
+            &authenticator,
+            Host::Central,
+            base,
+            file,
+        )?;
+        config.hosted = Some(HostedConfig {
+            authenticator,
+            integrations,
+            scripts: raw.scripts.resolve(file)?,
+            endpoints: raw.endpoints,
+            base_dir: base.to_path_buf(),
+            max_body_bytes,
+        });
     }
 
     config.tls = match (raw.central.tls_cert_file, raw.central.tls_key_file) {

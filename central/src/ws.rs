@@ -635,6 +635,7 @@ mod tests {
             shutdown,
             ws_tracker: Arc::default(),
             access: crate::access::Access::default(),
+            hosted: None,
         })
     }
 
