@@ -342,51 +342,54 @@ struct OutboxMeta {
     record_at_ack: bool,
 }
 
-/// The `event.create` frame without its `trigger` (appended as text) and its `seq` (drawn later
-/// under the append lock).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FrameHead<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    request_id: &'a str,
-    index: u32,
-    integration_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    form: Option<&'a str>,
+/// An outbox value waiting for its seq (drawn later under the append lock): the meta line, and
+/// the frame's form and trigger (JSON text, embedded as it is).
+struct PendingValue {
+    line: String,
+    form: Option<String>,
+    trigger: Box<serde_json::value::RawValue>,
 }
 
-/// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
-/// `,"seq":N}`. The meta is written by serde_json, which never writes a raw newline, so the first
-/// `\n` splits the two. `trigger` is JSON text (a checked request body is embedded as it came).
-/// Text, not bytes: the outbox tail keeps the frame part as a string, and a value built from
-/// strings needs no UTF-8 check to become one.
+impl PendingValue {
+    /// Bytes known before the frame is written (for the store's bounds).
+    fn len(&self) -> usize {
+        self.line.len() + self.trigger.get().len()
+    }
+}
+
+/// The start of an outbox value: `meta JSON \n`, then (in [`finish_outbox_value`]) the frame.
+/// The meta is written by serde_json, which never writes a raw newline, so the first `\n`
+/// splits the two.
 fn outbox_value_head(
     meta: &OutboxMeta,
     form: Option<&str>,
     trigger: &str,
-) -> Result<String, StoreError> {
-    let head = FrameHead {
-        kind: "event.create",
-        request_id: &meta.request_id,
-        index: meta.index,
-        integration_id: &meta.integration_id,
-        form,
-    };
-    let mut value = serde_json::to_string(meta)?;
-    // Sized once: the meta and frame head are a few hundred bytes next to the trigger.
-    value.reserve(trigger.len() + 320);
-    value.push('\n');
-    value.push_str(&serde_json::to_string(&head)?);
-    value.pop(); // the closing brace; the trigger and `finish_outbox_value` close the object
-    value.push_str(",\"trigger\":");
-    value.push_str(trigger);
-    Ok(value)
+) -> Result<PendingValue, StoreError> {
+    let mut line = serde_json::to_string(meta)?;
+    line.push('\n');
+    Ok(PendingValue {
+        line,
+        form: form.map(str::to_owned),
+        trigger: serde_json::value::RawValue::from_string(trigger.to_owned())?,
+    })
 }
 
-fn finish_outbox_value(value: &mut String, seq: u64) {
-    use std::fmt::Write as _;
-    let _ = write!(value, ",\"seq\":{seq}}}");
+/// The whole outbox value of `pending` with its `seq`: the frame written through the
+/// protocol's [`protocol::frame::EventCreateRaw`].
+fn finish_outbox_value(pending: PendingValue, meta: &OutboxMeta, seq: u64) -> String {
+    use std::borrow::Cow;
+    let frame = protocol::frame::EventCreateRaw {
+        kind: protocol::frame::EventCreateTag,
+        request_id: Cow::Borrowed(&meta.request_id),
+        index: meta.index,
+        integration_id: Cow::Borrowed(&meta.integration_id),
+        form: pending.form.as_deref().map(Cow::Borrowed),
+        trigger: &pending.trigger,
+        seq,
+    };
+    let mut value = pending.line;
+    value.push_str(&serde_json::to_string(&frame).expect("event.create frames serialize"));
+    value
 }
 
 /// Split a stored outbox value into its meta and the frame text. Entries written before the
@@ -1053,8 +1056,8 @@ impl Store {
 
     /// Close outbox value `value` with its seq and keep the entry in the tail; runs under the
     /// outbox's append lock, so the tail sees entries in seq order.
-    fn finish_outbox_entry(&self, seq: u64, mut value: String, meta: OutboxMeta) -> Vec<u8> {
-        finish_outbox_value(&mut value, seq);
+    fn finish_outbox_entry(&self, seq: u64, pending: PendingValue, meta: OutboxMeta) -> Vec<u8> {
+        let value = finish_outbox_value(pending, &meta, seq);
         self.inner.tail().push(seq, &value, meta);
         value.into_bytes()
     }
@@ -1227,7 +1230,7 @@ impl Store {
         // index answers until the central's answer writes the final record. Requests with more
         // events keep a stored record that collects their event ids ack by ack.
         let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
-        let mut heads: Vec<(String, OutboxMeta)> = Vec::new();
+        let mut heads: Vec<(PendingValue, OutboxMeta)> = Vec::new();
         if processed.failure.is_none() {
             for (index, (form, trigger)) in processed.events.iter().enumerate() {
                 let index =

@@ -794,9 +794,15 @@ mod tests {
             (
                 format!(
                     r#"{{"typ\u0065":"event\u002ecreate","s\u0065q":1,"requestId":"r","index":0,
-                    "integrationId":"i","form":null,"trigger":{trigger},"x":[1,{{"y":null}}]}}"#
+                    "integrationId":"i","form":null,"trigger":{trigger}}}"#
                 ),
                 Read::Directly,
+            ),
+            // An unknown member sends the frame to the protocol's types (the direct reader
+            // cannot tell whether they would read it).
+            (
+                create(&format!(r#""trigger":{trigger},"x":[1,{{"y":null}}]"#)),
+                Read::Fallback,
             ),
             // A tagged enum also reads the array form: only the fallback takes it.
             (
@@ -836,7 +842,7 @@ mod tests {
             ),
             (
                 create(&format!(r#""x":{},"trigger":{{}}"#, nested(126))),
-                Read::Directly,
+                Read::Fallback,
             ),
             (
                 create(&format!(r#""x":{},"trigger":{{}}"#, nested(127))),
