@@ -224,6 +224,9 @@ async fn scripts_transform_and_run_and_the_activity_stream_shows_them() {
     assert_eq!(logs["data"][0]["status"], "FAILED");
 }
 
+/// Integration, query, headers, body, expected status.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String, u16);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn each_error_path_gets_its_status_and_nothing_is_stored() {
     let dir = tempfile::tempdir().unwrap();
@@ -234,7 +237,7 @@ async fn each_error_path_gets_its_status_and_nothing_is_stored() {
     let rest_only = basic(CENTRAL_USER.0, CENTRAL_USER.1);
     let noperm = basic("noperm", "noperm-password");
 
-    let cases: [(&str, &str, Vec<(&str, &str)>, String, u16); 9] = [
+    let cases: [Case; 9] = [
         (
             "nope",
             "",
