@@ -89,11 +89,12 @@ impl ScriptHost for ScriptRunner {
         program: Arc<scripts::Program>,
         request: scripts::ScriptRequest,
     ) -> scripts::Outcome {
-        let http = {
-            let mut scope = vec![integration.id.clone()];
-            scope.extend(integration.script_events_of.iter().cloned());
-            Arc::new(self.live.get().endpoints.for_integration(&scope))
-        };
+        let http = Arc::new(
+            self.live
+                .get()
+                .endpoints
+                .for_integration(&integration.script_scope()),
+        );
         let pool = self.pool.read().unwrap_or_else(|p| p.into_inner()).clone();
         let runs = &self.metrics.script_runs;
         runs.started.fetch_add(1, Ordering::Relaxed);

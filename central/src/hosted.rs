@@ -330,9 +330,7 @@ impl ScriptHost for Hosted {
         program: Arc<scripts::Program>,
         request: scripts::ScriptRequest,
     ) -> scripts::Outcome {
-        let mut scope = vec![integration.id.clone()];
-        scope.extend(integration.script_events_of.iter().cloned());
-        let http = Arc::new(self.endpoints.for_integration(&scope));
+        let http = Arc::new(self.endpoints.for_integration(&integration.script_scope()));
         self.pool.run(program, request, http).await
     }
 }

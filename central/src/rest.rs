@@ -74,13 +74,9 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            let caller = match state
-                .access
-                .caller(&state.config, request.headers(), peer.ip())
-                .await
-            {
+            let caller = match caller(&state, &request, peer).await {
                 Ok(caller) => caller,
-                Err(refusal) => return refused(&refusal),
+                Err(refusal) => return refusal,
             };
             if method == Method::GET {
                 list_events(&state, &caller, request.uri().query()).await
@@ -113,13 +109,9 @@ pub async fn route(
             if method != Method::GET {
                 return not_allowed("GET");
             }
-            let caller = match state
-                .access
-                .caller(&state.config, request.headers(), peer.ip())
-                .await
-            {
+            let caller = match caller(&state, &request, peer).await {
                 Ok(caller) => caller,
-                Err(refusal) => return refused(&refusal),
+                Err(refusal) => return refusal,
             };
             match &state.hosted {
                 Some(hosted) => hosted.logs(&caller, id, request.uri().query()),
@@ -137,18 +129,27 @@ pub async fn route(
                 if method != Method::GET {
                     return not_allowed("GET");
                 }
-                match state
-                    .access
-                    .caller(&state.config, request.headers(), peer.ip())
-                    .await
-                {
+                match caller(&state, &request, peer).await {
                     Ok(caller) => get_event(&state, &caller, id),
-                    Err(refusal) => refused(&refusal),
+                    Err(refusal) => refusal,
                 }
             }
             _ => http_util::error(StatusCode::NOT_FOUND, format!("no resource at {other}")),
         },
     }
+}
+
+/// The REST caller of `request` ([`crate::access`]), or the refusal to answer.
+async fn caller(
+    state: &State,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Caller, Response<Body>> {
+    state
+        .access
+        .caller(&state.config, request.headers(), peer.ip())
+        .await
+        .map_err(|refusal| refused(&refusal))
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {

@@ -184,6 +184,14 @@ impl Integration {
         &self.run_on
     }
 
+    /// The integrations whose events its scripts may reach through the built-in `xMatters`
+    /// endpoint: its own and those of `script_events_of` (the scope of their credential).
+    pub fn script_scope(&self) -> Vec<String> {
+        let mut scope = vec![self.id.clone()];
+        scope.extend(self.script_events_of.iter().cloned());
+        scope
+    }
+
     /// Whether the host that loaded it serves its trigger URL itself (no `run_on`).
     pub fn served_here(&self) -> bool {
         self.run_on.is_empty()

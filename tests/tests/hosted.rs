@@ -37,46 +37,24 @@ fn start_hosting(dir: &Path) -> Node {
         // A small body limit for the 413 case.
         "data_dir = \"central-data\"\nmax_body_bytes = 4096",
     );
-    std::fs::write(&path, text + HOSTED).unwrap();
+    std::fs::write(&path, text + &hosted()).unwrap();
     Node::start(
         &binary("xmcentral"),
         &["run", "--config", path.to_str().unwrap()],
     )
 }
 
-const HOSTED: &str = r#"
-[[users]]
-name = "svc"
-password = "svc-password"
-api_keys = [{ key = "svc-key", secret = "svc-key-secret" }]
-
-# Valid credentials, without the role triggers need.
+/// `STANDARD_AGENT` (users, API key, one create_event integration per auth mode: the same keys
+/// an agent takes) plus a user without the trigger role, the script integrations, and one that
+/// agents run.
+fn hosted() -> String {
+    format!(
+        r#"{STANDARD_AGENT}
+# Valid credentials, without the role triggers need (central users without `roles` hold it).
 [[users]]
 name = "noperm"
 password = "noperm-password"
 roles = ["Observer"]
-
-[[integrations]]
-id = "url"
-action = "create_event"
-auth = "url"
-url_key = "hosted-url-key"
-authenticating_user = "svc"
-
-[[integrations]]
-id = "basic"
-action = "create_event"
-auth = "basic"
-
-[[integrations]]
-id = "api_key"
-action = "create_event"
-auth = "api_key"
-
-[[integrations]]
-id = "oauth"
-action = "create_event"
-auth = "oauth"
 
 [[integrations]]
 id = "transform"
@@ -96,7 +74,9 @@ action = "create_event"
 url_key = "elsewhere-key"
 authenticating_user = "svc"
 run_on = ["agent-test"]
-"#;
+"#
+    )
+}
 
 fn request_id(answer: &Answer) -> String {
     assert_eq!(
@@ -140,22 +120,32 @@ async fn every_authentication_method_creates_the_event_before_the_202() {
     let dir = tempfile::tempdir().unwrap();
     let central = start_hosting(dir.path());
     let body = r#"{"properties": {"summary": "Disk full"}, "priority": "low"}"#;
-    let bearer = format!("Bearer {}", oauth_token(central.addr).await);
     let svc = basic("svc", "svc-password");
     let key = basic("svc-key", "svc-key-secret");
     for (id, query, auth) in [
-        ("url", "?apiKey=hosted-url-key", None),
-        ("basic", "", Some(svc.as_str())),
-        ("api_key", "", Some(key.as_str())),
-        ("oauth", "", Some(bearer.as_str())),
+        ("url", "?apiKey=url-key-url", Some(String::new())),
+        ("any", "?apiKey=url-key-any", Some(String::new())),
+        ("basic", "", Some(svc.clone())),
+        ("api_key", "", Some(key.clone())),
+        // Tokens live 2 s here: fetched right before use.
+        ("oauth", "", None),
     ] {
-        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
-        let id_answer = trigger(central.addr, id, query, &headers, body).await;
-        let request = request_id(&id_answer);
+        let auth = match auth {
+            Some(auth) => auth,
+            None => format!("Bearer {}", oauth_token(central.addr).await),
+        };
+        let headers: Vec<(&str, &str)> = if auth.is_empty() {
+            Vec::new()
+        } else {
+            vec![("authorization", auth.as_str())]
+        };
+        let answer = trigger(central.addr, id, query, &headers, body).await;
+        let request = request_id(&answer);
         let event = stored_event(central.addr, &request).await;
         assert_eq!(event["properties"]["summary"], "Disk full", "{id}");
         assert_eq!(event["priority"], "LOW", "{id}");
         assert_eq!(event["integrationId"], id);
+        assert_eq!(event["agentId"], "xmcentral");
         println!("{id}: event {} for {request}", event["id"]);
     }
     // The URL key must not reach the stored request.
@@ -166,7 +156,7 @@ async fn every_authentication_method_creates_the_event_before_the_202() {
     )
     .await;
     assert_eq!(logs["data"][0]["status"], "DELIVERED", "{logs}");
-    assert!(!logs.to_string().contains("hosted-url-key"), "{logs}");
+    assert!(!logs.to_string().contains("url-key-url"), "{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
