@@ -601,6 +601,41 @@ mod tests {
     }
 
     #[test]
+    fn hosted_integrations_are_read_with_the_agent_keys_and_their_errors() {
+        let base = "[central]\ndata_dir = \"/tmp/x\"\n\n[[users]]\nname = \"svc\"\npassword = \"pw\"\napi_keys = [{ key = \"k\", secret = \"s\" }]\n";
+        let config = parse_ok(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"url\"\nurl_key = \"key\"\nauthenticating_user = \"svc\"\n"
+        ));
+        let hosted = config.hosted.expect("hosted integrations");
+        assert!(hosted.integrations["cloud"].served_here());
+        assert_eq!(hosted.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(parse_ok(base).hosted.is_none());
+
+        let error = parse_err(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"url\"\n"
+        ));
+        assert_eq!(
+            (error.file.as_str(), error.key.as_str()),
+            ("test.toml", "integrations[0].url_key")
+        );
+        let error = parse_err(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"transform\"\n"
+        ));
+        assert_eq!(error.key, "integrations[0].script");
+        let error = parse_err(&format!(
+            "[central]\nmax_body_bytes = 0\n\n[[integrations]]\nid = \"c\"\naction = \"create_event\"\n"
+        ));
+        assert_eq!(error.key, "central.max_body_bytes");
+    }
+
+    #[test]
+    fn no_agent_may_take_the_hosted_id() {
+        let error = parse_err("[[agents]]\nid = \"xmcentral\"\ntoken = \"t\"\n");
+        assert_eq!(error.key, "agents[0].id");
+        assert!(error.reason.contains("hosted"), "{error}");
+    }
+
+    #[test]
     fn defaults_and_relative_data_dir() {
         let config = parse_ok("");
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);

@@ -488,3 +488,67 @@ fn script_limits(section: &ScriptsSection) -> scripts::Limits {
         ..defaults
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{AuthLimitsConfig, OAuthConfig};
+
+    fn resolve(text: &str, host: Host) -> Result<HashMap<String, Arc<Integration>>, ConfigError> {
+        #[derive(Deserialize)]
+        struct File {
+            integrations: Vec<IntegrationConfig>,
+        }
+        let file: File = toml::from_str(text).expect("valid TOML");
+        let base = Path::new("/nonexistent");
+        let authenticator = Authenticator::from_config(
+            &[],
+            &OAuthConfig::default(),
+            &AuthLimitsConfig::default(),
+            Path::new("x.toml"),
+            base,
+        )
+        .expect("no users is valid");
+        integrations(
+            file.integrations,
+            &BTreeMap::new(),
+            &authenticator,
+            host,
+            base,
+            "x.toml",
+        )
+    }
+
+    #[test]
+    fn run_on_names_the_agents_at_the_central_only() {
+        let text = "[[integrations]]\nid = \"dc\"\naction = \"create_event\"\nrun_on = [\"agent-01\", \"agent-02\"]\n";
+        let resolved = resolve(text, Host::Central).expect("valid at the central");
+        let dc = &resolved["dc"];
+        assert_eq!(dc.run_on(), ["agent-01", "agent-02"]);
+        assert!(!dc.served_here());
+
+        let error = resolve(text, Host::Agent)
+            .err()
+            .expect("refused on an agent");
+        assert_eq!(error.key, "integrations[0].run_on");
+        assert!(error.reason.contains("central"), "{error}");
+    }
+
+    #[test]
+    fn run_on_must_name_someone() {
+        for agents in ["[]", "[\"agent-01\", \" \"]"] {
+            let text = format!(
+                "[[integrations]]\nid = \"dc\"\naction = \"create_event\"\nrun_on = {agents}\n"
+            );
+            let error = resolve(&text, Host::Central).err().expect(&text);
+            assert_eq!(error.key, "integrations[0].run_on", "{agents}");
+        }
+        let served = resolve(
+            "[[integrations]]\nid = \"here\"\naction = \"create_event\"\n",
+            Host::Central,
+        )
+        .expect("valid");
+        assert!(served["here"].served_here());
+        assert_eq!(served["here"].script_scope(), ["here"]);
+    }
+}
