@@ -622,9 +622,9 @@ mod tests {
             "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"transform\"\n"
         ));
         assert_eq!(error.key, "integrations[0].script");
-        let error = parse_err(&format!(
-            "[central]\nmax_body_bytes = 0\n\n[[integrations]]\nid = \"c\"\naction = \"create_event\"\n"
-        ));
+        let error = parse_err(
+            "[central]\nmax_body_bytes = 0\n\n[[integrations]]\nid = \"c\"\naction = \"create_event\"\n",
+        );
         assert_eq!(error.key, "central.max_body_bytes");
     }
 
