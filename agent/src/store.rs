@@ -392,27 +392,17 @@ fn finish_outbox_value(pending: PendingValue, meta: &OutboxMeta, seq: u64) -> St
     value
 }
 
-/// Split a stored outbox value into its meta and the frame text. Entries written before the
-/// frame was stored whole (a plain `EventCreate` JSON) are converted.
-fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>), StoreError> {
-    if let Some(split) = value.iter().position(|b| *b == b'\n') {
-        let meta = serde_json::from_slice(&value[..split])?;
-        let frame = std::str::from_utf8(&value[split + 1..])
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        return Ok((meta, frame.into()));
-    }
-    let entry: protocol::EventCreate = serde_json::from_slice(value)?;
-    let meta = OutboxMeta {
-        request_id: entry.request_id.clone(),
-        integration_id: entry.integration_id.clone(),
-        index: entry.index,
-        received_at: String::new(),
-        record_at_ack: false,
-    };
-    Ok((
-        meta,
-        protocol::AgentFrame::EventCreate(entry).to_text().into(),
-    ))
+/// Split a stored outbox value into its meta and the frame text; a value without the meta line
+/// is corrupt.
+fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, &str), StoreError> {
+    let split = value
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| StoreError::Corrupt("an outbox entry without its meta line".into()))?;
+    let meta = serde_json::from_slice(&value[..split])?;
+    let frame =
+        std::str::from_utf8(&value[split + 1..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((meta, frame))
 }
 
 /// Outbox entries in memory, so the relay sends them and the acks resolve them without reading
@@ -1617,7 +1607,7 @@ impl Outbox for Store {
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
                 Ok(OutboxEntry {
                     seq,
-                    frame: frame.into_owned().into(),
+                    frame: frame.to_owned().into(),
                 })
             })
             .collect()
@@ -1655,7 +1645,7 @@ impl Outbox for Store {
                     return Ok(());
                 };
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
-                serde_json::from_str(&frame)
+                serde_json::from_str(frame)
             }
         };
         let entry = match parsed.map_err(|e| e.to_string())? {
