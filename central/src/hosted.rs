@@ -41,6 +41,7 @@ use integration::request::{
 
 use crate::access::Caller;
 use crate::event;
+use crate::metrics::Metrics;
 use crate::store::{NewEvent, Store, StoreError};
 
 /// The agent id recorded on the events of hosted integrations (no configured agent may use it),
@@ -133,6 +134,7 @@ impl Hosted {
     pub async fn trigger(
         &self,
         store: &Store,
+        metrics: &Metrics,
         request: Request<Incoming>,
         peer: SocketAddr,
         id: &str,
@@ -168,7 +170,10 @@ impl Hosted {
             received_at: http_util::now_rfc3339(),
         };
         let processed = run_action(self, &integration, &inbound).await;
-        match self.record(store, &integration, &inbound, processed).await {
+        match self
+            .record(store, metrics, &integration, &inbound, processed)
+            .await
+        {
             Ok(()) => accepted(&inbound.request_id),
             Err(error) => {
                 tracing::error!(%error, integration = %id, "cannot store a hosted request");
@@ -191,6 +196,7 @@ impl Hosted {
     async fn record(
         &self,
         store: &Store,
+        metrics: &Metrics,
         integration: &Integration,
         request: &InboundRequest,
         processed: integration::action::Processed,
@@ -230,6 +236,8 @@ impl Hosted {
                 }
                 if !events.is_empty() {
                     let written = store.create_batch(HOSTED_AGENT_ID, &events)?;
+                    let created = written.iter().filter(|w| !w.duplicate).count();
+                    metrics.created_for(HOSTED_AGENT_ID, created as u64);
                     event_ids = written.into_iter().map(|w| w.event_id).collect();
                 }
             }
@@ -250,7 +258,10 @@ impl Hosted {
             tracing::warn!(request_id = %request.request_id, %reason, "hosted request failed");
         }
         self.keep_activity(&integration.id, &activity)?;
-        store.wait_durable().await
+        let started = std::time::Instant::now();
+        let flushed = store.wait_durable().await;
+        metrics.store_flush.observe(started.elapsed());
+        flushed
     }
 
     /// Store one activity entry under `id\0<order>` and drop the oldest beyond

@@ -157,6 +157,14 @@ async fn every_authentication_method_creates_the_event_before_the_202() {
     .await;
     assert_eq!(logs["data"][0]["status"], "DELIVERED", "{logs}");
     assert!(!logs.to_string().contains("url-key-url"), "{logs}");
+    let metrics = http(central.addr, "GET", "/metrics", &[], "")
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("xmcentral_events_created_by_agent_total{agent=\"xmcentral\"} 5\n"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
