@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use integration::action::{failed, run_action};
+use integration::backlog::Backlog;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -31,19 +32,13 @@ pub struct Job {
     pub backlog: Option<OwnedSemaphorePermit>,
 }
 
-/// How long a request waits for backlog room before it gets a 503.
-const BACKLOG_WAIT: Duration = Duration::from_secs(10);
-
 /// The worker's queue, as ingress and start-up hand it requests. Cheap to clone.
 #[derive(Clone)]
 pub struct WorkQueue {
     jobs: mpsc::UnboundedSender<Job>,
-    /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
-    /// fixed at start); see [`WorkQueue::reserve_backlog`]. Ingress can store requests faster
-    /// than scripts run; without a bound the difference piles up in memory (the job queue and
-    /// sled's copy of the inbox) for as long as the load lasts.
-    backlog: Arc<Semaphore>,
-    backlog_kib: usize,
+    /// Room for request bodies accepted and not processed yet (`[scripts] backlog_kib`, fixed
+    /// at start): the job queue and sled's copy of the inbox hold them.
+    backlog: Backlog,
 }
 
 impl WorkQueue {
@@ -52,20 +47,16 @@ impl WorkQueue {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let queue = Self {
             jobs,
-            backlog: Arc::new(Semaphore::new(backlog_kib)),
-            backlog_kib,
+            backlog: Backlog::new(backlog_kib),
         };
         (queue, receiver)
     }
 
     /// Wait until the backlog has room for a request body of `bytes`, so script integrations
-    /// accept no faster than their scripts run (the client sees the wait as latency). `None`
-    /// after [`BACKLOG_WAIT`]: the caller answers 503. The permit travels with the [`Job`] and
-    /// frees its room when the request is processed.
+    /// accept no faster than their scripts run; `None`: the caller answers 503. The permit
+    /// travels with the [`Job`] and frees its room when the request is processed.
     pub async fn reserve_backlog(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let kib = (bytes / 1024 + 1).min(self.backlog_kib) as u32;
-        let acquire = self.backlog.clone().acquire_many_owned(kib);
-        tokio::time::timeout(BACKLOG_WAIT, acquire).await.ok()?.ok()
+        self.backlog.reserve(bytes).await
     }
 
     /// Hand an accepted request to the worker.

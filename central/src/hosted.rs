@@ -32,6 +32,7 @@ use server::serve::Body;
 
 use integration::action::{run_action, ScriptHost};
 use integration::auth::Authenticator;
+use integration::backlog::Backlog;
 use integration::definition::{Integration, ScriptSettings};
 use integration::endpoints::{BuiltinXmatters, EndpointConfig, Endpoints};
 use integration::http::{accepted, admit, Admitted};
@@ -87,6 +88,8 @@ pub struct Hosted {
     pool: scripts::ScriptPool,
     endpoints: Arc<Endpoints>,
     activity: sled::Tree,
+    /// Bodies waiting for a script (`[scripts] backlog_kib`): each waits for its run here.
+    backlog: Backlog,
     /// Orders activity entries (with the start time, so keys keep growing across restarts).
     next_entry: AtomicU64,
 }
@@ -121,11 +124,13 @@ impl Hosted {
         );
         let activity = store.open_tree(ACTIVITY_TREE)?;
         let started = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+        let backlog = Backlog::new(config.scripts.backlog_kib);
         Ok(Self {
             config,
             pool,
             endpoints: Arc::new(endpoints),
             activity,
+            backlog,
             next_entry: AtomicU64::new(started),
         })
     }
@@ -153,10 +158,24 @@ impl Hosted {
             principal,
             parts,
             body,
-            ..
+            trigger,
         } = match admitted {
             Ok(admitted) => admitted,
             Err(refusal) => return refusal,
+        };
+        // Script runs wait for room in the backlog, so memory does not grow with a load the
+        // scripts cannot follow; create_event needs no script.
+        let _room = match trigger {
+            Some(_) => None,
+            None => match self.backlog.reserve(body.len()).await {
+                Some(room) => Some(room),
+                None => {
+                    tracing::warn!(integration = %id, "the script backlog is full; request refused");
+                    return unavailable(
+                        "the central is still running earlier scripts; retry later",
+                    );
+                }
+            },
         };
         let inbound = InboundRequest {
             request_id: uuid::Uuid::new_v4().to_string(),
@@ -177,15 +196,7 @@ impl Hosted {
             Ok(()) => accepted(&inbound.request_id),
             Err(error) => {
                 tracing::error!(%error, integration = %id, "cannot store a hosted request");
-                let mut response = http_util::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the event store is unavailable; nothing was kept, retry later",
-                );
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    http::HeaderValue::from_static("5"),
-                );
-                response
+                unavailable("the event store is unavailable; retry later")
             }
         }
     }
@@ -375,6 +386,16 @@ impl NewEvent for HostedEvent<'_> {
             created: self.created,
         })
     }
+}
+
+/// 503 with `Retry-After`.
+fn unavailable(message: &str) -> Response<Body> {
+    let mut response = http_util::error(StatusCode::SERVICE_UNAVAILABLE, message);
+    response.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("5"),
+    );
+    response
 }
 
 fn activity_prefix(id: &str) -> Vec<u8> {

@@ -10,6 +10,7 @@
 //! - [`action`]: a request into events through `scripts`; [`activity`]: its activity entry.
 //! - [`endpoints`]: the HTTP client behind scripts' `http.request`; [`proxy`]: CONNECT tunnels.
 //! - [`http`]: admitting a trigger request, the token endpoint, refusals.
+//! - [`backlog`]: the bound on bodies waiting for scripts.
 //! - [`rate_limit`]: the per-integration request rate limit.
 //!
 //! What it deliberately does not do: store anything (no sled), speak the websocket, or run an
@@ -19,6 +20,7 @@
 pub mod action;
 pub mod activity;
 pub mod auth;
+pub mod backlog;
 pub mod definition;
 pub mod endpoints;
 pub mod http;
