@@ -342,3 +342,55 @@ async fn each_error_path_gets_its_status_and_nothing_is_stored() {
         "a refused request left an event"
     );
 }
+
+/// Script requests wait for room in `[scripts] backlog_kib`; one that finds none within 10 s
+/// gets 503 + `Retry-After` and leaves nothing behind, while the request holding the room runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_script_backlog_is_a_503() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("slow.js"), "while (true) {}\n").unwrap();
+    let path = central_config(dir.path(), 0);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    // The run holding the room outlives the 10 s a waiting request gets, with room to spare.
+    text.push_str(
+        "\n[scripts]\nbacklog_kib = 1\ntimeout_ms = 25000\n\n\
+         [[integrations]]\nid = \"slow\"\naction = \"run_script\"\nauth = \"basic\"\nscript = \"slow.js\"\n",
+    );
+    std::fs::write(&path, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", path.to_str().unwrap()],
+    );
+    let auth = basic(CENTRAL_USER.0, CENTRAL_USER.1);
+    let body = format!(r#"{{"pad": "{}"}}"#, "x".repeat(2048));
+    let send = || {
+        let (auth, body) = (auth.clone(), body.clone());
+        let addr = central.addr;
+        tokio::spawn(async move {
+            trigger(addr, "slow", "", &[("authorization", auth.as_str())], &body).await
+        })
+    };
+    let (first, second) = (send(), send());
+    let mut answers = [first.await.unwrap(), second.await.unwrap()];
+    answers.sort_by_key(|answer| answer.status);
+    let [ran, refused] = answers;
+    assert_eq!(ran.status, 202, "{}", String::from_utf8_lossy(&ran.body));
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.header("retry-after"), Some("5"));
+    let logs = get_json(
+        central.addr,
+        "/api/xm/1/integrations/slow/logs",
+        CENTRAL_USER,
+    )
+    .await;
+    assert_eq!(
+        logs["count"], 1,
+        "only the request that ran is in the stream: {logs}"
+    );
+    assert_eq!(logs["data"][0]["status"], "FAILED");
+}
