@@ -25,9 +25,7 @@ use integration::http::{
     accepted, admit, auth_failure, method_not_allowed, token, Admitted, LOGS_PREFIX, TOKEN_PATH,
     TRIGGER_PREFIX,
 };
-use integration::request::{
-    principal_record, query_param, query_without_api_key, redacted_headers, InboundRequest,
-};
+use integration::request::{principal_record, query_param, InboundRequest};
 
 use crate::live::{Live, LiveConfig};
 use crate::metrics::Metrics;
@@ -301,16 +299,16 @@ async fn trigger(
     let inbound = {
         let (request_id, integration_id) = (request_id.clone(), id.clone());
         let (received_at, principal) = (received_at.clone(), principal_record(&principal));
-        move |body: &[u8]| InboundRequest {
-            request_id,
-            integration_id,
-            method: parts.method.to_string(),
-            headers: redacted_headers(&parts.headers),
-            query: query_without_api_key(parts.uri.query().unwrap_or("")),
-            body: String::from_utf8_lossy(body).into_owned(),
-            principal,
-            remote_address: peer.ip().to_string(),
-            received_at,
+        move |body: &[u8]| {
+            InboundRequest::new(
+                request_id,
+                integration_id,
+                &parts,
+                body,
+                principal,
+                peer.ip(),
+                received_at,
+            )
         }
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);

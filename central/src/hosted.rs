@@ -36,9 +36,7 @@ use integration::backlog::Backlog;
 use integration::definition::{Integration, ScriptSettings};
 use integration::endpoints::{BuiltinXmatters, EndpointConfig, Endpoints};
 use integration::http::{accepted, admit, Admitted};
-use integration::request::{
-    principal_record, query_param, query_without_api_key, redacted_headers, InboundRequest,
-};
+use integration::request::{principal_record, query_param, InboundRequest};
 
 use crate::access::Caller;
 use crate::event;
@@ -177,17 +175,15 @@ impl Hosted {
                 }
             },
         };
-        let inbound = InboundRequest {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            integration_id: integration.id.clone(),
-            method: parts.method.to_string(),
-            headers: redacted_headers(&parts.headers),
-            query: query_without_api_key(parts.uri.query().unwrap_or("")),
-            body: String::from_utf8_lossy(&body).into_owned(),
-            principal: principal_record(&principal),
-            remote_address: peer.ip().to_string(),
-            received_at: http_util::now_rfc3339(),
-        };
+        let inbound = InboundRequest::new(
+            uuid::Uuid::new_v4().to_string(),
+            integration.id.clone(),
+            &parts,
+            &body,
+            principal_record(&principal),
+            peer.ip(),
+            http_util::now_rfc3339(),
+        );
         let processed = run_action(self, &integration, &inbound).await;
         match self
             .record(store, metrics, &integration, &inbound, processed)

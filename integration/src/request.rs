@@ -40,6 +40,32 @@ pub struct InboundRequest {
     pub received_at: String,
 }
 
+impl InboundRequest {
+    /// The request as it is kept: `head` with its credentials removed (see the module docs) and
+    /// `body` as text (invalid UTF-8 replaced).
+    pub fn new(
+        request_id: String,
+        integration_id: String,
+        head: &http::request::Parts,
+        body: &[u8],
+        principal: PrincipalRecord,
+        peer: std::net::IpAddr,
+        received_at: String,
+    ) -> Self {
+        Self {
+            request_id,
+            integration_id,
+            method: head.method.to_string(),
+            headers: redacted_headers(&head.headers),
+            query: query_without_api_key(head.uri.query().unwrap_or("")),
+            body: String::from_utf8_lossy(body).into_owned(),
+            principal,
+            remote_address: peer.to_string(),
+            received_at,
+        }
+    }
+}
+
 /// Headers whose values are credentials: they never reach the store, scripts or logs.
 const REDACTED_HEADERS: [&str; 4] = [
     "authorization",
