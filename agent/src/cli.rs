@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use hyper::Method;
 
-use crate::admin;
 use crate::config;
+use crate::ingress::admin;
 use crate::store::{QueueState, Recovery};
 
 mod render;
@@ -209,7 +209,7 @@ pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
         Command::DeadLetters(config) => query(&config.config, crate::ingress::DEAD_LETTERS_PATH),
         Command::HashPassword => hash_password(),
         Command::GenKey => {
-            println!("{}", crate::auth::generate_key());
+            println!("{}", integration::auth::generate_key());
             0
         }
         Command::TestScript(args) => scripts::dry_run::main(args),
@@ -407,7 +407,7 @@ fn hash_password() -> i32 {
         eprintln!("xmagent: give the password on stdin, e.g. `read -s P; echo \"$P\" | xmagent hash-password`");
         return exit::USAGE;
     }
-    match crate::auth::hash_password(line.trim_end_matches(['\n', '\r'])) {
+    match integration::auth::hash_password(line.trim_end_matches(['\n', '\r'])) {
         Ok(hash) => {
             println!("{hash}");
             0

@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -23,38 +23,30 @@ use hyper::{Response, StatusCode};
 use server::exit::ConfigError;
 use server::http_util;
 use server::serve::Body;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::auth::SecretDigest;
+use integration::auth::SecretDigest;
+use integration::endpoints::{BuiltinXmatters, Endpoints};
+
 use crate::config::{self, Loaded};
-use crate::endpoints::{BuiltinXmatters, Endpoints};
+use crate::ingress::{AgentState, Ingress};
+use crate::live::{Live, LiveConfig, ScriptRunner};
 use crate::metrics::{Gauge, Metrics};
 use crate::relay::{self, RelayStatus};
 use crate::store::{Recovery, Store};
-use crate::worker::Job;
+use crate::worker::{Job, WorkQueue, Worker};
 
-/// The configuration currently served, with what was built from it. Replaced whole on reload.
-pub struct Live {
-    /// The resolved configuration.
-    pub config: Loaded,
-    /// The HTTP client scripts use, built from `config.endpoints`.
-    pub endpoints: Arc<Endpoints>,
-}
-
-/// State shared by ingress, worker and the admin endpoints.
+/// The daemon's own state: what reload, the watchdog and shutdown need. Ingress and the worker
+/// get narrow handles instead ([`Ingress`], [`Worker`]).
 pub struct Shared {
-    live: RwLock<Arc<Live>>,
+    live: LiveConfig,
     /// The durable store.
     pub store: Store,
-    /// The script threads; replaced whole when a reload changes `[scripts]` limits or threads.
-    scripts: RwLock<Arc<scripts::ScriptPool>>,
+    /// The script threads; the pool is replaced when a reload changes `[scripts]`.
+    scripts: ScriptRunner,
     /// Counters for `/metrics`.
-    pub metrics: Metrics,
-    /// The CLI's credential for the admin endpoints (the file is in the data directory).
-    pub admin_token: SecretDigest,
-    /// How many requests the worker processes at once.
-    pub worker_concurrency: usize,
+    pub metrics: Arc<Metrics>,
     relay_status: watch::Receiver<RelayStatus>,
     relay_status_tx: watch::Sender<RelayStatus>,
     /// The running relay task; replaced when a reload changes `[central]`.
@@ -68,75 +60,28 @@ pub struct Shared {
     started: Instant,
     /// Script runs finished at the last sign of progress, and when that was (watchdog).
     script_progress: Mutex<(u64, Instant)>,
-    work: mpsc::UnboundedSender<Job>,
-    /// Room for request bodies accepted and not processed yet, in KiB (`[scripts] backlog_kib`,
-    /// fixed at start); see [`Shared::reserve_backlog`]. Ingress can store requests faster than
-    /// scripts run; without a bound the difference piles up in memory (the job queue and sled's
-    /// copy of the inbox) for as long as the load lasts.
-    backlog: Arc<Semaphore>,
-    backlog_kib: usize,
 }
-
-/// How long a request waits for backlog room before it gets a 503.
-const BACKLOG_WAIT: Duration = Duration::from_secs(10);
 
 impl Shared {
     /// The current configuration snapshot.
     pub fn live(&self) -> Arc<Live> {
-        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.live.get()
     }
+}
 
-    /// Wait until the worker's backlog has room for a request body of `bytes`, so script
-    /// integrations accept no faster than their scripts run (the client sees the wait as
-    /// latency). `None` after [`BACKLOG_WAIT`]: the caller answers 503. The permit travels with
-    /// the [`Job`] and frees its room when the request is processed.
-    pub async fn reserve_backlog(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
-        let kib = (bytes / 1024 + 1).min(self.backlog_kib) as u32;
-        let acquire = self.backlog.clone().acquire_many_owned(kib);
-        tokio::time::timeout(BACKLOG_WAIT, acquire).await.ok()?.ok()
-    }
-
-    /// Hand an accepted request to the worker.
-    pub fn enqueue(&self, job: Job) {
-        // A closed channel means shutdown: the entry stays in the inbox for the next start.
-        let _ = self.work.send(job);
-    }
-
-    /// Run a script on the current script pool (a reload may replace the pool; a run keeps the
-    /// one it started on), counted for the watchdog and `/metrics`.
-    pub async fn run_script(
-        &self,
-        program: Arc<scripts::Program>,
-        request: scripts::ScriptRequest,
-        http: Arc<dyn scripts::HttpClient>,
-    ) -> scripts::Outcome {
-        let pool = self
-            .scripts
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let runs = &self.metrics.script_runs;
-        runs.started.fetch_add(1, Ordering::Relaxed);
-        // Counted as finished however the run ends (even if this future is dropped).
-        let _finished = FinishedRun(&runs.finished);
-        let outcome = pool.run(program, request, http).await;
-        self.metrics
-            .observe_script(outcome.duration, outcome.error.as_ref().map(|e| e.kind));
-        outcome
-    }
-
+impl AgentState for Shared {
     /// The relay's current state (connected, last error, counters).
-    pub fn relay_status(&self) -> RelayStatus {
+    fn relay_status(&self) -> RelayStatus {
         self.relay_status.borrow().clone()
     }
 
     /// Time since start.
-    pub fn uptime(&self) -> Duration {
+    fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
 
     /// Why the last reload was refused, if it was (the running configuration stayed).
-    pub fn reload_error(&self) -> Option<String> {
+    fn reload_error(&self) -> Option<String> {
         self.reload_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -144,7 +89,7 @@ impl Shared {
     }
 
     /// Keys changed in the configuration file that need a restart to take effect.
-    pub fn restart_needed(&self) -> Vec<&'static str> {
+    fn restart_needed(&self) -> Vec<&'static str> {
         self.restart_needed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -152,7 +97,7 @@ impl Shared {
     }
 
     /// `/readyz`: ready when the store has room and the relay is connected.
-    pub fn readiness(&self) -> Response<Body> {
+    fn readiness(&self) -> Response<Body> {
         let status = self.relay_status.borrow().clone();
         let (entries, bytes) = self.store.pending();
         let config = &self.live().config.store;
@@ -182,7 +127,7 @@ impl Shared {
 
     /// `/metrics` in the Prometheus text format: the counters and histograms of [`Metrics`]
     /// plus the state of the store and the relay now.
-    pub fn metrics_response(&self) -> Response<Body> {
+    fn metrics_response(&self) -> Response<Body> {
         let status = self.relay_status();
         let (entries, bytes) = self.store.pending();
         let oldest_age = self
@@ -232,15 +177,6 @@ fn age_secs(rfc3339: &str) -> Option<f64> {
             .as_seconds_f64()
             .max(0.0),
     )
-}
-
-/// Counts a script run as finished when dropped.
-struct FinishedRun<'a>(&'a std::sync::atomic::AtomicU64);
-
-impl Drop for FinishedRun<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
 }
 
 impl Shared {
@@ -393,7 +329,7 @@ impl AgentHandle {
                 loaded.script_share,
                 loaded.limits.clone(),
             );
-            *shared.scripts.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(pool);
+            shared.scripts.replace_pool(pool);
             tracing::info!(
                 threads = loaded.script_threads,
                 "script limits changed: new script threads started"
@@ -411,7 +347,7 @@ impl AgentHandle {
         };
         let relay = loaded.relay.clone();
         let integrations = loaded.integrations.len();
-        *shared.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Live {
+        shared.live.replace(Live {
             config: loaded,
             endpoints,
         });
@@ -577,7 +513,7 @@ impl AdminAccess {
     fn write_new(data_dir: &Path, addr: SocketAddr) -> anyhow::Result<SecretDigest> {
         let access = AdminAccess {
             addr,
-            token: crate::auth::generate_key(),
+            token: integration::auth::generate_key(),
         };
         let path = Self::path(data_dir);
         let mut options = std::fs::OpenOptions::new();
@@ -641,19 +577,16 @@ pub async fn start(
     let admin_token = AdminAccess::write_new(&config.data_dir, addr)?;
     let endpoints = build_endpoints(&config)?;
     let (status_tx, status_rx) = watch::channel(RelayStatus::default());
-    let (work_tx, work_rx) = mpsc::unbounded_channel();
+    let (work, work_rx) = WorkQueue::new(config.script_backlog_kib);
     let script_threads = config.script_threads;
     let central = central_section(&config.file);
+    let pool = scripts::ScriptPool::new(script_threads, config.script_share, config.limits.clone());
+    let live = LiveConfig::new(Live { config, endpoints });
+    let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
-        scripts: RwLock::new(Arc::new(scripts::ScriptPool::new(
-            script_threads,
-            config.script_share,
-            config.limits.clone(),
-        ))),
-        worker_concurrency: script_threads * 4,
+        scripts: ScriptRunner::new(pool, live.clone(), metrics.clone()),
         store: store.clone(),
-        metrics: Metrics::default(),
-        admin_token,
+        metrics: metrics.clone(),
         relay_status: status_rx,
         relay_status_tx: status_tx,
         relay: tokio::sync::Mutex::new(None),
@@ -662,10 +595,7 @@ pub async fn start(
         reload_error: Mutex::new(None),
         started: Instant::now(),
         script_progress: Mutex::new((0, Instant::now())),
-        work: work_tx,
-        backlog: Arc::new(Semaphore::new(config.script_backlog_kib)),
-        backlog_kib: config.script_backlog_kib,
-        live: RwLock::new(Arc::new(Live { config, endpoints })),
+        live: live.clone(),
     });
     // Requests a previous process accepted but did not finish.
     let leftovers = store.inbox()?;
@@ -676,7 +606,7 @@ pub async fn start(
         );
     }
     for accepted in leftovers {
-        shared.enqueue(Job {
+        work.enqueue(Job {
             accepted,
             backlog: None,
         });
@@ -685,10 +615,23 @@ pub async fn start(
     let (worker_stop_tx, worker_stop_rx) = watch::channel(false);
     let relay_settings = shared.live().config.relay.clone();
     *shared.relay.lock().await = Some(RelayTask::spawn(&shared, relay_settings));
-    let worker_task = tokio::spawn(crate::worker::run(shared.clone(), work_rx, worker_stop_rx));
-    let handler_shared = shared.clone();
-    let handler =
-        move |request, peer| crate::ingress::handle(handler_shared.clone(), request, peer);
+    let worker = Worker {
+        store: store.clone(),
+        live: live.clone(),
+        scripts: shared.scripts.clone(),
+        metrics: metrics.clone(),
+        concurrency: script_threads * 4,
+    };
+    let worker_task = tokio::spawn(crate::worker::run(worker, work_rx, worker_stop_rx));
+    let ingress = Arc::new(Ingress {
+        live,
+        store: store.clone(),
+        metrics,
+        admin_token,
+        work,
+        state: shared.clone(),
+    });
+    let handler = move |request, peer| crate::ingress::handle(ingress.clone(), request, peer);
     tracing::info!("listening on {addr}");
     let task_shared = shared.clone();
     let task = tokio::spawn(async move {

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-/// The OAuth token endpoint's form parser ([`crate::auth`]); the error is its description.
+/// The OAuth token endpoint's form parser ([`integration::auth`]); the error is its description.
 pub fn oauth_form(body: &[u8]) -> Result<HashMap<String, String>, String> {
-    crate::auth::parse_form(body).map_err(|error| error.to_string())
+    integration::auth::parse_form(body).map_err(|error| error.to_string())
 }
 
 /// The relay's reading of the central's first frame ([`crate::relay`]): `Ok` for a `welcome`

@@ -4,7 +4,8 @@
 //! 414, big headers 431) → route (404/405) → declared length (413) → credentials (401/403, 429
 //! when throttled) → the integration's rate limit (429) → body read with the limit (413) →
 //! action-specific validation (400) → durable store (503) → 202. Cheap refusals come first, and
-//! nothing is stored for a refused request.
+//! nothing is stored for a refused request. The checks up to the body are the ones the central's
+//! hosted integrations make too (`integration::http::admit`).
 //!
 //! What it does not do: it never runs scripts or talks to the central; the worker and relay do.
 
@@ -12,58 +13,81 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{
-    HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, PRAGMA, RETRY_AFTER,
-    WWW_AUTHENTICATE,
-};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use server::http_util::{self, read_body, BodyError};
+use server::http_util;
 use server::serve::Body;
 use tracing::Instrument;
 
-use crate::auth::{AdminCaller, AuthError, AuthMode, IntegrationAuth, Principal};
-use crate::config::Action;
-use crate::daemon::Shared;
-use crate::store::{InboundRequest, PrincipalRecord, StoreError};
-use crate::worker::Job;
+use integration::auth::{AdminCaller, AuthMode, IntegrationAuth, SecretDigest};
+use integration::http::{
+    accepted, admit, auth_failure, method_not_allowed, token, Admitted, LOGS_PREFIX, TOKEN_PATH,
+    TRIGGER_PREFIX,
+};
+use integration::request::{principal_record, query_param, InboundRequest};
 
-const TRIGGER_PREFIX: &str = "/api/integration/1/functions/";
-const TOKEN_PATH: &str = "/api/xm/1/oauth2/token";
-const LOGS_PREFIX: &str = "/api/xm/1/integrations/";
+use crate::live::{Live, LiveConfig};
+use crate::metrics::Metrics;
+use crate::relay::RelayStatus;
+use crate::store::{Store, StoreError};
+use crate::worker::{Job, WorkQueue};
+
+pub mod admin;
+
 /// The HTTP equivalent of `xmagent request ID`.
 pub const REQUESTS_PREFIX: &str = "/api/agent/1/requests/";
 /// The dead-letter list behind `xmagent dead-letters`.
 pub const DEAD_LETTERS_PATH: &str = "/api/agent/1/dead-letters";
 
-/// Headers whose values are credentials: they never reach the store, scripts or logs.
-const REDACTED_HEADERS: [&str; 4] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-];
+/// What ingress and the admin endpoints use of the running agent: narrow handles, not the
+/// daemon's state.
+pub struct Ingress {
+    /// The configuration in force.
+    pub live: LiveConfig,
+    /// Where accepted requests go.
+    pub store: Store,
+    /// Response counters and latencies.
+    pub metrics: Arc<Metrics>,
+    /// The CLI's credential for the admin endpoints (the file is in the data directory).
+    pub admin_token: SecretDigest,
+    /// The worker's queue (script integrations).
+    pub work: WorkQueue,
+    /// What the daemon reports about itself.
+    pub state: Arc<dyn AgentState>,
+}
 
-/// How many bytes of header names and values a stored request keeps (like the body, what is kept of
-/// a request is bounded).
-pub const MAX_STORED_HEADER_BYTES: usize = 16 * 1024;
-/// The header that replaces those past [`MAX_STORED_HEADER_BYTES`] in a stored request.
-pub const OMITTED_HEADERS: &str = "x-xmagent-omitted-headers";
+/// What the daemon reports about itself on `/readyz`, `/metrics` and `xmagent status`: the
+/// daemon implements it, so ingress needs no daemon type.
+pub trait AgentState: Send + Sync {
+    /// `/readyz`.
+    fn readiness(&self) -> Response<Body>;
+    /// `/metrics`.
+    fn metrics_response(&self) -> Response<Body>;
+    /// Time since start.
+    fn uptime(&self) -> std::time::Duration;
+    /// The relay's current state.
+    fn relay_status(&self) -> RelayStatus;
+    /// Why the last reload was refused, if it was.
+    fn reload_error(&self) -> Option<String>;
+    /// Keys changed in the file that need a restart to take effect.
+    fn restart_needed(&self) -> Vec<&'static str>;
+}
 
 /// Answer one HTTP request.
 pub async fn handle(
-    shared: Arc<Shared>,
+    ingress: Arc<Ingress>,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
     let path = request.uri().path().to_owned();
     let started = std::time::Instant::now();
-    let response = route(&shared, request, peer, &path).await;
+    let response = route(&ingress, request, peer, &path).await;
     let integration = path
         .strip_prefix(TRIGGER_PREFIX)
         .and_then(|rest| rest.strip_suffix("/triggers"));
-    let known = integration.map(|id| (id, shared.live().config.integrations.contains_key(id)));
-    shared
+    let known = integration.map(|id| (id, ingress.live.get().config.integrations.contains_key(id)));
+    ingress
         .metrics
         .count_response(known, response.status(), started.elapsed());
     if let Some(integration) = integration {
@@ -90,7 +114,7 @@ pub async fn handle(
 struct AcceptedId(String);
 
 async fn route(
-    shared: &Arc<Shared>,
+    ingress: &Arc<Ingress>,
     request: Request<Incoming>,
     peer: SocketAddr,
     path: &str,
@@ -99,41 +123,44 @@ async fn route(
         return match rest.strip_suffix("/triggers") {
             Some(id) if !id.is_empty() && !id.contains('/') => {
                 let id = id.to_owned();
-                trigger(shared, request, peer, id).await
+                trigger(ingress, request, peer, id).await
             }
             _ => not_found(path),
         };
     }
     match (path, request.method()) {
         ("/healthz", &Method::GET) => plain(StatusCode::OK, "ok\n"),
-        ("/readyz", &Method::GET) => shared.readiness(),
-        ("/metrics", &Method::GET) => shared.metrics_response(),
-        (TOKEN_PATH, &Method::POST) => token(shared, request, peer).await,
+        ("/readyz", &Method::GET) => ingress.state.readiness(),
+        ("/metrics", &Method::GET) => ingress.state.metrics_response(),
+        (TOKEN_PATH, &Method::POST) => {
+            let authenticator = ingress.live.get().config.authenticator.clone();
+            token(&authenticator, request, peer.ip()).await
+        }
         ("/healthz" | "/readyz" | "/metrics", _) => method_not_allowed("GET"),
         (TOKEN_PATH, _) => method_not_allowed("POST"),
         (DEAD_LETTERS_PATH, &Method::GET) => {
-            admin(shared, &request, peer, |s, caller| {
-                let live = s.live();
+            admin(ingress, &request, peer, |s, caller| {
+                let live = s.live.get();
                 let mut list = s.store.dead_letters()?;
                 list.retain(|d| may_see(caller, &live, &d.entry.integration_id));
                 Ok(Some(json!({"count": list.len(), "data": list})))
             })
             .await
         }
-        _ if crate::admin::serves(path) => crate::admin::handle(shared, request, peer, path).await,
+        _ if admin::serves(path) => admin::handle(ingress, request, peer, path).await,
         _ => {
             if let Some(id) = path.strip_prefix(REQUESTS_PREFIX) {
                 if request.method() != Method::GET {
                     return method_not_allowed("GET");
                 }
                 let id = id.to_owned();
-                let caller = match authorize_admin(shared, request.headers(), peer).await {
+                let caller = match authorize_admin(ingress, request.headers(), peer).await {
                     Ok(caller) => caller,
                     Err(response) => return *response,
                 };
-                return match shared.store.request(&id) {
+                return match ingress.store.request(&id) {
                     Ok(Some(record))
-                        if may_see(&caller, &shared.live(), &record.integration_id) =>
+                        if may_see(&caller, &ingress.live.get(), &record.integration_id) =>
                     {
                         http_util::json(StatusCode::OK, &record)
                     }
@@ -155,8 +182,8 @@ async fn route(
                     .unwrap_or(100usize)
                     .min(1000);
                 let id = id.to_owned();
-                return admin(shared, &request, peer, |s, caller| {
-                    if !may_see(caller, &s.live(), &id) {
+                return admin(ingress, &request, peer, |s, caller| {
+                    if !may_see(caller, &s.live.get(), &id) {
                         return Ok(None);
                     }
                     let mut entries = s.store.activity(&id, limit)?;
@@ -191,16 +218,16 @@ async fn route(
 /// Run `body` for an authorized operator (see [`authorize_admin`]); `Ok(None)` from `body` means
 /// the caller may not see what it asked for, answered 403.
 async fn admin(
-    shared: &Arc<Shared>,
+    ingress: &Arc<Ingress>,
     request: &Request<Incoming>,
     peer: SocketAddr,
-    body: impl FnOnce(&Shared, &AdminCaller) -> Result<Option<serde_json::Value>, StoreError>,
+    body: impl FnOnce(&Ingress, &AdminCaller) -> Result<Option<serde_json::Value>, StoreError>,
 ) -> Response<Body> {
-    let caller = match authorize_admin(shared, request.headers(), peer).await {
+    let caller = match authorize_admin(ingress, request.headers(), peer).await {
         Ok(caller) => caller,
         Err(response) => return *response,
     };
-    match body(shared, &caller) {
+    match body(ingress, &caller) {
         Ok(Some(value)) => http_util::json(StatusCode::OK, &value),
         Ok(None) => http_util::error(
             StatusCode::FORBIDDEN,
@@ -214,13 +241,13 @@ async fn admin(
 /// data directory for the CLI) or a configured user holding the `Agent Administrator` role. A
 /// valid user without the role gets 403, a wrong credential 401, a throttled one 429.
 pub async fn authorize_admin(
-    shared: &Shared,
+    ingress: &Ingress,
     headers: &hyper::HeaderMap,
     peer: SocketAddr,
 ) -> Result<AdminCaller, Box<Response<Body>>> {
-    let authenticator = shared.live().config.authenticator.clone();
+    let authenticator = ingress.live.get().config.authenticator.clone();
     authenticator
-        .authenticate_admin(headers, peer.ip(), &shared.admin_token)
+        .authenticate_admin(headers, peer.ip(), &ingress.admin_token)
         .await
         .map_err(|error| {
             tracing::info!(%peer, reason = %error, "admin request refused");
@@ -230,11 +257,7 @@ pub async fn authorize_admin(
 
 /// Whether `caller` may see the data of `integration_id`: its `allowed_users` in the live config
 /// hold for admin users too.
-pub(crate) fn may_see(
-    caller: &AdminCaller,
-    live: &crate::daemon::Live,
-    integration_id: &str,
-) -> bool {
+pub(crate) fn may_see(caller: &AdminCaller, live: &Live, integration_id: &str) -> bool {
     let unlisted = IntegrationAuth::default();
     let policy = live
         .config
@@ -244,106 +267,32 @@ pub(crate) fn may_see(
     caller.may_see(policy)
 }
 
-async fn token(
-    shared: &Arc<Shared>,
-    request: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Body> {
-    let body = match read_body(request.into_body(), 64 * 1024).await {
-        Ok(body) => body,
-        Err(error) => return body_failure(error),
-    };
-    let authenticator = shared.live().config.authenticator.clone();
-    let mut response = match authenticator.token(&body, peer.ip()).await {
-        Ok(token) => http_util::json(StatusCode::OK, &token),
-        Err(error) => {
-            let mut response = http_util::json(
-                error.status,
-                &json!({"error": error.error, "error_description": error.description}),
-            );
-            if let Some(secs) = error.retry_after_secs {
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
-    };
-    // RFC 6749 §5.1: token answers must not be cached anywhere.
-    let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response
-}
-
 async fn trigger(
-    shared: &Arc<Shared>,
+    ingress: &Arc<Ingress>,
     request: Request<Incoming>,
     peer: SocketAddr,
     id: String,
 ) -> Response<Body> {
-    let live = shared.live();
-    let Some(integration) = live.config.integrations.get(&id).cloned() else {
-        return http_util::error(
-            StatusCode::NOT_FOUND,
-            format!("no integration with id {id:?}"),
-        );
-    };
-    if request.method() != Method::POST {
-        return method_not_allowed("POST");
-    }
-    let limit = live.config.max_body_bytes;
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return body_failure(BodyError::TooLarge { limit });
-    }
-    let (parts, body) = request.into_parts();
-    let query = parts.uri.query().unwrap_or("");
-    let api_key = query_param(Some(query), "apiKey");
-    let authenticator = live.config.authenticator.clone();
-    let principal = match authenticator
-        .authenticate(
-            &integration.auth,
-            &parts.headers,
-            api_key.as_deref(),
-            peer.ip(),
-        )
-        .await
-    {
-        Ok(principal) => principal,
-        Err(error) => {
-            tracing::info!(integration = %id, %peer, reason = %error, "trigger refused");
-            return auth_failure(&error, integration.auth.mode);
-        }
-    };
-    if let Some(rate_limit) = &integration.rate_limit {
-        if let Err(wait) = rate_limit.try_acquire(std::time::Instant::now()) {
-            tracing::info!(integration = %id, %peer, "trigger refused: rate limit");
-            let mut response = http_util::error(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("integration {id:?} is over its rate limit; retry later"),
-            );
-            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from(secs));
-            return response;
-        }
-    }
+    let live = ingress.live.get();
+    let admitted = admit(
+        &live.config.integrations,
+        &live.config.authenticator,
+        live.config.max_body_bytes,
+        &id,
+        request,
+        peer.ip(),
+    )
+    .await;
     drop(live);
-    let body = match read_body(body, limit).await {
-        Ok(body) => body,
-        Err(error) => return body_failure(error),
-    };
-    let trigger = match integration.action {
-        Action::CreateEvent => match crate::worker::trigger_from_body(&body) {
-            Ok(trigger) => Some(trigger),
-            Err(reason) => return http_util::error(StatusCode::BAD_REQUEST, reason),
-        },
-        Action::Transform | Action::RunScript | Action::HttpTrigger => None,
+    let Admitted {
+        integration,
+        principal,
+        parts,
+        body,
+        trigger,
+    } = match admitted {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refusal,
     };
     let request_id = uuid::Uuid::new_v4().to_string();
     let received_at = server::http_util::now_rfc3339();
@@ -354,16 +303,16 @@ async fn trigger(
     let inbound = {
         let (request_id, integration_id) = (request_id.clone(), id.clone());
         let (received_at, principal) = (received_at.clone(), principal_record(&principal));
-        move |body: &[u8]| InboundRequest {
-            request_id,
-            integration_id,
-            method: parts.method.to_string(),
-            headers: redacted_headers(&parts.headers),
-            query: query_without_api_key(parts.uri.query().unwrap_or("")),
-            body: String::from_utf8_lossy(body).into_owned(),
-            principal,
-            remote_address: peer.ip().to_string(),
-            received_at,
+        move |body: &[u8]| {
+            InboundRequest::new(
+                request_id,
+                integration_id,
+                &parts,
+                body,
+                principal,
+                peer.ip(),
+                received_at,
+            )
         }
     };
     let span = tracing::info_span!("trigger", request_id = %request_id, integration = %id);
@@ -374,10 +323,11 @@ async fn trigger(
             let started = std::time::Instant::now();
             // Only what the entry can show is kept (one byte more, so it still knows it was
             // cut): up to `activity_per_integration` entries wait in memory.
-            let shown = body[..bytes.min(crate::worker::ACTIVITY_BODY_BYTES + 1)].to_vec();
-            let activity =
-                move || crate::worker::activity(&inbound(&shown), "QUEUED", json!({"events": 1}));
-            let accepted = shared
+            let shown = body[..bytes.min(integration::activity::ACTIVITY_BODY_BYTES + 1)].to_vec();
+            let activity = move || {
+                integration::activity::activity(&inbound(&shown), "QUEUED", json!({"events": 1}))
+            };
+            let accepted = ingress
                 .store
                 .accept_event(
                     &request_id,
@@ -390,19 +340,19 @@ async fn trigger(
                 .await;
             return match accepted {
                 Ok(_) => {
-                    shared.metrics.count_processed(false, started.elapsed());
+                    ingress.metrics.count_processed(false, started.elapsed());
                     tracing::debug!(user = %principal.user, bytes, "accepted");
                     accepted_response(&request_id)
                 }
                 Err(error) => store_failure(error),
             };
         }
-        let Some(backlog) = shared.reserve_backlog(bytes).await else {
+        let Some(backlog) = ingress.work.reserve_backlog(bytes).await else {
             return busy();
         };
-        match shared.store.accept(inbound(&body)).await {
+        match ingress.store.accept(inbound(&body)).await {
             Ok(accepted) => {
-                shared.enqueue(Job {
+                ingress.work.enqueue(Job {
                     accepted,
                     backlog: Some(backlog),
                 });
@@ -414,113 +364,6 @@ async fn trigger(
     }
     .instrument(span)
     .await
-}
-
-/// The 202 answer, as xMatters words it.
-fn accepted_response(request_id: &str) -> Response<Body> {
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Accepted<'a> {
-        request_id: &'a str,
-    }
-    let mut response = http_util::json(StatusCode::ACCEPTED, &Accepted { request_id });
-    response
-        .extensions_mut()
-        .insert(AcceptedId(request_id.to_owned()));
-    response
-}
-
-fn principal_record(principal: &Principal) -> PrincipalRecord {
-    let method = serde_json::to_value(principal.method)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    PrincipalRecord {
-        user: principal.user.clone(),
-        method,
-    }
-}
-
-/// The request headers as stored (for scripts and the activity stream): credentials redacted, and
-/// at most [`MAX_STORED_HEADER_BYTES`] of names and values; the headers past that are replaced by
-/// one [`OMITTED_HEADERS`] entry saying how many were left out.
-fn redacted_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
-    let mut kept = Vec::with_capacity(headers.len());
-    let mut bytes = 0;
-    let mut omitted = 0usize;
-    for (name, value) in headers {
-        let value = if REDACTED_HEADERS.contains(&name.as_str()) {
-            "<redacted>".to_owned()
-        } else {
-            String::from_utf8_lossy(value.as_bytes()).into_owned()
-        };
-        bytes += name.as_str().len() + value.len();
-        if bytes > MAX_STORED_HEADER_BYTES {
-            omitted += 1;
-            continue;
-        }
-        kept.push((name.as_str().to_owned(), value));
-    }
-    if omitted > 0 {
-        kept.push((
-            OMITTED_HEADERS.to_owned(),
-            format!(
-                "{omitted} headers past the first {MAX_STORED_HEADER_BYTES} bytes were not kept"
-            ),
-        ));
-    }
-    kept
-}
-
-/// The first value of `name` in a query string, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
-/// The query string with every `apiKey` parameter removed (scripts and logs never see it).
-pub fn query_without_api_key(query: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| {
-            // Compare the decoded name: `apiKe%79=...` is the same parameter to the auth check.
-            match form_urlencoded::parse(pair.as_bytes()).next() {
-                Some((name, _)) => !name.is_empty() && name != "apiKey",
-                None => false,
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn auth_failure(error: &AuthError, mode: AuthMode) -> Response<Body> {
-    let status = match error {
-        AuthError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-        AuthError::Forbidden { .. } | AuthError::NotAdmin { .. } => StatusCode::FORBIDDEN,
-        AuthError::Throttled { .. } | AuthError::Busy => StatusCode::TOO_MANY_REQUESTS,
-    };
-    let mut response = http_util::error(status, error.to_string());
-    if let Some(secs) = error.retry_after_secs() {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if let Some(challenge) = error.www_authenticate(mode) {
-        response
-            .headers_mut()
-            .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
-    }
-    response
-}
-
-fn body_failure(error: BodyError) -> Response<Body> {
-    match error {
-        BodyError::TooLarge { .. } => {
-            http_util::error(StatusCode::PAYLOAD_TOO_LARGE, error.to_string())
-        }
-        BodyError::Io(_) => http_util::error(StatusCode::BAD_REQUEST, error.to_string()),
-    }
 }
 
 pub(crate) fn store_failure(error: StoreError) -> Response<Body> {
@@ -543,16 +386,17 @@ fn unavailable(message: String) -> Response<Body> {
     response
 }
 
-pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
-    let mut response = http_util::error(StatusCode::METHOD_NOT_ALLOWED, format!("use {allow}"));
-    response
-        .headers_mut()
-        .insert(ALLOW, HeaderValue::from_static(allow));
-    response
-}
-
 fn not_found(path: &str) -> Response<Body> {
     http_util::error(StatusCode::NOT_FOUND, format!("nothing at {path}"))
+}
+
+/// The 202 answer, carrying its requestId to the outcome log line.
+fn accepted_response(request_id: &str) -> Response<Body> {
+    let mut response = accepted(request_id);
+    response
+        .extensions_mut()
+        .insert(AcceptedId(request_id.to_owned()));
+    response
 }
 
 /// A text/plain response (health checks).
@@ -564,55 +408,4 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn api_key_never_survives_in_the_query() {
-        assert_eq!(query_without_api_key("apiKey=s3cret&a=1&b=2"), "a=1&b=2");
-        assert_eq!(query_without_api_key("a=1&apiKey=x&apiKey=y"), "a=1");
-        assert_eq!(query_without_api_key("apiKey"), "");
-        assert_eq!(query_without_api_key("apikey=keep"), "apikey=keep");
-    }
-
-    #[test]
-    fn query_param_decodes() {
-        assert_eq!(
-            query_param(Some("a=1&apiKey=k%2By"), "apiKey").as_deref(),
-            Some("k+y")
-        );
-        assert_eq!(query_param(None, "apiKey"), None);
-    }
-
-    #[test]
-    fn credentials_are_redacted_from_stored_headers() {
-        let mut headers = hyper::HeaderMap::new();
-        headers.insert("authorization", HeaderValue::from_static("Basic c2VjcmV0"));
-        headers.insert("x-custom", HeaderValue::from_static("visible"));
-        let kept = redacted_headers(&headers);
-        assert!(kept.contains(&("authorization".into(), "<redacted>".into())));
-        assert!(kept.contains(&("x-custom".into(), "visible".into())));
-        assert!(!format!("{kept:?}").contains("c2VjcmV0"));
-    }
-
-    #[test]
-    fn stored_headers_are_capped() {
-        let mut headers = hyper::HeaderMap::new();
-        let big = "v".repeat(1024);
-        for i in 0..40 {
-            headers.insert(
-                hyper::header::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
-                HeaderValue::from_str(&big).unwrap(),
-            );
-        }
-        let kept = redacted_headers(&headers);
-        let bytes: usize = kept.iter().map(|(n, v)| n.len() + v.len()).sum();
-        assert!(bytes <= MAX_STORED_HEADER_BYTES + 200, "{bytes} bytes kept");
-        let (name, note) = kept.last().unwrap();
-        assert_eq!(name, OMITTED_HEADERS);
-        assert!(note.starts_with("25 headers"), "{note}");
-    }
 }

@@ -4,19 +4,16 @@
 //! See ARCHITECTURE.md at the repository root for the map of these modules and their invariants.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod endpoints;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http_client;
 pub mod ingress;
+pub mod live;
 pub mod metrics;
 pub mod notify;
-pub mod rate_limit;
 pub mod relay;
 pub mod store;
 pub mod tls;

@@ -38,7 +38,6 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
-pub(crate) use dial::tunnel;
 pub use dial::Proxy;
 use dial::{DialError, DialParams, Target, WsStream};
 

@@ -39,6 +39,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Notify};
 
 use bytes::Bytes;
+use integration::action::{Processed, Routing};
+use integration::request::InboundRequest;
 
 mod finished;
 mod grouped;
@@ -190,38 +192,6 @@ impl From<serde_json::Error> for StoreError {
     }
 }
 
-/// Who made a request, as recorded for the activity stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PrincipalRecord {
-    /// The user the request acts as.
-    pub user: String,
-    /// How it authenticated: `url`, `basic`, `api_key` or `oauth`.
-    pub method: String,
-}
-
-/// One accepted inbound request, exactly as the worker needs it after a restart.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct InboundRequest {
-    /// The UUID answered in the 202.
-    pub request_id: String,
-    /// The integration the URL named.
-    pub integration_id: String,
-    /// HTTP method (always POST today; kept for scripts).
-    pub method: String,
-    /// Request headers with credentials redacted, in arrival order.
-    pub headers: Vec<(String, String)>,
-    /// The raw query string without `apiKey`.
-    pub query: String,
-    /// The body as text (invalid UTF-8 replaced).
-    pub body: String,
-    /// The authenticated principal.
-    pub principal: PrincipalRecord,
-    /// The peer address.
-    pub remote_address: String,
-    /// RFC 3339 UTC time of acceptance.
-    pub received_at: String,
-}
-
 /// Where a request is in its life.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -302,17 +272,6 @@ pub struct Accepted {
     pub size: u64,
 }
 
-/// The result of processing one inbound request, recorded by [`Store::complete`].
-#[derive(Debug, Clone)]
-pub struct Processed {
-    /// Event triggers to send, each with its routing (form, plan, sender, flood control).
-    pub events: Vec<(Routing, serde_json::Value)>,
-    /// `Some(reason)` when processing failed (no events are sent then).
-    pub failure: Option<String>,
-    /// The activity-stream entry for this request (a JSON object).
-    pub activity: serde_json::Value,
-}
-
 /// The durable store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -382,110 +341,70 @@ struct OutboxMeta {
     record_at_ack: bool,
 }
 
-/// The `event.create` frame without its `trigger` (appended as text) and its `seq` (drawn later
-/// under the append lock).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct FrameHead<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    request_id: &'a str,
-    index: u32,
-    integration_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    form: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    plan: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sender: Option<&'a str>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    flood_control: bool,
+/// An outbox value waiting for its seq (drawn later under the append lock): the meta line, and
+/// the frame's routing and trigger (JSON text, embedded as it is).
+struct PendingValue {
+    line: String,
+    routing: Routing,
+    trigger: Box<serde_json::value::RawValue>,
 }
 
-/// Where the central files an event and who sends it: the `event.create` members beside the
-/// trigger. The central checks the form and the sender's permission to send it, and applies
-/// notification flood control when the integration enables it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Routing {
-    /// The form the event is created from.
-    pub form: Option<String>,
-    /// The communication plan of the form.
-    pub plan: Option<String>,
-    /// The integration's authenticating user (URL, API key) or the caller (Basic, OAuth).
-    pub sender: Option<String>,
-    /// Whether the integration enables notification flood control.
-    pub flood_control: bool,
-}
-
-impl Routing {
-    /// The routing an `event.create` frame carried (a dead letter's retry sends it again).
-    pub fn of(create: &protocol::EventCreate) -> Self {
-        Self {
-            form: create.form.clone(),
-            plan: create.plan.clone(),
-            sender: create.sender.clone(),
-            flood_control: create.flood_control,
-        }
+impl PendingValue {
+    /// Bytes known before the frame is written (for the store's bounds).
+    fn len(&self) -> usize {
+        self.line.len() + self.trigger.get().len()
     }
 }
 
-/// An outbox value waiting for its seq: `meta JSON \n frame JSON` minus the frame's closing
-/// `,"seq":N}`. The meta is written by serde_json, which never writes a raw newline, so the first
-/// `\n` splits the two. `trigger` is JSON text (a checked request body is embedded as it came).
-/// Text, not bytes: the outbox tail keeps the frame part as a string, and a value built from
-/// strings needs no UTF-8 check to become one.
+/// The start of an outbox value: `meta JSON \n`, then (in [`finish_outbox_value`]) the frame.
+/// The meta is written by serde_json, which never writes a raw newline, so the first `\n`
+/// splits the two.
 fn outbox_value_head(
     meta: &OutboxMeta,
     routing: &Routing,
     trigger: &str,
-) -> Result<String, StoreError> {
-    let head = FrameHead {
-        kind: "event.create",
-        request_id: &meta.request_id,
+) -> Result<PendingValue, StoreError> {
+    let mut line = serde_json::to_string(meta)?;
+    line.push('\n');
+    Ok(PendingValue {
+        line,
+        routing: routing.clone(),
+        trigger: serde_json::value::RawValue::from_string(trigger.to_owned())?,
+    })
+}
+
+/// The whole outbox value of `pending` with its `seq`: the frame written through the
+/// protocol's [`protocol::frame::EventCreateRaw`].
+fn finish_outbox_value(pending: PendingValue, meta: &OutboxMeta, seq: u64) -> String {
+    use std::borrow::Cow;
+    let frame = protocol::frame::EventCreateRaw {
+        kind: protocol::frame::EventCreateTag,
+        request_id: Cow::Borrowed(&meta.request_id),
         index: meta.index,
-        integration_id: &meta.integration_id,
-        form: routing.form.as_deref(),
-        plan: routing.plan.as_deref(),
-        sender: routing.sender.as_deref(),
-        flood_control: routing.flood_control,
+        integration_id: Cow::Borrowed(&meta.integration_id),
+        form: pending.routing.form.as_deref().map(Cow::Borrowed),
+        plan: pending.routing.plan.as_deref().map(Cow::Borrowed),
+        sender: pending.routing.sender.as_deref().map(Cow::Borrowed),
+        flood_control: pending.routing.flood_control,
+        trigger: &pending.trigger,
+        seq,
     };
-    let mut value = serde_json::to_string(meta)?;
-    // Sized once: the meta and frame head are a few hundred bytes next to the trigger.
-    value.reserve(trigger.len() + 320);
-    value.push('\n');
-    value.push_str(&serde_json::to_string(&head)?);
-    value.pop(); // the closing brace; the trigger and `finish_outbox_value` close the object
-    value.push_str(",\"trigger\":");
-    value.push_str(trigger);
-    Ok(value)
+    let mut value = pending.line;
+    value.push_str(&serde_json::to_string(&frame).expect("event.create frames serialize"));
+    value
 }
 
-fn finish_outbox_value(value: &mut String, seq: u64) {
-    use std::fmt::Write as _;
-    let _ = write!(value, ",\"seq\":{seq}}}");
-}
-
-/// Split a stored outbox value into its meta and the frame text. Entries written before the
-/// frame was stored whole (a plain `EventCreate` JSON) are converted.
-fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, std::borrow::Cow<'_, str>), StoreError> {
-    if let Some(split) = value.iter().position(|b| *b == b'\n') {
-        let meta = serde_json::from_slice(&value[..split])?;
-        let frame = std::str::from_utf8(&value[split + 1..])
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        return Ok((meta, frame.into()));
-    }
-    let entry: protocol::EventCreate = serde_json::from_slice(value)?;
-    let meta = OutboxMeta {
-        request_id: entry.request_id.clone(),
-        integration_id: entry.integration_id.clone(),
-        index: entry.index,
-        received_at: String::new(),
-        record_at_ack: false,
-    };
-    Ok((
-        meta,
-        protocol::AgentFrame::EventCreate(entry).to_text().into(),
-    ))
+/// Split a stored outbox value into its meta and the frame text; a value without the meta line
+/// is corrupt.
+fn outbox_parts(value: &[u8]) -> Result<(OutboxMeta, &str), StoreError> {
+    let split = value
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| StoreError::Corrupt("an outbox entry without its meta line".into()))?;
+    let meta = serde_json::from_slice(&value[..split])?;
+    let frame =
+        std::str::from_utf8(&value[split + 1..]).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((meta, frame))
 }
 
 /// Outbox entries in memory, so the relay sends them and the acks resolve them without reading
@@ -1155,8 +1074,8 @@ impl Store {
 
     /// Close outbox value `value` with its seq and keep the entry in the tail; runs under the
     /// outbox's append lock, so the tail sees entries in seq order.
-    fn finish_outbox_entry(&self, seq: u64, mut value: String, meta: OutboxMeta) -> Vec<u8> {
-        finish_outbox_value(&mut value, seq);
+    fn finish_outbox_entry(&self, seq: u64, pending: PendingValue, meta: OutboxMeta) -> Vec<u8> {
+        let value = finish_outbox_value(pending, &meta, seq);
         self.inner.tail().push(seq, &value, meta);
         value.into_bytes()
     }
@@ -1330,7 +1249,7 @@ impl Store {
         // index answers until the central's answer writes the final record. Requests with more
         // events keep a stored record that collects their event ids ack by ack.
         let record_at_ack = processed.failure.is_none() && processed.events.len() == 1;
-        let mut heads: Vec<(String, OutboxMeta)> = Vec::new();
+        let mut heads: Vec<(PendingValue, OutboxMeta)> = Vec::new();
         if processed.failure.is_none() {
             for (index, (routing, trigger)) in processed.events.iter().enumerate() {
                 let index =
@@ -1717,7 +1636,7 @@ impl Outbox for Store {
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
                 Ok(OutboxEntry {
                     seq,
-                    frame: frame.into_owned().into(),
+                    frame: frame.to_owned().into(),
                 })
             })
             .collect()
@@ -1755,7 +1674,7 @@ impl Outbox for Store {
                     return Ok(());
                 };
                 let (_, frame) = outbox_parts(&value).map_err(|e| e.to_string())?;
-                serde_json::from_str(&frame)
+                serde_json::from_str(frame)
             }
         };
         let entry = match parsed.map_err(|e| e.to_string())? {
@@ -1900,7 +1819,7 @@ mod tests {
             headers: vec![("content-type".into(), "application/json".into())],
             query: String::new(),
             body: format!("{{\"n\":{n}}}"),
-            principal: PrincipalRecord {
+            principal: integration::request::PrincipalRecord {
                 user: "svc".into(),
                 method: "url".into(),
             },

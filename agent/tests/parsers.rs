@@ -24,13 +24,13 @@ fn json_value() -> impl Strategy<Value = Value> {
 proptest! {
     #[test]
     fn trigger_parser_never_panics_on_bytes(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = agent::worker::trigger_from_body(&body);
+        let _ = integration::trigger::trigger_from_body(&body);
     }
 
     #[test]
     fn any_object_is_accepted_and_kept(value in json_value()) {
         let body = serde_json::to_vec(&value).unwrap();
-        let parsed = agent::worker::trigger_from_body(&body)
+        let parsed = integration::trigger::trigger_from_body(&body)
             .map(|text| serde_json::from_str::<Value>(&text).expect("the trigger text is JSON"));
         match (&value, parsed) {
             (Value::Object(object), Ok(trigger)) if object.contains_key("properties") => {
@@ -50,8 +50,8 @@ proptest! {
         pairs in prop::collection::vec(("(apiKey|apiKe%79|api%4Bey|a|b|api|apikey)", "[a-z0-9%=+]{0,6}"), 0..6)
     ) {
         let query = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&");
-        let cleaned = agent::ingress::query_without_api_key(&query);
-        prop_assert!(agent::ingress::query_param(Some(&cleaned), "apiKey").is_none());
+        let cleaned = integration::request::query_without_api_key(&query);
+        prop_assert!(integration::request::query_param(Some(&cleaned), "apiKey").is_none());
         let kept = pairs.iter().filter(|(k, _)| !["apiKey", "apiKe%79", "api%4Bey"].contains(&k.as_str())).count();
         prop_assert_eq!(cleaned.split('&').filter(|p| !p.is_empty()).count(), kept);
     }

@@ -29,9 +29,18 @@ use server::credentials::{script_mac, SCRIPT_TOKEN_PREFIX};
 use server::exit::ConfigError;
 use server::tls::TlsFiles;
 
+use integration::auth::{ApiKeyConfig, AuthLimitsConfig, Authenticator, OAuthConfig, UserConfig};
+use integration::definition::{self, Host, IntegrationConfig, LibraryConfig, ScriptsSection};
+use integration::endpoints::EndpointConfig;
+
+use crate::hosted::{HostedConfig, HOSTED_AGENT_ID};
+
 /// The address used when `[central] listen` is absent: loopback only, so a fresh install is not
 /// reachable from the network by accident.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// The largest trigger body of a hosted integration when `[central] max_body_bytes` is absent.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The data directory used when `[central] data_dir` is absent (relative to the config file).
 pub const DEFAULT_DATA_DIR: &str = "./central-data";
@@ -59,6 +68,8 @@ pub struct CentralConfig {
     pub tls: Option<TlsFiles>,
     /// The directory, flood control and notification delivery (reloaded on SIGHUP).
     pub notifications: crate::notify::Policy,
+    /// Cloud-hosted integrations (`[[integrations]]`), when the file has any.
+    pub hosted: Option<HostedConfig>,
 }
 
 /// One agent the central accepts: the id it is bound to and a digest of its token.
@@ -171,6 +182,7 @@ impl CentralConfig {
             users: Vec::new(),
             tls: None,
             notifications: crate::notify::Policy::default(),
+            hosted: None,
         }
     }
 
@@ -248,6 +260,17 @@ struct RawConfig {
     #[serde(default)]
     notifications: crate::notify::RawDeliverySettings,
     alert_rate_filter: Option<crate::alert_rate::RawAlertRateSettings>,
+    oauth: OAuthConfig,
+    #[serde(default)]
+    auth: AuthLimitsConfig,
+    #[serde(default)]
+    scripts: ScriptsSection,
+    #[serde(default)]
+    endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    libraries: Vec<LibraryConfig>,
+    #[serde(default)]
+    integrations: Vec<IntegrationConfig>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,6 +280,7 @@ struct RawCentral {
     data_dir: Option<PathBuf>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +299,8 @@ struct RawUser {
     password: Option<String>,
     password_file: Option<PathBuf>,
     password_hash: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<ApiKeyConfig>,
 }
 
 /// Read and validate the config file at `path`.
@@ -322,9 +348,31 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
     let data_dir = absolute(base, &data_dir);
 
     let mut config = CentralConfig::new(listen, data_dir);
+    let callers: Vec<UserConfig> = raw
+        .users
+        .iter()
+        .map(|user| UserConfig {
+            name: user.name.clone(),
+            roles: user
+                .roles
+                .clone()
+                .unwrap_or_else(|| vec![REST_WEB_SERVICE_USER.to_owned()]),
+            password: user.password.clone(),
+            password_file: user.password_file.clone(),
+            password_hash: user.password_hash.clone(),
+            api_keys: user.api_keys.clone(),
+        })
+        .collect();
 
     for (index, agent) in raw.agents.into_iter().enumerate() {
         let key = format!("agents[{index}]");
+        if agent.id == HOSTED_AGENT_ID {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.id"),
+                format!("`{HOSTED_AGENT_ID}` is the id of the central's own hosted integrations"),
+            ));
+        }
         if agent.id.trim().is_empty() {
             return Err(ConfigError::new(
                 file,
@@ -392,6 +440,40 @@ pub fn parse(text: &str, file: &str, base: &Path) -> Result<CentralConfig, Confi
         }
         .map_err(|reason| ConfigError::new(file, format!("{key}.password_hash"), reason))?;
         config.users.push(credential);
+    }
+
+    if !raw.integrations.is_empty() {
+        let max_body_bytes = match raw.central.max_body_bytes {
+            Some(0) => {
+                return Err(ConfigError::new(
+                    file,
+                    "central.max_body_bytes",
+                    "must be greater than 0",
+                ))
+            }
+            Some(bytes) => bytes,
+            None => DEFAULT_MAX_BODY_BYTES,
+        };
+        let config_path = Path::new(file);
+        let authenticator =
+            Authenticator::from_config(&callers, &raw.oauth, &raw.auth, config_path, base)?;
+        let libraries = definition::libraries(&raw.libraries, base, file)?;
+        let integrations = definition::integrations(
+            raw.integrations,
+            &libraries,
+            &authenticator,
+            Host::Central,
+            base,
+            file,
+        )?;
+        config.hosted = Some(HostedConfig {
+            authenticator,
+            integrations,
+            scripts: raw.scripts.resolve(file)?,
+            endpoints: raw.endpoints,
+            base_dir: base.to_path_buf(),
+            max_body_bytes,
+        });
     }
 
     config.tls = match (raw.central.tls_cert_file, raw.central.tls_key_file) {
@@ -548,6 +630,41 @@ mod tests {
             Ok(config) => panic!("expected an error, got {config:?}"),
             Err(error) => error,
         }
+    }
+
+    #[test]
+    fn hosted_integrations_are_read_with_the_agent_keys_and_their_errors() {
+        let base = "[central]\ndata_dir = \"/tmp/x\"\n\n[[users]]\nname = \"svc\"\npassword = \"pw\"\napi_keys = [{ key = \"k\", secret = \"s\" }]\n";
+        let config = parse_ok(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"url\"\nurl_key = \"key\"\nauthenticating_user = \"svc\"\n"
+        ));
+        let hosted = config.hosted.expect("hosted integrations");
+        assert!(hosted.integrations["cloud"].served_here());
+        assert_eq!(hosted.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert!(parse_ok(base).hosted.is_none());
+
+        let error = parse_err(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"url\"\n"
+        ));
+        assert_eq!(
+            (error.file.as_str(), error.key.as_str()),
+            ("test.toml", "integrations[0].url_key")
+        );
+        let error = parse_err(&format!(
+            "{base}\n[[integrations]]\nid = \"cloud\"\naction = \"transform\"\n"
+        ));
+        assert_eq!(error.key, "integrations[0].script");
+        let error = parse_err(
+            "[central]\nmax_body_bytes = 0\n\n[[integrations]]\nid = \"c\"\naction = \"create_event\"\n",
+        );
+        assert_eq!(error.key, "central.max_body_bytes");
+    }
+
+    #[test]
+    fn no_agent_may_take_the_hosted_id() {
+        let error = parse_err("[[agents]]\nid = \"xmcentral\"\ntoken = \"t\"\n");
+        assert_eq!(error.key, "agents[0].id");
+        assert!(error.reason.contains("hosted"), "{error}");
     }
 
     #[test]

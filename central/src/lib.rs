@@ -2,7 +2,8 @@
 //!
 //! Agents connect over a websocket ([`protocol::CONNECT_PATH`]) and create events idempotently;
 //! operators and integration scripts read and steer those events through xMatters-shaped REST
-//! calls. [`start`] runs it all on one listener; the `xmcentral` binary, `xmagent dev`, the
+//! calls, and it hosts integrations "in the cloud" ([`hosted`]). [`start`] runs it all on one
+//! listener; the `xmcentral` binary, `xmagent dev`, the
 //! end-to-end tests and the benchmark all go through it.
 //!
 //! The server plumbing it shares with `xmagent` (accept loop, TLS, HTTP helpers, logging, exit
@@ -17,6 +18,7 @@ pub mod console;
 pub mod directory;
 pub mod event;
 pub mod flood;
+pub mod hosted;
 pub mod metrics;
 pub mod notify;
 pub mod report;
@@ -56,6 +58,8 @@ pub struct State {
     pub access: access::Access,
     /// The web console's sessions, agent presence and optional data sources.
     pub console: console::Console,
+    /// Cloud-hosted integrations, when the configuration has any.
+    pub hosted: Option<hosted::Hosted>,
 }
 
 /// A central that is listening. Returned by [`start`] so embedders learn the bound port (when
@@ -76,7 +80,7 @@ pub struct RunningCentral {
 /// Returns once the listener accepts connections, so callers can connect right away. Errors
 /// (store cannot be opened, address in use) are returned here, not from the task.
 pub async fn start(
-    config: CentralConfig,
+    mut config: CentralConfig,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningCentral> {
     let data_dir = config.data_dir.clone();
@@ -114,8 +118,24 @@ pub async fn start(
         queue,
         shutdown.clone(),
     ));
+    let hosted = match config.hosted.clone() {
+        Some(hosting) => {
+            // Hosted scripts reach the central's REST API with credentials derived from this
+            // key, as an agent's scripts do from their agent's token; it never leaves the process.
+            let script_key = hex::encode(rand::random::<[u8; 32]>());
+            config.agents.push(config::AgentCredential::new(
+                hosted::HOSTED_AGENT_ID,
+                &script_key,
+            ));
+            let hosted = hosted::Hosted::start(hosting, &store, addr, script_key)
+                .context("cannot start the hosted integrations")?;
+            Some(hosted)
+        }
+        None => None,
+    };
     let state = Arc::new(State {
         config,
+        hosted,
         store,
         notifier: Arc::clone(&notifier),
         metrics: metrics::Metrics::default(),

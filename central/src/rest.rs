@@ -1,5 +1,6 @@
 //! Request routing and the xMatters-shaped REST API: the events report, single events, status
-//! changes, plus health, readiness and metrics.
+//! changes, plus health, readiness and metrics; hosted integrations' trigger URLs, token
+//! endpoint and activity streams are routed to [`crate::hosted`].
 //!
 //! Authentication and scope come from [`crate::access`]: Basic for configured REST users (every
 //! event), `Authorization: Bearer <agent token>` (that agent's events), or a script credential
@@ -74,7 +75,7 @@ pub async fn route(
             if method != Method::GET && method != Method::POST {
                 return not_allowed("GET, POST");
             }
-            let caller = match caller_of(&state, &request, peer).await {
+            let caller = match caller(&state, &request, peer).await {
                 Ok(caller) => caller,
                 Err(refusal) => return refusal,
             };
@@ -82,6 +83,47 @@ pub async fn route(
                 list_events(&state, &caller, request.uri().query()).await
             } else {
                 change_status(&state, &caller, request).await
+            }
+        }
+        integration::http::TOKEN_PATH => match (method, &state.hosted) {
+            (Method::POST, Some(hosted)) => {
+                integration::http::token(hosted.authenticator(), request, peer.ip()).await
+            }
+            (Method::POST, None) => http_util::error(
+                StatusCode::NOT_FOUND,
+                "this central hosts no integrations, so it issues no tokens",
+            ),
+            _ => not_allowed("POST"),
+        },
+        other if integration::http::trigger_id(other).is_some() => {
+            let id = integration::http::trigger_id(other).unwrap_or_default();
+            match &state.hosted {
+                Some(hosted) => {
+                    hosted
+                        .trigger(&state, request, peer, id)
+                        .await
+                }
+                None => http_util::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no integration with id {id:?}"),
+                ),
+            }
+        }
+        other if integration::http::logs_id(other).is_some() => {
+            let id = integration::http::logs_id(other).unwrap_or_default();
+            if method != Method::GET {
+                return not_allowed("GET");
+            }
+            let caller = match caller(&state, &request, peer).await {
+                Ok(caller) => caller,
+                Err(refusal) => return refusal,
+            };
+            match &state.hosted {
+                Some(hosted) => hosted.logs(&caller, id, request.uri().query()),
+                None => http_util::error(
+                    StatusCode::NOT_FOUND,
+                    format!("no integration with id {id:?}"),
+                ),
             }
         }
         console if crate::console::owns(console) => {
@@ -100,7 +142,7 @@ pub async fn route(
             if method != Method::GET {
                 return not_allowed("GET");
             }
-            let caller = match caller_of(&state, &request, peer).await {
+            let caller = match caller(&state, &request, peer).await {
                 Ok(caller) => caller,
                 Err(refusal) => return refusal,
             };
@@ -118,8 +160,8 @@ pub async fn route(
     }
 }
 
-/// Who calls the REST API, or the answer refusing them (401, 403 or 429).
-async fn caller_of(
+/// The REST caller of `request` ([`crate::access`]), or the refusal to answer.
+async fn caller(
     state: &State,
     request: &Request<Incoming>,
     peer: SocketAddr,

@@ -651,6 +651,12 @@ impl Store {
         Ok(page)
     }
 
+    /// A tree of its own in the same database (hosted integrations' activity): its writes
+    /// become durable with the events' ([`Store::wait_durable`] flushes the whole database).
+    pub fn open_tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
+        Ok(self.inner.db.open_tree(name)?)
+    }
+
     /// Flush everything written so far.
     ///
     /// On tokio's blocking pool rather than sled's `flush_async`: that one hands the flush to

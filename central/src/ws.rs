@@ -455,15 +455,7 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     let mut write_seqs = Vec::with_capacity(batch.len());
     // Validation first, so an invalid trigger is refused whether or not its key exists.
     for create in batch.iter() {
-        let admitted = event::check(&create.trigger).map_err(|e| (400, e.to_string()));
-        let admitted = admitted.and_then(|checked| {
-            let (plan, form) = (create.plan.as_deref(), create.form.as_deref());
-            match state.notifier.admit(plan, form, create.sender.as_deref()) {
-                Ok(admitted) => Ok((checked, admitted)),
-                Err(refusal) => Err((403, refusal.to_string())),
-            }
-        });
-        match admitted {
+        match admit(state, create) {
             Ok((checked, admitted)) => {
                 writes.push(Pending {
                     create,
@@ -531,6 +523,79 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
     drop(writes); // it borrows the batch
     batch.clear();
     answers.into_iter().flatten().collect()
+}
+
+/// Whether the central takes `create`: its trigger within the limits (400 otherwise), its form
+/// known and its sender allowed to send it (403 otherwise).
+fn admit<'a>(
+    state: &State,
+    create: &'a Create,
+) -> Result<(event::Checked<'a>, crate::notify::Admitted), (u16, String)> {
+    let checked = event::check(&create.trigger).map_err(|e| (400, e.to_string()))?;
+    let (plan, form) = (create.plan.as_deref(), create.form.as_deref());
+    match state.notifier.admit(plan, form, create.sender.as_deref()) {
+        Ok(admitted) => Ok((checked, admitted)),
+        Err(refusal) => Err((403, refusal.to_string())),
+    }
+}
+
+/// Why the events of a cloud-hosted request were not created.
+pub(crate) enum HostedRefusal {
+    /// One event cannot be created (limits, form, sender): the request fails, with the reason.
+    Refused(String),
+    /// The store could not take them; the caller may retry.
+    Unavailable,
+}
+
+/// Create the events of one cloud-hosted request exactly as an agent's frames are created
+/// (limits, form and sender permission, notifications, alert rate filter), all or none: every
+/// event is admitted before any is written. Answers their ids in order; the caller waits for
+/// the flush.
+pub(crate) fn create_hosted(
+    state: &State,
+    request_id: &str,
+    integration_id: &str,
+    events: &[(integration::action::Routing, serde_json::Value)],
+) -> Result<Vec<String>, HostedRefusal> {
+    let mut batch = Vec::with_capacity(events.len());
+    for (index, (routing, trigger)) in events.iter().enumerate() {
+        let refused =
+            |reason: String| HostedRefusal::Refused(format!("event {} cannot be created: {reason}", index + 1));
+        let trigger = event::Trigger::from_value(trigger).map_err(|e| refused(e.to_string()))?;
+        let create = Create {
+            seq: index as u64,
+            request_id: request_id.to_owned(),
+            index: index as u32,
+            integration_id: integration_id.to_owned(),
+            form: routing.form.clone(),
+            plan: routing.plan.clone(),
+            sender: routing.sender.clone(),
+            flood_control: routing.flood_control,
+            trigger,
+        };
+        admit(state, &create).map_err(|(_, reason)| refused(reason))?;
+        batch.push(create);
+    }
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut created = 0;
+    for answer in process(state, crate::hosted::HOSTED_AGENT_ID, &mut batch) {
+        match answer {
+            Answer::Ack {
+                event_id,
+                duplicate,
+                ..
+            } => {
+                created += u64::from(!duplicate);
+                ids.push(event_id);
+            }
+            Answer::Reject { retryable: true, .. } => return Err(HostedRefusal::Unavailable),
+            Answer::Reject { message, .. } => return Err(HostedRefusal::Refused(message)),
+        }
+    }
+    state
+        .metrics
+        .created_for(crate::hosted::HOSTED_AGENT_ID, created);
+    Ok(ids)
 }
 
 /// A validated `event.create` waiting for the store to give it an id.
@@ -700,6 +765,7 @@ mod tests {
             ws_tracker: Arc::default(),
             access: crate::access::Access::default(),
             console: crate::console::Console::default(),
+            hosted: None,
         })
     }
 
@@ -861,9 +927,15 @@ mod tests {
             (
                 format!(
                     r#"{{"typ\u0065":"event\u002ecreate","s\u0065q":1,"requestId":"r","index":0,
-                    "integrationId":"i","form":null,"trigger":{trigger},"x":[1,{{"y":null}}]}}"#
+                    "integrationId":"i","form":null,"trigger":{trigger}}}"#
                 ),
                 Read::Directly,
+            ),
+            // An unknown member sends the frame to the protocol's types (the direct reader
+            // cannot tell whether they would read it).
+            (
+                create(&format!(r#""trigger":{trigger},"x":[1,{{"y":null}}]"#)),
+                Read::Fallback,
             ),
             // A tagged enum also reads the array form: only the fallback takes it.
             (
@@ -903,7 +975,7 @@ mod tests {
             ),
             (
                 create(&format!(r#""x":{},"trigger":{{}}"#, nested(126))),
-                Read::Directly,
+                Read::Fallback,
             ),
             (
                 create(&format!(r#""x":{},"trigger":{{}}"#, nested(127))),

@@ -1,4 +1,4 @@
-//! The `create_event` body check (`agent::worker::trigger_from_body`), run on every request of
+//! The `create_event` body check (`integration::trigger::trigger_from_body`), run on every request of
 //! the busiest path before the 202.
 //!
 //! Invariants: nothing panics; a body is accepted exactly when it is a JSON object whose
@@ -23,7 +23,7 @@ fn priority_ok(priority: Option<&Value>) -> bool {
 }
 
 fuzz_target!(|body: &[u8]| {
-    let accepted = agent::worker::trigger_from_body(body);
+    let accepted = integration::trigger::trigger_from_body(body);
     let parsed = serde_json::from_slice::<Value>(body);
     match (accepted, parsed) {
         (Ok(trigger), Ok(value)) => {

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
 fuzz_target!(|body: &[u8]| {
-    let Ok(trigger) = agent::worker::trigger_from_body(body) else {
+    let Ok(trigger) = integration::trigger::trigger_from_body(body) else {
         return;
     };
     // The frame as the agent's store writes it (`outbox_value_head` + `finish_outbox_value`).

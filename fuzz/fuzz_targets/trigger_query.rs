@@ -9,9 +9,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|query: &str| {
-    let cleaned = agent::ingress::query_without_api_key(query);
+    let cleaned = integration::request::query_without_api_key(query);
     assert_eq!(
-        agent::ingress::query_param(Some(&cleaned), "apiKey"),
+        integration::request::query_param(Some(&cleaned), "apiKey"),
         None,
         "apiKey survived cleaning: {query:?} -> {cleaned:?}"
     );
@@ -19,7 +19,7 @@ fuzz_target!(|query: &str| {
     assert!(!parameters.contains_key("apiKey"), "{query:?}");
     for (name, value) in &parameters {
         assert_eq!(
-            agent::ingress::query_param(Some(query), name).as_ref(),
+            integration::request::query_param(Some(query), name).as_ref(),
             Some(value),
             "parameter {name:?} of {query:?} changed in cleaning"
         );

@@ -10,6 +10,7 @@
 //! shape without pulling in each other's runtime. It deliberately does no I/O.
 #![forbid(unsafe_code)]
 
+pub mod frame;
 pub mod limits;
 
 use serde::{Deserialize, Serialize};

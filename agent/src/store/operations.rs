@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
-use super::{
-    be, outbox_parts, DeadLetter, InboundRequest, OutboxMeta, Store, StoreConfig, StoreError,
-};
+use integration::request::InboundRequest;
+
+use super::{be, outbox_parts, DeadLetter, OutboxMeta, Store, StoreConfig, StoreError};
 
 /// The `[store]` bounds read on every request, as atomics so a reload can change them while
 /// ingress runs. The other `[store]` keys size sled at open and need a restart.
@@ -166,7 +166,7 @@ impl Store {
             record_at_ack: true,
         };
         let trigger = serde_json::to_string(&event.trigger)?;
-        self.append_event_durably(&meta, &super::Routing::of(&event), &trigger)
+        self.append_event_durably(&meta, &integration::action::Routing::of(&event), &trigger)
             .await?;
         inner.dead_letters.remove(be(id))?;
         self.wait_for_flush().await?;

@@ -137,7 +137,7 @@ pub struct BuiltinXmatters {
     /// HTTPS central with a private CA like the relay does; `None` for plain HTTP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// The `[central] proxy`: calls to the central go through it, as the relay's do.
-    pub proxy: Option<crate::relay::Proxy>,
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl fmt::Debug for BuiltinXmatters {
@@ -286,7 +286,7 @@ type HttpsClient = Client<HttpsConnector<Connector>, Full<Bytes>>;
 struct Connector {
     direct: HttpConnector,
     /// The proxy and the central's `host:port` that goes through it.
-    central_via: Option<(crate::relay::Proxy, String)>,
+    central_via: Option<(crate::proxy::Proxy, String)>,
 }
 
 /// `host:port` of a URL, with the scheme's default port filled in.
@@ -323,7 +323,7 @@ impl tower_service::Service<Uri> for Connector {
             (Some((proxy, central)), Some(authority)) if *central == authority => {
                 let proxy = proxy.clone();
                 Box::pin(async move {
-                    let stream = crate::relay::tunnel(&proxy, &authority)
+                    let stream = crate::proxy::tunnel(&proxy, &authority)
                         .await
                         .map_err(|e| e.to_string())?;
                     Ok(hyper_util::rt::TokioIo::new(stream))
@@ -720,7 +720,7 @@ mod tests {
         list: &[EndpointConfig],
         dir: &std::path::Path,
         central: std::net::SocketAddr,
-        proxy: Option<crate::relay::Proxy>,
+        proxy: Option<crate::proxy::Proxy>,
     ) -> IntegrationEndpoints {
         let builtin = BuiltinXmatters {
             base_url: format!("http://{central}"),
@@ -786,7 +786,7 @@ mod tests {
             "#,
             addr.port()
         ));
-        let proxy = crate::relay::Proxy::parse(&format!("http://{proxy_addr}")).expect("proxy");
+        let proxy = crate::proxy::Proxy::parse(&format!("http://{proxy_addr}")).expect("proxy");
         let endpoints = test_endpoints(&rt, &list, dir.path(), addr, Some(proxy));
         let reply = endpoints
             .send(&call("xMatters", "GET", "/api/xm/1/events", None))

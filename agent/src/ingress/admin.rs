@@ -17,9 +17,12 @@ use serde_json::json;
 use server::http_util;
 use server::serve::Body;
 
-use crate::auth::AdminCaller;
-use crate::daemon::Shared;
-use crate::ingress::{authorize_admin, may_see, method_not_allowed, query_param, store_failure};
+use integration::auth::AdminCaller;
+use integration::request::query_param;
+
+use integration::http::method_not_allowed;
+
+use super::{authorize_admin, may_see, store_failure, Ingress};
 use crate::relay::RelayStatus;
 use crate::store::{QueueEntry, QueueState};
 
@@ -66,28 +69,28 @@ pub struct AgentStatus {
 
 /// Answer one admin request (after the admin check).
 pub async fn handle(
-    shared: &Arc<Shared>,
+    ingress: &Arc<Ingress>,
     request: Request<Incoming>,
     peer: std::net::SocketAddr,
     path: &str,
 ) -> Response<Body> {
-    let caller = match authorize_admin(shared, request.headers(), peer).await {
+    let caller = match authorize_admin(ingress, request.headers(), peer).await {
         Ok(caller) => caller,
         Err(response) => return *response,
     };
     let query = request.uri().query();
     match (path, request.method()) {
-        (STATUS_PATH, &Method::GET) => status(shared),
-        (QUEUE_PATH, &Method::GET) => list(shared, &caller, query),
-        (RETRY_PATH, &Method::POST) => retry(shared, query).await,
-        (PURGE_PATH, &Method::POST) => purge(shared, query).await,
+        (STATUS_PATH, &Method::GET) => status(ingress),
+        (QUEUE_PATH, &Method::GET) => list(ingress, &caller, query),
+        (RETRY_PATH, &Method::POST) => retry(ingress, query).await,
+        (PURGE_PATH, &Method::POST) => purge(ingress, query).await,
         (STATUS_PATH | QUEUE_PATH, _) => method_not_allowed("GET"),
         _ => method_not_allowed("POST"),
     }
 }
 
-fn status(shared: &Shared) -> Response<Body> {
-    let oldest = match shared.store.queue_entries(1) {
+fn status(ingress: &Ingress) -> Response<Body> {
+    let oldest = match ingress.store.queue_entries(1) {
         Ok(entries) => entries
             .into_iter()
             .filter(|e| e.state != QueueState::Dead)
@@ -95,27 +98,28 @@ fn status(shared: &Shared) -> Response<Body> {
             .min(),
         Err(error) => return store_failure(error),
     };
-    let (pending, _) = shared.store.pending();
-    let waiting = shared.store.outbox_len();
+    let (pending, _) = ingress.store.pending();
+    let waiting = ingress.store.outbox_len();
     let status = AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
-        uptime_secs: shared.uptime().as_secs(),
-        central: shared.relay_status(),
+        uptime_secs: ingress.state.uptime().as_secs(),
+        central: ingress.state.relay_status(),
         accepted: pending.saturating_sub(waiting),
         waiting_for_central: waiting,
         oldest_pending: oldest,
-        dead_letters: shared.store.dead_letter_count(),
-        restart_needed: shared
+        dead_letters: ingress.store.dead_letter_count(),
+        restart_needed: ingress
+            .state
             .restart_needed()
             .into_iter()
             .map(str::to_owned)
             .collect(),
-        reload_error: shared.reload_error(),
+        reload_error: ingress.state.reload_error(),
     };
     http_util::json(StatusCode::OK, &status)
 }
 
-fn list(shared: &Shared, caller: &AdminCaller, query: Option<&str>) -> Response<Body> {
+fn list(ingress: &Ingress, caller: &AdminCaller, query: Option<&str>) -> Response<Body> {
     let state = match query_param(query, "state") {
         None => None,
         Some(name) => match <QueueState as clap::ValueEnum>::from_str(&name, true) {
@@ -134,9 +138,9 @@ fn list(shared: &Shared, caller: &AdminCaller, query: Option<&str>) -> Response<
         Some(Ok(limit)) => limit.min(MAX_LISTED),
         Some(Err(_)) => return http_util::error(StatusCode::BAD_REQUEST, "limit must be a number"),
     };
-    match shared.store.queue_entries(MAX_LISTED) {
+    match ingress.store.queue_entries(MAX_LISTED) {
         Ok(entries) => {
-            let live = shared.live();
+            let live = ingress.live.get();
             let data: Vec<QueueEntry> = entries
                 .into_iter()
                 .filter(|e| may_see(caller, &live, &e.integration_id))
@@ -150,9 +154,9 @@ fn list(shared: &Shared, caller: &AdminCaller, query: Option<&str>) -> Response<
     }
 }
 
-async fn retry(shared: &Shared, query: Option<&str>) -> Response<Body> {
+async fn retry(ingress: &Ingress, query: Option<&str>) -> Response<Body> {
     let ids = if query_param(query, "allDead").as_deref() == Some("true") {
-        match shared.store.dead_letter_ids() {
+        match ingress.store.dead_letter_ids() {
             Ok(ids) => ids,
             Err(error) => return store_failure(error),
         }
@@ -169,7 +173,7 @@ async fn retry(shared: &Shared, query: Option<&str>) -> Response<Body> {
     };
     let mut retried = Vec::new();
     for id in ids {
-        match shared.store.retry_dead_letter(id).await {
+        match ingress.store.retry_dead_letter(id).await {
             Ok(true) => retried.push(id),
             Ok(false) => {
                 return http_util::error(StatusCode::NOT_FOUND, format!("no dead letter {id}"))
@@ -184,7 +188,7 @@ async fn retry(shared: &Shared, query: Option<&str>) -> Response<Body> {
     )
 }
 
-async fn purge(shared: &Shared, query: Option<&str>) -> Response<Body> {
+async fn purge(ingress: &Ingress, query: Option<&str>) -> Response<Body> {
     if query_param(query, "dead").as_deref() != Some("true")
         || query_param(query, "confirm").as_deref() != Some("yes")
     {
@@ -193,7 +197,7 @@ async fn purge(shared: &Shared, query: Option<&str>) -> Response<Body> {
             "only dead letters can be purged: give ?dead=true&confirm=yes",
         );
     }
-    match shared.store.purge_dead_letters().await {
+    match ingress.store.purge_dead_letters().await {
         Ok(purged) => {
             tracing::info!(purged, "dead letters purged");
             http_util::json(StatusCode::OK, &json!({"purged": purged}))

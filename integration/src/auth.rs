@@ -1431,7 +1431,7 @@ fn cache_key(domain: Domain, name: &str, secret: &str) -> [u8; 32] {
 }
 
 /// Parse a form body, refusing repeated parameters (RFC 6749 §3.2).
-pub(crate) fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+pub fn parse_form(body: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let mut form = HashMap::new();
     for (name, value) in form_urlencoded::parse(body) {
         let name = name.into_owned();
