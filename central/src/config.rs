@@ -260,6 +260,7 @@ struct RawConfig {
     #[serde(default)]
     notifications: crate::notify::RawDeliverySettings,
     alert_rate_filter: Option<crate::alert_rate::RawAlertRateSettings>,
+    #[serde(default)]
     oauth: OAuthConfig,
     #[serde(default)]
     auth: AuthLimitsConfig,

@@ -184,10 +184,7 @@ impl Hosted {
             http_util::now_rfc3339(),
         );
         let processed = run_action(self, &integration, &inbound).await;
-        match self
-            .record(state, &integration, &inbound, processed)
-            .await
-        {
+        match self.record(state, &integration, &inbound, processed).await {
             Ok(()) => accepted(&inbound.request_id),
             Err(error) => {
                 tracing::error!(%error, integration = %id, "cannot store a hosted request");

@@ -98,11 +98,7 @@ pub async fn route(
         other if integration::http::trigger_id(other).is_some() => {
             let id = integration::http::trigger_id(other).unwrap_or_default();
             match &state.hosted {
-                Some(hosted) => {
-                    hosted
-                        .trigger(&state, request, peer, id)
-                        .await
-                }
+                Some(hosted) => hosted.trigger(&state, request, peer, id).await,
                 None => http_util::error(
                     StatusCode::NOT_FOUND,
                     format!("no integration with id {id:?}"),

@@ -559,8 +559,9 @@ pub(crate) fn create_hosted(
 ) -> Result<Vec<String>, HostedRefusal> {
     let mut batch = Vec::with_capacity(events.len());
     for (index, (routing, trigger)) in events.iter().enumerate() {
-        let refused =
-            |reason: String| HostedRefusal::Refused(format!("event {} cannot be created: {reason}", index + 1));
+        let refused = |reason: String| {
+            HostedRefusal::Refused(format!("event {} cannot be created: {reason}", index + 1))
+        };
         let trigger = event::Trigger::from_value(trigger).map_err(|e| refused(e.to_string()))?;
         let create = Create {
             seq: index as u64,
@@ -588,7 +589,9 @@ pub(crate) fn create_hosted(
                 created += u64::from(!duplicate);
                 ids.push(event_id);
             }
-            Answer::Reject { retryable: true, .. } => return Err(HostedRefusal::Unavailable),
+            Answer::Reject {
+                retryable: true, ..
+            } => return Err(HostedRefusal::Unavailable),
             Answer::Reject { message, .. } => return Err(HostedRefusal::Refused(message)),
         }
     }
