@@ -43,6 +43,10 @@ use crate::store::{Store, StoreError};
 use crate::ws::HostedRefusal;
 use crate::State;
 
+mod console;
+
+pub use console::ConsoleView;
+
 /// The agent id recorded on the events of hosted integrations (no configured agent may use it),
 /// so the events report and script credentials tell them apart from agent-relayed events.
 pub const HOSTED_AGENT_ID: &str = "xmcentral";
@@ -303,6 +307,19 @@ impl Hosted {
                 http_util::error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable")
             }
         }
+    }
+
+    /// What the web console shows of the integrations this central serves; trigger URLs start
+    /// with `base_url`.
+    pub fn console_view(&self, base_url: String) -> ConsoleView {
+        let served = self
+            .config
+            .integrations
+            .values()
+            .filter(|integration| integration.served_here())
+            .cloned()
+            .collect();
+        ConsoleView::new(served, self.activity.clone(), base_url)
     }
 
     /// The authenticator of the trigger URLs (the OAuth token endpoint issues its tokens).

@@ -133,6 +133,12 @@ pub async fn start(
         }
         None => None,
     };
+    let mut console = console::Console::default();
+    if let Some(hosted) = &hosted {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let view = hosted.console_view(format!("{scheme}://{addr}"));
+        console.sources.hosted = Some(Arc::new(view));
+    }
     let state = Arc::new(State {
         config,
         hosted,
@@ -142,7 +148,7 @@ pub async fn start(
         shutdown: shutdown.clone(),
         ws_tracker: Arc::default(),
         access: access::Access::default(),
-        console: console::Console::default(),
+        console,
     });
     let handler = {
         let state = Arc::clone(&state);

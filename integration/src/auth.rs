@@ -218,6 +218,19 @@ pub enum AuthMode {
     Oauth,
 }
 
+impl AuthMode {
+    /// The name as written in the `auth` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Any => "any",
+            AuthMode::Url => "url",
+            AuthMode::Basic => "basic",
+            AuthMode::ApiKey => "api_key",
+            AuthMode::Oauth => "oauth",
+        }
+    }
+}
+
 /// Prints in place of a secret in `Debug` output.
 struct Redacted;
 

@@ -110,6 +110,18 @@ pub enum Action {
     HttpTrigger,
 }
 
+impl Action {
+    /// The name as written in the `action` key.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::CreateEvent => "create_event",
+            Action::Transform => "transform",
+            Action::RunScript => "run_script",
+            Action::HttpTrigger => "http_trigger",
+        }
+    }
+}
+
 /// `[[integrations]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
