@@ -366,7 +366,13 @@ pub struct Endpoints {
     runtime: tokio::runtime::Handle,
     /// The agent token, to derive each integration's built-in credential from.
     agent_token: Option<String>,
+    /// Credentials derived so far, by scope: deriving one costs two SHA-256 runs, and every
+    /// script run of an integration needs the same one.
+    minted: std::sync::Mutex<HashMap<Vec<String>, HeaderValue>>,
 }
+
+/// Scopes whose derived credential is kept (one per integration in practice).
+const MINTED_KEPT: usize = 4096;
 
 /// The endpoints as one integration's scripts reach them: the configured ones, and the built-in
 /// `xMatters` with that integration's credential. What the worker hands to a script run.
@@ -458,6 +464,7 @@ impl Endpoints {
             client,
             runtime,
             agent_token,
+            minted: std::sync::Mutex::default(),
         })
     }
 
@@ -466,8 +473,16 @@ impl Endpoints {
     /// own id first, then those its `script_events_of` grants).
     pub fn for_integration(self: &Arc<Self>, integrations: &[String]) -> IntegrationEndpoints {
         let xmatters_authorization = self.agent_token.as_deref().and_then(|token| {
+            let mut minted = self.minted.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(header) = minted.get(integrations) {
+                return Some(header.clone());
+            }
             let credential = server::credentials::script_token(token, integrations);
-            sensitive_header(BUILTIN_NAME, format!("Bearer {credential}")).ok()
+            let header = sensitive_header(BUILTIN_NAME, format!("Bearer {credential}")).ok()?;
+            if minted.len() < MINTED_KEPT {
+                minted.insert(integrations.to_vec(), header.clone());
+            }
+            Some(header)
         });
         IntegrationEndpoints {
             endpoints: Arc::clone(self),
