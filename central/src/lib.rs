@@ -122,7 +122,13 @@ pub async fn start(
         shutdown: shutdown.clone(),
         ws_tracker: Arc::default(),
         access: access::Access::default(),
-        console: console::Console::default(),
+        console: console::Console {
+            sources: console::source::Sources {
+                notifications: Some(Arc::clone(&notifier) as _),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     });
     let handler = {
         let state = Arc::clone(&state);
