@@ -15,8 +15,9 @@
 //! with a cookie), checked in constant time.
 //!
 //! What it does NOT do: serve the REST API, store anything (sessions live in memory), or show
-//! data the central does not have: notifications and hosted integrations come through
-//! [`source::Sources`] and show an empty state while the central lacks them.
+//! data the central does not have: notifications (set at start-up from the central's
+//! [`crate::notify::Notifier`]) and hosted integrations come through [`source::Sources`]; a
+//! source left `None` shows an empty state that says so.
 
 pub mod chart;
 pub mod pages;

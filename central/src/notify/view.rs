@@ -10,6 +10,8 @@
 //! notification, or count events the alert rate filter suppressed (they have no notifications;
 //! the event page shows their rule from the event itself).
 
+use std::collections::BTreeMap;
+
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -53,8 +55,11 @@ fn view(notification: &Notification) -> NotificationView {
     }
 }
 
-/// Add `record`'s delivered and suppressed notifications at or after `since_ms` to `counts`.
-fn count_minutes(record: &Record, since_ms: u64, counts: &mut Vec<MinuteCount>) {
+/// (minute start in Unix milliseconds, integration id) → (delivered, suppressed).
+type Minutes = BTreeMap<(u64, String), (u64, u64)>;
+
+/// Add `record`'s delivered and suppressed notifications at or after `since_ms` to `minutes`.
+fn count_minutes(record: &Record, since_ms: u64, minutes: &mut Minutes) {
     for notification in &record.notifications {
         let (at, delivered) = match notification.status {
             NotificationStatus::Delivered => (notification.delivered.as_deref(), true),
@@ -64,26 +69,12 @@ fn count_minutes(record: &Record, since_ms: u64, counts: &mut Vec<MinuteCount>) 
         let Some(at) = at.and_then(millis).filter(|at| *at >= since_ms) else {
             continue;
         };
-        let minute_ms = at - at % MINUTE_MS;
-        let position = counts
-            .iter()
-            .position(|c| c.minute_ms == minute_ms && c.integration == record.integration_id);
-        let count = match position {
-            Some(position) => &mut counts[position],
-            None => {
-                counts.push(MinuteCount {
-                    minute_ms,
-                    integration: record.integration_id.clone(),
-                    delivered: 0,
-                    suppressed: 0,
-                });
-                counts.last_mut().expect("just pushed")
-            }
-        };
+        let slot = (at - at % MINUTE_MS, record.integration_id.clone());
+        let (delivered_count, suppressed_count) = minutes.entry(slot).or_default();
         if delivered {
-            count.delivered += 1;
+            *delivered_count += 1;
         } else {
-            count.suppressed += 1;
+            *suppressed_count += 1;
         }
     }
 }
@@ -109,7 +100,7 @@ impl Notifications for Notifier {
             b'n',
             first_id_at(since_ms.saturating_sub(DELIVERY_LOOKBACK_MS)),
         );
-        let mut counts = Vec::new();
+        let mut minutes = Minutes::new();
         for item in self
             .tree
             .range(from..=key(b'n', u128::MAX))
@@ -120,13 +111,23 @@ impl Notifications for Notifier {
                 serde_json::from_slice::<Record>(&bytes).map_err(|e| e.to_string())
             });
             match record {
-                Ok(record) => count_minutes(&record, since_ms, &mut counts),
+                Ok(record) => count_minutes(&record, since_ms, &mut minutes),
                 Err(error) => {
                     tracing::error!(%error, "cannot read a notification record for the console");
                 }
             }
         }
-        counts
+        minutes
+            .into_iter()
+            .map(
+                |((minute_ms, integration), (delivered, suppressed))| MinuteCount {
+                    minute_ms,
+                    integration,
+                    delivered,
+                    suppressed,
+                },
+            )
+            .collect()
     }
 }
 
@@ -188,16 +189,11 @@ mod tests {
                 notification(NotificationStatus::Pending, "2026-01-01T10:01:10Z"),
             ],
         };
-        let mut counts = Vec::new();
-        count_minutes(&record, since, &mut counts);
+        let mut minutes = Minutes::new();
+        count_minutes(&record, since, &mut minutes);
         assert_eq!(
-            counts,
-            [MinuteCount {
-                minute_ms: since + MINUTE_MS,
-                integration: "flood-demo".into(),
-                delivered: 1,
-                suppressed: 1,
-            }],
+            minutes.into_iter().collect::<Vec<_>>(),
+            [((since + MINUTE_MS, "flood-demo".to_owned()), (1, 1))],
             "before the start and pending are not counted"
         );
     }
