@@ -53,16 +53,7 @@ impl NotificationMetrics {
 
     /// Count one notification of `integration` held back by flood control.
     pub fn flood_suppressed(&self, integration: &str) {
-        let mut by_integration = self
-            .flood_suppressed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match by_integration.get_mut(integration) {
-            Some(count) => *count += 1,
-            None => {
-                by_integration.insert(integration.to_owned(), 1);
-            }
-        }
+        count_under(&self.flood_suppressed, integration, 1);
     }
 
     fn render_into(&self, out: &mut String) {
@@ -87,20 +78,40 @@ impl NotificationMetrics {
              counter\n{name} {}",
             self.retried.load(Ordering::Relaxed)
         );
-        let name = "xmcentral_notifications_flood_suppressed_total";
-        let _ = writeln!(
+        render_by_label(
             out,
-            "# HELP {name} Notifications held back by flood control, by integration.\n# TYPE \
-             {name} counter"
+            "xmcentral_notifications_flood_suppressed_total",
+            "Notifications held back by flood control, by integration.",
+            "integration",
+            &self.flood_suppressed,
         );
-        let by_integration = self
-            .flood_suppressed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (integration, count) in by_integration.iter() {
-            let integration = server::metrics::label_value(integration);
-            let _ = writeln!(out, "{name}{{integration=\"{integration}\"}} {count}");
+    }
+}
+
+/// Add `n` to the count of `label` (a new label starts at zero).
+fn count_under(counts: &Mutex<BTreeMap<String, u64>>, label: &str, n: u64) {
+    let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    match counts.get_mut(label) {
+        Some(count) => *count += n,
+        None => {
+            counts.insert(label.to_owned(), n);
         }
+    }
+}
+
+/// Render counter `name` with one series per label value of `label`.
+fn render_by_label(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: &Mutex<BTreeMap<String, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    let counts = counts.lock().unwrap_or_else(|p| p.into_inner());
+    for (value, count) in counts.iter() {
+        let value = server::metrics::label_value(value);
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {count}");
     }
 }
 
@@ -113,16 +124,7 @@ impl Metrics {
     /// Count `n` events created for `agent`.
     pub fn created_for(&self, agent: &str, n: u64) {
         Self::add(&self.events_created, n);
-        let mut by_agent = self
-            .created_by_agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match by_agent.get_mut(agent) {
-            Some(count) => *count += n,
-            None => {
-                by_agent.insert(agent.to_owned(), n);
-            }
-        }
+        count_under(&self.created_by_agent, agent, n);
     }
 
     /// Render every metric, with the notifier's `notifications`, in the Prometheus text
@@ -166,20 +168,13 @@ impl Metrics {
             "Event status changes made through REST.",
             counter(&self.status_changes),
         );
-        let name = "xmcentral_events_created_by_agent_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Events created from each agent's frames.\n# TYPE {name} counter"
+        render_by_label(
+            &mut out,
+            "xmcentral_events_created_by_agent_total",
+            "Events created from each agent's frames.",
+            "agent",
+            &self.created_by_agent,
         );
-        let by_agent = self
-            .created_by_agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for (agent, count) in by_agent.iter() {
-            let agent = server::metrics::label_value(agent);
-            let _ = writeln!(out, "{name}{{agent=\"{agent}\"}} {count}");
-        }
-        drop(by_agent);
         self.store_flush.render(
             &mut out,
             "xmcentral_store_flush_seconds",

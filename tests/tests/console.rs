@@ -460,13 +460,7 @@ async fn on_login_form(client: &Client, what: &str) {
 fn flood_demo_directory(central_port: u16) -> String {
     format!(
         r#"
-[[people]]
-target_name = "oncall"
-devices = [
-  {{ name = "Work Email", device_type = "EMAIL", address = "oncall@example.com" }},
-  {{ name = "Mobile", device_type = "TEXT_PHONE", address = "+15550100" }},
-]
-
+{ONCALL_PERSON}
 [notifications]
 retry_initial_ms = 600000
 retry_max_ms = 600000

@@ -44,6 +44,14 @@ fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver
     Notifier::open(store, policy).expect("open notifier")
 }
 
+/// Insist that the central's `/metrics` text, with `notifier`'s counters, has each of `lines`.
+fn assert_metrics(notifier: &Notifier, lines: &[&str]) {
+    let metrics = crate::metrics::Metrics::default().render(&notifier.metrics);
+    for line in lines {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
 /// A new, unsuppressed event of `flood-demo`.
 fn created<'a>(
     event_id: &'a str,
@@ -298,15 +306,15 @@ async fn the_log_deliverer_delivers_and_an_unreachable_webhook_fails_after_its_a
         "{listed:?}"
     );
     assert!(notifier.pending_events().expect("pending").is_empty());
-    let metrics = crate::metrics::Metrics::default().render(&notifier.metrics);
-    for line in [
-        "xmcentral_notifications_total{status=\"DELIVERED\",device_type=\"EMAIL\"} 1\n",
-        "xmcentral_notifications_total{status=\"FAILED\",device_type=\"TEXT_PHONE\"} 1\n",
-        "xmcentral_notifications_total{status=\"PENDING\",device_type=\"TEXT_PHONE\"} 1\n",
-        "xmcentral_notification_retries_total 1\n",
-    ] {
-        assert!(metrics.contains(line), "{line} in {metrics}");
-    }
+    assert_metrics(
+        &notifier,
+        &[
+            "xmcentral_notifications_total{status=\"DELIVERED\",device_type=\"EMAIL\"} 1\n",
+            "xmcentral_notifications_total{status=\"FAILED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"PENDING\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notification_retries_total 1\n",
+        ],
+    );
     stop.send(true).expect("stop");
     task.await.expect("delivery task ends");
 }
@@ -358,15 +366,15 @@ fn the_console_sees_each_notification_its_rule_and_the_counts_per_minute() {
         "nothing after its start is counted"
     );
 
-    let metrics = crate::metrics::Metrics::default().render(&notifier.metrics);
-    for line in [
-        "xmcentral_notifications_total{status=\"CANCELLED\",device_type=\"TEXT_PHONE\"} 1\n",
-        "xmcentral_notifications_total{status=\"SUPPRESSED\",device_type=\"TEXT_PHONE\"} 1\n",
-        "xmcentral_notifications_total{status=\"PENDING\",device_type=\"EMAIL\"} 2\n",
-        "xmcentral_notifications_flood_suppressed_total{integration=\"flood-demo\"} 1\n",
-    ] {
-        assert!(metrics.contains(line), "{line} in {metrics}");
-    }
+    assert_metrics(
+        &notifier,
+        &[
+            "xmcentral_notifications_total{status=\"CANCELLED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"SUPPRESSED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"PENDING\",device_type=\"EMAIL\"} 2\n",
+            "xmcentral_notifications_flood_suppressed_total{integration=\"flood-demo\"} 1\n",
+        ],
+    );
 }
 
 /// What creating notifications adds per event on the ack path (a measurement, not a check):
