@@ -662,7 +662,12 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         "the REST API agrees"
     );
 
-    // The overview draws them per integration, delivered against suppressed.
+    // The overview draws them per integration, delivered against suppressed (once the first
+    // event's SMS went out).
+    notifications_when(central.addr, &flood_events[0], |kinds| {
+        kinds.contains(&("TEXT_PHONE".to_owned(), "DELIVERED".to_owned()))
+    })
+    .await;
     client.goto(&console).await.unwrap();
     wait_for_text(&client, "main", "flood-demo suppressed").await;
     wait_for_text(&client, "main", "flood-demo delivered").await;
