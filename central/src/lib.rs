@@ -134,6 +134,7 @@ pub async fn start(
         None => None,
     };
     let mut console = console::Console::default();
+    console.sources.notifications = Some(Arc::clone(&notifier) as _);
     if let Some(hosted) = &hosted {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let view = hosted.console_view(format!("{scheme}://{addr}"));

@@ -62,7 +62,10 @@ pub async fn route(
         },
         "/metrics" => match method {
             Method::GET => {
-                let mut response = text(StatusCode::OK, state.metrics.render());
+                let mut response = text(
+                    StatusCode::OK,
+                    state.metrics.render(&state.notifier.metrics),
+                );
                 response.headers_mut().insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

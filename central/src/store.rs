@@ -277,8 +277,9 @@ fn decode_batch(key: u128, value: &[u8]) -> Result<batch::Batch<'_>, StoreError>
     })
 }
 
-/// The smallest event id minted at `millis` (a UUID v7 starts with its Unix milliseconds).
-fn first_id_at(millis: u64) -> u128 {
+/// The smallest event id minted at `millis` (a UUID v7 starts with its Unix milliseconds), so
+/// trees keyed by event id can be scanned by time.
+pub fn first_id_at(millis: u64) -> u128 {
     u128::from(millis) << 80
 }
 

@@ -221,6 +221,17 @@ pub fn start_agent(config: &Path) -> Node {
     )
 }
 
+/// The person the notification tests notify: `oncall` with a work email and an SMS
+/// (`TEXT_PHONE`) device, a `[[people]]` entry to append to [`central_config`]'s file.
+pub const ONCALL_PERSON: &str = r#"
+[[people]]
+target_name = "oncall"
+devices = [
+  { name = "Work Email", device_type = "EMAIL", address = "oncall@example.com" },
+  { name = "Mobile", device_type = "TEXT_PHONE", address = "+15550100" },
+]
+"#;
+
 /// A user, an API key and one integration per auth mode, all create_event, ready to append to
 /// [`agent_config`]. The integration ids are `any`, `url`, `basic`, `api_key`, `oauth`.
 pub const STANDARD_AGENT: &str = r#"

@@ -1,7 +1,8 @@
 //! The web console end to end: the real `xmcentral` and `xmagent` binaries, plain HTTP for the
 //! refusals, and a real headless Chromium driven through WebDriver (`chromedriver`) for what an
-//! operator does. The browser test skips, saying why, where Chromium or its driver is missing
-//! (`.ci/run` installs both).
+//! operator does, including an event's notifications held back by flood control and cancelled
+//! by a terminate from the page. The browser test skips, saying why, where Chromium or its
+//! driver is missing (`.ci/run` installs both).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -452,6 +453,56 @@ async fn on_login_form(client: &Client, what: &str) {
     assert_eq!(url.path(), "/console/login", "{what}");
 }
 
+/// A small directory for the browser test: `oncall` with an SMS (delivered by the log deliverer)
+/// and an email device whose webhook is the central's own listener at a path that is no webhook,
+/// so every email attempt fails and waits ten minutes for its retry: it is still PENDING when
+/// the operator terminates its event. Flood control takes its defaults.
+fn flood_demo_directory(central_port: u16) -> String {
+    format!(
+        r#"
+{ONCALL_PERSON}
+[notifications]
+retry_initial_ms = 600000
+retry_max_ms = 600000
+[notifications.webhooks]
+EMAIL = "http://127.0.0.1:{central_port}/not-a-webhook"
+"#
+    )
+}
+
+/// The `flood-demo` integration: flood control on, events to `oncall`.
+const FLOOD_DEMO: &str = r#"
+[[integrations]]
+id = "flood-demo"
+action = "create_event"
+flood_control = true
+auth = "url"
+authenticating_user = "svc"
+url_key = "key-flood-demo"
+"#;
+
+/// The central's notifications of `event_id` as (device type, status), once `ready` holds.
+async fn notifications_when(
+    central: std::net::SocketAddr,
+    event_id: &str,
+    ready: fn(&[(String, String)]) -> bool,
+) -> Vec<(String, String)> {
+    let path = format!("/api/xm/1/events/{event_id}/notifications");
+    eventually(WAIT, &format!("notifications of {event_id}"), || async {
+        let listed = get_json(central, &path, CENTRAL_USER).await;
+        let kinds: Vec<(String, String)> = listed["data"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                let text = |value: &serde_json::Value| value.as_str().unwrap_or("?").to_owned();
+                (text(&n["device"]["deviceType"]), text(&n["status"]))
+            })
+            .collect();
+        ready(&kinds).then_some(kinds)
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_browser() {
     let (chromium, driver) = match browser() {
@@ -462,11 +513,19 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let central = start_central(dir.path(), 0);
+    let central_port = free_port();
+    let config = central_config(dir.path(), central_port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&flood_demo_directory(central_port));
+    std::fs::write(&config, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
     let agent = start_agent(&agent_config(
         dir.path(),
-        central.addr.port(),
-        STANDARD_AGENT,
+        central_port,
+        &format!("{STANDARD_AGENT}{FLOOD_DEMO}"),
     ));
     let driver = start_driver(&driver).await;
     let client = open_browser(&chromium, &driver).await;
@@ -541,6 +600,92 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     screenshot(&client, "event").await;
     let event = central_events(central.addr, &request_id).await;
     assert_eq!(event[0]["status"], "TERMINATED");
+
+    // Three events in a row through `flood-demo` to `oncall`: the first SMS goes, the next two
+    // are held back by flood control; the emails wait for a retry.
+    let mut flood_events = Vec::new();
+    for n in 1..=3 {
+        let body = format!(
+            r#"{{"properties": {{"summary": "Link down {n}"}}, "recipients": ["oncall"]}}"#
+        );
+        let request = accepted(agent.addr, "flood-demo", &body).await;
+        let event = eventually(WAIT, &format!("flood-demo event {n}"), || async {
+            central_events(central.addr, &request)
+                .await
+                .into_iter()
+                .next()
+        })
+        .await;
+        flood_events.push(event["id"].as_str().unwrap().to_owned());
+    }
+    let second = &flood_events[1];
+    let kinds = notifications_when(central.addr, second, |kinds| {
+        kinds.len() == 2
+            && kinds
+                .iter()
+                .any(|(kind, status)| kind == "TEXT_PHONE" && status == "SUPPRESSED")
+    })
+    .await;
+    assert!(
+        kinds.contains(&("EMAIL".to_owned(), "PENDING".to_owned())),
+        "{kinds:?}"
+    );
+
+    // Open the second one: its SMS is SUPPRESSED with the rule that held it back, its email is
+    // PENDING. Terminate it from the page: the email is CANCELLED, the SMS stays SUPPRESSED.
+    client
+        .goto(&format!("{console}/events/{second}"))
+        .await
+        .unwrap();
+    wait_for_text(&client, "table.notifications", "SUPPRESSED").await;
+    wait_for_text(&client, "table.notifications", "Mobile (TEXT_PHONE)").await;
+    wait_for_text(&client, "table.notifications", "Work Email (EMAIL)").await;
+    wait_for_text(
+        &client,
+        "table.notifications",
+        "flood control: more than 1 notification(s) to MOBILE_APP/TEXT_PHONE/VOICE devices within 300 s",
+    )
+    .await;
+    wait_for_text(&client, "table.notifications", "PENDING").await;
+    click(&client, "#terminate").await;
+    wait_for_text(&client, "#event-status", "TERMINATED").await;
+    wait_for_text(&client, "table.notifications", "CANCELLED").await;
+    wait_for_text(&client, "table.notifications", "SUPPRESSED").await;
+    screenshot(&client, "event-notifications").await;
+    let after = notifications_when(central.addr, second, |_| true).await;
+    assert_eq!(
+        after,
+        [
+            ("EMAIL".to_owned(), "CANCELLED".to_owned()),
+            ("TEXT_PHONE".to_owned(), "SUPPRESSED".to_owned())
+        ],
+        "the REST API agrees"
+    );
+
+    // The overview draws them per integration, delivered against suppressed (once the first
+    // event's SMS went out).
+    notifications_when(central.addr, &flood_events[0], |kinds| {
+        kinds.contains(&("TEXT_PHONE".to_owned(), "DELIVERED".to_owned()))
+    })
+    .await;
+    client.goto(&console).await.unwrap();
+    wait_for_text(&client, "main", "flood-demo suppressed").await;
+    wait_for_text(&client, "main", "flood-demo delivered").await;
+    screenshot(&client, "overview-notifications").await;
+
+    // /metrics counts them by status and device type.
+    let metrics = http(central.addr, "GET", "/metrics", &[], "")
+        .await
+        .unwrap();
+    let metrics = body(&metrics);
+    for line in [
+        "xmcentral_notifications_total{status=\"SUPPRESSED\",device_type=\"TEXT_PHONE\"} 2",
+        "xmcentral_notifications_total{status=\"DELIVERED\",device_type=\"TEXT_PHONE\"} 1",
+        "xmcentral_notifications_total{status=\"CANCELLED\",device_type=\"EMAIL\"} 1",
+        "xmcentral_notifications_flood_suppressed_total{integration=\"flood-demo\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 
     // Log out, and be refused: the console sends us back to the login form.
     click(&client, "form.logout button").await;

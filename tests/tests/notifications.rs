@@ -28,13 +28,7 @@ const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
 fn directory(receiver: SocketAddr, retry_initial_ms: u64) -> String {
     format!(
         r#"
-[[people]]
-target_name = "oncall"
-devices = [
-  {{ name = "Work Email", device_type = "EMAIL", address = "oncall@example.com" }},
-  {{ name = "Mobile", device_type = "TEXT_PHONE", address = "+15550100" }},
-]
-[[people]]
+{ONCALL_PERSON}[[people]]
 target_name = "lead"
 devices = [
   {{ name = "Work Email", device_type = "EMAIL", address = "lead@example.com" }},

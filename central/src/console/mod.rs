@@ -15,8 +15,9 @@
 //! with a cookie), checked in constant time.
 //!
 //! What it does NOT do: serve the REST API, store anything (sessions live in memory), or show
-//! data the central does not have: notifications and hosted integrations come through
-//! [`source::Sources`] and show an empty state while the central lacks them.
+//! data the central does not have: notifications (set at start-up from the central's
+//! [`crate::notify::Notifier`]) and hosted integrations come through [`source::Sources`]; a
+//! source left `None` shows an empty state that says so.
 
 pub mod chart;
 pub mod pages;
@@ -433,14 +434,27 @@ async fn overview(state: &State, session: &Session) -> Response<Body> {
         Ok(summary) => summary,
         Err(error) => return store_failure(session, &error),
     };
-    let notifications = state.console.sources.notifications.as_ref().map(|source| {
-        let mut counts = PerMinute::ending_at(now_ms());
-        for minute in source.per_minute(counts.start_ms) {
-            counts.add("delivered", minute.minute_ms, minute.delivered);
-            counts.add("suppressed", minute.minute_ms, minute.suppressed);
+    let notifications = match state.console.sources.notifications.clone() {
+        Some(source) => {
+            let counted = blocking(move || {
+                let mut counts = PerMinute::ending_at(now_ms());
+                for minute in source.per_minute(counts.start_ms) {
+                    let integration = &minute.integration;
+                    let delivered = format!("{integration} delivered");
+                    counts.add(&delivered, minute.minute_ms, minute.delivered);
+                    let suppressed = format!("{integration} suppressed");
+                    counts.add(&suppressed, minute.minute_ms, minute.suppressed);
+                }
+                Ok(counts)
+            })
+            .await;
+            match counted {
+                Ok(counts) => Some(counts),
+                Err(error) => return store_failure(session, &error),
+            }
         }
-        counts
-    });
+        None => None,
+    };
     html(
         StatusCode::OK,
         pages::overview(session, &summary, notifications.as_ref()),

@@ -178,9 +178,10 @@ pub fn overview(session: &Session, summary: &Summary, notifications: Option<&Per
         html! {
             h2 { "Events per minute, by integration (last 3 hours, UTC)" }
             (chart::stacked_bars("Events per minute by integration", &summary.per_minute))
-            h2 { "Notifications per minute: delivered and suppressed" }
+            h2 { "Notifications per minute, by integration: delivered and suppressed (last 3 hours, UTC)" }
             @match notifications {
-                Some(counts) => (chart::stacked_bars("Notifications per minute, delivered and suppressed", counts)),
+                Some(counts) if counts.total() == 0 => p.empty { "No notification was delivered or held back by flood control in the last 3 hours." },
+                Some(counts) => (chart::stacked_bars("Notifications per minute by integration, delivered and suppressed", counts)),
                 None => p.empty { "This central does not track notifications, so there is nothing to draw." },
             }
             (truncation_note(summary))
@@ -334,6 +335,11 @@ pub fn event_page(
                 _ => p.empty { "No recipients named." },
             }
             h2 { "Notifications" }
+            @if let Some(suppressed) = event.get("suppressed") {
+                p.suppressed #rate-filtered {
+                    "Suppressed by the " (field(suppressed, "rule")) " rule, so it notified nobody: " (field(suppressed, "reason"))
+                }
+            }
             (notification_table(notifications))
         }))
     }
@@ -347,7 +353,7 @@ fn notification_table(notifications: Option<&Result<Vec<NotificationView>, Strin
             Some(Ok(list)) if list.is_empty() => p.empty { "No notifications for this event." },
             Some(Ok(list)) => table.notifications {
                 thead { tr {
-                    th scope="col" { "Recipient" } th scope="col" { "Device" } th scope="col" { "Status" }
+                    th scope="col" { "Recipient" } th scope="col" { "Device (type)" } th scope="col" { "Status" }
                     th scope="col" { "Flood control rule" } th scope="col" { "When (UTC)" }
                 } }
                 tbody { @for n in list { tr {
@@ -655,6 +661,15 @@ mod tests {
         assert!(page.contains("SUPPRESSED"));
         assert!(page.contains("same host &lt;5 min&gt;"));
         assert!(page.contains("2024-05-01 13:30:06 UTC"));
+        let mut filtered = hostile_event();
+        filtered["suppressed"] =
+            json!({"rule": "Alert Rate Filter", "reason": "more than 2 <event(s)>"});
+        let page = event_page(&session(), &filtered, Some(&Ok(Vec::new()))).into_string();
+        assert!(
+            page.contains("Suppressed by the Alert Rate Filter rule, so it notified nobody: more than 2 &lt;event(s)&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("No notifications for this event."));
         let failing = Err("notifications store unavailable".to_owned());
         assert!(event_page(&session(), &hostile_event(), Some(&failing))
             .into_string()
@@ -693,6 +708,21 @@ mod tests {
             page.contains("data-live-url=\"/console/integrations/cloud-1/live?\""),
             "{page}"
         );
+    }
+
+    #[test]
+    fn the_overview_draws_notifications_per_integration_or_says_there_were_none() {
+        let summary = Summary::from_events(&[], 0);
+        let mut counts = PerMinute::ending_at(0);
+        counts.add("flood-demo delivered", 0, 4);
+        counts.add("flood-demo suppressed", 0, 2);
+        let page = overview(&session(), &summary, Some(&counts)).into_string();
+        assert!(page.contains("flood-demo suppressed"), "{page}");
+        assert!(page.contains("Notifications per minute by integration, delivered and suppressed"));
+        let none = overview(&session(), &summary, Some(&PerMinute::ending_at(0))).into_string();
+        assert!(none.contains("No notification was delivered or held back by flood control"));
+        let untracked = overview(&session(), &summary, None).into_string();
+        assert!(untracked.contains("This central does not track notifications"));
     }
 
     #[test]

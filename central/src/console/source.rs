@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub struct NotificationView {
     /// Who was notified (a user or group target name).
     pub recipient: String,
-    /// The device (e.g. `Email`, `SMS`).
+    /// The device's name and type (e.g. `Work Email (EMAIL)`).
     pub device: String,
     /// `DELIVERED`, `SUPPRESSED`, `FAILED`, ...
     pub status: String,
@@ -42,8 +42,9 @@ pub struct MinuteCount {
 
 /// What the console needs from the notifications feature.
 pub trait Notifications: Send + Sync {
-    /// The notifications of event `event_id`, newest first. An error message is shown as is,
-    /// so it must not contain a secret.
+    /// The notifications of event `event_id`, in the order they were created (an event's are
+    /// created together); empty when it has none. An error message is shown as is, so it must
+    /// not contain a secret.
     fn of_event(&self, event_id: &str) -> Result<Vec<NotificationView>, String>;
     /// Counts per minute and integration since `since_ms` (Unix milliseconds).
     fn per_minute(&self, since_ms: u64) -> Vec<MinuteCount>;

@@ -24,6 +24,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
 use super::{now_ms, Notification, NotificationStatus, Notifier};
+use crate::metrics::Metrics;
 use crate::store::StoreError;
 
 /// The longest one webhook call may take.
@@ -177,6 +178,8 @@ async fn deliver_event(
             return Ok(None);
         };
         let now = now_ms();
+        // (status entered or None for a retry, device type), counted once written.
+        let mut changes = Vec::new();
         for (position, outcome) in outcomes {
             let Some(n) = record.notifications.get_mut(position) else {
                 continue;
@@ -190,13 +193,16 @@ async fn deliver_event(
                     n.status = NotificationStatus::Delivered;
                     n.delivered = Some(server::http_util::now_rfc3339());
                     n.reason = None;
+                    changes.push((Some(n.status), n.device_type));
                 }
                 Err(reason) => {
                     tracing::warn!(event = %event_id, notification = %n.id, attempts = n.attempts,
                         %reason, "notification delivery failed");
                     if n.attempts >= policy.delivery.max_attempts {
                         n.status = NotificationStatus::Failed;
+                        changes.push((Some(n.status), n.device_type));
                     } else {
+                        changes.push((None, n.device_type));
                         let wait = policy.delivery.backoff(n.attempts);
                         n.next_attempt_ms =
                             now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(0));
@@ -206,6 +212,12 @@ async fn deliver_event(
             }
         }
         notifier.put(id, &record)?;
+        for (status, kind) in changes {
+            match status {
+                Some(status) => notifier.metrics.entered(status.as_str(), kind.as_str()),
+                None => Metrics::add(&notifier.metrics.retried, 1),
+            }
+        }
         record
             .notifications
             .iter()

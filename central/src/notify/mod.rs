@@ -19,6 +19,7 @@
 //! change events (see [`crate::store`]), or talk to devices itself (see [`deliver`]).
 
 pub mod deliver;
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 use crate::alert_rate::{AlertRateFilter, AlertRateSettings};
 use crate::directory::{self, DeviceType, Directory, Recipient, Refusal};
 use crate::flood::{FloodSettings, Window};
+use crate::metrics::NotificationMetrics;
 use crate::store::{Store, StoreError};
 use server::exit::ConfigError;
 
@@ -173,6 +175,19 @@ pub enum NotificationStatus {
     Cancelled,
 }
 
+impl NotificationStatus {
+    /// The status as the REST API spells it (`SUPPRESSED`, ...), for the console and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Delivered => "DELIVERED",
+            Self::Suppressed => "SUPPRESSED",
+            Self::Failed => "FAILED",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+}
+
 /// One notification: one device of one recipient for one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -248,6 +263,8 @@ pub struct Notifier {
     overflowed: AtomicBool,
     /// The alert rate filter's counts.
     alert_rate: AlertRateFilter,
+    /// Counters for `/metrics`: notifications by status and device type, retries, flood control.
+    pub metrics: NotificationMetrics,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -303,6 +320,7 @@ impl Notifier {
             queue,
             overflowed: AtomicBool::new(false),
             alert_rate: AlertRateFilter::default(),
+            metrics: NotificationMetrics::default(),
         });
         Ok((notifier, receiver))
     }
@@ -389,6 +407,8 @@ impl Notifier {
         }
         let mut batch = sled::Batch::default();
         let mut queued = Vec::new();
+        // (status, device type, integration) of every notification written, counted once written.
+        let mut created_counts = Vec::new();
         {
             let _writer = self.lock();
             let now = now_ms();
@@ -444,6 +464,7 @@ impl Notifier {
                             )),
                         )
                     };
+                    created_counts.push((status, kind, created.integration_id));
                     notifications.push(Notification {
                         id: format!("{}-{}", created.event_id, position + 1),
                         recipient: reach.person,
@@ -476,6 +497,12 @@ impl Notifier {
                 batch.insert(flood_key(integration_id, &person), encoded);
             }
             self.tree.apply_batch(batch)?;
+        }
+        for (status, kind, integration_id) in created_counts {
+            self.metrics.entered(status.as_str(), kind.as_str());
+            if status == NotificationStatus::Suppressed {
+                self.metrics.flood_suppressed(integration_id);
+            }
         }
         for id in queued {
             self.enqueue(id);
@@ -542,16 +569,21 @@ impl Notifier {
         let Some(mut record) = self.record(id)? else {
             return Ok(0);
         };
-        let mut cancelled = 0;
+        let mut cancelled_kinds = Vec::new();
         for notification in &mut record.notifications {
             if notification.status == NotificationStatus::Pending {
                 notification.status = NotificationStatus::Cancelled;
                 notification.reason = Some("the event was terminated or suspended".into());
-                cancelled += 1;
+                cancelled_kinds.push(notification.device_type);
             }
         }
+        let cancelled = cancelled_kinds.len();
         if cancelled > 0 {
             self.put(id, &record)?;
+            for kind in cancelled_kinds {
+                self.metrics
+                    .entered(NotificationStatus::Cancelled.as_str(), kind.as_str());
+            }
         }
         Ok(cancelled)
     }

@@ -44,6 +44,14 @@ fn open(dir: &std::path::Path, policy: Policy) -> (Arc<Notifier>, mpsc::Receiver
     Notifier::open(store, policy).expect("open notifier")
 }
 
+/// Insist that the central's `/metrics` text, with `notifier`'s counters, has each of `lines`.
+fn assert_metrics(notifier: &Notifier, lines: &[&str]) {
+    let metrics = crate::metrics::Metrics::default().render(&notifier.metrics);
+    for line in lines {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
+
 /// A new, unsuppressed event of `flood-demo`.
 fn created<'a>(
     event_id: &'a str,
@@ -298,8 +306,75 @@ async fn the_log_deliverer_delivers_and_an_unreachable_webhook_fails_after_its_a
         "{listed:?}"
     );
     assert!(notifier.pending_events().expect("pending").is_empty());
+    assert_metrics(
+        &notifier,
+        &[
+            "xmcentral_notifications_total{status=\"DELIVERED\",device_type=\"EMAIL\"} 1\n",
+            "xmcentral_notifications_total{status=\"FAILED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"PENDING\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notification_retries_total 1\n",
+        ],
+    );
     stop.send(true).expect("stop");
     task.await.expect("delivery task ends");
+}
+
+#[test]
+fn the_console_sees_each_notification_its_rule_and_the_counts_per_minute() {
+    use crate::console::source::Notifications as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (notifier, _queue) = open(dir.path(), policy(""));
+    let started = now_ms();
+    let first = notify(&notifier, r#"["oncall"]"#, true);
+    let second = notify(&notifier, r#"["oncall"]"#, true);
+    assert_eq!(notifier.cancel(&first).expect("cancel"), 2);
+
+    let shown = notifier.of_event(&second).expect("readable");
+    let devices: Vec<_> = shown
+        .iter()
+        .map(|n| (n.device.as_str(), n.status.as_str()))
+        .collect();
+    assert_eq!(
+        devices,
+        [
+            ("Work Email (EMAIL)", "PENDING"),
+            ("Mobile (TEXT_PHONE)", "SUPPRESSED")
+        ]
+    );
+    assert_eq!(shown[0].rule, None);
+    let rule = shown[1].rule.as_deref().unwrap_or("");
+    assert!(
+        rule.contains(
+            "more than 1 notification(s) to MOBILE_APP/TEXT_PHONE/VOICE devices within 300 s"
+        ),
+        "max, device types and period: {rule}"
+    );
+    assert!(shown
+        .iter()
+        .all(|n| n.recipient == "oncall" && n.at.is_some()));
+    assert!(notifier.of_event("not-an-id").expect("no error").is_empty());
+    let unknown = uuid::Uuid::now_v7().to_string();
+    assert!(notifier.of_event(&unknown).expect("no error").is_empty());
+
+    let minutes = notifier.per_minute(started - started % 60_000);
+    let suppressed: u64 = minutes.iter().map(|m| m.suppressed).sum();
+    let delivered: u64 = minutes.iter().map(|m| m.delivered).sum();
+    assert_eq!((delivered, suppressed), (0, 1), "{minutes:?}");
+    assert!(minutes.iter().all(|m| m.integration == "flood-demo"));
+    assert!(
+        notifier.per_minute(now_ms() + 120_000).is_empty(),
+        "nothing after its start is counted"
+    );
+
+    assert_metrics(
+        &notifier,
+        &[
+            "xmcentral_notifications_total{status=\"CANCELLED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"SUPPRESSED\",device_type=\"TEXT_PHONE\"} 1\n",
+            "xmcentral_notifications_total{status=\"PENDING\",device_type=\"EMAIL\"} 2\n",
+            "xmcentral_notifications_flood_suppressed_total{integration=\"flood-demo\"} 1\n",
+        ],
+    );
 }
 
 /// What creating notifications adds per event on the ack path (a measurement, not a check):
