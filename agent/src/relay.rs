@@ -222,6 +222,7 @@ impl RelayConfig {
             welcome_timeout: WELCOME_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
             ack_latency: None,
+            integrations: None,
             heartbeat: Arc::default(),
         })
     }
@@ -312,7 +313,12 @@ pub struct RelaySettings {
     /// Where the time from sending an entry to its ack is recorded (`/metrics`), if anywhere.
     ack_latency: Option<Arc<crate::metrics::Histogram>>,
     heartbeat: Arc<Heartbeat>,
+    /// Where the integrations the central sends go (the daemon applies the latest), if anywhere.
+    integrations: Option<Arc<IntegrationsSink>>,
 }
+
+/// Hands the central's `integrations` frames to the daemon; only the latest one matters.
+pub type IntegrationsSink = watch::Sender<Option<Arc<protocol::ManagedIntegrations>>>;
 
 /// When the relay promises to be heard from next: before each wait it sets a deadline (the
 /// connect timeout, the back-off delay, the ping interval) and the watchdog checks that the
@@ -358,6 +364,12 @@ impl RelaySettings {
     /// Beat `heartbeat` at every wait (see [`Heartbeat`]).
     pub fn with_heartbeat(mut self, heartbeat: Arc<Heartbeat>) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Pass the integrations the central sends to `sink` (without one they are ignored).
+    pub fn with_integrations_sink(mut self, sink: Arc<IntegrationsSink>) -> Self {
+        self.integrations = Some(sink);
         self
     }
 
@@ -636,6 +648,7 @@ fn frame_name(frame: &CentralFrame) -> &'static str {
         CentralFrame::Welcome { .. } => "welcome",
         CentralFrame::Ack { .. } => "ack",
         CentralFrame::Reject { .. } => "reject",
+        CentralFrame::Integrations(_) => "integrations",
     }
 }
 
@@ -1014,6 +1027,13 @@ impl<'a> Session<'a> {
             }
             CentralFrame::Welcome { .. } => {
                 tracing::warn!("ignoring a second welcome from the central");
+                Ok(false)
+            }
+            CentralFrame::Integrations(integrations) => {
+                tracing::debug!(version = %integrations.version, "the central sent integrations");
+                if let Some(sink) = &self.settings.integrations {
+                    sink.send_replace(Some(Arc::new(integrations)));
+                }
                 Ok(false)
             }
         }

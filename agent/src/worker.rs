@@ -120,7 +120,6 @@ async fn process(worker: &Worker, job: Job, mut stop: watch::Receiver<bool>) {
         let integration = worker
             .live
             .get()
-            .config
             .integrations
             .get(&request.integration_id)
             .cloned();
