@@ -73,6 +73,8 @@ pub struct Shared {
     managed: Mutex<ManagedSet>,
     /// Where the relay hands over the integrations the central sends.
     managed_sink: Arc<relay::IntegrationsSink>,
+    /// The activity of the central's integrations, on its way to the central.
+    uplink: Arc<managed::ActivityUplink>,
 }
 
 /// The central's set in force: as sent, and resolved against the running configuration.
@@ -547,7 +549,8 @@ impl RelayTask {
             settings
                 .with_ack_latency(shared.metrics.ack_latency.clone())
                 .with_heartbeat(heartbeat.clone())
-                .with_integrations_sink(shared.managed_sink.clone()),
+                .with_integrations_sink(shared.managed_sink.clone())
+                .with_activity_uplink(shared.uplink.clone()),
             agent_id,
             Arc::new(shared.store.clone()),
             shared.relay_status_tx.clone(),
@@ -714,6 +717,7 @@ pub async fn start(
         live: live.clone(),
         managed: Mutex::new(ManagedSet::default()),
         managed_sink: Arc::new(watch::Sender::new(None)),
+        uplink: Arc::default(),
     });
     if let Some(kept) = kept {
         let shared = shared.clone();
@@ -746,6 +750,7 @@ pub async fn start(
         scripts: shared.scripts.clone(),
         metrics: metrics.clone(),
         concurrency: script_threads * 4,
+        uplink: shared.uplink.clone(),
     };
     let worker_task = tokio::spawn(crate::worker::run(worker, work_rx, worker_stop_rx));
     let ingress = Arc::new(Ingress {

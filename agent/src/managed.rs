@@ -4,13 +4,21 @@
 //! relay connects; and they are merged with the `agent.toml` integrations, a local one with the
 //! same id winning.
 //!
+//! The activity entries of these integrations wait in an [`ActivityUplink`] for the relay to
+//! report them to the central: bounded, best effort, dropped when full, so ingress and the worker
+//! never wait for the central.
+//!
 //! What it does not do: validate a definition (`integration::definition::managed` does, with the
 //! code that checks `agent.toml`) or decide when to apply a set (`daemon`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tokio::sync::Notify;
 
 use integration::definition::Integration;
 use protocol::ManagedIntegrations;
@@ -95,9 +103,66 @@ pub fn merge(
     all
 }
 
+/// Activity entries waiting to be reported to the central, oldest first, at most
+/// [`ActivityUplink::CAPACITY`]: beyond that new entries are dropped (and counted), because the
+/// agent's own activity stream keeps them anyway and the worker must never wait for the central.
+#[derive(Debug, Default)]
+pub struct ActivityUplink {
+    entries: Mutex<VecDeque<Value>>,
+    ready: Notify,
+    dropped: AtomicU64,
+}
+
+impl ActivityUplink {
+    /// Most entries waiting at once.
+    pub const CAPACITY: usize = 1000;
+
+    /// Queue `entry` for the central, or drop it when the queue is full.
+    pub fn offer(&self, entry: Value) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        entries.push_back(entry);
+        self.ready.notify_one();
+    }
+
+    /// Take up to `max` entries, oldest first.
+    pub fn take(&self, max: usize) -> Vec<Value> {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let n = max.min(entries.len());
+        entries.drain(..n).collect()
+    }
+
+    /// Resolves when an entry was offered since the last call.
+    pub async fn ready(&self) {
+        self.ready.notified().await;
+    }
+
+    /// Entries dropped because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_uplink_is_bounded_and_keeps_order() {
+        let uplink = ActivityUplink::default();
+        for i in 0..ActivityUplink::CAPACITY + 5 {
+            uplink.offer(Value::from(i));
+        }
+        assert_eq!(uplink.dropped(), 5);
+        uplink.ready().await; // a permit was stored by the offers
+        let first = uplink.take(2);
+        assert_eq!(first, [Value::from(0), Value::from(1)]);
+        assert_eq!(uplink.take(usize::MAX).len(), ActivityUplink::CAPACITY - 2);
+        assert!(uplink.take(1).is_empty());
+    }
 
     fn set(version: &str) -> ManagedIntegrations {
         ManagedIntegrations {

@@ -319,6 +319,11 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
                             message,
                         });
                     }
+                    Inbound::Activity(entries) => {
+                        if let Some(hosted) = &state.hosted {
+                            hosted.keep_agent_activity(&agent_id, entries);
+                        }
+                    }
                     Inbound::Ignore => {}
                     Inbound::Closed => {
                         stop = Some(None);
@@ -395,7 +400,12 @@ async fn first_frame(socket: &mut Socket) -> Option<Result<u32, String>> {
 /// A frame after `hello`, sorted by what the reader must do with it.
 enum Inbound {
     Create(Create),
-    Malformed { seq: u64, message: String },
+    /// Activity entries of the integrations this agent runs for the central.
+    Activity(Vec<serde_json::Value>),
+    Malformed {
+        seq: u64,
+        message: String,
+    },
     Ignore,
     Closed,
     Fatal(CloseCode, String),
@@ -431,6 +441,7 @@ fn classify_text(text: &str) -> Inbound {
         Ok(AgentFrame::Hello { .. }) => {
             Inbound::Fatal(CloseCode::Protocol, "hello was already received".to_owned())
         }
+        Ok(AgentFrame::Activity { entries }) => Inbound::Activity(entries),
         Err(error) => {
             // If the frame names its seq, answer it so the agent can dead-letter the entry
             // instead of resending it forever; otherwise the stream is unreadable.

@@ -77,6 +77,14 @@ pub enum AgentFrame {
     /// Create one event.
     #[serde(rename = "event.create")]
     EventCreate(EventCreate),
+    /// Activity-stream entries of integrations the central manages, so its stream shows the
+    /// requests agents ran; best effort and never answered. Sent only on a connection where the
+    /// central sent `integrations` (an older central closes on a frame type it does not know).
+    #[serde(rename = "activity")]
+    Activity {
+        /// The entries, oldest first.
+        entries: Vec<Value>,
+    },
 }
 
 /// Frames the central sends.

@@ -153,6 +153,29 @@ async fn a_managed_integration_is_served_and_kept_without_the_central() {
             .contains("serving the integrations the central sent"),
         "the agent logs the version it runs"
     );
+    // The agent reports the request's activity upstream: the central's stream shows it.
+    let entry = eventually(
+        PATIENCE,
+        "the central's activity stream shows the request",
+        || {
+            let first = first.clone();
+            let central = central.addr;
+            async move {
+                let auth = basic(CENTRAL_USER.0, CENTRAL_USER.1);
+                let path = "/api/xm/1/integrations/dc/logs";
+                let answer = http(central, "GET", path, &[("authorization", &auth)], "")
+                    .await
+                    .expect("central reachable");
+                assert_eq!(answer.status, 200);
+                answer.json()["data"]
+                    .as_array()
+                    .and_then(|entries| entries.iter().find(|e| e["requestId"] == first.as_str()))
+                    .cloned()
+            }
+        },
+    )
+    .await;
+    assert_eq!(entry["agentId"], "agent-test", "{entry}");
     // The wrong URL key is refused as for an agent.toml integration.
     let refused = trigger(agent.addr, "dc", "?apiKey=wrong", &[], "{}").await;
     assert_eq!(refused.status, 401);

@@ -148,6 +148,7 @@ fn test_settings(url: &str) -> RelaySettings {
         ack_latency: None,
         heartbeat: Default::default(),
         integrations: None,
+        activity: None,
     }
 }
 
