@@ -505,9 +505,13 @@ fn resolve(
                     "an integration with a URL key needs an authenticating user".into(),
                 )
             })?;
-            authenticator
-                .check_authenticating_user(user)
-                .map_err(|reason| err(&key("authenticating_user"), reason))?;
+            // An integration agents run acts as a user of those agents: they check it when it
+            // arrives (the central need not know the agents' users).
+            if run_on.is_empty() {
+                authenticator
+                    .check_authenticating_user(user)
+                    .map_err(|reason| err(&key("authenticating_user"), reason))?;
+            }
         }
         let program = match (integration.action, &integration.script) {
             (Action::CreateEvent, Some(_)) => {
