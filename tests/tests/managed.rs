@@ -80,8 +80,9 @@ roles = ["REST Web Service User"]
 password = "svc-password"
 "#;
 
-/// `agent.toml` in `dir`; `second` makes it `agent-two` with its own token.
+/// `agent.toml` in `dir` (created); `second` makes it `agent-two` with its own token.
 fn write_agent(dir: &Path, central_port: u16, second: bool, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
     let path = agent_config(dir, central_port, &format!("{AGENT_USERS}{extra}"));
     if second {
         let text = std::fs::read_to_string(&path)
@@ -133,14 +134,18 @@ async fn wait_for_log(node: &Node, line: &str) {
     .await
 }
 
+/// A central running version `v1` of `dc` in `dir`, and the config of an agent in `dir/agent`.
+fn central_and_agent_config(dir: &Path) -> (Node, PathBuf) {
+    let central = start_central_with(&write_central(dir, 0, "v1", "svc"));
+    let agent_config = write_agent(&dir.join("agent"), central.addr.port(), false, "");
+    (central, agent_config)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_managed_integration_is_served_and_kept_without_the_central() {
     let dir = tempfile::tempdir().unwrap();
-    let central_config = write_central(dir.path(), 0, "v1", "svc");
-    let central = start_central_with(&central_config);
+    let (central, agent_config) = central_and_agent_config(dir.path());
     let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let agent_config = write_agent(&agent_dir, central.addr.port(), false, "");
     let agent = start_agent(&agent_config);
 
     let first = served(agent.addr, "first").await;
@@ -229,11 +234,8 @@ async fn a_local_integration_with_the_same_id_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_the_agent_cannot_validate_is_refused_while_the_old_one_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let central_config = write_central(dir.path(), 0, "v1", "svc");
-    let central = start_central_with(&central_config);
-    let agent_dir = dir.path().join("agent");
-    std::fs::create_dir_all(&agent_dir).unwrap();
-    let agent = start_agent(&write_agent(&agent_dir, central.addr.port(), false, ""));
+    let (central, agent_config) = central_and_agent_config(dir.path());
+    let agent = start_agent(&agent_config);
     served(agent.addr, "v1").await;
 
     // Version 2 acts as a user this agent does not know: the central accepts it, the agent not.
@@ -271,8 +273,6 @@ async fn two_agents_run_one_integration_and_a_killed_one_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let central = start_central_with(&write_central(dir.path(), 0, "v1", "svc"));
     let (one_dir, two_dir) = (dir.path().join("one"), dir.path().join("two"));
-    std::fs::create_dir_all(&one_dir).unwrap();
-    std::fs::create_dir_all(&two_dir).unwrap();
     let one_config = write_agent(&one_dir, central.addr.port(), false, "");
     let one = start_agent(&one_config);
     let two = start_agent(&write_agent(&two_dir, central.addr.port(), true, ""));
