@@ -139,6 +139,7 @@ pub async fn start(
         None => None,
     };
     let state = Arc::new(State {
+        agent_integrations: Arc::clone(&agent_integrations),
         config,
         hosted,
         store,
@@ -148,7 +149,6 @@ pub async fn start(
         ws_tracker: Arc::default(),
         access: access::Access::default(),
         console: console::Console::default(),
-        agent_integrations: Arc::clone(&agent_integrations),
     });
     let handler = {
         let state = Arc::clone(&state);
