@@ -8,14 +8,20 @@
 //! changed). Keys that only a restart can change ([`RESTART_ONLY`]) keep their running value;
 //! reload logs them and `xmagent status` says "restart needed".
 //!
+//! Integrations the central sends ([`crate::managed`]) are validated off the runtime, kept in
+//! the data directory and served next to the `agent.toml` ones; a set that does not validate is
+//! refused with a logged reason and the previous one keeps serving. The kept set is served at
+//! start, before the relay connects.
+//!
 //! Shutdown order matters for invariant 1 and 2: stop accepting (in-flight requests still get
 //! their flush and their 202), stop the worker (running scripts finish; unstarted requests stay in
 //! the inbox), stop the relay (it waits briefly for outstanding acks), flush the store.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -27,11 +33,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use integration::auth::SecretDigest;
+use integration::definition::{self, Integration};
 use integration::endpoints::{BuiltinXmatters, Endpoints};
+use protocol::ManagedIntegrations;
 
 use crate::config::{self, Loaded};
 use crate::ingress::{AgentState, Ingress};
 use crate::live::{Live, LiveConfig, ScriptRunner};
+use crate::managed;
 use crate::metrics::{Gauge, Metrics};
 use crate::relay::{self, RelayStatus};
 use crate::store::{Recovery, Store};
@@ -60,6 +69,19 @@ pub struct Shared {
     started: Instant,
     /// Script runs finished at the last sign of progress, and when that was (watchdog).
     script_progress: Mutex<(u64, Instant)>,
+    /// The integrations the central sent that this agent serves.
+    managed: Mutex<ManagedSet>,
+    /// Where the relay hands over the integrations the central sends.
+    managed_sink: Arc<relay::IntegrationsSink>,
+    /// The activity of the central's integrations, on its way to the central.
+    uplink: Arc<managed::ActivityUplink>,
+}
+
+/// The central's set in force: as sent, and resolved against the running configuration.
+#[derive(Default)]
+struct ManagedSet {
+    sent: Option<Arc<ManagedIntegrations>>,
+    resolved: HashMap<String, Arc<Integration>>,
 }
 
 impl Shared {
@@ -67,6 +89,81 @@ impl Shared {
     pub fn live(&self) -> Arc<Live> {
         self.live.get()
     }
+
+    /// Serve `config` with the central's integrations of `managed` next to its own.
+    fn serve(&self, config: Arc<Loaded>, endpoints: Arc<Endpoints>, managed: &ManagedSet) {
+        let integrations = managed::merge(&config.integrations, &managed.resolved);
+        self.live.replace(Live {
+            config,
+            endpoints,
+            integrations,
+        });
+    }
+
+    /// Validate the central's `set` (scripts compiled) and serve it instead of the previous one,
+    /// keeping it in the data directory first when `keep`. A set that does not validate is
+    /// refused with the reason logged, and the previous one keeps serving. Blocking (it
+    /// compiles scripts): call it off the async runtime.
+    fn apply_managed(&self, set: Arc<ManagedIntegrations>, keep: bool) {
+        let mut managed = self.managed.lock().unwrap_or_else(|p| p.into_inner());
+        if managed
+            .sent
+            .as_ref()
+            .is_some_and(|running| running.version == set.version)
+        {
+            tracing::debug!(version = %set.version, "the central's integrations are unchanged");
+            return;
+        }
+        let running = managed
+            .sent
+            .as_ref()
+            .map_or("none", |sent| sent.version.as_str());
+        let live = self.live();
+        let resolved = match definition::managed(&set, &live.config.authenticator) {
+            Ok(resolved) => resolved,
+            Err(error) => {
+                tracing::error!(version = %set.version, running, %error, "refused the integrations the central sent; the running version keeps serving");
+                return;
+            }
+        };
+        if keep {
+            if let Err(error) = managed::save(&live.config.data_dir, &set) {
+                tracing::error!(version = %set.version, %error, "cannot keep the central's integrations on disk; serving them until the next restart");
+            }
+        }
+        let ids: Vec<&str> = set.integrations.iter().map(|i| i.id.as_str()).collect();
+        tracing::info!(version = %set.version, previous = running, integrations = ?ids, "serving the integrations the central sent");
+        let resolved_set = ManagedSet {
+            sent: Some(set.clone()),
+            resolved,
+        };
+        self.serve(live.config.clone(), live.endpoints.clone(), &resolved_set);
+        *managed = resolved_set;
+    }
+}
+
+/// Apply every set of integrations the relay hands over, until the agent is gone.
+fn apply_sent_integrations(shared: Weak<Shared>) {
+    let Some(mut sent) = shared
+        .upgrade()
+        .map(|shared| shared.managed_sink.subscribe())
+    else {
+        return;
+    };
+    tokio::spawn(async move {
+        while sent.changed().await.is_ok() {
+            let Some(set) = sent.borrow_and_update().clone() else {
+                continue;
+            };
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let applied = tokio::task::spawn_blocking(move || shared.apply_managed(set, true));
+            if let Err(error) = applied.await {
+                tracing::error!(%error, "applying the central's integrations failed");
+            }
+        }
+    });
 }
 
 impl AgentState for Shared {
@@ -347,10 +444,19 @@ impl AgentHandle {
         };
         let relay = loaded.relay.clone();
         let integrations = loaded.integrations.len();
-        shared.live.replace(Live {
-            config: loaded,
-            endpoints,
-        });
+        {
+            let mut managed = shared.managed.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(sent) = managed.sent.clone() {
+                // The users changed perhaps: check the central's integrations against them again.
+                match definition::managed(&sent, &loaded.authenticator) {
+                    Ok(resolved) => managed.resolved = resolved,
+                    Err(error) => {
+                        tracing::error!(version = %sent.version, %error, "the central's integrations do not validate against the reloaded users; serving them as resolved before")
+                    }
+                }
+            }
+            shared.serve(Arc::new(loaded), endpoints, &managed);
+        }
         if central_changed {
             tracing::info!("[central] changed: reconnecting to the central");
             let mut running = shared.relay.lock().await;
@@ -442,7 +548,9 @@ impl RelayTask {
         let relay = relay::run(
             settings
                 .with_ack_latency(shared.metrics.ack_latency.clone())
-                .with_heartbeat(heartbeat.clone()),
+                .with_heartbeat(heartbeat.clone())
+                .with_integrations_sink(shared.managed_sink.clone())
+                .with_activity_uplink(shared.uplink.clone()),
             agent_id,
             Arc::new(shared.store.clone()),
             shared.relay_status_tx.clone(),
@@ -581,7 +689,18 @@ pub async fn start(
     let script_threads = config.script_threads;
     let central = central_section(&config.file);
     let pool = scripts::ScriptPool::new(script_threads, config.script_share, config.limits.clone());
-    let live = LiveConfig::new(Live { config, endpoints });
+    let kept = match managed::load(&config.data_dir) {
+        Ok(kept) => kept,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the integrations the central sent before; serving without them until it sends them again");
+            None
+        }
+    };
+    let live = LiveConfig::new(Live {
+        integrations: config.integrations.clone(),
+        config: Arc::new(config),
+        endpoints,
+    });
     let metrics = Arc::new(Metrics::default());
     let shared = Arc::new(Shared {
         scripts: ScriptRunner::new(pool, live.clone(), metrics.clone()),
@@ -596,7 +715,17 @@ pub async fn start(
         started: Instant::now(),
         script_progress: Mutex::new((0, Instant::now())),
         live: live.clone(),
+        managed: Mutex::new(ManagedSet::default()),
+        managed_sink: Arc::new(watch::Sender::new(None)),
+        uplink: Arc::default(),
     });
+    if let Some(kept) = kept {
+        let shared = shared.clone();
+        tokio::task::spawn_blocking(move || shared.apply_managed(Arc::new(kept), false))
+            .await
+            .context("applying the kept integrations failed")?;
+    }
+    apply_sent_integrations(Arc::downgrade(&shared));
     // Requests a previous process accepted but did not finish.
     let leftovers = store.inbox()?;
     if !leftovers.is_empty() {
@@ -621,6 +750,7 @@ pub async fn start(
         scripts: shared.scripts.clone(),
         metrics: metrics.clone(),
         concurrency: script_threads * 4,
+        uplink: shared.uplink.clone(),
     };
     let worker_task = tokio::spawn(crate::worker::run(worker, work_rx, worker_stop_rx));
     let ingress = Arc::new(Ingress {

@@ -86,7 +86,7 @@ pub async fn handle(
     let integration = path
         .strip_prefix(TRIGGER_PREFIX)
         .and_then(|rest| rest.strip_suffix("/triggers"));
-    let known = integration.map(|id| (id, ingress.live.get().config.integrations.contains_key(id)));
+    let known = integration.map(|id| (id, ingress.live.get().integrations.contains_key(id)));
     ingress
         .metrics
         .count_response(known, response.status(), started.elapsed());
@@ -260,7 +260,6 @@ pub async fn authorize_admin(
 pub(crate) fn may_see(caller: &AdminCaller, live: &Live, integration_id: &str) -> bool {
     let unlisted = IntegrationAuth::default();
     let policy = live
-        .config
         .integrations
         .get(integration_id)
         .map_or(&unlisted, |i| &i.auth);
@@ -275,7 +274,7 @@ async fn trigger(
 ) -> Response<Body> {
     let live = ingress.live.get();
     let admitted = admit(
-        &live.config.integrations,
+        &live.integrations,
         &live.config.authenticator,
         live.config.max_body_bytes,
         &id,

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod http_client;
 pub mod ingress;
 pub mod live;
+pub mod managed;
 pub mod metrics;
 pub mod notify;
 pub mod relay;

@@ -6,6 +6,7 @@
 //! What it does not do: load or validate the configuration (`config`) or decide when to reload
 //! (`daemon`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -19,9 +20,12 @@ use crate::metrics::Metrics;
 /// The configuration currently served, with what was built from it. Replaced whole on reload.
 pub struct Live {
     /// The resolved configuration.
-    pub config: Loaded,
+    pub config: Arc<Loaded>,
     /// The HTTP client scripts use, built from `config.endpoints`.
     pub endpoints: Arc<Endpoints>,
+    /// Every integration served: those of `config` and those the central sent (see
+    /// `crate::managed::merge`).
+    pub integrations: HashMap<String, Arc<Integration>>,
 }
 
 /// The snapshot in force. Cheap to clone; every clone sees a reload.

@@ -222,6 +222,8 @@ impl RelayConfig {
             welcome_timeout: WELCOME_TIMEOUT,
             shutdown_grace: SHUTDOWN_GRACE,
             ack_latency: None,
+            integrations: None,
+            activity: None,
             heartbeat: Arc::default(),
         })
     }
@@ -312,7 +314,14 @@ pub struct RelaySettings {
     /// Where the time from sending an entry to its ack is recorded (`/metrics`), if anywhere.
     ack_latency: Option<Arc<crate::metrics::Histogram>>,
     heartbeat: Arc<Heartbeat>,
+    /// Where the integrations the central sends go (the daemon applies the latest), if anywhere.
+    integrations: Option<Arc<IntegrationsSink>>,
+    /// The activity of the central's integrations, reported to a central that sends integrations.
+    activity: Option<Arc<crate::managed::ActivityUplink>>,
 }
+
+/// Hands the central's `integrations` frames to the daemon; only the latest one matters.
+pub type IntegrationsSink = watch::Sender<Option<Arc<protocol::ManagedIntegrations>>>;
 
 /// When the relay promises to be heard from next: before each wait it sets a deadline (the
 /// connect timeout, the back-off delay, the ping interval) and the watchdog checks that the
@@ -358,6 +367,18 @@ impl RelaySettings {
     /// Beat `heartbeat` at every wait (see [`Heartbeat`]).
     pub fn with_heartbeat(mut self, heartbeat: Arc<Heartbeat>) -> Self {
         self.heartbeat = heartbeat;
+        self
+    }
+
+    /// Pass the integrations the central sends to `sink` (without one they are ignored).
+    pub fn with_integrations_sink(mut self, sink: Arc<IntegrationsSink>) -> Self {
+        self.integrations = Some(sink);
+        self
+    }
+
+    /// Report the entries of `uplink` to a central that manages integrations.
+    pub fn with_activity_uplink(mut self, uplink: Arc<crate::managed::ActivityUplink>) -> Self {
+        self.activity = Some(uplink);
         self
     }
 
@@ -636,6 +657,7 @@ fn frame_name(frame: &CentralFrame) -> &'static str {
         CentralFrame::Welcome { .. } => "welcome",
         CentralFrame::Ack { .. } => "ack",
         CentralFrame::Reject { .. } => "reject",
+        CentralFrame::Integrations(_) => "integrations",
     }
 }
 
@@ -687,6 +709,18 @@ enum SessionEnd {
     },
 }
 
+/// Activity entries per `activity` frame: each is at most a few tens of KiB, so a frame stays
+/// far below the shared frame limit.
+const ACTIVITY_BATCH: usize = 64;
+
+/// Resolves when `uplink` has entries (never without one).
+async fn activity_ready(uplink: Option<&crate::managed::ActivityUplink>) {
+    match uplink {
+        Some(uplink) => uplink.ready().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An entry sent on this connection, awaiting its answer.
 struct InFlight {
     /// The frame as sent (cheap to clone), kept for a resend after a retryable refusal.
@@ -713,6 +747,8 @@ struct Session<'a> {
     acked_any: bool,
     /// Acks read but not yet recorded in the outbox (see [`Session::record_acks`]).
     acks: Vec<(u64, String)>,
+    /// The central sent `integrations` on this connection, so it reads `activity` frames.
+    central_manages: bool,
 }
 
 impl<'a> Session<'a> {
@@ -736,6 +772,7 @@ impl<'a> Session<'a> {
             last_rx: now,
             acked_any: false,
             acks: Vec::new(),
+            central_manages: false,
         }
     }
 
@@ -808,6 +845,11 @@ impl<'a> Session<'a> {
                 .map(|(seq, f)| (*seq, f.sent_at));
             let ack_deadline = oldest.map(|(_, at)| at + self.settings.ack_timeout);
             let retry_at = self.waiting.values().map(|(_, due)| *due).min();
+            let uplink = self
+                .settings
+                .activity
+                .clone()
+                .filter(|_| self.central_manages);
 
             tokio::select! {
                 biased;
@@ -848,7 +890,36 @@ impl<'a> Session<'a> {
                     return self.lost(RelayError::AckTimeout { seq, timeout: self.settings.ack_timeout });
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {}
+                _ = activity_ready(uplink.as_deref()), if uplink.is_some() => {
+                    if let Err(e) = self.send_activity(uplink.as_deref()).await {
+                        return self.lost(e);
+                    }
+                }
             }
+        }
+    }
+
+    /// Send the waiting activity entries, a batch per frame (best effort: entries taken are not
+    /// put back if the connection fails).
+    async fn send_activity(
+        &mut self,
+        uplink: Option<&crate::managed::ActivityUplink>,
+    ) -> Result<(), RelayError> {
+        let Some(uplink) = uplink else {
+            return Ok(());
+        };
+        loop {
+            let entries = uplink.take(ACTIVITY_BATCH);
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let frame = AgentFrame::Activity { entries };
+            send_timed(
+                &mut self.ws,
+                Message::text(frame.to_text()),
+                self.settings.dead_after,
+            )
+            .await?;
         }
     }
 
@@ -1014,6 +1085,14 @@ impl<'a> Session<'a> {
             }
             CentralFrame::Welcome { .. } => {
                 tracing::warn!("ignoring a second welcome from the central");
+                Ok(false)
+            }
+            CentralFrame::Integrations(integrations) => {
+                tracing::debug!(version = %integrations.version, "the central sent integrations");
+                if let Some(sink) = &self.settings.integrations {
+                    sink.send_replace(Some(Arc::new(integrations)));
+                }
+                self.central_manages = true;
                 Ok(false)
             }
         }

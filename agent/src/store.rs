@@ -1680,6 +1680,9 @@ impl Outbox for Store {
         let entry = match parsed.map_err(|e| e.to_string())? {
             protocol::AgentFrame::EventCreate(entry) => entry,
             protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
+            protocol::AgentFrame::Activity { .. } => {
+                return Err("an activity frame in the outbox".into())
+            }
         };
         let letter = DeadLetter {
             entry,

@@ -78,6 +78,8 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// How many requests are processed at once.
     pub concurrency: usize,
+    /// Where the activity of the central's integrations goes upstream.
+    pub uplink: Arc<crate::managed::ActivityUplink>,
 }
 
 /// Process jobs until shutdown, then let in-flight runs finish. Requests not started by then stay
@@ -117,13 +119,15 @@ async fn process(worker: &Worker, job: Job, mut stop: watch::Receiver<bool>) {
     let span = tracing::info_span!("process", request_id = %request.request_id, integration = %request.integration_id);
     async {
         let started = std::time::Instant::now();
-        let integration = worker
-            .live
-            .get()
-            .config
-            .integrations
-            .get(&request.integration_id)
-            .cloned();
+        let live = worker.live.get();
+        let integration = live.integrations.get(&request.integration_id).cloned();
+        // Served but not from agent.toml: the central manages it and wants its activity.
+        let managed = integration.is_some()
+            && !live
+                .config
+                .integrations
+                .contains_key(&request.integration_id);
+        drop(live);
         let processed = match integration {
             None => failed(request, "the integration is no longer configured".into()),
             Some(integration) => run_action(&worker.scripts, &integration, request).await,
@@ -149,11 +153,17 @@ async fn process(worker: &Worker, job: Job, mut stop: watch::Receiver<bool>) {
                 _ = stop.wait_for(|stop| *stop) => return,
             }
         }
+        let upstream = managed.then(|| processed.activity.clone());
         match worker.store.complete(&job.accepted, processed) {
-            Ok(_) => match failure {
-                Some(reason) => tracing::warn!(%reason, "request failed"),
-                None => tracing::debug!(events, "processed"),
-            },
+            Ok(_) => {
+                if let Some(entry) = upstream {
+                    worker.uplink.offer(entry);
+                }
+                match failure {
+                    Some(reason) => tracing::warn!(%reason, "request failed"),
+                    None => tracing::debug!(events, "processed"),
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, "cannot record the outcome; it will be retried at restart")
             }

@@ -245,6 +245,31 @@ impl Hosted {
         flushed
     }
 
+    /// Keep the activity `entries` an agent reported for the integrations it runs for the
+    /// central (best effort: an entry for an integration whose `run_on` does not name the agent
+    /// is dropped, so an agent cannot write into another integration's stream).
+    pub fn keep_agent_activity(&self, agent_id: &str, entries: Vec<Value>) {
+        for mut entry in entries {
+            let id = entry["integrationId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let runs_it = self
+                .config
+                .integrations
+                .get(&id)
+                .is_some_and(|integration| integration.run_on().iter().any(|a| a == agent_id));
+            if !runs_it {
+                tracing::debug!(agent = %agent_id, integration = %id, "dropped an activity entry of an integration the agent does not run");
+                continue;
+            }
+            entry["agentId"] = json!(agent_id);
+            if let Err(error) = self.keep_activity(&id, &entry) {
+                tracing::warn!(%error, "cannot keep an agent's activity entry");
+            }
+        }
+    }
+
     /// Store one activity entry under `id\0<order>` and drop the oldest beyond
     /// [`ACTIVITY_KEEP`] now and then.
     fn keep_activity(&self, id: &str, entry: &Value) -> Result<(), StoreError> {

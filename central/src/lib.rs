@@ -60,6 +60,8 @@ pub struct State {
     pub console: console::Console,
     /// Cloud-hosted integrations, when the configuration has any.
     pub hosted: Option<hosted::Hosted>,
+    /// The integrations each agent runs for the central (`run_on`), sent over its websocket.
+    pub agent_integrations: Arc<ws::AgentIntegrations>,
 }
 
 /// A central that is listening. Returned by [`start`] so embedders learn the bound port (when
@@ -72,6 +74,8 @@ pub struct RunningCentral {
     pub task: JoinHandle<()>,
     /// Takes a reloaded configuration's directory, flood control and delivery settings.
     pub notifier: Arc<notify::Notifier>,
+    /// Takes a reloaded configuration's `run_on` integrations and sends connected agents theirs.
+    pub agent_integrations: Arc<ws::AgentIntegrations>,
 }
 
 /// Open the store under `config.data_dir`, bind `config.listen` and serve until `shutdown`
@@ -118,6 +122,7 @@ pub async fn start(
         queue,
         shutdown.clone(),
     ));
+    let agent_integrations = Arc::new(ws::AgentIntegrations::new(config.hosted.as_ref()));
     let hosted = match config.hosted.clone() {
         Some(hosting) => {
             // Hosted scripts reach the central's REST API with credentials derived from this
@@ -141,6 +146,7 @@ pub async fn start(
         console.sources.hosted = Some(Arc::new(view));
     }
     let state = Arc::new(State {
+        agent_integrations: Arc::clone(&agent_integrations),
         config,
         hosted,
         store,
@@ -174,5 +180,6 @@ pub async fn start(
         addr,
         task,
         notifier,
+        agent_integrations,
     })
 }

@@ -106,6 +106,7 @@ async fn wait_for_signal(
             _ = hangup.recv() => match central::config::load(path) {
                 Ok(config) => {
                     running.notifier.reload(config.notifications);
+                    running.agent_integrations.reload(config.hosted.as_ref());
                     tracing::info!("reloaded the directory, flood control and notification settings");
                 }
                 Err(error) => {

@@ -37,6 +37,9 @@ use server::http_util;
 use server::serve::Body;
 
 mod frame;
+mod managed;
+
+pub use managed::AgentIntegrations;
 #[doc(hidden)]
 pub mod fuzzing;
 
@@ -208,6 +211,8 @@ enum Outgoing {
     Answers { frames: Vec<Answer>, durable: bool },
     /// Close the socket with this frame, after everything before it was sent.
     Close(Message),
+    /// A frame of the central's own (the agent's integrations), sent as it is.
+    Frame(String),
 }
 
 /// One answer, kept typed until the flush outcome is known.
@@ -278,6 +283,11 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
         from_reader,
         agent_id.clone(),
     ));
+    let pusher = tokio::spawn({
+        let integrations = Arc::clone(&state.agent_integrations);
+        let (agent_id, to_writer) = (agent_id.clone(), to_writer.clone());
+        async move { integrations.push(agent_id, to_writer).await }
+    });
 
     let mut batch: Vec<Create> = Vec::new();
     let mut answers_before: Vec<Answer> = Vec::new();
@@ -308,6 +318,11 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
                             status: 400,
                             message,
                         });
+                    }
+                    Inbound::Activity(entries) => {
+                        if let Some(hosted) = &state.hosted {
+                            hosted.keep_agent_activity(&agent_id, entries);
+                        }
                     }
                     Inbound::Ignore => {}
                     Inbound::Closed => {
@@ -347,6 +362,8 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
             break ending;
         }
     };
+    pusher.abort();
+    let _ = pusher.await;
     if let Some(message) = ending {
         let _ = to_writer.send(Outgoing::Close(message)).await;
     }
@@ -383,7 +400,12 @@ async fn first_frame(socket: &mut Socket) -> Option<Result<u32, String>> {
 /// A frame after `hello`, sorted by what the reader must do with it.
 enum Inbound {
     Create(Create),
-    Malformed { seq: u64, message: String },
+    /// Activity entries of the integrations this agent runs for the central.
+    Activity(Vec<serde_json::Value>),
+    Malformed {
+        seq: u64,
+        message: String,
+    },
     Ignore,
     Closed,
     Fatal(CloseCode, String),
@@ -419,6 +441,7 @@ fn classify_text(text: &str) -> Inbound {
         Ok(AgentFrame::Hello { .. }) => {
             Inbound::Fatal(CloseCode::Protocol, "hello was already received".to_owned())
         }
+        Ok(AgentFrame::Activity { entries }) => Inbound::Activity(entries),
         Err(error) => {
             // If the frame names its seq, answer it so the agent can dead-letter the entry
             // instead of resending it forever; otherwise the stream is unreadable.
@@ -682,6 +705,11 @@ async fn write_answers(
                 let _ = sink.send(message).await;
                 break;
             }
+            Outgoing::Frame(text) => {
+                if sink.send(Message::text(text)).await.is_err() {
+                    return;
+                }
+            }
             Outgoing::Answers { frames, durable } => {
                 let durable_ok = if durable {
                     let started = std::time::Instant::now();
@@ -769,6 +797,7 @@ mod tests {
             access: crate::access::Access::default(),
             console: crate::console::Console::default(),
             hosted: None,
+            agent_integrations: Arc::new(AgentIntegrations::new(None)),
         })
     }
 

@@ -694,3 +694,71 @@ async fn concurrent_agents_get_their_own_events_and_pings_are_answered() {
     );
     assert_eq!(report.await.json()["total"], 200);
 }
+
+/// An agent named in `run_on` gets its integrations (URL key as a digest only) after `welcome`;
+/// the activity it reports is kept only for the integrations it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_on_integrations_are_sent_and_only_their_activity_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path());
+    let text = std::fs::read_to_string(&config).expect("read config")
+        + "[[integrations]]\nid = \"mine\"\naction = \"create_event\"\nauth = \"url\"\n\
+           url_key = \"mine-plain-key\"\nauthenticating_user = \"svc\"\nrun_on = [\"agent-01\"]\n\
+           [[integrations]]\nid = \"theirs\"\naction = \"create_event\"\nauth = \"basic\"\n\
+           run_on = [\"agent-02\"]\n";
+    std::fs::write(&config, text).expect("write config");
+    let central = Central::start(&config);
+
+    let mut ws = hello(central.addr).await;
+    let message = receive(&mut ws).await;
+    let Message::Text(text) = message else {
+        panic!("expected the integrations frame, got {message:?}");
+    };
+    assert!(!text.contains("mine-plain-key"), "no plain URL key: {text}");
+    let CentralFrame::Integrations(set) = serde_json::from_str(text.as_str()).expect("frame")
+    else {
+        panic!("expected the integrations frame: {text}");
+    };
+    let ids: Vec<&str> = set.integrations.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids, ["mine"]);
+    assert_eq!(set.version.len(), 64, "a SHA-256 version");
+    assert!(set.integrations[0].url_key_sha256.is_some());
+
+    let entry = |integration: &str| json!({"requestId": format!("r-{integration}"), "integrationId": integration, "status": "COMPLETED"});
+    let activity = AgentFrame::Activity {
+        entries: vec![entry("mine"), entry("theirs")],
+    };
+    send(&mut ws, &activity).await;
+    let auth = basic(USER.0, USER.1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let logs = loop {
+        let answer = request(
+            central.addr,
+            "GET",
+            "/api/xm/1/integrations/mine/logs",
+            Some(&auth),
+            "",
+        )
+        .await;
+        let logs = answer.json();
+        if logs["count"] == 1 || std::time::Instant::now() > deadline {
+            break logs;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(logs["data"][0]["agentId"], "agent-01", "{logs}");
+    let theirs = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations/theirs/logs",
+        Some(&auth),
+        "",
+    )
+    .await;
+    assert_eq!(
+        theirs.json()["count"],
+        0,
+        "agent-01 does not run it: {:?}",
+        theirs.body
+    );
+}

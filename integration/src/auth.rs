@@ -202,7 +202,7 @@ pub struct AuthLimitsConfig {
 }
 
 /// How an integration authenticates its callers (the integration's `auth` key).
-#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthMode {
     /// Accept any of the four credential kinds (the xMatters default).

@@ -4,13 +4,18 @@
 //! digests, scripts and libraries compiled, so a syntax error is a config error with file and
 //! line and a broken script never reaches a request).
 //!
+//! The same validation serves the integrations a central sends an agent ([`managed`], built at
+//! the central by [`Integration::to_managed`]): their scripts come with the definition instead
+//! of from files, and their URL key only as its digest.
+//!
 //! What it does not do: read the rest of either file, or serve anything.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Deserialize;
+use protocol::{ManagedIntegration, ManagedIntegrations, ScriptText};
+use serde::{Deserialize, Serialize};
 use server::exit::ConfigError;
 
 use crate::auth::{AuthMode, Authenticator, IntegrationAuth, SecretDigest};
@@ -96,7 +101,7 @@ pub struct LibraryConfig {
 }
 
 /// What an integration does with a request.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     /// The JSON body is the trigger (or its properties).
@@ -148,6 +153,9 @@ pub struct IntegrationConfig {
     pub url_key: Option<String>,
     /// The same, read from a file.
     pub url_key_file: Option<PathBuf>,
+    /// The SHA-256 digest (64 hex digits) of the URL key instead of the key: how a central sends
+    /// it to the agents that run the integration, and how a file can avoid holding it.
+    pub url_key_sha256: Option<String>,
     /// Restrict callers to these users (default: any user with the REST role).
     pub allowed_users: Option<Vec<String>>,
     /// Accept at most this many requests a minute (default: no limit); more get 429.
@@ -225,6 +233,48 @@ impl Integration {
         }
     }
 
+    /// The definition as a central sends it to the agents of `run_on`: the same keys, the
+    /// script and libraries as sources (the library sources go into `libraries`), the URL key
+    /// as its digest only.
+    pub fn to_managed(&self, libraries: &mut BTreeMap<String, ScriptText>) -> ManagedIntegration {
+        let text = |source: &scripts::Source| ScriptText {
+            name: source.name.clone(),
+            code: source.code.clone(),
+        };
+        let spec = self.program.as_ref().map(|program| program.spec());
+        for (name, source) in spec.iter().flat_map(|spec| &spec.libraries) {
+            libraries.insert(name.clone(), text(source));
+        }
+        let word = |value: serde_json::Result<serde_json::Value>| {
+            value
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        ManagedIntegration {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            action: word(serde_json::to_value(self.action)),
+            form: self.form.clone(),
+            plan: self.plan.clone(),
+            flood_control: self.flood_control,
+            auth: word(serde_json::to_value(self.auth.mode)),
+            authenticating_user: self.auth.authenticating_user.clone(),
+            url_key_sha256: self.auth.url_key.as_ref().map(SecretDigest::to_hex),
+            allowed_users: self.auth.allowed_users.clone(),
+            rate_limit_per_minute: self.rate_limit.as_ref().map(RateLimit::requests_per_minute),
+            script_events_of: self.script_events_of.clone(),
+            script: spec.map(|spec| text(&spec.script)),
+            libraries: spec
+                .map(|spec| spec.libraries.keys().cloned().collect())
+                .unwrap_or_default(),
+            constants: spec.map(|spec| spec.constants.clone()).unwrap_or_default(),
+            event: (matches!(self.action, Action::HttpTrigger))
+                .then(|| serde_json::to_value(&self.event).ok())
+                .flatten(),
+        }
+    }
+
     /// Whether the host that loaded it serves its trigger URL itself (no `run_on`).
     pub fn served_here(&self) -> bool {
         self.run_on.is_empty()
@@ -283,6 +333,119 @@ pub fn integrations(
     base_dir: &Path,
     file: &str,
 ) -> Result<HashMap<String, Arc<Integration>>, ConfigError> {
+    let files = |path: &Path| {
+        let full = base_dir.join(path);
+        std::fs::read_to_string(&full)
+            .map(|code| scripts::Source {
+                name: full.display().to_string(),
+                code,
+            })
+            .map_err(|e| format!("cannot read {}: {e}", full.display()))
+    };
+    resolve(
+        configs,
+        libraries,
+        authenticator,
+        host,
+        base_dir,
+        &files,
+        file,
+    )
+}
+
+/// Validate and resolve the integrations a central sent (an agent runs them as if they were in
+/// its `agent.toml`, see [`integrations`]); errors name the integration in "the integrations
+/// frame of version ...". The scripts are compiled here, so a broken one is refused before it
+/// replaces anything.
+pub fn managed(
+    frame: &ManagedIntegrations,
+    authenticator: &Authenticator,
+) -> Result<HashMap<String, Arc<Integration>>, ConfigError> {
+    let file = format!("the central's integrations (version {})", frame.version);
+    let err = |key: String, reason: String| ConfigError::new(&file, key, reason);
+    let mut configs = Vec::with_capacity(frame.integrations.len());
+    let mut sources = HashMap::new();
+    for (i, sent) in frame.integrations.iter().enumerate() {
+        let event = match &sent.event {
+            Some(mapping) => Some(
+                serde_json::from_value(mapping.clone())
+                    .map_err(|e| err(format!("integrations[{i}].event"), e.to_string()))?,
+            ),
+            None => None,
+        };
+        let script = sent.script.as_ref().map(|script| {
+            sources.insert(sent.id.clone(), script.clone());
+            PathBuf::from(&sent.id)
+        });
+        configs.push(IntegrationConfig {
+            id: sent.id.clone(),
+            name: Some(sent.name.clone()),
+            action: keyword(&sent.action)
+                .map_err(|e| err(format!("integrations[{i}].action"), e))?,
+            form: sent.form.clone(),
+            plan: sent.plan.clone(),
+            flood_control: sent.flood_control,
+            auth: keyword(&sent.auth).map_err(|e| err(format!("integrations[{i}].auth"), e))?,
+            authenticating_user: sent.authenticating_user.clone(),
+            url_key: None,
+            url_key_file: None,
+            url_key_sha256: sent.url_key_sha256.clone(),
+            allowed_users: sent.allowed_users.clone(),
+            rate_limit_per_minute: sent.rate_limit_per_minute,
+            script_events_of: sent.script_events_of.clone(),
+            script,
+            libraries: sent.libraries.clone(),
+            constants: sent.constants.clone(),
+            event,
+            run_on: None,
+        });
+    }
+    let libraries = frame
+        .libraries
+        .iter()
+        .map(|(name, text)| (name.clone(), source_of(text)))
+        .collect();
+    let sent_script = |path: &Path| {
+        path.to_str()
+            .and_then(|id| sources.get(id))
+            .map(source_of)
+            .ok_or_else(|| "the definition carries no script".to_owned())
+    };
+    resolve(
+        configs,
+        &libraries,
+        authenticator,
+        Host::Agent,
+        Path::new(""),
+        &sent_script,
+        &file,
+    )
+}
+
+/// A keyword of the TOML file (`action`, `auth`) sent as a string.
+fn keyword<T: serde::de::DeserializeOwned>(word: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(word.to_owned())).map_err(|e| e.to_string())
+}
+
+fn source_of(text: &ScriptText) -> scripts::Source {
+    scripts::Source {
+        name: text.name.clone(),
+        code: text.code.clone(),
+    }
+}
+
+/// Where [`resolve`] finds a script: a file beside the configuration, or the text a central sent.
+type ScriptReader<'a> = dyn Fn(&Path) -> Result<scripts::Source, String> + 'a;
+
+fn resolve(
+    configs: Vec<IntegrationConfig>,
+    libraries: &BTreeMap<String, scripts::Source>,
+    authenticator: &Authenticator,
+    host: Host,
+    base_dir: &Path,
+    read_script: &ScriptReader<'_>,
+    file: &str,
+) -> Result<HashMap<String, Arc<Integration>>, ConfigError> {
     let display = file;
     let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
     let mut integrations = HashMap::new();
@@ -325,10 +488,26 @@ pub fn integrations(
             display,
             &key("url_key"),
         )?;
+        let url_key = match (url_key, &integration.url_key_sha256) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    &key("url_key_sha256"),
+                    "give either url_key (or url_key_file) or url_key_sha256, not both".into(),
+                ))
+            }
+            (Some(plain), None) => Some(SecretDigest::new(&plain)),
+            (None, Some(digest)) => Some(SecretDigest::from_hex(digest).ok_or_else(|| {
+                err(
+                    &key("url_key_sha256"),
+                    "must be a SHA-256 digest: 64 hex digits".into(),
+                )
+            })?),
+            (None, None) => None,
+        };
         if matches!(integration.auth, AuthMode::Url) && url_key.is_none() {
             return Err(err(
                 &key("url_key"),
-                "auth = \"url\" needs url_key or url_key_file".into(),
+                "auth = \"url\" needs url_key, url_key_file or url_key_sha256".into(),
             ));
         }
         if url_key.is_some() || matches!(integration.auth, AuthMode::Url) {
@@ -338,9 +517,13 @@ pub fn integrations(
                     "an integration with a URL key needs an authenticating user".into(),
                 )
             })?;
-            authenticator
-                .check_authenticating_user(user)
-                .map_err(|reason| err(&key("authenticating_user"), reason))?;
+            // An integration agents run acts as a user of those agents: they check it when it
+            // arrives (the central need not know the agents' users).
+            if run_on.is_empty() {
+                authenticator
+                    .check_authenticating_user(user)
+                    .map_err(|reason| err(&key("authenticating_user"), reason))?;
+            }
         }
         let program = match (integration.action, &integration.script) {
             (Action::CreateEvent, Some(_)) => {
@@ -358,13 +541,8 @@ pub fn integrations(
                 ))
             }
             (_, Some(script_path)) => {
-                let full = base_dir.join(script_path);
-                let code = std::fs::read_to_string(&full).map_err(|e| {
-                    err(
-                        &key("script"),
-                        format!("cannot read {}: {e}", full.display()),
-                    )
-                })?;
+                let script =
+                    read_script(script_path).map_err(|reason| err(&key("script"), reason))?;
                 let mut own_libraries = BTreeMap::new();
                 for (j, name) in integration.libraries.iter().enumerate() {
                     let source = libraries.get(name).ok_or_else(|| {
@@ -377,10 +555,7 @@ pub fn integrations(
                 }
                 let spec = scripts::ProgramSpec {
                     integration_id: integration.id.clone(),
-                    script: scripts::Source {
-                        name: full.display().to_string(),
-                        code,
-                    },
+                    script,
                     libraries: own_libraries,
                     constants: integration.constants.clone(),
                 };
@@ -417,7 +592,7 @@ pub fn integrations(
             flood_control: integration.flood_control,
             auth: IntegrationAuth {
                 mode: integration.auth,
-                url_key: url_key.as_deref().map(SecretDigest::new),
+                url_key,
                 authenticating_user: integration.authenticating_user,
                 allowed_users: integration.allowed_users,
             },
@@ -585,5 +760,102 @@ mod tests {
         .expect("valid");
         assert!(served["here"].served_here());
         assert_eq!(served["here"].script_scope(), ["here"]);
+    }
+
+    /// Resolve `text` (integrations and users) as a central would, with scripts in `dir`.
+    fn resolve_at_central(
+        dir: &Path,
+        text: &str,
+    ) -> (Authenticator, HashMap<String, Arc<Integration>>) {
+        #[derive(Deserialize)]
+        struct File {
+            users: Vec<crate::auth::UserConfig>,
+            integrations: Vec<IntegrationConfig>,
+        }
+        let file: File = toml::from_str(text).expect("valid TOML");
+        let authenticator = Authenticator::from_config(
+            &file.users,
+            &OAuthConfig::default(),
+            &AuthLimitsConfig::default(),
+            Path::new("c.toml"),
+            dir,
+        )
+        .expect("valid users");
+        let resolved = integrations(
+            file.integrations,
+            &BTreeMap::new(),
+            &authenticator,
+            Host::Central,
+            dir,
+            "c.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        (authenticator, resolved)
+    }
+
+    const SENT: &str =
+        "[[users]]\nname = \"svc\"\nroles = [\"REST Web Service User\"]\npassword = \"p\"\n\
+        [[integrations]]\nid = \"dc\"\naction = \"transform\"\nauth = \"url\"\nurl_key = \"k3y\"\n\
+        authenticating_user = \"svc\"\nscript = \"dc.js\"\nrate_limit_per_minute = 30\n\
+        run_on = [\"agent-01\"]\n[integrations.constants]\nA = \"1\"\n";
+
+    fn sent_frame(resolved: &HashMap<String, Arc<Integration>>) -> ManagedIntegrations {
+        let mut libraries = BTreeMap::new();
+        let integrations = vec![resolved["dc"].to_managed(&mut libraries)];
+        ManagedIntegrations {
+            version: "v".into(),
+            integrations,
+            libraries,
+        }
+    }
+
+    #[test]
+    fn a_definition_sent_by_the_central_resolves_the_same_on_an_agent() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("dc.js"), "form.post(trigger);").expect("write");
+        let (authenticator, resolved) = resolve_at_central(dir.path(), SENT);
+        let frame = sent_frame(&resolved);
+        let text = serde_json::to_string(&frame).expect("serializes");
+        assert!(
+            !text.contains("k3y"),
+            "the plain URL key is never sent: {text}"
+        );
+
+        let on_agent = managed(&frame, &authenticator).unwrap_or_else(|e| panic!("{e}"));
+        let dc = &on_agent["dc"];
+        assert!(dc.served_here());
+        assert_eq!(dc.action, Action::Transform);
+        assert_eq!(dc.auth.mode, AuthMode::Url);
+        assert!(dc.auth.url_key.as_ref().expect("a URL key").matches("k3y"));
+        let spec = dc.program.as_ref().expect("compiled").spec();
+        assert_eq!(spec.script.code, "form.post(trigger);");
+        assert_eq!(spec.constants["A"], "1");
+        assert_eq!(
+            dc.rate_limit.as_ref().map(RateLimit::requests_per_minute),
+            Some(30)
+        );
+    }
+
+    #[test]
+    fn a_sent_script_that_does_not_compile_is_refused_with_its_key() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(dir.path().join("dc.js"), "form.post(trigger);").expect("write");
+        let (authenticator, resolved) = resolve_at_central(dir.path(), SENT);
+        let mut frame = sent_frame(&resolved);
+        frame.integrations[0]
+            .script
+            .as_mut()
+            .expect("a script")
+            .code = "this is not ( javascript".into();
+        let error = managed(&frame, &authenticator).err().expect("refused");
+        assert_eq!(error.key, "integrations[0].script");
+
+        frame.integrations[0].url_key_sha256 = Some("not hex".into());
+        let error = managed(&frame, &authenticator).err().expect("refused");
+        assert_eq!(error.key, "integrations[0].url_key_sha256");
+
+        frame.integrations[0].action = "explode".into();
+        let error = managed(&frame, &authenticator).err().expect("refused");
+        assert_eq!(error.key, "integrations[0].action");
     }
 }

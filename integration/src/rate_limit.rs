@@ -38,6 +38,11 @@ impl RateLimit {
         }
     }
 
+    /// The configured requests a minute, so the definition can be sent on unchanged.
+    pub fn requests_per_minute(&self) -> u32 {
+        self.per_minute
+    }
+
     /// Take one request's worth, or say how long until one is available.
     pub fn try_acquire(&self, now: Instant) -> Result<(), Duration> {
         let capacity = f64::from(self.per_minute);

@@ -12,9 +12,12 @@
 
 pub mod frame;
 pub mod limits;
+pub mod managed;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use managed::{ManagedIntegration, ManagedIntegrations, ScriptText};
 
 /// The protocol version this build speaks. A central refuses a `hello` with a version it does not
 /// know, so an old central never misreads frames from a newer agent.
@@ -74,6 +77,14 @@ pub enum AgentFrame {
     /// Create one event.
     #[serde(rename = "event.create")]
     EventCreate(EventCreate),
+    /// Activity-stream entries of integrations the central manages, so its stream shows the
+    /// requests agents ran; best effort and never answered. Sent only on a connection where the
+    /// central sent `integrations` (an older central closes on a frame type it does not know).
+    #[serde(rename = "activity")]
+    Activity {
+        /// The entries, oldest first.
+        entries: Vec<Value>,
+    },
 }
 
 /// Frames the central sends.
@@ -109,6 +120,10 @@ pub enum CentralFrame {
         /// A human-readable reason, shown in the agent's request status and dead-letter list.
         message: String,
     },
+    /// The integrations this agent runs for the central (see [`managed`]); sent after
+    /// `welcome` and again when the central's configuration changes the set.
+    #[serde(rename = "integrations")]
+    Integrations(ManagedIntegrations),
 }
 
 impl AgentFrame {
@@ -211,6 +226,48 @@ mod tests {
                 event_id: "x".into()
             }
         );
+    }
+
+    #[test]
+    fn integrations_frame_round_trips_without_plain_secrets() {
+        let frame = CentralFrame::Integrations(ManagedIntegrations {
+            version: "v1".into(),
+            integrations: vec![ManagedIntegration {
+                id: "dc".into(),
+                name: "Data centre".into(),
+                action: "transform".into(),
+                form: Some("Alert".into()),
+                plan: None,
+                flood_control: false,
+                auth: "url".into(),
+                authenticating_user: Some("svc".into()),
+                url_key_sha256: Some("ab".repeat(32)),
+                allowed_users: None,
+                rate_limit_per_minute: Some(60),
+                script_events_of: vec![],
+                script: Some(ScriptText {
+                    name: "dc.js".into(),
+                    code: "form.post(trigger);".into(),
+                }),
+                libraries: vec!["util".into()],
+                constants: [("A".to_owned(), "1".to_owned())].into(),
+                event: None,
+            }],
+            libraries: [(
+                "util".to_owned(),
+                ScriptText {
+                    name: "util.js".into(),
+                    code: "exports.x = 1;".into(),
+                },
+            )]
+            .into(),
+        });
+        let text = frame.to_text();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "integrations");
+        assert_eq!(v["integrations"][0]["urlKeySha256"], "ab".repeat(32));
+        assert!(v["integrations"][0].get("urlKey").is_none());
+        assert_eq!(serde_json::from_str::<CentralFrame>(&text).unwrap(), frame);
     }
 
     #[test]

@@ -9,12 +9,12 @@
 //! What it deliberately does not do: it runs no flow steps after the trigger (switches, custom
 //! steps, HTTP steps), and it does not check property names against the form: the central does.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
 /// How one `http_trigger` integration turns outputs into the event it creates.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EventMapping {
     /// Event property name ← output name. Empty: every output becomes a property of its own name,

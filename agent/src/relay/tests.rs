@@ -147,6 +147,8 @@ fn test_settings(url: &str) -> RelaySettings {
         shutdown_grace: Duration::from_millis(500),
         ack_latency: None,
         heartbeat: Default::default(),
+        integrations: None,
+        activity: None,
     }
 }
 

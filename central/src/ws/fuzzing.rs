@@ -56,7 +56,7 @@ pub fn read_text_frame(text: &str) -> Verdict {
             },
         },
         super::Inbound::Malformed { seq, message } => Verdict::Rejected { seq, message },
-        super::Inbound::Ignore => Verdict::Ignored,
+        super::Inbound::Ignore | super::Inbound::Activity(_) => Verdict::Ignored,
         super::Inbound::Closed => Verdict::Closed("closed by the agent".to_owned()),
         super::Inbound::Fatal(_, reason) => Verdict::Closed(reason),
     }
