@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod alert_rate;
+pub mod catalog;
 pub mod config;
 pub mod console;
 pub mod directory;

@@ -694,3 +694,120 @@ async fn concurrent_agents_get_their_own_events_and_pings_are_answered() {
     );
     assert_eq!(report.await.json()["total"], 200);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Managing integrations (issue 12 item 5).
+
+/// A hosted `url`-auth integration and one run by `agent-01`, both with URL keys.
+const MANAGED_INTEGRATIONS: &str = "\n# the cloud one\n[[integrations]]\nid = \"cloud\"\nname = \"Cloud alerts\"\naction = \"create_event\"\nplan = \"Ops\"\nform = \"Alert\"\nauth = \"url\"\nurl_key = \"cloud-secret-key\"\nauthenticating_user = \"admin\"\n\n[[integrations]]\nid = \"dc\"\naction = \"create_event\"\nurl_key = \"dc-secret-key\"\nauthenticating_user = \"admin\"\nrun_on = [\"agent-01\"]\n";
+
+fn write_managed_config(dir: &Path) -> PathBuf {
+    let path = write_config(dir);
+    let mut text = std::fs::read_to_string(&path).expect("read config");
+    text.push_str(MANAGED_INTEGRATIONS);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_listed_for_rest_users_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::start(&write_managed_config(dir.path()));
+    let admin = basic(USER.0, USER.1);
+    let list = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+    let text = String::from_utf8_lossy(&list.body).into_owned();
+    for secret in ["cloud-secret-key", "dc-secret-key", TOKEN] {
+        assert!(!text.contains(secret), "a secret leaked: {text}");
+    }
+    let list = list.json();
+    assert_eq!(
+        (list["count"].clone(), list["total"].clone()),
+        (json!(2), json!(2))
+    );
+    let cloud = &list["data"][0];
+    assert_eq!(cloud["id"], "cloud");
+    assert_eq!(cloud["name"], "Cloud alerts");
+    assert_eq!(cloud["operation"], "CREATE_EVENT");
+    assert_eq!(cloud["authenticationType"], "URL");
+    assert_eq!(cloud["plan"]["name"], "Ops");
+    assert_eq!(cloud["form"]["name"], "Alert");
+    assert_eq!(cloud["deployed"], true);
+    assert_eq!(cloud["environment"], json!({"type": "CLOUD"}));
+    let dc = &list["data"][1];
+    assert_eq!(dc["authenticationType"], "ANY");
+    assert_eq!(
+        dc["environment"],
+        json!({"type": "AGENT", "agents": ["agent-01"]})
+    );
+
+    let page = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations?offset=1&limit=1",
+        Some(&admin),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(page["data"][0]["id"], "dc");
+    assert!(page["links"].get("next").is_none(), "{page}");
+
+    let one = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations/dc",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), list["data"][1]);
+
+    let unknown = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations/nope",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let bad_paging = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations?limit=x",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(bad_paging.status, 400);
+    let anonymous = request(central.addr, "GET", "/api/xm/1/integrations", None, "").await;
+    assert_eq!(anonymous.status, 401);
+    let agent = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations",
+        Some(&format!("Bearer {TOKEN}")),
+        "",
+    )
+    .await;
+    assert_eq!(agent.status, 403);
+    let post = request(
+        central.addr,
+        "POST",
+        "/api/xm/1/integrations",
+        Some(&admin),
+        "{}",
+    )
+    .await;
+    assert_eq!(post.status, 405);
+    central.stop();
+}
