@@ -20,6 +20,7 @@ pub mod directory;
 pub mod event;
 pub mod flood;
 pub mod hosted;
+pub mod manage;
 pub mod metrics;
 pub mod notify;
 pub mod report;
