@@ -544,3 +544,131 @@ fn toml_value(value: &serde_json::Value) -> Option<toml_edit::Value> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "# operators' notes\n[central]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"data\"\n\n[[users]]\nname = \"svc\"\npassword = \"pw\"\n\n# the alerts\n[[integrations]]\nid = \"alerts\"\nname = \"Alerts\"\naction = \"create_event\"\nplan = \"Ops\"\nauth = \"url\"\nurl_key_file = \"keys/alerts.key\"\nauthenticating_user = \"svc\"\n\n[[integrations]]\nid = \"basic\"\naction = \"create_event\"\nauth = \"basic\" # users only\n";
+
+    fn setup() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("keys")).expect("mkdir");
+        std::fs::write(dir.path().join("keys/alerts.key"), "old-key\n").expect("key");
+        let path = dir.path().join("central.toml");
+        std::fs::write(&path, CONFIG).expect("config");
+        (dir, path)
+    }
+
+    #[test]
+    fn copy_of_a_key_file_integration_writes_a_new_private_key_file_and_keeps_comments() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, path) = setup();
+        let key = copy(&path, "alerts", "alerts-2")
+            .expect("copied")
+            .expect("a new key");
+        assert_eq!(key.integration, "alerts-2");
+        let key_file = dir.path().join("keys/alerts-2.url_key");
+        assert_eq!(
+            std::fs::read_to_string(&key_file).expect("new key file"),
+            format!("{}\n", key.key)
+        );
+        let mode = std::fs::metadata(&key_file)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("keys/alerts.key")).expect("old"),
+            "old-key\n"
+        );
+        let text = std::fs::read_to_string(&path).expect("config");
+        assert!(
+            text.starts_with(CONFIG),
+            "the original text is kept:\n{text}"
+        );
+        assert!(
+            text.contains("url_key_file = \"keys/alerts-2.url_key\""),
+            "{text}"
+        );
+        assert!(text.contains("name = \"Alerts (copy)\""), "{text}");
+        let loaded = crate::config::load(&path).expect("loads");
+        let hosted = loaded.hosted.expect("hosted");
+        assert_eq!(
+            hosted.integrations["alerts-2"].auth.mode,
+            hosted.integrations["alerts"].auth.mode
+        );
+    }
+
+    #[test]
+    fn copy_without_a_url_key_creates_no_secret() {
+        let (_dir, path) = setup();
+        assert!(copy(&path, "basic", "basic-2").expect("copied").is_none());
+        let text = std::fs::read_to_string(&path).expect("config");
+        assert!(!text.contains("basic-2\"\nurl_key"), "{text}");
+        assert!(text.contains("id = \"basic-2\""), "{text}");
+    }
+
+    #[test]
+    fn copy_refuses_unknown_sources_taken_or_bad_ids_and_leaves_the_file() {
+        let (dir, path) = setup();
+        for (source, new, expected) in [
+            ("nope", "x", "no integration with id \"nope\""),
+            ("alerts", "basic", "already exists"),
+            ("alerts", "bad id", "not a valid integration id"),
+        ] {
+            let error = copy(&path, source, new).expect_err(new);
+            assert_eq!(error.exit_code(), exit::USAGE, "{error}");
+            assert!(error.to_string().contains(expected), "{error}");
+            assert!(error.to_string().contains("central.toml"), "{error}");
+        }
+        assert_eq!(std::fs::read_to_string(&path).expect("config"), CONFIG);
+        assert!(!dir.path().join("keys/x.url_key").exists());
+    }
+
+    #[test]
+    fn an_edit_the_daemon_would_refuse_is_not_written() {
+        let (dir, path) = setup();
+        // The copy's key file is taken: nothing may change.
+        std::fs::write(dir.path().join("keys/taken.url_key"), "x").expect("write");
+        let error = copy(&path, "alerts", "taken").expect_err("file exists");
+        assert!(matches!(error, ManageError::Io { .. }), "{error}");
+        // An invalid starting file is a config error (78).
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[central]\nlisten = 5\n").expect("write");
+        let error = copy(&broken, "alerts", "x").expect_err("invalid");
+        assert_eq!(error.exit_code(), exit::CONFIG, "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("config"), CONFIG);
+    }
+
+    #[test]
+    fn json_values_become_toml_values_and_null_is_refused() {
+        let value = serde_json::json!({"a": [1, 2.5, true, "x"]});
+        let toml = toml_value(&value).expect("representable");
+        assert_eq!(toml.to_string(), "{ a = [1, 2.5, true, \"x\"] }");
+        assert!(toml_value(&serde_json::json!({"a": null})).is_none());
+    }
+
+    #[test]
+    fn export_and_import_refuse_what_they_cannot_do() {
+        let (dir, path) = setup();
+        let error = export(&path, "Nope").expect_err("no such plan");
+        assert_eq!(error.exit_code(), exit::USAGE);
+        let bundle = export(&path, "Ops").expect("exported");
+        assert_eq!(bundle.integrations.len(), 1);
+        assert!(!bundle.integrations[0].keys.contains_key("url_key_file"));
+        let bundle_path = dir.path().join("bundle.json");
+        std::fs::write(&bundle_path, serde_json::to_string(&bundle).expect("json")).expect("w");
+        let error = import(&path, &bundle_path, &ImportOptions::default()).expect_err("taken");
+        assert!(error.to_string().contains("--rename-prefix"), "{error}");
+        std::fs::write(
+            &bundle_path,
+            "{\"format\": \"other\", \"plan\": \"p\", \"integrations\": []}",
+        )
+        .expect("w");
+        let error = import(&path, &bundle_path, &ImportOptions::default()).expect_err("format");
+        assert_eq!(error.exit_code(), exit::USAGE);
+        assert!(error.to_string().contains("bundle.json"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).expect("config"), CONFIG);
+    }
+}
