@@ -771,44 +771,28 @@ async fn integrations_are_listed_for_rest_users_without_secrets() {
     assert_eq!(one.status, 200);
     assert_eq!(one.json(), list["data"][1]);
 
-    let unknown = request(
-        central.addr,
-        "GET",
-        "/api/xm/1/integrations/nope",
-        Some(&admin),
-        "",
-    )
-    .await;
-    assert_eq!(unknown.status, 404);
-    let bad_paging = request(
-        central.addr,
-        "GET",
-        "/api/xm/1/integrations?limit=x",
-        Some(&admin),
-        "",
-    )
-    .await;
-    assert_eq!(bad_paging.status, 400);
-    let anonymous = request(central.addr, "GET", "/api/xm/1/integrations", None, "").await;
-    assert_eq!(anonymous.status, 401);
-    let agent = request(
-        central.addr,
-        "GET",
-        "/api/xm/1/integrations",
-        Some(&format!("Bearer {TOKEN}")),
-        "",
-    )
-    .await;
-    assert_eq!(agent.status, 403);
-    let post = request(
-        central.addr,
-        "POST",
-        "/api/xm/1/integrations",
-        Some(&admin),
-        "{}",
-    )
-    .await;
-    assert_eq!(post.status, 405);
+    let agent = format!("Bearer {TOKEN}");
+    let refusals = [
+        (
+            "GET",
+            "/api/xm/1/integrations/nope",
+            Some(admin.as_str()),
+            404,
+        ),
+        (
+            "GET",
+            "/api/xm/1/integrations?limit=x",
+            Some(admin.as_str()),
+            400,
+        ),
+        ("GET", "/api/xm/1/integrations", None, 401),
+        ("GET", "/api/xm/1/integrations", Some(agent.as_str()), 403),
+        ("POST", "/api/xm/1/integrations", Some(admin.as_str()), 405),
+    ];
+    for (method, path, auth, status) in refusals {
+        let answer = request(central.addr, method, path, auth, "").await;
+        assert_eq!(answer.status, status, "{method} {path}");
+    }
     central.stop();
 }
 
