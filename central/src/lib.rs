@@ -13,12 +13,14 @@
 
 pub mod access;
 pub mod alert_rate;
+pub mod catalog;
 pub mod config;
 pub mod console;
 pub mod directory;
 pub mod event;
 pub mod flood;
 pub mod hosted;
+pub mod manage;
 pub mod metrics;
 pub mod notify;
 pub mod report;

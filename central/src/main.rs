@@ -37,11 +37,62 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Copy, export and import the integrations of the configuration file (restart to serve).
+    Integration {
+        #[command(subcommand)]
+        command: IntegrationCommand,
+    },
+}
+
+/// `xmcentral integration ...` (see `central::manage`).
+#[derive(Subcommand)]
+enum IntegrationCommand {
+    /// Add a copy of integration SRC under id NEW; prints the copy's new URL key once.
+    Copy {
+        /// The id of the integration to copy.
+        src: String,
+        /// The id of the copy.
+        new: String,
+        /// The TOML configuration file (edited in place, comments kept).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Write a JSON bundle of a communication plan's integrations (no secrets) on stdout.
+    Export {
+        /// The communication plan (the integrations' `plan` key).
+        #[arg(long)]
+        plan: String,
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Add a bundle's integrations with URL authentication; prints each new URL key once.
+    Import {
+        /// The JSON bundle written by `export`.
+        bundle: PathBuf,
+        /// The TOML configuration file (edited in place, comments kept).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Prefix the imported ids with this (to import beside integrations with the same ids).
+        #[arg(long)]
+        rename_prefix: Option<String>,
+        /// The user the imported integrations' URL keys act as (default: the bundle's).
+        #[arg(long)]
+        authenticating_user: Option<String>,
+    },
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) like every other usage error of this program.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            std::process::exit(if error.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
     let code = match cli.command {
+        Command::Integration { command } => manage(command),
         Command::Check { config } => match central::config::load(&config) {
             Ok(_) => {
                 println!("config OK");
@@ -70,6 +121,57 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// Run one `xmcentral integration` command: results on stdout, errors on stderr.
+fn manage(command: IntegrationCommand) -> i32 {
+    use central::manage::{self, ImportOptions, NewKey};
+    let print_keys = |keys: &[NewKey]| {
+        for NewKey { integration, key } in keys {
+            println!("new URL key of {integration} (shown only once): {key}");
+        }
+    };
+    let result = match command {
+        IntegrationCommand::Copy { src, new, config } => {
+            manage::copy(&config, &src, &new).map(|key| {
+                println!(
+                    "added integration {new} to {} (restart xmcentral to serve it)",
+                    config.display()
+                );
+                print_keys(key.as_slice());
+            })
+        }
+        IntegrationCommand::Export { plan, config } => {
+            manage::export(&config, &plan).map(|bundle| {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&bundle).unwrap_or_default()
+                );
+            })
+        }
+        IntegrationCommand::Import {
+            bundle,
+            config,
+            rename_prefix,
+            authenticating_user,
+        } => {
+            let options = ImportOptions {
+                rename_prefix,
+                authenticating_user,
+            };
+            manage::import(&config, &bundle, &options).map(|keys| {
+                println!("imported {} integration(s) into {} with URL authentication (restart xmcentral to serve them)", keys.len(), config.display());
+                print_keys(&keys);
+            })
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("error: {error}");
+            error.exit_code()
+        }
+    }
 }
 
 fn run(config: central::CentralConfig, path: &std::path::Path) -> anyhow::Result<()> {

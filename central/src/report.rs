@@ -1,6 +1,6 @@
 //! The xMatters-shaped REST reads of the directory and of notifications:
 //! `GET /api/xm/1/people[/{targetName}[/devices]]`, `/groups[/{targetName}]`, `/plans`,
-//! `/plans/{plan}/forms` and `/events/{id}/notifications`. Lists answer `{count, total, data,
+//! `/plans/{plan}/forms`, `/events/{id}/notifications` and `/integrations[/{id}]` ([`crate::catalog`]). Lists answer `{count, total, data,
 //! links}` with `offset`/`limit` paging and `links.next` while more remain.
 //!
 //! Every authenticated caller may read the directory (scripts use it to pick recipients);
@@ -42,6 +42,10 @@ pub enum Resource<'p> {
     Forms(&'p str),
     /// `/events/{id}/notifications`.
     Notifications(&'p str),
+    /// `/integrations` (REST users only; see [`crate::catalog`]).
+    Integrations,
+    /// `/integrations/{id}`.
+    Integration(&'p str),
 }
 
 impl<'p> Resource<'p> {
@@ -59,6 +63,8 @@ impl<'p> Resource<'p> {
             ["plans"] => Resource::Plans,
             ["plans", name, "forms"] if named(name) => Resource::Forms(name),
             ["events", id, "notifications"] if named(id) => Resource::Notifications(id),
+            ["integrations"] => Resource::Integrations,
+            ["integrations", id] if named(id) => Resource::Integration(id),
             _ => return None,
         })
     }
@@ -99,6 +105,34 @@ pub fn get(
         Resource::Forms(plan) => match directory.forms_json(&name(plan)) {
             Some(forms) => paging.page(path, forms),
             None => missing(&format!("no communication plan named {}", name(plan))),
+        },
+        Resource::Integrations | Resource::Integration(_) if !matches!(caller, Caller::User(_)) => {
+            http_util::error(
+                StatusCode::FORBIDDEN,
+                "only REST users may read the integrations",
+            )
+        }
+        Resource::Integrations => paging.page(
+            path,
+            crate::catalog::list_json(
+                state
+                    .config
+                    .hosted
+                    .iter()
+                    .flat_map(|hosted| hosted.integrations.values().map(|i| &**i)),
+            ),
+        ),
+        Resource::Integration(id) => match state
+            .config
+            .hosted
+            .as_ref()
+            .and_then(|hosted| hosted.integrations.get(*id))
+        {
+            Some(integration) => http_util::json(
+                StatusCode::OK,
+                &crate::catalog::integration_json(integration),
+            ),
+            None => missing(&format!("no integration with id {}", name(id))),
         },
         Resource::Notifications(id) => {
             let visible = match state.store.get(id) {

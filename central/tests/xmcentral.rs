@@ -762,3 +762,333 @@ async fn run_on_integrations_are_sent_and_only_their_activity_is_kept() {
         theirs.body
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Managing integrations (issue 12 item 5).
+
+/// A hosted `url`-auth integration and one run by `agent-01`, both with URL keys.
+const MANAGED_INTEGRATIONS: &str = "\n# the cloud one\n[[integrations]]\nid = \"cloud\"\nname = \"Cloud alerts\"\naction = \"create_event\"\nplan = \"Ops\"\nform = \"Alert\"\nauth = \"url\"\nurl_key = \"cloud-secret-key\"\nauthenticating_user = \"admin\"\n\n[[integrations]]\nid = \"dc\"\naction = \"create_event\"\nurl_key = \"dc-secret-key\"\nauthenticating_user = \"admin\"\nrun_on = [\"agent-01\"]\n";
+
+fn write_managed_config(dir: &Path) -> PathBuf {
+    let path = write_config(dir);
+    let mut text = std::fs::read_to_string(&path).expect("read config");
+    text.push_str(MANAGED_INTEGRATIONS);
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_listed_for_rest_users_without_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let central = Central::start(&write_managed_config(dir.path()));
+    let admin = basic(USER.0, USER.1);
+    let list = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(list.status, 200, "{}", String::from_utf8_lossy(&list.body));
+    let text = String::from_utf8_lossy(&list.body).into_owned();
+    for secret in ["cloud-secret-key", "dc-secret-key", TOKEN] {
+        assert!(!text.contains(secret), "a secret leaked: {text}");
+    }
+    let list = list.json();
+    assert_eq!(
+        (list["count"].clone(), list["total"].clone()),
+        (json!(2), json!(2))
+    );
+    let cloud = &list["data"][0];
+    assert_eq!(cloud["id"], "cloud");
+    assert_eq!(cloud["name"], "Cloud alerts");
+    assert_eq!(cloud["operation"], "CREATE_EVENT");
+    assert_eq!(cloud["authenticationType"], "URL");
+    assert_eq!(cloud["plan"]["name"], "Ops");
+    assert_eq!(cloud["form"]["name"], "Alert");
+    assert_eq!(cloud["deployed"], true);
+    assert_eq!(cloud["environment"], json!({"type": "CLOUD"}));
+    let dc = &list["data"][1];
+    assert_eq!(dc["authenticationType"], "ANY");
+    assert_eq!(
+        dc["environment"],
+        json!({"type": "AGENT", "agents": ["agent-01"]})
+    );
+
+    let page = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations?offset=1&limit=1",
+        Some(&admin),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(page["data"][0]["id"], "dc");
+    assert!(page["links"].get("next").is_none(), "{page}");
+
+    let one = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations/dc",
+        Some(&admin),
+        "",
+    )
+    .await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json(), list["data"][1]);
+
+    let agent = format!("Bearer {TOKEN}");
+    let refusals = [
+        (
+            "GET",
+            "/api/xm/1/integrations/nope",
+            Some(admin.as_str()),
+            404,
+        ),
+        (
+            "GET",
+            "/api/xm/1/integrations?limit=x",
+            Some(admin.as_str()),
+            400,
+        ),
+        ("GET", "/api/xm/1/integrations", None, 401),
+        ("GET", "/api/xm/1/integrations", Some(agent.as_str()), 403),
+        ("POST", "/api/xm/1/integrations", Some(admin.as_str()), 405),
+    ];
+    for (method, path, auth, status) in refusals {
+        let answer = request(central.addr, method, path, auth, "").await;
+        assert_eq!(answer.status, status, "{method} {path}");
+    }
+    central.stop();
+}
+
+fn run_xmcentral(args: &[&str], config: &Path) -> (Option<i32>, String, String) {
+    let output = Command::new(xmcentral())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run xmcentral");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The keys printed by `copy` / `import`, by integration id.
+fn printed_keys(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("new URL key of ")?;
+            let (id, key) = rest.split_once(" (shown only once): ")?;
+            Some((id.to_owned(), key.to_owned()))
+        })
+        .collect()
+}
+
+async fn trigger(addr: SocketAddr, id: &str, key: &str) -> u16 {
+    let path = format!("/api/integration/1/functions/{id}/triggers?apiKey={key}");
+    request(addr, "POST", &path, None, "{\"summary\": \"disk full\"}")
+        .await
+        .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_integration_is_served_after_a_restart_with_its_new_key_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_managed_config(dir.path());
+    let before = std::fs::read_to_string(&config).expect("read");
+    let central = Central::start(&config);
+    assert_eq!(
+        trigger(central.addr, "cloud", "cloud-secret-key").await,
+        202
+    );
+
+    let (code, stdout, stderr) =
+        run_xmcentral(&["integration", "copy", "cloud", "cloud-2"], &config);
+    assert_eq!(code, Some(0), "{stderr}");
+    let keys = printed_keys(&stdout);
+    assert_eq!(keys.len(), 1, "{stdout}");
+    let (id, new_key) = &keys[0];
+    assert_eq!(id, "cloud-2");
+    assert_ne!(new_key, "cloud-secret-key");
+    let after = std::fs::read_to_string(&config).expect("read");
+    assert!(
+        after.starts_with(&before),
+        "comments and layout kept:\n{after}"
+    );
+    assert_eq!(after.matches(new_key.as_str()).count(), 1, "{after}");
+    assert_eq!(
+        after.matches("cloud-secret-key").count(),
+        1,
+        "the old key untouched"
+    );
+
+    // The running central does not know the copy yet; after a restart it serves it.
+    assert_eq!(trigger(central.addr, "cloud-2", new_key).await, 404);
+    assert!(central.stop().success());
+    let central = Central::start(&config);
+    assert_eq!(trigger(central.addr, "cloud-2", new_key).await, 202);
+    let old_key = trigger(central.addr, "cloud-2", "cloud-secret-key").await;
+    assert!(
+        old_key == 401 || old_key == 403,
+        "old key answered {old_key}"
+    );
+    assert_eq!(
+        trigger(central.addr, "cloud", "cloud-secret-key").await,
+        202
+    );
+    let copy = request(
+        central.addr,
+        "GET",
+        "/api/xm/1/integrations/cloud-2",
+        Some(&basic(USER.0, USER.1)),
+        "",
+    )
+    .await
+    .json();
+    assert_eq!(copy["authenticationType"], "URL");
+    assert_eq!(copy["name"], "Cloud alerts (copy)");
+    central.stop();
+}
+
+#[test]
+fn export_import_round_trip_gives_url_auth_with_new_keys_and_keeps_scripts() {
+    let source_dir = tempfile::tempdir().expect("tempdir");
+    let source = write_config(source_dir.path());
+    let script = "var data = JSON.parse(request.body);\nform.post({properties: data});\n";
+    std::fs::write(source_dir.path().join("transform.js"), script).expect("script");
+    std::fs::write(source_dir.path().join("util.js"), "exports.x = 1;\n").expect("library");
+    let mut text = std::fs::read_to_string(&source).expect("read");
+    text.push_str("\n[[libraries]]\nname = \"util\"\npath = \"util.js\"\n\n[[integrations]]\nid = \"ops-transform\"\naction = \"transform\"\nplan = \"Ops\"\nscript = \"transform.js\"\nlibraries = [\"util\"]\nauth = \"basic\"\nconstants = { region = \"eu\" }\n\n[[integrations]]\nid = \"other-plan\"\naction = \"create_event\"\nplan = \"Other\"\nurl_key = \"other-secret\"\nauthenticating_user = \"admin\"\n");
+    std::fs::write(&source, text).expect("write");
+
+    let (code, bundle, stderr) =
+        run_xmcentral(&["integration", "export", "--plan", "Ops"], &source);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !bundle.contains("other"),
+        "only the plan's integrations: {bundle}"
+    );
+    let parsed: Value = serde_json::from_str(&bundle).expect("JSON bundle");
+    assert_eq!(parsed["integrations"][0]["script"], script);
+    assert_eq!(
+        parsed["integrations"][0]["libraries"]["util"],
+        "exports.x = 1;\n"
+    );
+    let bundle_path = source_dir.path().join("bundle.json");
+    std::fs::write(&bundle_path, &bundle).expect("bundle");
+    let (code, _, stderr) = run_xmcentral(&["integration", "export", "--plan", "Nope"], &source);
+    assert_eq!(code, Some(64), "{stderr}");
+
+    let target_dir = tempfile::tempdir().expect("tempdir");
+    let target = write_config(target_dir.path());
+    let bundle_arg = bundle_path.to_str().expect("utf-8 path");
+    let import = [
+        "integration",
+        "import",
+        bundle_arg,
+        "--authenticating-user",
+        "admin",
+    ];
+    let (code, stdout, stderr) = run_xmcentral(&import, &target);
+    assert_eq!(code, Some(0), "{stderr}");
+    let keys = printed_keys(&stdout);
+    assert_eq!(keys.len(), 1, "{stdout}");
+    assert_eq!(keys[0].0, "ops-transform");
+    let imported = std::fs::read_to_string(&target).expect("read");
+    assert!(imported.contains("auth = \"url\""), "{imported}");
+    assert!(
+        imported.contains(&format!("url_key = \"{}\"", keys[0].1)),
+        "{imported}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(target_dir.path().join("ops-transform.js")).expect("script"),
+        script
+    );
+    let (code, stdout, stderr) = run_xmcentral(&["check"], &target);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+
+    // Again: the id is taken; with a prefix it goes beside, with another key.
+    let (code, _, stderr) = run_xmcentral(&import, &target);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("central.toml") && stderr.contains("ops-transform"),
+        "{stderr}"
+    );
+    let prefixed = [&import[..], &["--rename-prefix", "copy-"]].concat();
+    let (code, stdout, stderr) = run_xmcentral(&prefixed, &target);
+    assert_eq!(code, Some(0), "{stderr}");
+    let second = printed_keys(&stdout);
+    assert_eq!(second[0].0, "copy-ops-transform");
+    assert_ne!(second[0].1, keys[0].1);
+}
+
+#[test]
+fn integration_commands_refuse_bad_requests_with_usage_or_config_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_managed_config(dir.path());
+    let original = std::fs::read_to_string(&config).expect("read");
+    let cases: [(&[&str], i32, &str); 3] = [
+        (
+            &["integration", "copy", "nope", "x"],
+            64,
+            "no integration with id \"nope\"",
+        ),
+        (
+            &["integration", "copy", "cloud", "dc"],
+            64,
+            "already exists",
+        ),
+        (
+            &["integration", "copy", "cloud", "bad/id"],
+            64,
+            "not a valid integration id",
+        ),
+    ];
+    for (args, expected, message) in cases {
+        let (code, _, stderr) = run_xmcentral(args, &config);
+        assert_eq!(code, Some(expected), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(message) && stderr.contains("central.toml"),
+            "{stderr}"
+        );
+    }
+    let (code, _, stderr) = run_xmcentral(&["integration", "copy", "cloud"], &config);
+    assert_eq!(code, Some(64), "{stderr}");
+
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[central]\nlisten = 1\n").expect("write");
+    let (code, _, stderr) = run_xmcentral(&["integration", "copy", "cloud", "x"], &broken);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("broken.toml"), "{stderr}");
+
+    // Bundles: not JSON, and one the daemon would refuse (nothing written, no script left).
+    let bundle = dir.path().join("bundle.json");
+    std::fs::write(&bundle, "not json").expect("write");
+    let args = ["integration", "import", bundle.to_str().expect("utf-8")];
+    let (code, _, stderr) = run_xmcentral(&args, &config);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("bundle.json"), "{stderr}");
+    let invalid = json!({
+        "format": "xmcentral-integrations/1",
+        "plan": "Ops",
+        "integrations": [{
+            "keys": {"id": "broken", "action": "transform", "authenticating_user": "admin"},
+            "script": "this is ( not javascript",
+        }],
+    });
+    std::fs::write(&bundle, invalid.to_string()).expect("write");
+    let (code, _, stderr) = run_xmcentral(&args, &config);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stderr.contains("integrations[2].script"), "{stderr}");
+    assert!(
+        !dir.path().join("broken.js").exists(),
+        "the script file was removed"
+    );
+    assert_eq!(std::fs::read_to_string(&config).expect("read"), original);
+}
