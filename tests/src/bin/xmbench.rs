@@ -143,7 +143,13 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let _ = agent.kill();
     let _ = agent.wait();
     let _ = stop_central.send(true);
-    central.task.await?;
+    // Only the task: the reload handles (the notifier holds the store) drop here, so the store
+    // can be opened below once the task ended.
+    let central_task = {
+        let central = central;
+        central.task
+    };
+    central_task.await?;
     let delivered =
         count_delivered(scratch.path().join("central"), &agent_run.accepted_ids).await?;
 
