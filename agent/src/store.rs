@@ -1847,6 +1847,16 @@ mod tests {
         }
     }
 
+    /// A create_event request `request_id` of integration `int` with default routing.
+    async fn accept_plain(store: &Store, request_id: &str, trigger: &str) -> u64 {
+        store
+            .accept_event(request_id, "int", "", &Routing::default(), trigger, || {
+                json!({})
+            })
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn accepted_requests_survive_a_reopen_and_flow_to_delivered() {
         let dir = tempfile::tempdir().unwrap();
@@ -2027,12 +2037,7 @@ mod tests {
         let store = Store::open(dir.path(), config).unwrap();
         let started = std::time::Instant::now();
         let trigger = json!({"properties": {"lone": true}}).to_string();
-        store
-            .accept_event("lone", "int", "", &Routing::default(), &trigger, || {
-                json!({})
-            })
-            .await
-            .unwrap();
+        accept_plain(&store, "lone", &trigger).await;
         assert!(
             started.elapsed() < gather / 2,
             "a lone write waited {:?}",
@@ -2044,21 +2049,12 @@ mod tests {
                 let store = store.clone();
                 tokio::spawn(async move {
                     let trigger = json!({"properties": {"n": n}}).to_string();
-                    store
-                        .accept_event(
-                            &request(n).request_id,
-                            "int",
-                            "",
-                            &Routing::default(),
-                            &trigger,
-                            || json!({}),
-                        )
-                        .await
+                    accept_plain(&store, &request(n).request_id, &trigger).await
                 })
             })
             .collect();
         for writer in writers {
-            writer.await.unwrap().unwrap();
+            writer.await.unwrap();
         }
         // One flush, two if the first write raced ahead of the others.
         let flushes = store.flushes() - before;
@@ -2080,17 +2076,7 @@ mod tests {
         let mut seqs = Vec::new();
         for n in 0..count as u64 {
             let trigger = json!({"properties": {"n": n, "filler": filler}}).to_string();
-            let seq = store
-                .accept_event(
-                    &request(n).request_id,
-                    "int",
-                    "",
-                    &Routing::default(),
-                    &trigger,
-                    || json!({}),
-                )
-                .await
-                .unwrap();
+            let seq = accept_plain(&store, &request(n).request_id, &trigger).await;
             seqs.push(seq);
         }
         assert!(
@@ -2169,10 +2155,7 @@ mod tests {
         let store = Store::open(dir.path(), config).unwrap();
         for n in 0..7 {
             let id = request(100 + n).request_id;
-            store
-                .accept_event(&id, "int", "", &Routing::default(), "{}", || json!({}))
-                .await
-                .unwrap();
+            accept_plain(&store, &id, "{}").await;
         }
         let script = store.accept(request(1)).await.unwrap();
         store.accept(request(2)).await.unwrap();

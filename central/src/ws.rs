@@ -469,6 +469,17 @@ fn classify_text(text: &str) -> Inbound {
 
 /// Validate and write `batch` (emptied), returning one answer per frame in order.
 fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer> {
+    process_batch(state, agent_id, batch, false)
+}
+
+/// [`process`]; with `all_or_none`, a batch in which any frame is refused writes nothing and
+/// answers only the refusals (a cloud-hosted request creates all its events or none).
+fn process_batch(
+    state: &State,
+    agent_id: &str,
+    batch: &mut Vec<Create>,
+    all_or_none: bool,
+) -> Vec<Answer> {
     if batch.is_empty() {
         return Vec::new();
     }
@@ -503,6 +514,9 @@ fn process(state: &State, agent_id: &str, batch: &mut Vec<Create>) -> Vec<Answer
                 }));
             }
         }
+    }
+    if all_or_none && writes.len() < batch.len() {
+        writes.clear();
     }
     if !writes.is_empty() {
         match state.store.create_batch(agent_id, &writes) {
@@ -597,12 +611,26 @@ pub(crate) fn create_hosted(
             flood_control: routing.flood_control,
             trigger,
         };
-        admit(state, &create).map_err(|(_, reason)| refused(reason))?;
         batch.push(create);
     }
-    let mut ids = Vec::with_capacity(batch.len());
+    let answers = process_batch(state, crate::hosted::HOSTED_AGENT_ID, &mut batch, true);
+    if let Some(Answer::Reject { seq, message, .. }) = answers.iter().find(|answer| {
+        matches!(
+            answer,
+            Answer::Reject {
+                retryable: false,
+                ..
+            }
+        )
+    }) {
+        return Err(HostedRefusal::Refused(format!(
+            "event {} cannot be created: {message}",
+            seq + 1
+        )));
+    }
+    let mut ids = Vec::with_capacity(answers.len());
     let mut created = 0;
-    for answer in process(state, crate::hosted::HOSTED_AGENT_ID, &mut batch) {
+    for answer in answers {
         match answer {
             Answer::Ack {
                 event_id,
@@ -612,10 +640,7 @@ pub(crate) fn create_hosted(
                 created += u64::from(!duplicate);
                 ids.push(event_id);
             }
-            Answer::Reject {
-                retryable: true, ..
-            } => return Err(HostedRefusal::Unavailable),
-            Answer::Reject { message, .. } => return Err(HostedRefusal::Refused(message)),
+            Answer::Reject { .. } => return Err(HostedRefusal::Unavailable),
         }
     }
     state
