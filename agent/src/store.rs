@@ -40,6 +40,7 @@ use tokio::sync::{watch, Notify};
 
 use bytes::Bytes;
 use integration::action::{Processed, Routing};
+use integration::activity::Activity;
 use integration::request::InboundRequest;
 
 mod finished;
@@ -296,7 +297,7 @@ struct Inner {
     activity_counts: Mutex<HashMap<String, u64>>,
     /// Activity entries not written to sled yet, per integration, oldest first (at most the
     /// retention each; older ones would be pruned right away). See [`Store::persist_activity`].
-    activity_buffer: Mutex<HashMap<String, VecDeque<(u64, BufferedActivity)>>>,
+    activity_buffer: Mutex<HashMap<String, VecDeque<(u64, Activity)>>>,
     tail: Mutex<OutboxTail>,
     /// requestId → where every unfinished request without a status record is (rebuilt from the
     /// inbox and outbox at open), so `request()` answers ACCEPTED/QUEUED without a record on the
@@ -460,33 +461,6 @@ impl OutboxTail {
     }
 }
 
-/// An activity-stream entry in the buffer. Fast-path entries are rendered only when written or
-/// listed, so the ones a burst pushes out of the buffer never cost their JSON.
-enum BufferedActivity {
-    Pending(Box<dyn FnOnce() -> serde_json::Value + Send>),
-    Ready(serde_json::Value),
-}
-
-impl BufferedActivity {
-    fn render(&mut self) -> &serde_json::Value {
-        if let Self::Pending(_) = self {
-            let pending = std::mem::replace(self, Self::Ready(serde_json::Value::Null));
-            *self = Self::Ready(pending.into_value());
-        }
-        match self {
-            Self::Ready(value) => value,
-            Self::Pending(_) => unreachable!("rendered just above"),
-        }
-    }
-
-    fn into_value(self) -> serde_json::Value {
-        match self {
-            Self::Pending(render) => render(),
-            Self::Ready(value) => value,
-        }
-    }
-}
-
 impl Inner {
     /// Measure free space; logs when room runs out and when it returns.
     fn measure_disk(&self) {
@@ -518,7 +492,7 @@ impl Inner {
     /// Write the buffered activity entries to sled and prune.
     fn persist_activity(&self) -> Result<(), StoreError> {
         let inner = self;
-        let drained: Vec<(String, VecDeque<(u64, BufferedActivity)>)> = {
+        let drained: Vec<(String, VecDeque<(u64, Activity)>)> = {
             let mut buffer = inner
                 .activity_buffer
                 .lock()
@@ -763,6 +737,12 @@ impl GroupCommit {
     }
 }
 
+/// sled's segment size. sled writes any page over a quarter of a segment to a file of its own
+/// (a blob), which a flush must then create, fsync and list in a synced directory; with sled's
+/// 512 KiB default a group of a few dozen requests crossed that line on every flush. Fixed when a
+/// store is created.
+const SEGMENT_BYTES: usize = 8 << 20;
+
 /// How long the flusher watches for more writes before it decides the burst is over.
 const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
 
@@ -861,6 +841,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_mib.max(1) * 1024 * 1024)
+            .segment_size(SEGMENT_BYTES)
             .flush_every_ms(None)
             .open()?;
         let disk = durable::DiskSync::open(dir)
@@ -1021,10 +1002,7 @@ impl Store {
             record_at_ack: true,
         };
         let seq = self.append_event_durably(&meta, routing, trigger).await?;
-        self.record_activity(
-            &meta.integration_id,
-            BufferedActivity::Pending(Box::new(activity)),
-        );
+        self.record_activity(&meta.integration_id, Activity::deferred(activity));
         Ok(seq)
     }
 
@@ -1091,7 +1069,7 @@ impl Store {
     /// the newest `activity_per_integration` entries in the buffer means a burst costs at most
     /// that many sled writes per interval instead of one per request. Activity is diagnostic: a
     /// crash loses at most one interval of it, never a request, event or status.
-    fn record_activity(&self, integration_id: &str, entry: BufferedActivity) {
+    fn record_activity(&self, integration_id: &str, entry: Activity) {
         let inner = &self.inner;
         let Ok(key) = inner.db.generate_id() else {
             return;
@@ -1341,10 +1319,7 @@ impl Store {
         // The next flush writes the new events and removes the inbox entry's group once it is
         // empty; nothing waits for it.
         self.request_flush();
-        self.record_activity(
-            &request.integration_id,
-            BufferedActivity::Ready(processed.activity),
-        );
+        self.record_activity(&request.integration_id, processed.activity);
         Ok(record)
     }
 
@@ -1843,7 +1818,7 @@ mod tests {
                 })
                 .collect(),
             failure: None,
-            activity: json!({"status": "QUEUED"}),
+            activity: json!({"status": "QUEUED"}).into(),
         }
     }
 
@@ -2213,7 +2188,7 @@ mod tests {
             let processed = Processed {
                 events: vec![],
                 failure: Some(format!("boom {n}")),
-                activity: json!({"n": n}),
+                activity: json!({"n": n}).into(),
             };
             assert_eq!(
                 store.complete(&accepted, processed).unwrap().status,

@@ -128,7 +128,7 @@ async fn process(worker: &Worker, job: Job, mut stop: watch::Receiver<bool>) {
                 .integrations
                 .contains_key(&request.integration_id);
         drop(live);
-        let processed = match integration {
+        let mut processed = match integration {
             None => failed(request, "the integration is no longer configured".into()),
             Some(integration) => run_action(&worker.scripts, &integration, request).await,
         };
@@ -153,7 +153,7 @@ async fn process(worker: &Worker, job: Job, mut stop: watch::Receiver<bool>) {
                 _ = stop.wait_for(|stop| *stop) => return,
             }
         }
-        let upstream = managed.then(|| processed.activity.clone());
+        let upstream = managed.then(|| processed.activity.render().clone());
         match worker.store.complete(&job.accepted, processed) {
             Ok(_) => {
                 if let Some(entry) = upstream {

@@ -207,7 +207,7 @@ impl Hosted {
         request: &InboundRequest,
         processed: integration::action::Processed,
     ) -> Result<(), StoreError> {
-        let mut activity = processed.activity;
+        let mut activity = processed.activity.into_value();
         let mut failure = processed.failure;
         let mut event_ids = Vec::new();
         if failure.is_none() && !processed.events.is_empty() {

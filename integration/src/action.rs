@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
-use crate::activity::{activity, activity_outputs};
+use crate::activity::{activity, activity_outputs, deferred_activity, Activity};
 use crate::definition::{Action, Integration};
 use crate::request::InboundRequest;
 use crate::trigger::trigger_from_body;
@@ -46,14 +46,14 @@ impl Routing {
 }
 
 /// The result of processing one inbound request.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Processed {
     /// Event triggers to send, each with its routing (form, plan, sender, flood control).
     pub events: Vec<(Routing, serde_json::Value)>,
     /// `Some(reason)` when processing failed (no events are sent then).
     pub failure: Option<String>,
-    /// The activity-stream entry for this request (a JSON object).
-    pub activity: serde_json::Value,
+    /// The activity-stream entry for this request (a JSON object once rendered).
+    pub activity: Activity,
 }
 
 /// What an action needs from its host: a script run. Each host owns its script pool, counts the
@@ -79,7 +79,7 @@ pub async fn run_action(
             .and_then(|text| serde_json::from_str(&text).map_err(|e| e.to_string()))
         {
             Ok(trigger) => Processed {
-                activity: activity(request, "QUEUED", json!({"events": 1})),
+                activity: activity(request, "QUEUED", json!({"events": 1})).into(),
                 events: vec![(integration.routing(&request.principal.user), trigger)],
                 failure: None,
             },
@@ -129,16 +129,20 @@ pub async fn run_action(
                 (None, true) => "COMPLETED",
                 (None, false) => "QUEUED",
             };
-            let details = json!({
-                "events": posts.len(),
-                "log": outcome.logs,
-                "http": outcome.http,
-                "error": error,
-                "durationMs": outcome.duration.as_millis() as u64,
-            });
-            let details = with_flow(details, flow);
+            let events = posts.len();
+            let (logs, http, duration) = (outcome.logs, outcome.http, outcome.duration);
+            let details = move || {
+                let details = json!({
+                    "events": events,
+                    "log": logs,
+                    "http": http,
+                    "error": error,
+                    "durationMs": duration.as_millis() as u64,
+                });
+                with_flow(details, flow)
+            };
             Processed {
-                activity: activity(request, status, details),
+                activity: deferred_activity(request, status, details),
                 events: posts
                     .into_iter()
                     .map(|post| (integration.routing(&request.principal.user), post))
@@ -202,7 +206,8 @@ pub fn failed(request: &InboundRequest, reason: String) -> Processed {
             request,
             "FAILED",
             json!({"events": 0, "error": {"message": reason}}),
-        ),
+        )
+        .into(),
         events: Vec::new(),
         failure: Some(reason),
     }

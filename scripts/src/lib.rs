@@ -70,7 +70,8 @@ impl Default for Limits {
             max_http_calls: 20,
             max_posts: 100,
             max_post_bytes: 8 * 1024 * 1024,
-            max_runs_per_context: 1000,
+            // Setting a context up (freezing the built-ins) costs about as much as 50 runs.
+            max_runs_per_context: 10_000,
             max_markup_bytes: 4 * 1024 * 1024,
             max_markup_nodes: 100_000,
             max_warm_contexts: 32,
