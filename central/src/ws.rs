@@ -1168,6 +1168,27 @@ mod tests {
     }
 
     #[test]
+    fn a_status_frame_is_read_for_the_console_and_an_unreadable_one_ends_the_stream() {
+        let text = r#"{"type":"status","queueDepth":3,"deadLetters":0,"oldestPendingMs":900,
+            "integrations":["a"]}"#;
+        match classify(Message::text(text)) {
+            Inbound::Status(status) => {
+                assert_eq!(
+                    (status.queue_depth, status.oldest_pending_ms),
+                    (3, Some(900))
+                );
+                assert_eq!(status.integrations, ["a"]);
+            }
+            _ => panic!("expected a status"),
+        }
+        // A status the central cannot read has no seq to answer: the stream is unreadable.
+        assert!(matches!(
+            classify(Message::text(r#"{"type":"status","queueDepth":"many"}"#)),
+            Inbound::Fatal(CloseCode::Unsupported, _)
+        ));
+    }
+
+    #[test]
     fn process_answers_in_order_and_dedupes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = state(dir.path());

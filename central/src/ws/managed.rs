@@ -143,3 +143,26 @@ fn encode(
         ids,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_agent_has_the_ids_of_its_run_on_integrations_in_order() {
+        let text = "[central]\ndata_dir = \"/tmp/x\"\n\
+            [[agents]]\nid = \"a1\"\ntoken = \"token-a1-0123456789\"\n\
+            [[agents]]\nid = \"a2\"\ntoken = \"token-a2-0123456789\"\n\
+            [[integrations]]\nid = \"zeta\"\naction = \"create_event\"\nauth = \"basic\"\nrun_on = [\"a1\", \"a2\"]\n\
+            [[integrations]]\nid = \"alpha\"\naction = \"create_event\"\nauth = \"basic\"\nrun_on = [\"a1\"]\n\
+            [[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"basic\"\n";
+        let config = crate::config::parse(text, "central.toml", std::path::Path::new("/etc/xm"))
+            .expect("a valid config");
+        let sets = AgentIntegrations::new(config.hosted.as_ref());
+        assert_eq!(sets.ids_of("a1"), ["alpha", "zeta"]);
+        assert_eq!(sets.ids_of("a2"), ["zeta"]);
+        assert!(sets.ids_of("other").is_empty(), "cloud integrations run on no agent");
+        sets.reload(None);
+        assert!(sets.ids_of("a1").is_empty(), "a reload is seen");
+    }
+}
