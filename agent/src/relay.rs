@@ -690,7 +690,7 @@ pub(crate) fn parse_welcome(text: &str, agent_id: &str) -> Result<Welcomed, Rela
         }
         Ok(other) => Err(RelayError::Protocol(format!(
             "expected welcome, got {}",
-            frame_name(&other)
+            frame_name(other)
         ))),
         Err(e) => Err(RelayError::Protocol(format!(
             "expected welcome, got unparsable frame ({e}): {}",

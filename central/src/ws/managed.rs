@@ -161,7 +161,10 @@ mod tests {
         let sets = AgentIntegrations::new(config.hosted.as_ref());
         assert_eq!(sets.ids_of("a1"), ["alpha", "zeta"]);
         assert_eq!(sets.ids_of("a2"), ["zeta"]);
-        assert!(sets.ids_of("other").is_empty(), "cloud integrations run on no agent");
+        assert!(
+            sets.ids_of("other").is_empty(),
+            "cloud integrations run on no agent"
+        );
         sets.reload(None);
         assert!(sets.ids_of("a1").is_empty(), "a reload is seen");
     }
