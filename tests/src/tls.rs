@@ -38,7 +38,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 /// Make `ca.pem` (the CA to trust), `central.pem` and `central.key` (the central's certificate
 /// for `localhost` and `127.0.0.1`, signed by the CA) in `dir`.
-pub fn make_test_ca(dir: &Path) {
+fn make_test_ca(dir: &Path) {
     openssl(
         dir,
         &[
@@ -104,8 +104,20 @@ pub fn make_test_ca(dir: &Path) {
     );
 }
 
+/// Start a central with its data in `dir` that serves TLS with a certificate of a CA made here
+/// (`dir/ca.pem` is the CA to trust).
+pub fn start_tls_central(dir: &Path) -> crate::Node {
+    make_test_ca(dir);
+    let config = crate::central_config(dir, 0);
+    serve_tls(&config);
+    crate::Node::start(
+        &crate::binary("xmcentral"),
+        &["run", "--config", config.to_str().expect("a UTF-8 path")],
+    )
+}
+
 /// Have the central configured in `config` (beside the files of [`make_test_ca`]) serve TLS.
-pub fn serve_tls(config: &Path) {
+fn serve_tls(config: &Path) {
     let text = std::fs::read_to_string(config)
         .expect("read central config")
         .replacen(

@@ -142,6 +142,26 @@ async fn log_in_via(
     .await
 }
 
+/// A central whose configuration gets `central_extra` (given the central's port) and an agent
+/// with `agent_extra` connected to it, both with their files in `dir`.
+fn central_and_agent(
+    dir: &Path,
+    central_extra: impl FnOnce(u16) -> String,
+    agent_extra: &str,
+) -> (Node, Node) {
+    let central_port = free_port();
+    let config = central_config(dir, central_port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&central_extra(central_port));
+    std::fs::write(&config, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let agent = start_agent(&agent_config(dir, central_port, agent_extra));
+    (central, agent)
+}
+
 /// The session cookie (`xmc_session=...`) of a successful login, after checking its flags.
 fn session_of(login: &Answer, secure: bool) -> String {
     assert_eq!(login.status, 303, "{}", body(login));
@@ -267,13 +287,7 @@ async fn the_session_cookie_is_secure_over_https() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    e2e::tls::make_test_ca(dir.path());
-    let config = central_config(dir.path(), 0);
-    e2e::tls::serve_tls(&config);
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
+    let central = e2e::tls::start_tls_central(dir.path());
     let tls = Via::Tls(&dir.path().join("ca.pem"));
     let form = tls.get(central.addr, "/console/login", "").await;
     let (_, login_cookie) = set_cookie(&form, "xmc_login").expect("login cookie");
@@ -315,20 +329,11 @@ url_key = "key-lost-form"
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agents_page_shows_the_version_queue_and_integrations_the_agent_reports() {
     let dir = tempfile::tempdir().unwrap();
-    let central_port = free_port();
-    let config = central_config(dir.path(), central_port);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(ONE_PLAN);
-    std::fs::write(&config, text).unwrap();
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
-    let agent = start_agent(&agent_config(
+    let (central, agent) = central_and_agent(
         dir.path(),
-        central_port,
+        |_| ONE_PLAN.to_owned(),
         &format!("{STANDARD_AGENT}{LOST_FORM}"),
-    ));
+    );
     let session = session_of(
         &log_in(central.addr, CENTRAL_USER.0, CENTRAL_USER.1).await,
         false,
@@ -676,20 +681,11 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let central_port = free_port();
-    let config = central_config(dir.path(), central_port);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&flood_demo_directory(central_port));
-    std::fs::write(&config, text).unwrap();
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
-    let agent = start_agent(&agent_config(
+    let (central, agent) = central_and_agent(
         dir.path(),
-        central_port,
+        flood_demo_directory,
         &format!("{STANDARD_AGENT}{FLOOD_DEMO}"),
-    ));
+    );
     let driver = start_driver(&driver).await;
     let client = open_browser(&chromium, &driver).await;
     let console = format!("http://{}/console", central.addr);

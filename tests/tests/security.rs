@@ -782,13 +782,7 @@ async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    e2e::tls::make_test_ca(d);
-    let config = central_config(d, 0);
-    e2e::tls::serve_tls(&config);
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
+    let central = e2e::tls::start_tls_central(d);
     let port = central.addr.port();
 
     // Plain HTTP to the TLS port gets no HTTP answer.

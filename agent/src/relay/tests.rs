@@ -1210,11 +1210,14 @@ impl StatusSource for CountingSource {
     }
 }
 
-fn counting_source(outbox: &Arc<MemOutbox>) -> Arc<CountingSource> {
-    Arc::new(CountingSource {
+/// A relay to `url` that reports a [`CountingSource`] over `outbox`.
+fn start_reporting(url: &str, outbox: &Arc<MemOutbox>) -> (Relay, Arc<CountingSource>) {
+    let source = Arc::new(CountingSource {
         outbox: Arc::clone(outbox),
         reads: Default::default(),
-    })
+    });
+    let settings = test_settings(url).with_status_source(source.clone());
+    (Relay::start(settings, Arc::clone(outbox)), source)
 }
 
 /// The frames that arrive within `wait`, as JSON.
@@ -1233,11 +1236,7 @@ async fn frames_within(ws: &mut ServerWs, wait: Duration) -> Vec<serde_json::Val
 async fn an_older_central_gets_no_status_frame() {
     let (listener, url) = listen().await;
     let outbox = MemOutbox::new();
-    let source = counting_source(&outbox);
-    let relay = Relay::start(
-        test_settings(&url).with_status_source(source.clone()),
-        outbox.clone(),
-    );
+    let (relay, source) = start_reporting(&url, &outbox);
     // The welcome lists nothing in `accepts`, as a central older than `status` sends it.
     let mut ws = accept_welcomed(&listener).await;
     outbox.push(1);
@@ -1261,11 +1260,7 @@ async fn status_is_reported_right_after_welcome_and_soon_after_the_queue_changes
     let (listener, url) = listen().await;
     let outbox = MemOutbox::new();
     outbox.push(1);
-    let source = counting_source(&outbox);
-    let relay = Relay::start(
-        test_settings(&url).with_status_source(source.clone()),
-        outbox.clone(),
-    );
+    let (relay, _source) = start_reporting(&url, &outbox);
     let mut ws = accept(&listener).await.unwrap();
     next_text(&mut ws).await.expect("hello");
     send(
