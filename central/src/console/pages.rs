@@ -568,7 +568,11 @@ pub fn activity_items(events: &[Value]) -> Markup {
                         " · request " code.request-id { (field(event, "requestId")) }
                     }
                     ol.steps {
-                        li { "Received from agent " strong { (field(event, "agentId")) } " (request " (field(event, "requestId")) ")" }
+                        @if field(event, "agentId") == HOSTED_AGENT_ID {
+                            li { "Received by the central itself (cloud) (request " (field(event, "requestId")) ")" }
+                        } @else {
+                            li { "Received from agent " strong { (field(event, "agentId")) } " (request " (field(event, "requestId")) ")" }
+                        }
                         li { "Event created: " a href=(format!("{PREFIX}/events/{}", segment(id))) { code { (id) } } ", priority " (field(event, "priority")) }
                         @if let Some(properties) = event.get("properties").and_then(Value::as_object) {
                             li { "Properties: "
@@ -830,6 +834,14 @@ mod tests {
     fn the_central_itself_runs_as_cloud_not_as_an_agent() {
         let agents = [HOSTED_AGENT_ID.to_owned(), "agent-01".to_owned()].into();
         assert_eq!(runs_on(&agents), "agent-01, cloud");
+        let mut hosted = hostile_event();
+        hosted["agentId"] = serde_json::json!(HOSTED_AGENT_ID);
+        let items = activity_items(&[hosted]).into_string();
+        assert!(
+            items.contains("Received by the central itself (cloud)"),
+            "{items}"
+        );
+        assert!(!items.contains("Received from agent"));
     }
 
     #[test]
