@@ -519,6 +519,28 @@ fn central_section(path: &Path) -> Option<toml::Value> {
     toml::from_str::<toml::Table>(&text).ok()?.remove("central")
 }
 
+/// What the relay reports in `status` frames: the queue figures `xmagent status` shows and the
+/// ids of the integrations in force (local and the central's).
+struct StatusReport {
+    store: Store,
+    live: LiveConfig,
+}
+
+impl relay::StatusSource for StatusReport {
+    fn status(&self) -> Option<protocol::AgentStatus> {
+        let figures = match crate::ingress::admin::QueueFigures::read(&self.store) {
+            Ok(figures) => figures,
+            Err(error) => {
+                tracing::debug!(%error, "the queue figures cannot be read; no status reported");
+                return None;
+            }
+        };
+        let mut integrations: Vec<String> = self.live.get().integrations.keys().cloned().collect();
+        integrations.sort_unstable();
+        Some(figures.to_protocol(integrations, time::OffsetDateTime::now_utc()))
+    }
+}
+
 /// A running relay and how to stop it.
 struct RelayTask {
     stop: watch::Sender<bool>,
@@ -550,7 +572,11 @@ impl RelayTask {
                 .with_ack_latency(shared.metrics.ack_latency.clone())
                 .with_heartbeat(heartbeat.clone())
                 .with_integrations_sink(shared.managed_sink.clone())
-                .with_activity_uplink(shared.uplink.clone()),
+                .with_activity_uplink(shared.uplink.clone())
+                .with_status_source(Arc::new(StatusReport {
+                    store: shared.store.clone(),
+                    live: shared.live.clone(),
+                })),
             agent_id,
             Arc::new(shared.store.clone()),
             shared.relay_status_tx.clone(),

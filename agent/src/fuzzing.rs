@@ -14,7 +14,9 @@ pub fn oauth_form(body: &[u8]) -> Result<HashMap<String, String>, String> {
 /// The relay's reading of the central's first frame ([`crate::relay`]): `Ok` for a `welcome`
 /// of this protocol version, else the reason the connection would be dropped.
 pub fn welcome(text: &str, agent_id: &str) -> Result<(), String> {
-    crate::relay::parse_welcome(text, agent_id).map_err(|error| error.to_string())
+    crate::relay::parse_welcome(text, agent_id)
+        .map(|_| ())
+        .map_err(|error| error.to_string())
 }
 
 #[cfg(test)]

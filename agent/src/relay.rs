@@ -14,6 +14,13 @@
 //! Assumption about the outbox: entries become visible to [`Outbox::pending_after`] in ascending
 //! `seq` order (an entry with a smaller `seq` never appears after a larger one was returned).
 //! Within one connection the relay only asks for entries after the last one it sent.
+//!
+//! Beside events, the relay tells the central about the agent: its software version in `hello`,
+//! and its queue and integrations in `status` frames (from a [`StatusSource`]) right after
+//! `welcome`, every [`STATUS_EVERY`] and soon after the queue changes (at most one per
+//! [`STATUS_MIN_GAP`]). Frame types beyond `event.create` go only to a central whose `welcome`
+//! lists them in `accepts` (an older central closes the socket on a frame type it does not know).
+//! Reading the figures costs a few store reads per status, never work per request.
 
 mod dial;
 #[cfg(test)]
@@ -28,7 +35,9 @@ use std::time::Duration;
 
 use futures_util::{FutureExt as _, SinkExt as _, StreamExt as _};
 use http::HeaderValue;
-use protocol::{AgentFrame, CentralFrame, PROTOCOL_VERSION};
+use protocol::{
+    AgentFrame, AgentStatus, CentralFrame, ACCEPTS_ACTIVITY, ACCEPTS_STATUS, PROTOCOL_VERSION,
+};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use server::exit::ConfigError;
@@ -58,6 +67,10 @@ const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How much of an unparsable frame is quoted in a log line.
 const LOG_SNIPPET: usize = 200;
+/// How often a connected agent reports its status when nothing changes.
+pub const STATUS_EVERY: Duration = Duration::from_secs(10);
+/// The least time between two status reports, however busy the queue.
+pub const STATUS_MIN_GAP: Duration = Duration::from_secs(2);
 
 /// The `[central]` section of the agent configuration, exactly as written in the file.
 ///
@@ -224,6 +237,7 @@ impl RelayConfig {
             ack_latency: None,
             integrations: None,
             activity: None,
+            status_source: None,
             heartbeat: Arc::default(),
         })
     }
@@ -318,6 +332,15 @@ pub struct RelaySettings {
     integrations: Option<Arc<IntegrationsSink>>,
     /// The activity of the central's integrations, reported to a central that sends integrations.
     activity: Option<Arc<crate::managed::ActivityUplink>>,
+    /// What `status` frames report, if anything.
+    status_source: Option<Arc<dyn StatusSource>>,
+}
+
+/// Where the relay reads what it reports in `status` frames. The daemon implements it over the
+/// store's counts and the live configuration, so the relay needs neither.
+pub trait StatusSource: Send + Sync {
+    /// The figures now; `None` when they cannot be read (no status is sent then).
+    fn status(&self) -> Option<AgentStatus>;
 }
 
 /// Hands the central's `integrations` frames to the daemon; only the latest one matters.
@@ -379,6 +402,12 @@ impl RelaySettings {
     /// Report the entries of `uplink` to a central that manages integrations.
     pub fn with_activity_uplink(mut self, uplink: Arc<crate::managed::ActivityUplink>) -> Self {
         self.activity = Some(uplink);
+        self
+    }
+
+    /// Report the figures of `source` to a central that accepts `status` frames.
+    pub fn with_status_source(mut self, source: Arc<dyn StatusSource>) -> Self {
+        self.status_source = Some(source);
         self
     }
 
@@ -525,14 +554,14 @@ pub async fn run(
             r = connect(&mut settings, &agent_id) => r,
         };
         let end = match attempt {
-            Ok(ws) => {
+            Ok((ws, welcomed)) => {
                 if connected_before {
                     status.send_modify(|s| s.reconnects += 1);
                 }
                 connected_before = true;
                 status.send_modify(|s| s.connected = true);
                 tracing::info!(url = %url, agent_id = %agent_id, "connected to the central");
-                let mut session = Session::new(ws, &settings, outbox.as_ref(), &status);
+                let mut session = Session::new(ws, welcomed, &settings, outbox.as_ref(), &status);
                 let end = session.serve(&mut shutdown).await;
                 status.send_modify(|s| {
                     s.connected = false;
@@ -583,8 +612,20 @@ pub async fn run(
     tracing::info!("relay stopped");
 }
 
+/// What the central's `welcome` allows on this connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Welcomed {
+    /// It reads `status` frames.
+    pub accepts_status: bool,
+    /// It reads `activity` frames (a central that sends `integrations` does too).
+    pub accepts_activity: bool,
+}
+
 /// Dial, say hello and wait for the welcome.
-async fn connect(settings: &mut RelaySettings, agent_id: &str) -> Result<WsStream, RelayError> {
+async fn connect(
+    settings: &mut RelaySettings,
+    agent_id: &str,
+) -> Result<(WsStream, Welcomed), RelayError> {
     let authorization = settings.token.authorization();
     let mut ws = dial::dial(DialParams {
         target: &settings.target,
@@ -597,6 +638,7 @@ async fn connect(settings: &mut RelaySettings, agent_id: &str) -> Result<WsStrea
     let hello = AgentFrame::Hello {
         version: PROTOCOL_VERSION,
         agent_id: agent_id.to_string(),
+        software_version: Some(env!("CARGO_PKG_VERSION").to_owned()),
     };
     send_timed(
         &mut ws,
@@ -623,27 +665,32 @@ async fn connect(settings: &mut RelaySettings, agent_id: &str) -> Result<WsStrea
     })
     .await
     .map_err(|_| RelayError::WelcomeTimeout(welcome_timeout))?;
-    welcome?;
-    Ok(ws)
+    Ok((ws, welcome?))
 }
 
-pub(crate) fn parse_welcome(text: &str, agent_id: &str) -> Result<(), RelayError> {
-    match serde_json::from_str::<CentralFrame>(text) {
-        Ok(CentralFrame::Welcome {
-            version,
-            agent_id: bound,
-        }) => {
-            if version != PROTOCOL_VERSION {
-                return Err(RelayError::VersionMismatch { theirs: version });
+pub(crate) fn parse_welcome(text: &str, agent_id: &str) -> Result<Welcomed, RelayError> {
+    match &serde_json::from_str::<CentralFrame>(text) {
+        Ok(
+            welcome @ CentralFrame::Welcome {
+                version,
+                agent_id: bound,
+                ..
+            },
+        ) => {
+            if *version != PROTOCOL_VERSION {
+                return Err(RelayError::VersionMismatch { theirs: *version });
             }
             if bound != agent_id {
                 tracing::info!(configured = %agent_id, central = %bound, "the central knows this agent by another id");
             }
-            Ok(())
+            Ok(Welcomed {
+                accepts_status: welcome.accepts(ACCEPTS_STATUS),
+                accepts_activity: welcome.accepts(ACCEPTS_ACTIVITY),
+            })
         }
         Ok(other) => Err(RelayError::Protocol(format!(
             "expected welcome, got {}",
-            frame_name(&other)
+            frame_name(other)
         ))),
         Err(e) => Err(RelayError::Protocol(format!(
             "expected welcome, got unparsable frame ({e}): {}",
@@ -749,11 +796,18 @@ struct Session<'a> {
     acks: Vec<(u64, String)>,
     /// The central sent `integrations` on this connection, so it reads `activity` frames.
     central_manages: bool,
+    /// What the central's `welcome` allowed.
+    welcomed: Welcomed,
+    /// When the next `status` frame is due; `None` when none is sent on this connection.
+    status_due: Option<Instant>,
+    /// When the last `status` frame went out.
+    status_sent_at: Instant,
 }
 
 impl<'a> Session<'a> {
     fn new(
         ws: WsStream,
+        welcomed: Welcomed,
         settings: &'a RelaySettings,
         outbox: &'a dyn Outbox,
         status: &'a watch::Sender<RelayStatus>,
@@ -773,7 +827,46 @@ impl<'a> Session<'a> {
             acked_any: false,
             acks: Vec::new(),
             central_manages: false,
+            welcomed,
+            // The first one right after welcome.
+            status_due: (welcomed.accepts_status && settings.status_source.is_some())
+                .then_some(now),
+            status_sent_at: now,
         }
+    }
+
+    /// The queue (or the integrations) changed: report soon, but not more often than
+    /// [`STATUS_MIN_GAP`].
+    fn status_changed(&mut self) {
+        if let Some(due) = self.status_due {
+            self.status_due = Some(due.min(self.status_sent_at + STATUS_MIN_GAP));
+        }
+    }
+
+    /// Send a `status` frame when one is due (checked every turn, so a busy socket cannot
+    /// starve it).
+    async fn report_status_if_due(&mut self) -> Result<(), RelayError> {
+        let now = Instant::now();
+        if self.status_due.is_none_or(|due| due > now) {
+            return Ok(());
+        }
+        self.status_due = Some(now + STATUS_EVERY);
+        self.status_sent_at = now;
+        let Some(status) = self
+            .settings
+            .status_source
+            .as_ref()
+            .and_then(|s| s.status())
+        else {
+            return Ok(());
+        };
+        let frame = AgentFrame::Status(status);
+        send_timed(
+            &mut self.ws,
+            Message::text(frame.to_text()),
+            self.settings.dead_after,
+        )
+        .await
     }
 
     fn outstanding(&self) -> usize {
@@ -824,6 +917,9 @@ impl<'a> Session<'a> {
             if let Err(e) = self.resend_due().await {
                 return self.lost(e);
             }
+            if let Err(e) = self.report_status_if_due().await {
+                return self.lost(e);
+            }
             let room = window - self.outstanding().min(window);
             // Ask the outbox in batches (a quarter of the window) rather than once per ack, unless
             // the pipe ran empty.
@@ -832,7 +928,12 @@ impl<'a> Session<'a> {
                 appended.as_mut().enable();
                 need_query = false;
                 match self.send_new(room).await {
-                    Ok(sent) => exhausted = sent < room,
+                    Ok(sent) => {
+                        exhausted = sent < room;
+                        if sent > 0 {
+                            self.status_changed();
+                        }
+                    }
                     Err(e) => return self.lost(e),
                 }
             }
@@ -849,7 +950,8 @@ impl<'a> Session<'a> {
                 .settings
                 .activity
                 .clone()
-                .filter(|_| self.central_manages);
+                .filter(|_| self.central_manages || self.welcomed.accepts_activity);
+            let status_due = self.status_due;
 
             tokio::select! {
                 biased;
@@ -890,6 +992,7 @@ impl<'a> Session<'a> {
                     return self.lost(RelayError::AckTimeout { seq, timeout: self.settings.ack_timeout });
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {}
+                _ = sleep_until_opt(status_due), if status_due.is_some() => {}
                 _ = activity_ready(uplink.as_deref()), if uplink.is_some() => {
                     if let Err(e) = self.send_activity(uplink.as_deref()).await {
                         return self.lost(e);
@@ -1062,6 +1165,7 @@ impl<'a> Session<'a> {
                     s.rejected_total += 1;
                     s.in_flight = n;
                 });
+                self.status_changed();
                 Ok(true)
             }
             CentralFrame::Reject {
@@ -1093,6 +1197,7 @@ impl<'a> Session<'a> {
                     sink.send_replace(Some(Arc::new(integrations)));
                 }
                 self.central_manages = true;
+                self.status_changed();
                 Ok(false)
             }
         }
@@ -1112,6 +1217,7 @@ impl<'a> Session<'a> {
             s.acked_total += acks.len() as u64;
             s.in_flight = n;
         });
+        self.status_changed();
         Ok(())
     }
 

@@ -1654,10 +1654,7 @@ impl Outbox for Store {
         };
         let entry = match parsed.map_err(|e| e.to_string())? {
             protocol::AgentFrame::EventCreate(entry) => entry,
-            protocol::AgentFrame::Hello { .. } => return Err("a hello frame in the outbox".into()),
-            protocol::AgentFrame::Activity { .. } => {
-                return Err("an activity frame in the outbox".into())
-            }
+            _ => return Err("a frame other than event.create in the outbox".into()),
         };
         let letter = DeadLetter {
             entry,

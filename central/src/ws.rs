@@ -6,6 +6,10 @@
 //! task, which waits for one group-committed flush and then sends them. Reading the next batch
 //! overlaps with flushing the previous one, and answers still leave in arrival order because
 //! the writer handles batches one after another. An `ack` is only sent once its event is on disk.
+//!
+//! Beside events, an agent reports its software version (in `hello`) and its queue (`status`
+//! frames, which `welcome` announces in `accepts`); both go to [`crate::console::presence`] for
+//! the console's agents page and are never answered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +24,9 @@ use http::header::{
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use protocol::{AgentFrame, CentralFrame, PROTOCOL_VERSION};
+use protocol::{
+    AgentFrame, AgentStatus, CentralFrame, ACCEPTS_ACTIVITY, ACCEPTS_STATUS, PROTOCOL_VERSION,
+};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -240,26 +246,30 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
             return;
         }
     };
-    let refusal = match hello {
-        Err(_) => Some((CloseCode::Policy, "no hello within 10 s".to_owned())),
+    let hello = match hello {
+        Err(_) => Err((CloseCode::Policy, "no hello within 10 s".to_owned())),
         Ok(None) => return,
-        Ok(Some(Err(reason))) => Some((CloseCode::Protocol, reason)),
-        Ok(Some(Ok(version))) if version != PROTOCOL_VERSION => Some((
+        Ok(Some(Err(reason))) => Err((CloseCode::Protocol, reason)),
+        Ok(Some(Ok(Hello { version, .. }))) if version != PROTOCOL_VERSION => Err((
             CloseCode::Policy,
             format!(
                 "unsupported protocol version {version}; this central speaks {PROTOCOL_VERSION}"
             ),
         )),
-        Ok(Some(Ok(_))) => None,
+        Ok(Some(Ok(hello))) => Ok(hello),
     };
-    if let Some((code, reason)) = refusal {
-        tracing::warn!(agent = %agent_id, %peer, %reason, "agent connection refused");
-        let _ = socket.send(close(code, &reason)).await;
-        return;
-    }
+    let hello = match hello {
+        Ok(hello) => hello,
+        Err((code, reason)) => {
+            tracing::warn!(agent = %agent_id, %peer, %reason, "agent connection refused");
+            let _ = socket.send(close(code, &reason)).await;
+            return;
+        }
+    };
     let welcome = CentralFrame::Welcome {
         version: PROTOCOL_VERSION,
         agent_id: agent_id.clone(),
+        accepts: vec![ACCEPTS_STATUS.to_owned(), ACCEPTS_ACTIVITY.to_owned()],
     };
     if socket.send(Message::text(welcome.to_text())).await.is_err() {
         return;
@@ -269,10 +279,12 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
         .agents_connected
         .fetch_add(1, Ordering::Relaxed);
     let _connected = Connected(&state.metrics);
-    let _present = state
-        .console
-        .presence
-        .connected(&agent_id, PROTOCOL_VERSION, peer);
+    let _present = state.console.presence.connected(
+        &agent_id,
+        PROTOCOL_VERSION,
+        hello.software_version.as_deref(),
+        peer,
+    );
     tracing::info!(agent = %agent_id, %peer, "agent connected");
 
     let (sink, mut stream) = socket.split();
@@ -324,6 +336,7 @@ async fn run(state: Arc<State>, mut socket: Socket, agent_id: String, peer: Sock
                             hosted.keep_agent_activity(&agent_id, entries);
                         }
                     }
+                    Inbound::Status(status) => state.console.presence.reported(&agent_id, status),
                     Inbound::Ignore => {}
                     Inbound::Closed => {
                         stop = Some(None);
@@ -377,15 +390,28 @@ async fn stop_requested(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Read until the first data frame; `Ok(version)` for a `hello`, `Err(reason)` for anything
-/// else, `None` when the socket ended first.
-async fn first_frame(socket: &mut Socket) -> Option<Result<u32, String>> {
+/// What an agent's `hello` says.
+struct Hello {
+    version: u32,
+    software_version: Option<String>,
+}
+
+/// Read until the first data frame; `Ok` for a `hello`, `Err(reason)` for anything else, `None`
+/// when the socket ended first.
+async fn first_frame(socket: &mut Socket) -> Option<Result<Hello, String>> {
     loop {
         let message = socket.next().await?.ok()?;
         match message {
             Message::Text(text) => {
                 return Some(match serde_json::from_str::<AgentFrame>(text.as_str()) {
-                    Ok(AgentFrame::Hello { version, .. }) => Ok(version),
+                    Ok(AgentFrame::Hello {
+                        version,
+                        software_version,
+                        ..
+                    }) => Ok(Hello {
+                        version,
+                        software_version,
+                    }),
                     Ok(_) => Err("the first frame must be hello".to_owned()),
                     Err(_) => Err("the first frame must be a hello JSON frame".to_owned()),
                 })
@@ -402,6 +428,8 @@ enum Inbound {
     Create(Create),
     /// Activity entries of the integrations this agent runs for the central.
     Activity(Vec<serde_json::Value>),
+    /// The agent's queue figures and integrations.
+    Status(AgentStatus),
     Malformed {
         seq: u64,
         message: String,
@@ -442,6 +470,7 @@ fn classify_text(text: &str) -> Inbound {
             Inbound::Fatal(CloseCode::Protocol, "hello was already received".to_owned())
         }
         Ok(AgentFrame::Activity { entries }) => Inbound::Activity(entries),
+        Ok(AgentFrame::Status(status)) => Inbound::Status(status),
         Err(error) => {
             // If the frame names its seq, answer it so the agent can dead-letter the entry
             // instead of resending it forever; otherwise the stream is unreadable.
@@ -1134,6 +1163,27 @@ mod tests {
         ));
         assert!(matches!(
             classify(Message::binary(vec![1u8])),
+            Inbound::Fatal(CloseCode::Unsupported, _)
+        ));
+    }
+
+    #[test]
+    fn a_status_frame_is_read_for_the_console_and_an_unreadable_one_ends_the_stream() {
+        let text = r#"{"type":"status","queueDepth":3,"deadLetters":0,"oldestPendingMs":900,
+            "integrations":["a"]}"#;
+        match classify(Message::text(text)) {
+            Inbound::Status(status) => {
+                assert_eq!(
+                    (status.queue_depth, status.oldest_pending_ms),
+                    (3, Some(900))
+                );
+                assert_eq!(status.integrations, ["a"]);
+            }
+            _ => panic!("expected a status"),
+        }
+        // A status the central cannot read has no seq to answer: the stream is unreadable.
+        assert!(matches!(
+            classify(Message::text(r#"{"type":"status","queueDepth":"many"}"#)),
             Inbound::Fatal(CloseCode::Unsupported, _)
         ));
     }

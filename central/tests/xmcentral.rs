@@ -237,19 +237,23 @@ async fn hello_as(addr: SocketAddr, token: &str, expected_id: &str) -> Ws {
         .expect("upgrade accepted");
     send(
         &mut ws,
+        // As an agent older than `softwareVersion` says it.
         &AgentFrame::Hello {
             version: PROTOCOL_VERSION,
             agent_id: "x".into(),
+            software_version: None,
         },
     )
     .await;
-    assert_eq!(
-        receive_frame(&mut ws).await,
-        CentralFrame::Welcome {
-            version: PROTOCOL_VERSION,
-            agent_id: expected_id.into()
-        }
+    let welcome = receive_frame(&mut ws).await;
+    assert!(
+        welcome.accepts(protocol::ACCEPTS_STATUS),
+        "the central announces the status frame: {welcome:?}"
     );
+    assert!(matches!(
+        welcome,
+        CentralFrame::Welcome { version: PROTOCOL_VERSION, agent_id, .. } if agent_id == expected_id
+    ));
     ws
 }
 
@@ -323,6 +327,15 @@ async fn websocket_rest_and_restart_keep_events_exactly_once() {
     assert_eq!(ws_connect(addr, Some("wrong-token")).await.err(), Some(401));
 
     let mut ws = hello(addr).await;
+    // A status frame is taken without an answer; the connection goes on.
+    send(
+        &mut ws,
+        &AgentFrame::Status(protocol::AgentStatus {
+            queue_depth: 1,
+            ..Default::default()
+        }),
+    )
+    .await;
     let trigger = json!({
         "priority": "high",
         "properties": {"Host#en": "db1", "Summary": "disk full"},
@@ -591,6 +604,7 @@ async fn bad_hello_closes_the_socket_with_a_reason() {
         &AgentFrame::Hello {
             version: PROTOCOL_VERSION + 1,
             agent_id: "x".into(),
+            software_version: None,
         },
     )
     .await;

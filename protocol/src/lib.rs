@@ -6,6 +6,13 @@
 //! [`AgentFrame::EventCreate`] frames and the central answers each with an [`CentralFrame::Ack`]
 //! or a [`CentralFrame::Reject`], matched by `seq`.
 //!
+//! Growing the protocol without a new version: members added to a frame are optional (both
+//! sides ignore members they do not know, so an old peer reads a new frame), and a new frame
+//! type from the agent is sent only to a central whose `welcome` lists it in `accepts` (a
+//! central that does not know a frame type closes the socket). The agent's `status` frame
+//! ([`AgentStatus`]: software version in `hello`, queue figures and integrations in `status`)
+//! feeds the central's view of its agents.
+//!
 //! This crate holds only the types, so both sides (and any third-party central) agree on the wire
 //! shape without pulling in each other's runtime. It deliberately does no I/O.
 #![forbid(unsafe_code)]
@@ -25,6 +32,33 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The path on the central where agents open their websocket.
 pub const CONNECT_PATH: &str = "/api/agent/1/connect";
+
+/// The name a central lists in [`CentralFrame::Welcome`]'s `accepts` when it reads
+/// [`AgentFrame::Status`] frames.
+pub const ACCEPTS_STATUS: &str = "status";
+
+/// The name a central lists in `accepts` when it reads [`AgentFrame::Activity`] frames (a
+/// central that sends `integrations` reads them too, listed or not).
+pub const ACCEPTS_ACTIVITY: &str = "activity";
+
+/// What an agent reports of itself in a `status` frame: right after `welcome`, then
+/// periodically and soon after its queue changes, so the central's console shows each agent's
+/// backlog without logging in to its host.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentStatus {
+    /// Entries accepted and not yet acknowledged by the central (requests waiting for their
+    /// script plus events waiting for their ack).
+    pub queue_depth: u64,
+    /// Events the central refused for good, kept on the agent for `xmagent queue retry`.
+    pub dead_letters: u64,
+    /// Age in milliseconds of the oldest accepted-but-unacknowledged request, `null` when none.
+    #[serde(default)]
+    pub oldest_pending_ms: Option<u64>,
+    /// The ids of the integrations the agent serves (its own and the central's), sorted.
+    #[serde(default)]
+    pub integrations: Vec<String>,
+}
 
 /// One event-creation call taken from the agent's outbox.
 ///
@@ -73,6 +107,10 @@ pub enum AgentFrame {
         version: u32,
         /// The agent's configured id; informational (the token identifies the agent).
         agent_id: String,
+        /// The agent's software version (its package version), for the central's console;
+        /// absent from agents older than this member.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        software_version: Option<String>,
     },
     /// Create one event.
     #[serde(rename = "event.create")]
@@ -85,6 +123,10 @@ pub enum AgentFrame {
         /// The entries, oldest first.
         entries: Vec<Value>,
     },
+    /// The agent's queue figures and integrations; never answered. Sent only to a central whose
+    /// `welcome` lists [`ACCEPTS_STATUS`].
+    #[serde(rename = "status")]
+    Status(AgentStatus),
 }
 
 /// Frames the central sends.
@@ -98,6 +140,11 @@ pub enum CentralFrame {
         version: u32,
         /// The agent id the central bound to the token.
         agent_id: String,
+        /// The agent frame types beyond `event.create` this central reads ([`ACCEPTS_STATUS`],
+        /// [`ACCEPTS_ACTIVITY`]); absent from centrals older than this member, which close the
+        /// socket on a frame type they do not know.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        accepts: Vec<String>,
     },
     /// The event exists at the central (created now or by an earlier send of the same triple).
     #[serde(rename = "ack", rename_all = "camelCase")]
@@ -137,6 +184,12 @@ impl CentralFrame {
     /// Encode as the JSON text of one websocket frame.
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("central frames always serialize")
+    }
+
+    /// Whether this is a `welcome` that lists `frame_type` in `accepts`: the agent may send
+    /// frames of that type on this connection.
+    pub fn accepts(&self, frame_type: &str) -> bool {
+        matches!(self, CentralFrame::Welcome { accepts, .. } if accepts.iter().any(|t| t == frame_type))
     }
 }
 
@@ -202,6 +255,7 @@ mod tests {
             CentralFrame::Welcome {
                 version: 1,
                 agent_id: "a".into(),
+                accepts: vec![ACCEPTS_STATUS.into()],
             },
             CentralFrame::Ack {
                 seq: 1,
@@ -268,6 +322,126 @@ mod tests {
         assert_eq!(v["integrations"][0]["urlKeySha256"], "ab".repeat(32));
         assert!(v["integrations"][0].get("urlKey").is_none());
         assert_eq!(serde_json::from_str::<CentralFrame>(&text).unwrap(), frame);
+    }
+
+    /// The frames as the first release of protocol 1 declared them: what an old peer parses.
+    mod first_release {
+        use serde::{Deserialize, Serialize};
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum AgentFrame {
+            #[serde(rename = "hello", rename_all = "camelCase")]
+            Hello { version: u32, agent_id: String },
+        }
+
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type")]
+        pub enum CentralFrame {
+            #[serde(rename = "welcome", rename_all = "camelCase")]
+            Welcome { version: u32, agent_id: String },
+        }
+    }
+
+    #[test]
+    fn hello_carries_the_software_version_and_stays_readable_both_ways() {
+        let new = AgentFrame::Hello {
+            version: PROTOCOL_VERSION,
+            agent_id: "a".into(),
+            software_version: Some("1.2.3".into()),
+        };
+        let text = new.to_text();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["softwareVersion"], "1.2.3");
+        assert_eq!(serde_json::from_str::<AgentFrame>(&text).unwrap(), new);
+        // An old central reads the new hello, ignoring the member it does not know.
+        assert_eq!(
+            serde_json::from_str::<first_release::AgentFrame>(&text).unwrap(),
+            first_release::AgentFrame::Hello {
+                version: PROTOCOL_VERSION,
+                agent_id: "a".into()
+            }
+        );
+        // A new central reads an old agent's hello: no software version.
+        let old = first_release::AgentFrame::Hello {
+            version: 1,
+            agent_id: "a".into(),
+        };
+        let read = serde_json::from_str::<AgentFrame>(&serde_json::to_string(&old).unwrap());
+        assert_eq!(
+            read.unwrap(),
+            AgentFrame::Hello {
+                version: 1,
+                agent_id: "a".into(),
+                software_version: None
+            }
+        );
+    }
+
+    #[test]
+    fn welcome_lists_what_the_central_accepts_and_stays_readable_both_ways() {
+        let new = CentralFrame::Welcome {
+            version: 1,
+            agent_id: "a".into(),
+            accepts: vec![ACCEPTS_STATUS.into(), ACCEPTS_ACTIVITY.into()],
+        };
+        assert!(new.accepts(ACCEPTS_STATUS) && new.accepts(ACCEPTS_ACTIVITY));
+        assert!(!new.accepts("telemetry"));
+        let text = new.to_text();
+        // An old agent reads the new welcome.
+        assert_eq!(
+            serde_json::from_str::<first_release::CentralFrame>(&text).unwrap(),
+            first_release::CentralFrame::Welcome {
+                version: 1,
+                agent_id: "a".into()
+            }
+        );
+        // A new agent reads an old central's welcome as accepting nothing new.
+        let old = serde_json::to_string(&first_release::CentralFrame::Welcome {
+            version: 1,
+            agent_id: "a".into(),
+        })
+        .unwrap();
+        let read: CentralFrame = serde_json::from_str(&old).unwrap();
+        assert!(!read.accepts(ACCEPTS_STATUS));
+        assert!(!CentralFrame::Ack {
+            seq: 1,
+            event_id: "e".into()
+        }
+        .accepts(ACCEPTS_STATUS));
+    }
+
+    #[test]
+    fn status_frame_round_trips_with_an_explicit_null_age() {
+        let frame = AgentFrame::Status(AgentStatus {
+            queue_depth: 3,
+            dead_letters: 1,
+            oldest_pending_ms: None,
+            integrations: vec!["a".into(), "b".into()],
+        });
+        let text = frame.to_text();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            json!({"type": "status", "queueDepth": 3, "deadLetters": 1,
+                   "oldestPendingMs": null, "integrations": ["a", "b"]})
+        );
+        assert_eq!(serde_json::from_str::<AgentFrame>(&text).unwrap(), frame);
+        let aged: AgentFrame = serde_json::from_str(
+            r#"{"type":"status","queueDepth":0,"deadLetters":0,"oldestPendingMs":1500}"#,
+        )
+        .unwrap();
+        let AgentFrame::Status(status) = aged else {
+            panic!("a status frame");
+        };
+        assert_eq!(
+            (status.oldest_pending_ms, status.integrations.len()),
+            (Some(1500), 0)
+        );
+        assert!(
+            serde_json::from_str::<AgentFrame>(r#"{"type":"status","queueDepth":-1}"#).is_err(),
+            "figures are counts"
+        );
     }
 
     #[test]

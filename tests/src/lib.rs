@@ -20,6 +20,8 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+pub mod tls;
+
 /// The agent token the harness configures on both sides.
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
 /// The central's REST user.
@@ -319,6 +321,21 @@ pub async fn http(
     body: impl Into<Bytes>,
 ) -> std::io::Result<Answer> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
+    exchange(stream, addr, method, path, headers, body.into()).await
+}
+
+/// One HTTP/1.1 request over `stream` (plain or TLS) to the listener at `addr`.
+async fn exchange<S>(
+    stream: S,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> std::io::Result<Answer>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io_error = |e: hyper::Error| std::io::Error::other(e.to_string());
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -332,7 +349,7 @@ pub async fn http(
         request = request.header(*name, *value);
     }
     let request = request
-        .body(Full::new(body.into()))
+        .body(Full::new(body))
         .map_err(std::io::Error::other)?;
     let response = sender.send_request(request).await.map_err(io_error)?;
     let status = response.status().as_u16();

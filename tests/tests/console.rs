@@ -40,20 +40,56 @@ fn body(answer: &Answer) -> String {
     String::from_utf8_lossy(&answer.body).into_owned()
 }
 
-async fn get(central: std::net::SocketAddr, path: &str, cookie: &str) -> Answer {
-    http(central, "GET", path, &[("cookie", cookie)], "")
-        .await
+/// How a test reaches the central: plain HTTP, or HTTPS trusting the test CA in this file.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Plain,
+    Tls(&'a Path),
+}
+
+impl Via<'_> {
+    async fn get(self, central: std::net::SocketAddr, path: &str, cookie: &str) -> Answer {
+        self.send(central, "GET", path, &[("cookie", cookie)], String::new())
+            .await
+    }
+
+    async fn post_form(
+        self,
+        central: std::net::SocketAddr,
+        path: &str,
+        cookie: &str,
+        form: &str,
+    ) -> Answer {
+        let headers = [
+            ("cookie", cookie),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        self.send(central, "POST", path, &headers, form.to_owned())
+            .await
+    }
+
+    async fn send(
+        self,
+        central: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Answer {
+        match self {
+            Via::Plain => http(central, method, path, headers, body).await,
+            Via::Tls(ca) => e2e::tls::https(central, ca, method, path, headers, body).await,
+        }
         .expect("central reachable")
+    }
+}
+
+async fn get(central: std::net::SocketAddr, path: &str, cookie: &str) -> Answer {
+    Via::Plain.get(central, path, cookie).await
 }
 
 async fn post_form(central: std::net::SocketAddr, path: &str, cookie: &str, form: &str) -> Answer {
-    let headers = [
-        ("cookie", cookie),
-        ("content-type", "application/x-www-form-urlencoded"),
-    ];
-    http(central, "POST", path, &headers, form.to_owned())
-        .await
-        .expect("central reachable")
+    Via::Plain.post_form(central, path, cookie, form).await
 }
 
 /// Trigger `integration` with `body`, insist on 202 and return the request id.
@@ -70,7 +106,17 @@ async fn request_id_of(
 
 /// Fetch the login form, post `user` and `password` with its token, return the answer.
 async fn log_in(central: std::net::SocketAddr, user: &str, password: &str) -> Answer {
-    let form = get(central, "/console/login", "").await;
+    log_in_via(Via::Plain, central, user, password).await
+}
+
+/// [`log_in`] over plain HTTP or HTTPS.
+async fn log_in_via(
+    via: Via<'_>,
+    central: std::net::SocketAddr,
+    user: &str,
+    password: &str,
+) -> Answer {
+    let form = via.get(central, "/console/login", "").await;
     assert_eq!(form.status, 200, "{}", body(&form));
     let (token, cookie) = set_cookie(&form, "xmc_login").expect("login cookie");
     assert!(
@@ -87,13 +133,44 @@ async fn log_in(central: std::net::SocketAddr, user: &str, password: &str) -> An
         .append_pair("user", user)
         .append_pair("password", password)
         .finish();
-    post_form(
+    via.post_form(
         central,
         "/console/login",
         &format!("xmc_login={token}"),
         &fields,
     )
     .await
+}
+
+/// A central whose configuration gets `central_extra` (given the central's port) and an agent
+/// with `agent_extra` connected to it, both with their files in `dir`.
+fn central_and_agent(
+    dir: &Path,
+    central_extra: impl FnOnce(u16) -> String,
+    agent_extra: &str,
+) -> (Node, Node) {
+    let central_port = free_port();
+    let config = central_config(dir, central_port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&central_extra(central_port));
+    std::fs::write(&config, text).unwrap();
+    let central = Node::start(
+        &binary("xmcentral"),
+        &["run", "--config", config.to_str().unwrap()],
+    );
+    let agent = start_agent(&agent_config(dir, central_port, agent_extra));
+    (central, agent)
+}
+
+/// The session cookie (`xmc_session=...`) of a successful login, after checking its flags.
+fn session_of(login: &Answer, secure: bool) -> String {
+    assert_eq!(login.status, 303, "{}", body(login));
+    let (token, cookie) = set_cookie(login, "xmc_session").expect("session cookie");
+    for part in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
+        assert!(cookie.contains(part), "{cookie} lacks {part}");
+    }
+    assert_eq!(cookie.contains("Secure"), secure, "{cookie}");
+    format!("xmc_session={token}")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -143,14 +220,8 @@ async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_withou
 
     // The right one: a session cookie that scripts cannot read and other sites do not send.
     let right = log_in(at, CENTRAL_USER.0, CENTRAL_USER.1).await;
-    assert_eq!(right.status, 303, "{}", body(&right));
     assert_eq!(right.header("location"), Some("/console"));
-    let (token, cookie) = set_cookie(&right, "xmc_session").expect("session cookie");
-    for part in ["HttpOnly", "SameSite=Strict", "Path=/console", "Max-Age="] {
-        assert!(cookie.contains(part), "{cookie} lacks {part}");
-    }
-    assert!(!cookie.contains("Secure"), "plain HTTP: no Secure flag");
-    let session = format!("xmc_session={token}");
+    let session = session_of(&right, false); // plain HTTP: no Secure flag
 
     let report = get(at, "/console/events", &session).await;
     assert_eq!(report.status, 200, "{}", body(&report));
@@ -205,6 +276,103 @@ async fn console_refuses_wrong_passwords_missing_csrf_tokens_and_requests_withou
     let throttled = log_in(at, "ghost", "guess").await;
     assert_eq!(throttled.status, 429, "{}", body(&throttled));
     assert!(throttled.header("retry-after").is_some());
+}
+
+/// Over HTTPS (the central serves a certificate of a CA made in the test) the session cookie is
+/// `Secure`, so a browser never sends it over plain HTTP; the session works over HTTPS.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_session_cookie_is_secure_over_https() {
+    if !e2e::tls::openssl_available() {
+        println!("SKIPPED: the `openssl` command is not available to make a test CA");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let central = e2e::tls::start_tls_central(dir.path());
+    let tls = Via::Tls(&dir.path().join("ca.pem"));
+    let form = tls.get(central.addr, "/console/login", "").await;
+    let (_, login_cookie) = set_cookie(&form, "xmc_login").expect("login cookie");
+    assert!(login_cookie.contains("Secure"), "{login_cookie}");
+    let login = log_in_via(tls, central.addr, CENTRAL_USER.0, CENTRAL_USER.1).await;
+    let session = session_of(&login, true);
+    let agents = tls.get(central.addr, "/console/agents", &session).await;
+    assert_eq!(agents.status, 200, "{}", body(&agents));
+    assert!(body(&agents).contains("agent-test"));
+    let (_, cookie) = set_cookie(&login, "xmc_session").unwrap();
+    println!(
+        "HTTPS login sets the session cookie with:{}",
+        cookie.split_once(';').map_or("", |(_, flags)| flags)
+    );
+}
+
+/// A central with one plan and form: an event for any other form is refused for good, so the
+/// agent keeps it as a dead letter.
+const ONE_PLAN: &str = r#"
+[[plans]]
+name = "Operations"
+[[plans.forms]]
+name = "Incident Alert"
+"#;
+
+/// An integration whose events name a form the central does not have.
+const LOST_FORM: &str = r#"
+[[integrations]]
+id = "lost-form"
+action = "create_event"
+form = "No Such Form"
+auth = "url"
+authenticating_user = "svc"
+url_key = "key-lost-form"
+"#;
+
+/// The agents page shows what the agent reports: its software version, its queue (a dead
+/// letter the central refused) and the integrations it serves.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agents_page_shows_the_version_queue_and_integrations_the_agent_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (central, agent) = central_and_agent(
+        dir.path(),
+        |_| ONE_PLAN.to_owned(),
+        &format!("{STANDARD_AGENT}{LOST_FORM}"),
+    );
+    let session = session_of(
+        &log_in(central.addr, CENTRAL_USER.0, CENTRAL_USER.1).await,
+        false,
+    );
+
+    let version = env!("CARGO_PKG_VERSION");
+    let reported = eventually(WAIT, "the agent's first status", || async {
+        let html = body(&get(central.addr, "/console/agents", &session).await);
+        html.contains("class=\"queue-depth\">0<").then_some(html)
+    })
+    .await;
+    assert!(
+        reported.contains(&format!("<code>{version}</code>")),
+        "{reported}"
+    );
+    assert!(reported.contains("connected"));
+
+    // An event the central refuses for good: the agent reports a dead letter soon after.
+    accepted(agent.addr, "lost-form", "{}").await;
+    let page = eventually(WAIT, "the dead letter reported", || async {
+        let html = body(&get(central.addr, "/console/agents", &session).await);
+        html.contains("class=\"dead-letters\">1<").then_some(html)
+    })
+    .await;
+    for id in ["any", "api_key", "basic", "lost-form", "oauth", "url"] {
+        assert!(
+            page.contains(&format!("href=\"/console/integrations/{id}\">{id}</a>")),
+            "{id} in {page}"
+        );
+    }
+    assert!(page.contains("class=\"queue-depth\">0<"), "{page}");
+    assert!(page.contains("class=\"oldest-pending\">none<"), "{page}");
+    assert!(!page.contains(">stale<"));
+    assert!(!page.contains("protocol version 1 carries"));
+    let row = page.split("data-agent=\"agent-test\"").nth(1).unwrap_or("");
+    println!(
+        "agents page row: {}",
+        row.split("</tr>").next().unwrap_or("").replace('\n', " ")
+    );
 }
 
 /// The rows of the events table of a report page: (event id, request id).
@@ -513,20 +681,11 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
         }
     };
     let dir = tempfile::tempdir().unwrap();
-    let central_port = free_port();
-    let config = central_config(dir.path(), central_port);
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    text.push_str(&flood_demo_directory(central_port));
-    std::fs::write(&config, text).unwrap();
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
-    let agent = start_agent(&agent_config(
+    let (central, agent) = central_and_agent(
         dir.path(),
-        central_port,
+        flood_demo_directory,
         &format!("{STANDARD_AGENT}{FLOOD_DEMO}"),
-    ));
+    );
     let driver = start_driver(&driver).await;
     let client = open_browser(&chromium, &driver).await;
     let console = format!("http://{}/console", central.addr);
@@ -686,6 +845,12 @@ async fn an_operator_follows_a_request_from_trigger_to_terminated_event_in_a_bro
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+
+    // The agents page names the agent's software version and the integrations it serves.
+    client.goto(&format!("{console}/agents")).await.unwrap();
+    wait_for_text(&client, "td.version", env!("CARGO_PKG_VERSION")).await;
+    wait_for_text(&client, "td.integrations", "flood-demo").await;
+    screenshot(&client, "agents").await;
 
     // Log out, and be refused: the console sends us back to the login form.
     click(&client, "form.logout button").await;

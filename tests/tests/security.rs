@@ -772,112 +772,17 @@ async fn central_scopes_every_caller() {
     assert_eq!(upgrade.status, 401);
 }
 
-/// Whether `openssl` can be run (the TLS test makes its CA with it).
-fn openssl_available() -> bool {
-    Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl");
-    assert!(
-        output.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// Agent → central over TLS (WSS), with a CA made in the test: the central serves the CA-signed
 /// certificate, the agent trusts the CA through `ca_file`, and a trigger is delivered.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_reaches_the_central_over_tls_with_a_test_ca() {
-    if !openssl_available() {
+    if !e2e::tls::openssl_available() {
         eprintln!("skipped: the `openssl` command is not available to make a test CA");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=xmagent test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            "central.key",
-            "-out",
-            "central.csr",
-        ],
-    );
-    std::fs::write(
-        d.join("ext.cnf"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "central.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "central.pem",
-        ],
-    );
-
-    let config = central_config(d, 0);
-    let text = std::fs::read_to_string(&config).unwrap().replacen(
-        "[central]\n",
-        "[central]\ntls_cert_file = \"central.pem\"\ntls_key_file = \"central.key\"\n",
-        1,
-    );
-    std::fs::write(&config, text).unwrap();
-    let central = Node::start(
-        &binary("xmcentral"),
-        &["run", "--config", config.to_str().unwrap()],
-    );
+    let central = e2e::tls::start_tls_central(d);
     let port = central.addr.port();
 
     // Plain HTTP to the TLS port gets no HTTP answer.

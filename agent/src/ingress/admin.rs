@@ -89,25 +89,74 @@ pub async fn handle(
     }
 }
 
-fn status(ingress: &Ingress) -> Response<Body> {
-    let oldest = match ingress.store.queue_entries(1) {
-        Ok(entries) => entries
+/// The queue at a glance, read from the counts the store keeps (and its oldest entry of each
+/// queue): `xmagent status` shows it, and the relay reports it to the central in `status`
+/// frames (through the daemon), so both say the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueFigures {
+    /// Requests accepted and not processed yet.
+    pub accepted: u64,
+    /// Events waiting for the central's acknowledgement.
+    pub waiting_for_central: u64,
+    /// When the oldest pending request was accepted (RFC 3339), if any is pending.
+    pub oldest_pending: Option<String>,
+    /// Events the central refused for good.
+    pub dead_letters: usize,
+}
+
+impl QueueFigures {
+    /// Read the figures now.
+    pub fn read(store: &crate::store::Store) -> Result<Self, crate::store::StoreError> {
+        let oldest_pending = store
+            .queue_entries(1)?
             .into_iter()
             .filter(|e| e.state != QueueState::Dead)
             .map(|e| e.received_at)
-            .min(),
+            .min();
+        let (pending, _) = store.pending();
+        let waiting = store.outbox_len();
+        Ok(QueueFigures {
+            accepted: pending.saturating_sub(waiting),
+            waiting_for_central: waiting,
+            oldest_pending,
+            dead_letters: store.dead_letter_count(),
+        })
+    }
+
+    /// The protocol's `status` figures at `now`, with the `integrations` the agent serves.
+    pub fn to_protocol(
+        &self,
+        integrations: Vec<String>,
+        now: time::OffsetDateTime,
+    ) -> protocol::AgentStatus {
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let oldest_pending_ms = self
+            .oldest_pending
+            .as_deref()
+            .and_then(|at| time::OffsetDateTime::parse(at, rfc3339).ok())
+            .map(|at| u64::try_from((now - at).whole_milliseconds()).unwrap_or(0));
+        protocol::AgentStatus {
+            queue_depth: self.accepted + self.waiting_for_central,
+            dead_letters: self.dead_letters as u64,
+            oldest_pending_ms,
+            integrations,
+        }
+    }
+}
+
+fn status(ingress: &Ingress) -> Response<Body> {
+    let figures = match QueueFigures::read(&ingress.store) {
+        Ok(figures) => figures,
         Err(error) => return store_failure(error),
     };
-    let (pending, _) = ingress.store.pending();
-    let waiting = ingress.store.outbox_len();
     let status = AgentStatus {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         uptime_secs: ingress.state.uptime().as_secs(),
         central: ingress.state.relay_status(),
-        accepted: pending.saturating_sub(waiting),
-        waiting_for_central: waiting,
-        oldest_pending: oldest,
-        dead_letters: ingress.store.dead_letter_count(),
+        accepted: figures.accepted,
+        waiting_for_central: figures.waiting_for_central,
+        oldest_pending: figures.oldest_pending,
+        dead_letters: figures.dead_letters,
         restart_needed: ingress
             .state
             .restart_needed()

@@ -149,6 +149,7 @@ fn test_settings(url: &str) -> RelaySettings {
         heartbeat: Default::default(),
         integrations: None,
         activity: None,
+        status_source: None,
     }
 }
 
@@ -265,7 +266,8 @@ where
         frame,
         AgentFrame::Hello {
             version: PROTOCOL_VERSION,
-            agent_id: AGENT_ID.into()
+            agent_id: AGENT_ID.into(),
+            software_version: Some(env!("CARGO_PKG_VERSION").into()),
         }
     );
     send(
@@ -273,6 +275,7 @@ where
         CentralFrame::Welcome {
             version: PROTOCOL_VERSION,
             agent_id: AGENT_ID.into(),
+            accepts: Vec::new(),
         },
     )
     .await;
@@ -749,6 +752,7 @@ async fn wrong_protocol_version_is_an_error_and_retried() {
             CentralFrame::Welcome {
                 version: PROTOCOL_VERSION + 1,
                 agent_id: AGENT_ID.into(),
+                accepts: Vec::new(),
             },
         )
         .await;
@@ -1183,4 +1187,112 @@ async fn a_connected_relay_keeps_renewing_its_heartbeat() {
     })
     .await;
     assert_eq!(heartbeat.overdue(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status reports
+
+/// A status source that counts its reads and reports the outbox's pending entries.
+struct CountingSource {
+    outbox: Arc<MemOutbox>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl StatusSource for CountingSource {
+    fn status(&self) -> Option<AgentStatus> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(AgentStatus {
+            queue_depth: self.outbox.pending().len() as u64,
+            dead_letters: 0,
+            oldest_pending_ms: None,
+            integrations: vec!["int-1".into()],
+        })
+    }
+}
+
+/// A relay to `url` that reports a [`CountingSource`] over `outbox`.
+fn start_reporting(url: &str, outbox: &Arc<MemOutbox>) -> (Relay, Arc<CountingSource>) {
+    let source = Arc::new(CountingSource {
+        outbox: Arc::clone(outbox),
+        reads: Default::default(),
+    });
+    let settings = test_settings(url).with_status_source(source.clone());
+    (Relay::start(settings, Arc::clone(outbox)), source)
+}
+
+/// The frames that arrive within `wait`, as JSON.
+async fn frames_within(ws: &mut ServerWs, wait: Duration) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + wait;
+    let mut frames = Vec::new();
+    while let Ok(Some(Ok(message))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(text) = message {
+            frames.push(serde_json::from_str(text.as_str()).unwrap());
+        }
+    }
+    frames
+}
+
+#[tokio::test]
+async fn an_older_central_gets_no_status_frame() {
+    let (listener, url) = listen().await;
+    let outbox = MemOutbox::new();
+    let (relay, source) = start_reporting(&url, &outbox);
+    // The welcome lists nothing in `accepts`, as a central older than `status` sends it.
+    let mut ws = accept_welcomed(&listener).await;
+    outbox.push(1);
+    let event = recv_event(&mut ws).await;
+    ack(&mut ws, event.seq).await;
+    let frames = frames_within(&mut ws, Duration::from_millis(300)).await;
+    assert!(
+        frames.iter().all(|frame| frame["type"] == "event.create"),
+        "{frames:?}"
+    );
+    assert_eq!(
+        source.reads.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the figures are not even read"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test]
+async fn status_is_reported_right_after_welcome_and_soon_after_the_queue_changes() {
+    let (listener, url) = listen().await;
+    let outbox = MemOutbox::new();
+    outbox.push(1);
+    let (relay, _source) = start_reporting(&url, &outbox);
+    let mut ws = accept(&listener).await.unwrap();
+    next_text(&mut ws).await.expect("hello");
+    send(
+        &mut ws,
+        CentralFrame::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_id: AGENT_ID.into(),
+            accepts: vec![ACCEPTS_STATUS.into()],
+        },
+    )
+    .await;
+    // First the status (one pending entry), then the entry itself.
+    let first: serde_json::Value =
+        serde_json::from_str(&next_text(&mut ws).await.unwrap()).unwrap();
+    assert_eq!(
+        first,
+        json!({"type": "status", "queueDepth": 1, "deadLetters": 0,
+               "oldestPendingMs": null, "integrations": ["int-1"]})
+    );
+    let event = recv_event(&mut ws).await;
+    ack(&mut ws, event.seq).await;
+    // The ack emptied the queue: reported after the minimum gap, not the full period (next_text
+    // waits less than STATUS_EVERY).
+    let started = Instant::now();
+    let report = loop {
+        let text = next_text(&mut ws).await.expect("a status after the ack");
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if frame["type"] == "status" {
+            break frame;
+        }
+    };
+    println!("status after the ack: {:?} later", started.elapsed());
+    assert_eq!(report["queueDepth"], 0, "{report}");
+    relay.stop().await;
 }

@@ -586,9 +586,13 @@ async fn agents(state: &State, session: &Session) -> Response<Body> {
             id: agent.id.clone(),
             presence: state.console.presence.of(&agent.id),
             summary: summary.agents.get(&agent.id).cloned(),
+            run_on: state.agent_integrations.ids_of(&agent.id),
         })
         .collect();
-    html(StatusCode::OK, pages::agents(session, &rows))
+    html(
+        StatusCode::OK,
+        pages::agents(session, &rows, time::OffsetDateTime::now_utc()),
+    )
 }
 
 async fn integrations(state: &State, session: &Session) -> Response<Body> {

@@ -19,6 +19,7 @@ use super::source::{ActivityEntry, HostedIntegration, NotificationView};
 use super::summary::{AgentSummary, IntegrationSummary, PerMinute, Summary, WINDOW};
 use super::{chart, ASSET_CSS, ASSET_JS, PREFIX};
 use crate::event::Status;
+use crate::hosted::HOSTED_AGENT_ID;
 use crate::store::Page;
 
 /// The longest property value shown whole; longer ones are cut.
@@ -376,6 +377,8 @@ pub struct AgentRow {
     pub presence: Option<AgentPresence>,
     /// Its events within the summary window.
     pub summary: Option<AgentSummary>,
+    /// The integrations `central.toml` has it run (`run_on`), shown until it reports its own.
+    pub run_on: Vec<String>,
 }
 
 fn rfc3339(at: time::OffsetDateTime) -> String {
@@ -383,8 +386,30 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The agents page: every configured agent, connected or not.
-pub fn agents(session: &Session, rows: &[AgentRow]) -> Markup {
+/// A duration for people: `under 1 s`, `42 s`, `3 min 5 s`, `2 h 10 min`, `4 d 3 h`.
+pub fn age(millis: u64) -> String {
+    let secs = millis / 1000;
+    match secs {
+        0 => "under 1 s".to_owned(),
+        1..=59 => format!("{secs} s"),
+        60..=3599 => format!("{} min {} s", secs / 60, secs % 60),
+        3600..=86_399 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// Links to the activity streams of `ids`, comma-separated.
+fn integration_links(ids: &[String]) -> Markup {
+    html! {
+        @for (i, id) in ids.iter().enumerate() {
+            @if i > 0 { ", " }
+            a href=(format!("{PREFIX}/integrations/{}", segment(id))) { (id) }
+        }
+    }
+}
+
+/// The agents page: every configured agent, connected or not, with what it last reported.
+pub fn agents(session: &Session, rows: &[AgentRow], now: time::OffsetDateTime) -> Markup {
     html! {
         (layout("Agents", Some(session), Section::Agents, html! {
             @if rows.is_empty() {
@@ -393,34 +418,64 @@ pub fn agents(session: &Session, rows: &[AgentRow]) -> Markup {
                 table.agents {
                     thead { tr {
                         th scope="col" { "Agent" } th scope="col" { "Connected" } th scope="col" { "Last seen (UTC)" }
-                        th scope="col" { "Address" } th scope="col" { "Protocol" }
-                        th scope="col" { "Events (24 h)" } th scope="col" { "Integrations (24 h)" }
+                        th scope="col" { "Version" } th scope="col" { "Queue depth" } th scope="col" { "Oldest pending" }
+                        th scope="col" { "Dead letters" } th scope="col" { "Reported" } th scope="col" { "Integrations" }
+                        th scope="col" { "Events (24 h)" }
                     } }
                     tbody { @for row in rows {
                         @let presence = row.presence.as_ref();
+                        @let status = presence.and_then(|p| p.status.as_ref());
                         tr data-agent=(row.id) {
                             th scope="row" { (row.id) }
                             td { @match presence.filter(|p| p.connections > 0) {
-                                Some(p) => { span.status.connected { "connected" } " since " (p.connected_since.map(|at| when(&rfc3339(at))).unwrap_or_default()) },
+                                Some(p) => {
+                                    span.status.connected { "connected" } " since " (p.connected_since.map(|at| when(&rfc3339(at))).unwrap_or_default())
+                                    @if let Some(peer) = p.peer { " from " (peer.to_string()) }
+                                },
                                 None => span.status.disconnected { "not connected" },
                             } }
                             td { (presence.and_then(|p| p.last_seen).map_or_else(|| "never since the central started".to_owned(), |at| when(&rfc3339(at)))) }
-                            td { (presence.and_then(|p| p.peer).map(|peer| peer.to_string()).unwrap_or_default()) }
-                            td { (presence.and_then(|p| p.protocol_version).map(|v| v.to_string()).unwrap_or_default()) }
-                            td { (row.summary.as_ref().map_or(0, |s| s.events)) }
-                            td { @if let Some(summary) = &row.summary {
-                                @for (i, integration) in summary.integrations.iter().enumerate() {
-                                    @if i > 0 { ", " }
-                                    a href=(format!("{PREFIX}/integrations/{}", segment(integration))) { (integration) }
+                            td.version {
+                                @match presence.and_then(|p| p.software_version.as_deref()) {
+                                    Some(version) => code { (version) },
+                                    None => span.hint { "not reported" },
                                 }
+                                @if let Some(protocol) = presence.and_then(|p| p.protocol_version) {
+                                    br; span.hint { "protocol " (protocol) }
+                                }
+                            }
+                            @match status {
+                                Some(status) => {
+                                    td.queue-depth { (status.figures.queue_depth) }
+                                    td.oldest-pending { (status.figures.oldest_pending_ms.map_or_else(|| "none".to_owned(), age)) }
+                                    td.dead-letters { (status.figures.dead_letters) }
+                                    td.reported {
+                                        (age(u64::try_from((now - status.at).whole_milliseconds()).unwrap_or(0))) " ago"
+                                        @if status.is_stale(now) { " " span.status.stale title="The agent has not reported for over a minute: these figures may no longer hold." { "stale" } }
+                                    }
+                                },
+                                None => { td.queue-depth { "—" } td.oldest-pending { "—" } td.dead-letters { "—" } td.reported { span.hint { "never" } } },
+                            }
+                            td.integrations { @match status {
+                                Some(status) => {
+                                    (integration_links(&status.figures.integrations))
+                                    @if status.integrations_left_out > 0 { " and " (status.integrations_left_out) " more" }
+                                },
+                                None if !row.run_on.is_empty() => {
+                                    (integration_links(&row.run_on))
+                                    " " span.hint { "(run_on in central.toml; not reported)" }
+                                },
+                                None => span.hint { "not reported" },
                             } }
+                            td { (row.summary.as_ref().map_or(0, |s| s.events)) }
                         }
                     } }
                 }
             }
             p.hint {
-                "Agents do not report their software version, queue depth or oldest pending request "
-                "to the central (protocol version 1 carries none of them); run "
+                "Agents name their software version when they connect and report their queue right after, "
+                "every 10 s and soon after it changes; a report older than a minute is marked stale. "
+                "Agents older than this central report neither: run "
                 code { "xmagent status" } " and " code { "xmagent queue" } " on the agent's host."
             }
         }))
@@ -473,11 +528,27 @@ pub fn integrations(
     }
 }
 
+/// Where an integration runs, by the agents that relayed its events: the central's own hosted
+/// integrations (the pseudo-agent [`HOSTED_AGENT_ID`]) read "cloud", not as an agent.
+fn runs_on(agents: &std::collections::BTreeSet<String>) -> String {
+    agents
+        .iter()
+        .map(|agent| {
+            if agent == HOSTED_AGENT_ID {
+                "cloud"
+            } else {
+                agent.as_str()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn integration_row(id: &str, integration: &IntegrationSummary) -> Markup {
     html! {
         tr {
             th scope="row" { a href=(format!("{PREFIX}/integrations/{}", segment(id))) { (id) } }
-            td { (integration.agents.iter().cloned().collect::<Vec<_>>().join(", ")) }
+            td { (runs_on(&integration.agents)) }
             td { (integration.events) }
             td { (integration.last_activity.as_deref().map(when).unwrap_or_default()) }
         }
@@ -497,7 +568,11 @@ pub fn activity_items(events: &[Value]) -> Markup {
                         " · request " code.request-id { (field(event, "requestId")) }
                     }
                     ol.steps {
-                        li { "Received from agent " strong { (field(event, "agentId")) } " (request " (field(event, "requestId")) ")" }
+                        @if field(event, "agentId") == HOSTED_AGENT_ID {
+                            li { "Received by the central itself (cloud) (request " (field(event, "requestId")) ")" }
+                        } @else {
+                            li { "Received from agent " strong { (field(event, "agentId")) } " (request " (field(event, "requestId")) ")" }
+                        }
                         li { "Event created: " a href=(format!("{PREFIX}/events/{}", segment(id))) { code { (id) } } ", priority " (field(event, "priority")) }
                         @if let Some(properties) = event.get("properties").and_then(Value::as_object) {
                             li { "Properties: "
@@ -534,7 +609,7 @@ pub fn activity(
     html! {
         (layout(&format!("Activity of {id}"), Some(session), Section::Integrations, html! {
             @if let Some(integration) = integration {
-                p { "Runs on " (integration.agents.iter().cloned().collect::<Vec<_>>().join(", "))
+                p { "Runs on " (runs_on(&integration.agents))
                     "; " (integration.events) " events in the last 24 hours." }
             }
             @if let Some(entries) = hosted {
@@ -674,6 +749,99 @@ mod tests {
         assert!(event_page(&session(), &hostile_event(), Some(&failing))
             .into_string()
             .contains("Notifications cannot be read: notifications store unavailable"));
+    }
+
+    #[test]
+    fn ages_read_as_people_say_them() {
+        assert_eq!(age(400), "under 1 s");
+        assert_eq!(age(42_000), "42 s");
+        assert_eq!(age(185_000), "3 min 5 s");
+        assert_eq!(age(7_800_000), "2 h 10 min");
+        assert_eq!(age(356_400_000), "4 d 3 h");
+    }
+
+    #[test]
+    fn agents_show_what_they_reported_escaped_and_stale_when_old() {
+        use super::super::presence::{AgentPresence, ReportedStatus};
+        let now = time::OffsetDateTime::now_utc();
+        let presence = |status: Option<ReportedStatus>, version: Option<&str>| AgentPresence {
+            connections: 1,
+            connected_since: Some(now),
+            last_seen: Some(now),
+            peer: Some("127.0.0.1:4000".parse().unwrap()),
+            protocol_version: Some(1),
+            software_version: version.map(str::to_owned),
+            status,
+        };
+        let report = |at| ReportedStatus {
+            figures: protocol::AgentStatus {
+                queue_depth: 17,
+                dead_letters: 2,
+                oldest_pending_ms: Some(185_000),
+                integrations: vec!["<b>dc</b>".into(), "ops".into()],
+            },
+            at,
+            integrations_left_out: 0,
+        };
+        let rows = [
+            AgentRow {
+                id: "fresh".into(),
+                presence: Some(presence(Some(report(now)), Some("0.9.<i>"))),
+                summary: None,
+                run_on: vec!["not-shown".into()],
+            },
+            AgentRow {
+                id: "old".into(),
+                presence: Some(presence(
+                    Some(report(now - time::Duration::minutes(5))),
+                    None,
+                )),
+                summary: None,
+                run_on: Vec::new(),
+            },
+            AgentRow {
+                id: "silent".into(),
+                presence: None,
+                summary: None,
+                run_on: vec!["managed-1".into()],
+            },
+        ];
+        let page = agents(&session(), &rows, now).into_string();
+        assert!(
+            page.contains("0.9.&lt;i&gt;") && !page.contains("<i>"),
+            "{page}"
+        );
+        assert!(page.contains("&lt;b&gt;dc&lt;/b&gt;") && !page.contains("<b>dc"));
+        assert!(
+            page.contains(">17<") && page.contains("3 min 5 s"),
+            "{page}"
+        );
+        assert!(
+            !page.contains("not-shown"),
+            "a report replaces the run_on sets"
+        );
+        assert!(page.contains("managed-1") && page.contains("run_on in central.toml"));
+        assert_eq!(
+            page.matches(">stale<").count(),
+            1,
+            "only the old report is stale"
+        );
+        assert!(page.contains("5 min 0 s ago"), "{page}");
+        assert!(!page.contains("protocol version 1 carries"));
+    }
+
+    #[test]
+    fn the_central_itself_runs_as_cloud_not_as_an_agent() {
+        let agents = [HOSTED_AGENT_ID.to_owned(), "agent-01".to_owned()].into();
+        assert_eq!(runs_on(&agents), "agent-01, cloud");
+        let mut hosted = hostile_event();
+        hosted["agentId"] = serde_json::json!(HOSTED_AGENT_ID);
+        let items = activity_items(&[hosted]).into_string();
+        assert!(
+            items.contains("Received by the central itself (cloud)"),
+            "{items}"
+        );
+        assert!(!items.contains("Received from agent"));
     }
 
     #[test]

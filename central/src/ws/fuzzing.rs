@@ -26,7 +26,7 @@ pub enum Verdict {
         /// The reason sent to the agent.
         message: String,
     },
-    /// Not answered at all (control frames).
+    /// Not answered at all (control frames, `activity`, `status`).
     Ignored,
     /// The connection is closed with this reason.
     Closed(String),
@@ -56,7 +56,9 @@ pub fn read_text_frame(text: &str) -> Verdict {
             },
         },
         super::Inbound::Malformed { seq, message } => Verdict::Rejected { seq, message },
-        super::Inbound::Ignore | super::Inbound::Activity(_) => Verdict::Ignored,
+        super::Inbound::Ignore | super::Inbound::Activity(_) | super::Inbound::Status(_) => {
+            Verdict::Ignored
+        }
         super::Inbound::Closed => Verdict::Closed("closed by the agent".to_owned()),
         super::Inbound::Fatal(_, reason) => Verdict::Closed(reason),
     }

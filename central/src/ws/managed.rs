@@ -22,6 +22,8 @@ use crate::hosted::HostedConfig;
 struct AgentSet {
     version: String,
     frame: String,
+    /// The ids of its integrations, in id order (the console shows them).
+    ids: Vec<String>,
 }
 
 /// The sets in force, by agent id; connections watch it.
@@ -51,6 +53,16 @@ impl AgentIntegrations {
             *running = Arc::new(new);
             true
         });
+    }
+
+    /// The ids of the integrations `agent_id` runs for the central (`run_on`), in id order:
+    /// what the console shows for an agent that has not reported its own list.
+    pub fn ids_of(&self, agent_id: &str) -> Vec<String> {
+        self.0
+            .borrow()
+            .get(agent_id)
+            .map(|set| set.ids.clone())
+            .unwrap_or_default()
     }
 
     /// Send `agent_id` its set now and whenever a reload changes it, through `to_agent`, until
@@ -115,11 +127,45 @@ fn encode(
     let content = serde_json::to_vec(&(&integrations, &libraries))
         .expect("integration definitions always serialize");
     let version = hex::encode(Sha256::digest(&content));
+    let ids = integrations
+        .iter()
+        .map(|integration| integration.id.clone())
+        .collect();
     let frame = CentralFrame::Integrations(ManagedIntegrations {
         version: version.clone(),
         integrations,
         libraries,
     })
     .to_text();
-    AgentSet { version, frame }
+    AgentSet {
+        version,
+        frame,
+        ids,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_agent_has_the_ids_of_its_run_on_integrations_in_order() {
+        let text = "[central]\ndata_dir = \"/tmp/x\"\n\
+            [[agents]]\nid = \"a1\"\ntoken = \"token-a1-0123456789\"\n\
+            [[agents]]\nid = \"a2\"\ntoken = \"token-a2-0123456789\"\n\
+            [[integrations]]\nid = \"zeta\"\naction = \"create_event\"\nauth = \"basic\"\nrun_on = [\"a1\", \"a2\"]\n\
+            [[integrations]]\nid = \"alpha\"\naction = \"create_event\"\nauth = \"basic\"\nrun_on = [\"a1\"]\n\
+            [[integrations]]\nid = \"cloud\"\naction = \"create_event\"\nauth = \"basic\"\n";
+        let config = crate::config::parse(text, "central.toml", std::path::Path::new("/etc/xm"))
+            .expect("a valid config");
+        let sets = AgentIntegrations::new(config.hosted.as_ref());
+        assert_eq!(sets.ids_of("a1"), ["alpha", "zeta"]);
+        assert_eq!(sets.ids_of("a2"), ["zeta"]);
+        assert!(
+            sets.ids_of("other").is_empty(),
+            "cloud integrations run on no agent"
+        );
+        sets.reload(None);
+        assert!(sets.ids_of("a1").is_empty(), "a reload is seen");
+    }
 }
