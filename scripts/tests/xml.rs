@@ -172,6 +172,17 @@ fn jxon_parses_values_by_default_and_recognises_only_iso_dates() {
 }
 
 #[test]
+fn jxon_config_without_an_argument_answers_the_options_in_force() {
+    let out = logs(
+        "XMLUtils.JXON.config({ trueIsEmpty: false });\n\
+         var c = XMLUtils.JXON.config(); c.lowerCaseTags = false;\n\
+         console.log(c.trueIsEmpty, c.parseValues, c.valueKey, JSON.stringify(JXON.parse('<A/>')));",
+        "",
+    );
+    assert_eq!(out, [r#"false true keyValue {"a":""}"#]);
+}
+
+#[test]
 fn jxon_config_refuses_a_non_object() {
     let outcome = run("XMLUtils.JXON.config('lowerCaseTags');", "");
     let error = outcome.error.expect("config with a string fails");
