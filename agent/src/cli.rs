@@ -559,6 +559,19 @@ fn queue(config_path: &Path, action: QueueAction, json: bool) -> i32 {
     operate(config_path, method, path, json, text)
 }
 
+/// Characters an id keeps as they are in a URL path: the RFC 3986 unreserved ones. The agent
+/// matches the path as sent, so `flow-alert` must not become `flow%2Dalert`.
+const PATH_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `id` as one URL path segment.
+fn path_segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, PATH_SEGMENT).to_string()
+}
+
 /// `xmagent activity`: the newest `limit` entries; with `follow`, then every new entry as it
 /// arrives (polled every second), oldest first, until interrupted.
 fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, json: bool) -> i32 {
@@ -566,9 +579,7 @@ fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, j
         Ok(access) => access,
         Err(code) => return code,
     };
-    let integration =
-        percent_encoding::utf8_percent_encode(integration, percent_encoding::NON_ALPHANUMERIC)
-            .to_string();
+    let integration = path_segment(integration);
     runtime_then(|| async move {
         let path = format!("/api/xm/1/integrations/{integration}/logs?limit={limit}");
         let first = admin_call(&access, Method::GET, &path).await?;
@@ -598,4 +609,15 @@ fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, j
             answer = admin_call(&access, Method::GET, &poll).await?;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_segment;
+
+    #[test]
+    fn ids_keep_unreserved_characters_in_the_path() {
+        assert_eq!(path_segment("flow-alert.v2_x~y"), "flow-alert.v2_x~y");
+        assert_eq!(path_segment("a b/c?"), "a%20b%2Fc%3F");
+    }
 }

@@ -142,6 +142,8 @@
     parse(text) { return xml().jxonParse(text, jxonOptions()); },
     config(options) {
       if (current === null) throw new Error('JXON.config is only available while a script runs');
+      // As in the JXON library: without an argument, the options in force.
+      if (options === undefined) return Object.assign({}, jxonOptions());
       if (options === null || typeof options !== 'object') throw new TypeError('JXON.config expects an options object');
       var merged = Object.assign({}, jxonOptions());
       for (var k in xml().JXON_DEFAULTS) if (hasOwn.call(options, k)) merged[k] = options[k];

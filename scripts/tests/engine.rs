@@ -501,7 +501,8 @@ fn jxon_handles_attributes_entities_and_cdata() {
         messages(&outcome),
         [
             // Child elements first, then attributes, as xMatters' JXON orders them.
-            r#"{"a":{"b":"1 < 2","c":"<raw>","d":true,"e":{"@n":"2","keyValue":"text"},"@id":"1","@kind":"x"}}"#,
+            // Values are parsed: numbers become numbers.
+            r#"{"a":{"b":"1 < 2","c":"<raw>","d":true,"e":{"@n":2,"keyValue":"text"},"@id":1,"@kind":"x"}}"#,
             "SyntaxError"
         ]
     );

@@ -128,7 +128,7 @@ fn jxon_reads_a_soap_envelope_with_prefixed_lowercased_names() {
 
 #[test]
 fn jxon_config_switches_options_for_the_run_only() {
-    let code = "if (request.body === 'configure') XMLUtils.JXON.config({ lowerCaseTags: false, trueIsEmpty: false, valueKey: '#text', parseValues: true });\n\
+    let code = "if (request.body === 'configure') XMLUtils.JXON.config({ lowerCaseTags: false, trueIsEmpty: false, valueKey: '#text', parseValues: false });\n\
                 console.log(JSON.stringify(JXON.parse('<Alert n=\"3\"><Empty/><Count>2</Count><Up>true</Up></Alert>')));";
     let program = program(code);
     let mut engine = Engine::new(Limits::default()).expect("engine");
@@ -140,14 +140,46 @@ fn jxon_config_switches_options_for_the_run_only() {
     };
     assert_eq!(
         line("configure"),
-        r#"{"Alert":{"Empty":"","Count":2,"Up":true,"@n":3}}"#
+        r#"{"Alert":{"Empty":"","Count":"2","Up":"true","@n":"3"}}"#
     );
     // The next run in the same warm context starts from the defaults again.
     assert_eq!(
         line("plain"),
-        r#"{"alert":{"empty":true,"count":"2","up":"true","@n":"3"}}"#
+        r#"{"alert":{"empty":true,"count":2,"up":true,"@n":3}}"#
     );
     assert_eq!(engine.stats().contexts_created, 1, "the context was reused");
+}
+
+#[test]
+fn jxon_parses_values_by_default_and_recognises_only_iso_dates() {
+    let out = logs(
+        "var d = JXON.parse('<A id=\"007\" blank=\"\"><N>16931</N><F>2.5</F><B>TRUE</B><Host>web01</Host>' +\n\
+           '<Summary>Server 1</Summary><At>2024-03-01T10:00:00Z</At><Day>2024-03-01</Day><Mail>Mon, 01 Jan 2024</Mail></A>').a;\n\
+         console.log(d['@id'], typeof d['@id'], d['@blank'], d.n + 1, d.f, d.b === true, d.host);\n\
+         console.log(typeof d.summary, d.at instanceof Date, d.at.toISOString(), d.day instanceof Date, typeof d.mail);\n\
+         XMLUtils.JXON.config({ autoDate: false });\n\
+         console.log(typeof JXON.parse('<at>2024-03-01T10:00:00Z</at>').at);",
+        "",
+    );
+    assert_eq!(
+        out,
+        [
+            "7 number null 16932 2.5 true web01",
+            "string true 2024-03-01T10:00:00.000Z true string",
+            "string"
+        ]
+    );
+}
+
+#[test]
+fn jxon_config_without_an_argument_answers_the_options_in_force() {
+    let out = logs(
+        "XMLUtils.JXON.config({ trueIsEmpty: false });\n\
+         var c = XMLUtils.JXON.config(); c.lowerCaseTags = false;\n\
+         console.log(c.trueIsEmpty, c.parseValues, c.valueKey, JSON.stringify(JXON.parse('<A/>')));",
+        "",
+    );
+    assert_eq!(out, [r#"false true keyValue {"a":""}"#]);
 }
 
 #[test]

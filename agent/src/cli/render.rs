@@ -144,6 +144,10 @@ pub fn activity_line(entry: &Value) -> String {
     if let Some(message) = entry["error"]["message"].as_str() {
         let _ = write!(line, " error={message:?}");
     }
+    // An http_trigger run whose filter output said "no event".
+    if let Some(reason) = entry["skipped"].as_str() {
+        let _ = write!(line, " no event: {reason}");
+    }
     line.push('\n');
     line
 }
@@ -152,6 +156,18 @@ pub fn activity_line(entry: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_activity_line_says_why_a_flow_trigger_created_no_event() {
+        let line = activity_line(&json!({
+            "created": "2026-12-01T09:23:14.392Z", "requestId": "r1", "status": "COMPLETED",
+            "eventIds": [], "skipped": "output \"Skip\" is true"
+        }));
+        assert_eq!(
+            line,
+            "2026-12-01T09:23:14.392Z r1 COMPLETED no event: output \"Skip\" is true\n"
+        );
+    }
 
     #[test]
     fn status_says_what_an_operator_needs() {

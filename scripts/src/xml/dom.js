@@ -537,12 +537,18 @@
   };
 
   // ---- JXON ---------------------------------------------------------------------------------------
-  // XML text to plain objects, the way xMatters' XMLUtils.JXON builds them (options: see
-  // JXON_DEFAULTS). Built straight from the host's node table: no DOM objects are made.
+  // XML text to plain objects, the way xMatters' XMLUtils.JXON builds them. The defaults are
+  // those of the JXON library line whose options xMatters documents (lowerCaseTags and
+  // trueIsEmpty on, values parsed, dates recognised). Built straight from the host's node table:
+  // no DOM objects are made.
   var JXON_DEFAULTS = freeze({
     valueKey: 'keyValue', attrPrefix: '@', lowerCaseTags: true, trueIsEmpty: true,
-    parseValues: false, autoDate: false, ignorePrefixedNodes: false
+    parseValues: true, autoDate: true, ignorePrefixedNodes: false
   });
+  // autoDate recognises the ECMAScript date-time format only (2024-03-01, 2024-03-01T10:00Z,
+  // ...): QuickJS's Date.parse also reads free text such as "Server 1" as a date in 2001, which
+  // would turn ordinary values into Dates.
+  var ISO_DATE = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})?)?$/;
   function jxonParse(text, options) {
     var rows = table(text, 'text/xml').nodes;
     var children = rows.map(function () { return []; });
@@ -551,9 +557,10 @@
     function name(n) { return options.lowerCaseTags ? n.toLowerCase() : n; }
     function value(s) {
       if (!options.parseValues) return s;
+      if (/^\s*$/.test(s)) return null;
       if (/^(true|false)$/i.test(s)) return s.toLowerCase() === 'true';
-      if (s !== '' && isFinite(s)) return parseFloat(s);
-      if (options.autoDate && isFinite(Date.parse(s))) return new Date(s);
+      if (isFinite(s)) return parseFloat(s);
+      if (options.autoDate && ISO_DATE.test(s) && isFinite(Date.parse(s))) return new Date(s);
       return s;
     }
     function put(obj, key, v) {
