@@ -167,7 +167,10 @@ fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
     };
     let postinst = control_file(&package, "postinst");
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
-    assert!(postinst.contains("install -d -o xmagent"), "{postinst}");
+    assert!(
+        postinst.contains("chown xmagent:xmagent /var/lib/xmagent"),
+        "{postinst}"
+    );
     assert!(
         postinst.contains("deb-systemd-helper enable xmagent.service"),
         "enabled on install: {postinst}"
@@ -224,7 +227,10 @@ fn xmcentral_package_has_binary_unit_and_conffile() {
         return;
     };
     let postinst = control_file(&package, "postinst");
-    assert!(postinst.contains("install -d -o xmcentral"), "{postinst}");
+    assert!(
+        postinst.contains("chown xmcentral:xmcentral /var/lib/xmcentral"),
+        "{postinst}"
+    );
     assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
 }
 
@@ -364,6 +370,9 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
     let status = dead_letters(&config, 1).await;
     assert_eq!(status["deadLetters"], 1);
     assert_eq!(status["central"]["connected"], true);
+    // One naming style in the JSON tools read, nested objects included.
+    assert_eq!(status["central"]["inFlight"], 0, "{status}");
+    assert!(status["central"]["lastError"].is_null(), "{status}");
     assert_eq!(status["restartNeeded"], serde_json::json!([]));
     assert!(status["version"].as_str().is_some_and(|v| !v.is_empty()));
 
@@ -394,13 +403,19 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
     assert!(stderr.contains("--yes"), "{stderr}");
     assert_eq!(xmagent_json(&config, &["status"])["deadLetters"], 1);
 
-    // An unknown id is refused with the agent's reason.
+    // An unknown id is refused with the agent's reason, told once as one plain line.
     let (code, _, stderr) = xmagent(&config, &["queue", "retry", "987654321"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("404") && stderr.contains("no dead letter"),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("xmagent: "), "{stderr}");
+    // Neither an id nor --all-dead: a usage error (64, EX_USAGE) that names both.
+    let (code, _, stderr) = xmagent(&config, &["queue", "retry"]);
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("<ID|--all-dead>"), "{stderr}");
 
     // Retry sends it again: the central refuses it again, so it comes back as a new letter.
     let retried = xmagent_json(&config, &["queue", "retry", &id]);
@@ -699,4 +714,65 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
             "a secret in the log: {secret}\n{log}"
         );
     }
+}
+
+/// `xmagent run` with a configuration whose token file is missing; `journal` makes stderr a file
+/// named by `JOURNAL_STREAM`, as systemd does. Returns the exit code and stderr.
+fn run_with_a_bad_config(dir: &Path, args: &[&str], journal: bool) -> (Option<i32>, String) {
+    use std::os::unix::fs::MetadataExt;
+    let config = agent_config(dir, 9, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("token = \"{AGENT_TOKEN}\""),
+        "token_file = \"missing.token\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let stderr_path = dir.join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let stream = stderr
+        .metadata()
+        .map(|m| format!("{}:{}", m.dev(), m.ino()));
+    let mut command = Command::new(binary("xmagent"));
+    command
+        .args(args)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env_remove("JOURNAL_STREAM")
+        .stderr(stderr);
+    if journal {
+        command.env("JOURNAL_STREAM", stream.expect("metadata"));
+    }
+    let status = command.status().expect("run xmagent");
+    (
+        status.code(),
+        std::fs::read_to_string(stderr_path).expect("stderr"),
+    )
+}
+
+#[test]
+fn a_bad_configuration_stops_run_with_exit_78_and_one_error_in_the_log_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Under systemd: one line, at the error priority, naming file and key (no second copy
+    // without a priority, which journald would file as INFO).
+    let (code, journal) = run_with_a_bad_config(dir.path(), &[], true);
+    assert_eq!(code, Some(78), "{journal}");
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    assert!(journal.starts_with("<3>"), "{journal}");
+    assert!(
+        journal.contains("agent.toml: central.token_file"),
+        "{journal}"
+    );
+    // For log shippers: every line is JSON, and the error is one of them.
+    let (code, json) = run_with_a_bad_config(dir.path(), &["--log-format", "json"], false);
+    assert_eq!(code, Some(78), "{json}");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{json}");
+    assert_eq!(lines[0]["level"], "ERROR", "{json}");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("central.token_file")),
+        "{json}"
+    );
 }
