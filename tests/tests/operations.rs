@@ -2,7 +2,8 @@
 //! fake `NOTIFY_SOCKET`), and the operator commands against a real running agent.
 //!
 //! Tests that need a tool the machine lacks (cargo-deb, dpkg-deb, systemd-analyze) print why
-//! and return without asserting.
+//! and return without asserting; so does the install lifecycle (dpkg -i/-r/-P in a throwaway
+//! overlay of the machine) where no private mount namespace can be made (not root).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -232,6 +233,111 @@ fn xmcentral_package_has_binary_unit_and_conffile() {
         "{postinst}"
     );
     assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
+}
+
+/// Install, upgrade, remove and purge package `name` with dpkg in a throwaway overlay of this
+/// machine (`tests/scripts/package-lifecycle.sh` in a private mount namespace); the section of
+/// its report for each step, or `None` when the machine cannot make such a copy (not root, no
+/// overlayfs), with the reason printed.
+fn package_lifecycle(
+    name: &str,
+    conffile: &str,
+) -> Option<std::collections::HashMap<String, String>> {
+    let package = built_package(name)?;
+    if !have("unshare", &["--version"]) {
+        println!("skipped the install lifecycle: unshare is not installed (util-linux)");
+        return None;
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let script = workspace_root().join("tests/scripts/package-lifecycle.sh");
+    let out = run(
+        "unshare",
+        &[
+            "--mount",
+            script.to_str().unwrap(),
+            scratch.path().to_str().unwrap(),
+            package.to_str().unwrap(),
+            name,
+            conffile,
+        ],
+    );
+    let report = text(&out);
+    if !out.status.success() {
+        // 99: the script could not mount its overlay; unshare itself fails without privilege.
+        println!("skipped the install lifecycle: no private overlay of / here ({report})");
+        return None;
+    }
+    assert!(
+        report.contains("== end"),
+        "the lifecycle stopped early:\n{report}"
+    );
+    let steps = report
+        .split("== ")
+        .skip(1)
+        .filter_map(|step| step.split_once('\n'))
+        .map(|(title, body)| (title.trim().to_owned(), body.to_owned()))
+        .collect();
+    Some(steps)
+}
+
+#[test]
+fn packages_install_enabled_not_started_restart_on_upgrade_and_purge_clean() {
+    for (name, conffile) in [
+        ("xmagent", "/etc/xmagent/agent.toml"),
+        ("xmcentral", "/etc/xmcentral/central.toml"),
+    ] {
+        let Some(steps) = package_lifecycle(name, conffile) else {
+            return;
+        };
+        let unit = format!("{name}.service");
+        let install = &steps["install"];
+        assert!(
+            install.contains(&format!("preset {unit}"))
+                || steps["state"].contains("enabled by symlink"),
+            "not enabled on first install:\n{install}{}",
+            steps["state"]
+        );
+        assert!(
+            !install.contains(&format!("start {unit}")) && !install.contains("restart"),
+            "started on first install:\n{install}"
+        );
+        assert!(!install.contains("Warning"), "{install}");
+        let state = &steps["state"];
+        for line in [
+            format!("user {name} exists"),
+            format!("drwxr-x--- {name}:{name} /var/lib/{name}"),
+            format!("drwxr-x--- root:{name} /etc/{name}"),
+            format!("-rw-r----- root:{name} {conffile}"),
+        ] {
+            assert!(state.contains(&line), "{line} missing from:\n{state}");
+        }
+        // As shipped the configuration names a secret file the operator must write: exit 78.
+        let check = &steps["check"];
+        assert!(check.contains("exit 78"), "{check}");
+        assert!(check.contains(&format!("{conffile}: ")), "{check}");
+
+        let upgrade = &steps["upgrade"];
+        assert!(
+            upgrade.contains(&format!("try-restart {unit}")),
+            "not restarted on upgrade:\n{upgrade}"
+        );
+        assert!(upgrade.contains("operator edits kept: 1"), "{upgrade}");
+        let remove = &steps["remove"];
+        assert!(remove.contains(&format!("stop {unit}")), "{remove}");
+        assert!(
+            remove.contains(&format!("/var/lib/{name}/store/kept"))
+                && !remove.contains("No such file"),
+            "remove must keep the store and the configuration:\n{remove}"
+        );
+        assert!(remove.contains(&format!("user {name} exists")), "{remove}");
+        let purge = &steps["purge"];
+        assert!(
+            purge.contains(&format!("cannot access '/var/lib/{name}'"))
+                && purge.contains(&format!("cannot access '{conffile}'")),
+            "purge must delete the store and the configuration:\n{purge}"
+        );
+        assert!(purge.contains(&format!("user {name} gone")), "{purge}");
+    }
 }
 
 /// A fake systemd: the datagram socket named by `NOTIFY_SOCKET`.
