@@ -82,6 +82,13 @@ fn built_package(name: &str) -> Option<PathBuf> {
     Some(found.unwrap_or_else(|| panic!("no {name}_*.deb in target/debian: {build}")))
 }
 
+/// Assert that `text` holds every one of `parts`.
+fn assert_holds_all(text: &str, parts: &[String]) {
+    for part in parts {
+        assert!(text.contains(part), "{part} missing from:\n{text}");
+    }
+}
+
 /// A file from the package's control archive (conffiles, postinst, ...).
 fn control_file(package: &Path, name: &str) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -131,14 +138,15 @@ fn verify_unit(root: &Path, unit: &str, binary_name: &str) -> Option<Output> {
 fn checked_package(name: &str, conffile: &str) -> Option<(PathBuf, tempfile::TempDir)> {
     let package = built_package(name)?;
     let listing = text(&run("dpkg-deb", &["-c", package.to_str().unwrap()]));
-    for path in [
-        format!("./usr/bin/{name}"),
-        format!("./usr/lib/systemd/system/{name}.service"),
-        format!(".{conffile}"),
-        format!("./usr/share/doc/{name}/README.md"),
-    ] {
-        assert!(listing.contains(&path), "{path} missing from:\n{listing}");
-    }
+    assert_holds_all(
+        &listing,
+        &[
+            format!("./usr/bin/{name}"),
+            format!("./usr/lib/systemd/system/{name}.service"),
+            format!(".{conffile}"),
+            format!("./usr/share/doc/{name}/README.md"),
+        ],
+    );
     assert_eq!(control_file(&package, "conffiles").trim(), conffile);
     let root = tempfile::tempdir().expect("tempdir");
     let unpack = run(
@@ -302,15 +310,15 @@ fn packages_install_enabled_not_started_restart_on_upgrade_and_purge_clean() {
             "started on first install:\n{install}"
         );
         assert!(!install.contains("Warning"), "{install}");
-        let state = &steps["state"];
-        for line in [
-            format!("user {name} exists"),
-            format!("drwxr-x--- {name}:{name} /var/lib/{name}"),
-            format!("drwxr-x--- root:{name} /etc/{name}"),
-            format!("-rw-r----- root:{name} {conffile}"),
-        ] {
-            assert!(state.contains(&line), "{line} missing from:\n{state}");
-        }
+        assert_holds_all(
+            &steps["state"],
+            &[
+                format!("user {name} exists"),
+                format!("drwxr-x--- {name}:{name} /var/lib/{name}"),
+                format!("drwxr-x--- root:{name} /etc/{name}"),
+                format!("-rw-r----- root:{name} {conffile}"),
+            ],
+        );
         // As shipped the configuration names a secret file the operator must write: exit 78.
         let check = &steps["check"];
         assert!(check.contains("exit 78"), "{check}");
