@@ -256,6 +256,14 @@ fn package_lifecycle(
         println!("skipped the install lifecycle: unshare is not installed (util-linux)");
         return None;
     }
+    // What the maintainer scripts call on a Debian system: without them dpkg cannot configure
+    // the package (adduser is a dependency) or enable the unit.
+    for tool in ["/usr/sbin/adduser", "/usr/bin/deb-systemd-helper"] {
+        if !Path::new(tool).exists() {
+            println!("skipped the install lifecycle: {tool} is missing (apt-get install adduser init-system-helpers)");
+            return None;
+        }
+    }
     let scratch = tempfile::tempdir().expect("tempdir");
     let script = workspace_root().join("tests/scripts/package-lifecycle.sh");
     let out = run(
