@@ -133,9 +133,9 @@ enum QueueAction {
         limit: usize,
     },
     /// Send dead letters to the central again.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all_dead"])))]
     Retry {
         /// The dead letter's id (from `queue list --state dead`).
-        #[arg(required_unless_present = "all_dead", conflicts_with = "all_dead")]
         id: Option<u64>,
         /// Every dead letter.
         #[arg(long)]
@@ -167,7 +167,15 @@ pub fn main() -> i32 {
 /// Run the command line `args` (the first item is the program name); the benchmark uses this to
 /// run the real agent in a child process of its own binary.
 pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
-    let cli = Cli::parse_from(args);
+    // A usage error exits 64 (EX_USAGE) like the rest of this program's usage errors, not
+    // clap's 2; `--help` and `--version` print and exit 0.
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(error) => {
+            let _ = error.print();
+            return if error.use_stderr() { exit::USAGE } else { 0 };
+        }
+    };
     let _logs = telemetry::init(cli.log_format);
     match cli.command {
         Command::Run {
@@ -179,10 +187,10 @@ pub fn main_from(args: impl IntoIterator<Item = String>) -> i32 {
             } else {
                 Recovery::Refuse
             };
-            runtime_then(|| run_daemon(&config.config, recovery))
+            runtime_then(Audience::Log, || run_daemon(&config.config, recovery))
         }
         Command::Check(args) => check(&args.config),
-        Command::Dev(args) => runtime_then(|| dev(&args.examples)),
+        Command::Dev(args) => runtime_then(Audience::Log, || dev(&args.examples)),
         Command::Request { request_id, config } => query(
             &config.config,
             &format!("{}{request_id}", crate::ingress::REQUESTS_PREFIX),
@@ -222,10 +230,23 @@ struct Failure {
     error: anyhow::Error,
 }
 
+/// Who reads a command's failure, so it is told once, in the form that reader takes.
+#[derive(Clone, Copy)]
+enum Audience {
+    /// A daemon (`run`, `dev`): its log stream, which is the journal (with a priority) or the
+    /// JSON lines a shipper parses; a plain extra line there would be a duplicate or break the
+    /// JSON.
+    Log,
+    /// A one-shot operator command: one plain `xmagent: ...` line on stderr, no log timestamp.
+    Person,
+}
+
 impl Failure {
-    fn report(&self) {
-        tracing::error!("{:#}", self.error);
-        eprintln!("xmagent: {:#}", self.error);
+    fn report(&self, audience: Audience) {
+        match audience {
+            Audience::Log => tracing::error!("{:#}", self.error),
+            Audience::Person => eprintln!("xmagent: {:#}", self.error),
+        }
     }
 }
 
@@ -244,7 +265,7 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
-fn runtime_then<F, Fut>(body: F) -> i32
+fn runtime_then<F, Fut>(audience: Audience, body: F) -> i32
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
@@ -262,7 +283,7 @@ where
     match runtime.block_on(body()) {
         Ok(()) => 0,
         Err(failure) => {
-            failure.report();
+            failure.report(audience);
             failure.code
         }
     }
@@ -331,7 +352,7 @@ async fn run_daemon(path: &Path, recovery: Recovery) -> Result<(), Failure> {
                         // failed log can never complete, so leave before anything drops it.
                         // Nothing is lost: every 202 was synced, and the refused writes are
                         // recorded in the seal.
-                        failure.report();
+                        failure.report(Audience::Log);
                         std::process::exit(exit::TEMPFAIL);
                     }
                 }
@@ -443,7 +464,7 @@ fn operate(
         Ok(access) => access,
         Err(code) => return code,
     };
-    runtime_then(|| async move {
+    runtime_then(Audience::Person, || async move {
         let answer = admin_call(&access, method, &path_and_query).await?;
         print_answer(&answer, json, text);
         Ok(())
@@ -580,7 +601,7 @@ fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, j
         Err(code) => return code,
     };
     let integration = path_segment(integration);
-    runtime_then(|| async move {
+    runtime_then(Audience::Person, || async move {
         let path = format!("/api/xm/1/integrations/{integration}/logs?limit={limit}");
         let first = admin_call(&access, Method::GET, &path).await?;
         if !follow {

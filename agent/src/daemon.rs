@@ -67,8 +67,8 @@ pub struct Shared {
     /// Why the last reload was refused (cleared by a successful one).
     reload_error: Mutex<Option<String>>,
     started: Instant,
-    /// Script runs finished at the last sign of progress, and when that was (watchdog).
-    script_progress: Mutex<(u64, Instant)>,
+    /// The script threads' last sign of progress (watchdog).
+    script_progress: Mutex<ScriptProgress>,
     /// The integrations the central sent that this agent serves.
     managed: Mutex<ManagedSet>,
     /// Where the relay hands over the integrations the central sends.
@@ -276,28 +276,43 @@ fn age_secs(rfc3339: &str) -> Option<f64> {
     )
 }
 
-impl Shared {
-    /// The script threads are stuck when runs are in progress and none finished for longer
-    /// than two script time limits plus a margin: every run is bounded by the time limit, so a
-    /// working thread finishes one at least that often. (Requests waiting for anything else,
-    /// such as room in the store, are not script runs and do not count.)
-    fn check_script_progress(&self) -> Result<(), String> {
-        let runs = &self.metrics.script_runs;
-        let finished = runs.finished.load(Ordering::Relaxed);
-        let running = runs
-            .started
-            .load(Ordering::Relaxed)
-            .saturating_sub(finished);
-        let mut progress = self
-            .script_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if finished != progress.0 || running == 0 {
-            *progress = (finished, Instant::now());
+/// The script threads' last sign of progress, for the watchdog. They are stuck when runs are
+/// in progress and none finished for longer than the stall limit (two script time limits plus
+/// a margin): every run is bounded by the time limit, so a working thread finishes one at least
+/// that often. Requests waiting for anything else, such as room in the store, are not script
+/// runs and do not count.
+struct ScriptProgress {
+    /// Runs finished at the last sign of progress.
+    finished: u64,
+    /// When that was.
+    since: Instant,
+}
+
+impl ScriptProgress {
+    fn new(now: Instant) -> Self {
+        ScriptProgress {
+            finished: 0,
+            since: now,
+        }
+    }
+
+    /// Look at the run counters at `now`: `Err(why)` when the threads are stuck.
+    fn observe(
+        &mut self,
+        started: u64,
+        finished: u64,
+        now: Instant,
+        stall_limit: Duration,
+    ) -> Result<(), String> {
+        let running = started.saturating_sub(finished);
+        if finished != self.finished || running == 0 {
+            *self = ScriptProgress {
+                finished,
+                since: now,
+            };
             return Ok(());
         }
-        let stall_limit = self.live().config.limits.timeout * 2 + Duration::from_secs(30);
-        let stalled = progress.1.elapsed();
+        let stalled = now.saturating_duration_since(self.since);
         if stalled > stall_limit {
             return Err(format!(
                 "script threads: {running} run(s) in progress, none finished for {}s",
@@ -305,6 +320,23 @@ impl Shared {
             ));
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// [`ScriptProgress::observe`] with the live counters and the configured time limit.
+    fn check_script_progress(&self) -> Result<(), String> {
+        let runs = &self.metrics.script_runs;
+        let stall_limit = self.live().config.limits.timeout * 2 + Duration::from_secs(30);
+        self.script_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(
+                runs.started.load(Ordering::Relaxed),
+                runs.finished.load(Ordering::Relaxed),
+                Instant::now(),
+                stall_limit,
+            )
     }
 }
 
@@ -739,7 +771,7 @@ pub async fn start(
         restart_needed: Mutex::new(Vec::new()),
         reload_error: Mutex::new(None),
         started: Instant::now(),
-        script_progress: Mutex::new((0, Instant::now())),
+        script_progress: Mutex::new(ScriptProgress::new(Instant::now())),
         live: live.clone(),
         managed: Mutex::new(ManagedSet::default()),
         managed_sink: Arc::new(watch::Sender::new(None)),
@@ -813,4 +845,34 @@ pub async fn start(
             config_path: config_path.to_path_buf(),
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(40);
+
+    #[test]
+    fn script_threads_are_stuck_only_when_runs_wait_and_none_finishes_past_the_limit() {
+        let start = Instant::now();
+        let mut progress = ScriptProgress::new(start);
+        // Idle for an hour: nothing running is never stuck.
+        let idle = start + Duration::from_secs(3600);
+        assert_eq!(progress.observe(5, 5, idle, LIMIT), Ok(()));
+        // Runs in progress and finishing: progress.
+        let busy = idle + Duration::from_secs(30);
+        assert_eq!(progress.observe(9, 6, busy, LIMIT), Ok(()));
+        // Runs in progress, none finished, but within the limit.
+        let waiting = busy + LIMIT;
+        assert_eq!(progress.observe(9, 6, waiting, LIMIT), Ok(()));
+        // Past the limit: stuck, and it says how many runs and for how long.
+        let stuck = busy + LIMIT + Duration::from_secs(1);
+        let error = progress.observe(9, 6, stuck, LIMIT).unwrap_err();
+        assert!(error.contains("3 run(s) in progress"), "{error}");
+        assert!(error.contains("none finished for 41s"), "{error}");
+        // One run finishes: healthy again, and the clock starts over.
+        assert_eq!(progress.observe(9, 7, stuck, LIMIT), Ok(()));
+        assert_eq!(progress.observe(9, 7, stuck + LIMIT, LIMIT), Ok(()));
+    }
 }

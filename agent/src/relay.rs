@@ -475,6 +475,7 @@ impl RelaySettings {
 
 /// What the relay is doing, published on a `watch` channel for `/readyz`, `/metrics` and the CLI.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RelayStatus {
     /// A websocket to the central is open and welcomed.
     pub connected: bool,

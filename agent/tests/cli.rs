@@ -147,18 +147,20 @@ fn purging_dead_letters_wants_a_confirmation() {
     assert!(stderr.contains("--yes"), "{stderr}");
     // Only dead letters can be purged: the flag is required.
     let (code, stderr) = operator(&["queue", "purge", "--yes"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
     assert!(stderr.contains("--dead"), "{stderr}");
 }
 
 #[test]
 fn retry_wants_an_id_or_all_dead_but_not_both() {
+    // Usage errors exit 64 (EX_USAGE), as the README says, not clap's 2.
     let (code, stderr) = operator(&["queue", "retry"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
+    assert!(stderr.contains("<ID|--all-dead>"), "{stderr}");
     let (code, stderr) = operator(&["queue", "retry", "7", "--all-dead"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
     let (code, stderr) = operator(&["queue", "retry", "not-a-number"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
 }
 
 #[test]
@@ -176,5 +178,15 @@ fn operator_commands_say_when_no_agent_runs() {
         );
     }
     let (code, stderr) = operator(&["queue", "list", "--state", "lost"]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 64, "{stderr}");
+}
+
+#[test]
+fn help_and_version_print_on_stdout_and_exit_0() {
+    for (flag, expected) in [("--help", "Usage: xmagent"), ("--version", "xmagent ")] {
+        let out = xmagent().arg(flag).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{flag}: {stdout}");
+        assert!(stdout.contains(expected), "{flag}: {stdout}");
+    }
 }

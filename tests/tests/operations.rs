@@ -2,7 +2,8 @@
 //! fake `NOTIFY_SOCKET`), and the operator commands against a real running agent.
 //!
 //! Tests that need a tool the machine lacks (cargo-deb, dpkg-deb, systemd-analyze) print why
-//! and return without asserting.
+//! and return without asserting; so does the install lifecycle (dpkg -i/-r/-P in a throwaway
+//! overlay of the machine) where no private mount namespace can be made (not root).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -81,6 +82,13 @@ fn built_package(name: &str) -> Option<PathBuf> {
     Some(found.unwrap_or_else(|| panic!("no {name}_*.deb in target/debian: {build}")))
 }
 
+/// Assert that `text` holds every one of `parts`.
+fn assert_holds_all(text: &str, parts: &[String]) {
+    for part in parts {
+        assert!(text.contains(part), "{part} missing from:\n{text}");
+    }
+}
+
 /// A file from the package's control archive (conffiles, postinst, ...).
 fn control_file(package: &Path, name: &str) -> String {
     let scratch = tempfile::tempdir().expect("tempdir");
@@ -130,14 +138,15 @@ fn verify_unit(root: &Path, unit: &str, binary_name: &str) -> Option<Output> {
 fn checked_package(name: &str, conffile: &str) -> Option<(PathBuf, tempfile::TempDir)> {
     let package = built_package(name)?;
     let listing = text(&run("dpkg-deb", &["-c", package.to_str().unwrap()]));
-    for path in [
-        format!("./usr/bin/{name}"),
-        format!("./usr/lib/systemd/system/{name}.service"),
-        format!(".{conffile}"),
-        format!("./usr/share/doc/{name}/README.md"),
-    ] {
-        assert!(listing.contains(&path), "{path} missing from:\n{listing}");
-    }
+    assert_holds_all(
+        &listing,
+        &[
+            format!("./usr/bin/{name}"),
+            format!("./usr/lib/systemd/system/{name}.service"),
+            format!(".{conffile}"),
+            format!("./usr/share/doc/{name}/README.md"),
+        ],
+    );
     assert_eq!(control_file(&package, "conffiles").trim(), conffile);
     let root = tempfile::tempdir().expect("tempdir");
     let unpack = run(
@@ -167,7 +176,10 @@ fn xmagent_package_has_binary_unit_conffile_and_a_config_that_checks() {
     };
     let postinst = control_file(&package, "postinst");
     assert!(postinst.contains("adduser --system --group"), "{postinst}");
-    assert!(postinst.contains("install -d -o xmagent"), "{postinst}");
+    assert!(
+        postinst.contains("chown xmagent:xmagent /var/lib/xmagent"),
+        "{postinst}"
+    );
     assert!(
         postinst.contains("deb-systemd-helper enable xmagent.service"),
         "enabled on install: {postinst}"
@@ -224,8 +236,124 @@ fn xmcentral_package_has_binary_unit_and_conffile() {
         return;
     };
     let postinst = control_file(&package, "postinst");
-    assert!(postinst.contains("install -d -o xmcentral"), "{postinst}");
+    assert!(
+        postinst.contains("chown xmcentral:xmcentral /var/lib/xmcentral"),
+        "{postinst}"
+    );
     assert!(!postinst.contains("deb-systemd-invoke start"), "{postinst}");
+}
+
+/// Install, upgrade, remove and purge package `name` with dpkg in a throwaway overlay of this
+/// machine (`tests/scripts/package-lifecycle.sh` in a private mount namespace); the section of
+/// its report for each step, or `None` when the machine cannot make such a copy (not root, no
+/// overlayfs), with the reason printed.
+fn package_lifecycle(
+    name: &str,
+    conffile: &str,
+) -> Option<std::collections::HashMap<String, String>> {
+    let package = built_package(name)?;
+    if !have("unshare", &["--version"]) {
+        println!("skipped the install lifecycle: unshare is not installed (util-linux)");
+        return None;
+    }
+    // What the maintainer scripts call on a Debian system: without them dpkg cannot configure
+    // the package (adduser is a dependency) or enable the unit.
+    for tool in ["/usr/sbin/adduser", "/usr/bin/deb-systemd-helper"] {
+        if !Path::new(tool).exists() {
+            println!("skipped the install lifecycle: {tool} is missing (apt-get install adduser init-system-helpers)");
+            return None;
+        }
+    }
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let script = workspace_root().join("tests/scripts/package-lifecycle.sh");
+    let out = run(
+        "unshare",
+        &[
+            "--mount",
+            script.to_str().unwrap(),
+            scratch.path().to_str().unwrap(),
+            package.to_str().unwrap(),
+            name,
+            conffile,
+        ],
+    );
+    let report = text(&out);
+    if !out.status.success() {
+        // 99: the script could not mount its overlay; unshare itself fails without privilege.
+        println!("skipped the install lifecycle: no private overlay of / here ({report})");
+        return None;
+    }
+    assert!(
+        report.contains("== end"),
+        "the lifecycle stopped early:\n{report}"
+    );
+    let steps = report
+        .split("== ")
+        .skip(1)
+        .filter_map(|step| step.split_once('\n'))
+        .map(|(title, body)| (title.trim().to_owned(), body.to_owned()))
+        .collect();
+    Some(steps)
+}
+
+#[test]
+fn packages_install_enabled_not_started_restart_on_upgrade_and_purge_clean() {
+    for (name, conffile) in [
+        ("xmagent", "/etc/xmagent/agent.toml"),
+        ("xmcentral", "/etc/xmcentral/central.toml"),
+    ] {
+        let Some(steps) = package_lifecycle(name, conffile) else {
+            return;
+        };
+        let unit = format!("{name}.service");
+        let install = &steps["install"];
+        assert!(
+            install.contains(&format!("preset {unit}"))
+                || steps["state"].contains("enabled by symlink"),
+            "not enabled on first install:\n{install}{}",
+            steps["state"]
+        );
+        assert!(
+            !install.contains(&format!("start {unit}")) && !install.contains("restart"),
+            "started on first install:\n{install}"
+        );
+        assert!(!install.contains("Warning"), "{install}");
+        assert_holds_all(
+            &steps["state"],
+            &[
+                format!("user {name} exists"),
+                format!("drwxr-x--- {name}:{name} /var/lib/{name}"),
+                format!("drwxr-x--- root:{name} /etc/{name}"),
+                format!("-rw-r----- root:{name} {conffile}"),
+            ],
+        );
+        // As shipped the configuration names a secret file the operator must write: exit 78.
+        let check = &steps["check"];
+        assert!(check.contains("exit 78"), "{check}");
+        assert!(check.contains(&format!("{conffile}: ")), "{check}");
+
+        let upgrade = &steps["upgrade"];
+        assert!(
+            upgrade.contains(&format!("try-restart {unit}")),
+            "not restarted on upgrade:\n{upgrade}"
+        );
+        assert!(upgrade.contains("operator edits kept: 1"), "{upgrade}");
+        let remove = &steps["remove"];
+        assert!(remove.contains(&format!("stop {unit}")), "{remove}");
+        assert!(
+            remove.contains(&format!("/var/lib/{name}/store/kept"))
+                && !remove.contains("No such file"),
+            "remove must keep the store and the configuration:\n{remove}"
+        );
+        assert!(remove.contains(&format!("user {name} exists")), "{remove}");
+        let purge = &steps["purge"];
+        assert!(
+            purge.contains(&format!("cannot access '/var/lib/{name}'"))
+                && purge.contains(&format!("cannot access '{conffile}'")),
+            "purge must delete the store and the configuration:\n{purge}"
+        );
+        assert!(purge.contains(&format!("user {name} gone")), "{purge}");
+    }
 }
 
 /// A fake systemd: the datagram socket named by `NOTIFY_SOCKET`.
@@ -364,6 +492,9 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
     let status = dead_letters(&config, 1).await;
     assert_eq!(status["deadLetters"], 1);
     assert_eq!(status["central"]["connected"], true);
+    // One naming style in the JSON tools read, nested objects included.
+    assert_eq!(status["central"]["inFlight"], 0, "{status}");
+    assert!(status["central"]["lastError"].is_null(), "{status}");
     assert_eq!(status["restartNeeded"], serde_json::json!([]));
     assert!(status["version"].as_str().is_some_and(|v| !v.is_empty()));
 
@@ -394,13 +525,15 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
     assert!(stderr.contains("--yes"), "{stderr}");
     assert_eq!(xmagent_json(&config, &["status"])["deadLetters"], 1);
 
-    // An unknown id is refused with the agent's reason.
+    // An unknown id is refused with the agent's reason, told once as one plain line.
     let (code, _, stderr) = xmagent(&config, &["queue", "retry", "987654321"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("404") && stderr.contains("no dead letter"),
         "{stderr}"
     );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("xmagent: "), "{stderr}");
 
     // Retry sends it again: the central refuses it again, so it comes back as a new letter.
     let retried = xmagent_json(&config, &["queue", "retry", &id]);
@@ -699,4 +832,65 @@ async fn under_journald_lines_carry_priorities_one_outcome_line_per_trigger_and_
             "a secret in the log: {secret}\n{log}"
         );
     }
+}
+
+/// `xmagent run` with a configuration whose token file is missing; `journal` makes stderr a file
+/// named by `JOURNAL_STREAM`, as systemd does. Returns the exit code and stderr.
+fn run_with_a_bad_config(dir: &Path, args: &[&str], journal: bool) -> (Option<i32>, String) {
+    use std::os::unix::fs::MetadataExt;
+    let config = agent_config(dir, 9, "");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("token = \"{AGENT_TOKEN}\""),
+        "token_file = \"missing.token\"",
+    );
+    std::fs::write(&config, text).unwrap();
+    let stderr_path = dir.join("stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let stream = stderr
+        .metadata()
+        .map(|m| format!("{}:{}", m.dev(), m.ino()));
+    let mut command = Command::new(binary("xmagent"));
+    command
+        .args(args)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env_remove("JOURNAL_STREAM")
+        .stderr(stderr);
+    if journal {
+        command.env("JOURNAL_STREAM", stream.expect("metadata"));
+    }
+    let status = command.status().expect("run xmagent");
+    (
+        status.code(),
+        std::fs::read_to_string(stderr_path).expect("stderr"),
+    )
+}
+
+#[test]
+fn a_bad_configuration_stops_run_with_exit_78_and_one_error_in_the_log_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Under systemd: one line, at the error priority, naming file and key (no second copy
+    // without a priority, which journald would file as INFO).
+    let (code, journal) = run_with_a_bad_config(dir.path(), &[], true);
+    assert_eq!(code, Some(78), "{journal}");
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    assert!(journal.starts_with("<3>"), "{journal}");
+    assert!(
+        journal.contains("agent.toml: central.token_file"),
+        "{journal}"
+    );
+    // For log shippers: every line is JSON, and the error is one of them.
+    let (code, json) = run_with_a_bad_config(dir.path(), &["--log-format", "json"], false);
+    assert_eq!(code, Some(78), "{json}");
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{json}");
+    assert_eq!(lines[0]["level"], "ERROR", "{json}");
+    assert!(
+        lines[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("central.token_file")),
+        "{json}"
+    );
 }

@@ -28,13 +28,13 @@ pub fn status(answer: &Value) -> String {
     let connection = if central["connected"].as_bool().unwrap_or(false) {
         format!(
             "connected (in flight {}, reconnects {})",
-            central["in_flight"].as_u64().unwrap_or(0),
+            central["inFlight"].as_u64().unwrap_or(0),
             central["reconnects"].as_u64().unwrap_or(0)
         )
     } else {
         "NOT connected".to_owned()
     };
-    let last_error = central["last_error"].as_str().unwrap_or("none");
+    let last_error = central["lastError"].as_str().unwrap_or("none");
     let restart: Vec<&str> = answer["restartNeeded"]
         .as_array()
         .map(|keys| keys.iter().map(text).collect())
@@ -173,7 +173,7 @@ mod tests {
     fn status_says_what_an_operator_needs() {
         let text = status(&json!({
             "version": "0.1.0", "uptimeSecs": 3723,
-            "central": {"connected": false, "last_error": "connection refused", "reconnects": 2},
+            "central": {"connected": false, "lastError": "connection refused", "reconnects": 2},
             "accepted": 1, "waitingForCentral": 9, "oldestPending": "2026-12-01T04:00:00Z",
             "deadLetters": 2, "restartNeeded": ["agent.listen"],
             "reloadError": "agent.toml: integrations[0].action: unknown action"
