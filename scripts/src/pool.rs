@@ -134,10 +134,11 @@ impl Scheduler {
     }
 
     /// Queue a job; wakes a sleeping thread only when one is asleep and the job may start.
-    fn submit(&self, job: Job) -> Result<(), Job> {
+    /// `false`: the pool is shut down and the job was dropped.
+    fn submit(&self, job: Job) -> bool {
         let mut queue = self.lock();
         if queue.closed {
-            return Err(job);
+            return false;
         }
         let integration = job.program.integration_id();
         let arrival = queue.arrivals;
@@ -153,7 +154,7 @@ impl Scheduler {
         if may_start && queue.idle > 0 {
             self.wake.notify_one();
         }
-        Ok(())
+        true
     }
 
     /// Report the run of `done` (if any) finished and wait for the next job this thread may
@@ -251,7 +252,7 @@ impl ScriptPool {
             http,
             reply,
         };
-        if self.scheduler.submit(job).is_err() {
+        if !self.scheduler.submit(job) {
             return internal("the script pool is shut down");
         }
         answer
@@ -413,7 +414,7 @@ mod tests {
     fn the_oldest_job_under_its_share_goes_first() {
         let s = scheduler(1);
         for (integration, body) in [("a", "a1"), ("a", "a2"), ("b", "b1"), ("a", "a3")] {
-            assert!(s.submit(job(integration, body)).is_ok());
+            assert!(s.submit(job(integration, body)));
         }
         assert_eq!(taken(&s, None), ("a".into(), "a1".into()));
         // `a` holds its share of one: the second thread gets `b` although a2 came first.
@@ -431,9 +432,9 @@ mod tests {
     #[test]
     fn a_closed_scheduler_drains_then_ends() {
         let s = scheduler(2);
-        assert!(s.submit(job("a", "a1")).is_ok());
+        assert!(s.submit(job("a", "a1")));
         s.close();
-        assert!(s.submit(job("a", "a2")).is_err());
+        assert!(!s.submit(job("a", "a2")));
         assert_eq!(taken(&s, None), ("a".into(), "a1".into()));
         assert!(s.next(Some("a")).is_none());
         assert!(s.lock().running.is_empty());
@@ -450,7 +451,7 @@ mod tests {
         while s.lock().idle == 0 {
             thread::yield_now();
         }
-        assert!(s.submit(job("a", "late")).is_ok());
+        assert!(s.submit(job("a", "late")));
         assert_eq!(waiter.join().expect("thread"), ("a".into(), "late".into()));
     }
 }
