@@ -737,12 +737,6 @@ impl GroupCommit {
     }
 }
 
-/// sled's segment size. sled writes any page over a quarter of a segment to a file of its own
-/// (a blob), which a flush must then create, fsync and list in a synced directory; with sled's
-/// 512 KiB default a group of a few dozen requests crossed that line on every flush. Fixed when a
-/// store is created.
-const SEGMENT_BYTES: usize = 8 << 20;
-
 /// How long the flusher watches for more writes before it decides the burst is over.
 const GATHER_STEP: std::time::Duration = std::time::Duration::from_micros(100);
 
@@ -841,7 +835,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_mib.max(1) * 1024 * 1024)
-            .segment_size(SEGMENT_BYTES)
+            .segment_size(durable::SEGMENT_BYTES)
             .flush_every_ms(None)
             .open()?;
         let disk = durable::DiskSync::open(dir)

@@ -314,6 +314,7 @@ impl Store {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(64 * 1024 * 1024)
+            .segment_size(durable::SEGMENT_BYTES)
             .open()?;
         let tree = db.open_tree("events")?;
         let mut index = Index::default();

@@ -20,7 +20,7 @@ mod seal;
 mod sync;
 
 pub use seal::{Mark, Seal, SealError, Sealed, Voided, MAX_VOIDED};
-pub use sync::DiskSync;
+pub use sync::{DiskSync, SEGMENT_BYTES};
 
 /// Bytes available to this process on the filesystem holding `path`: a daemon stops writing
 /// before this reaches zero, since a write that fails for lack of space breaks the database.

@@ -11,6 +11,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// The segment size both daemons open sled with. sled writes any page over a quarter of a
+/// segment to a file of its own (a blob), which [`DiskSync::sync`] must then fsync and list in a
+/// synced directory, and whose directory every later sync reads again. With sled's 512 KiB
+/// default a group commit of a few dozen requests crossed that line on every flush. sled keeps
+/// it in the store's `conf` and refuses to open a store with another size.
+pub const SEGMENT_BYTES: usize = 8 << 20;
+
 /// Syncs a sled database directory after sled's own flush (see the crate docs).
 pub struct DiskSync {
     dir: PathBuf,
