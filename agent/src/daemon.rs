@@ -234,8 +234,7 @@ impl AgentState for Shared {
             .and_then(|entries| {
                 entries
                     .into_iter()
-                    .filter(|e| e.state != crate::store::QueueState::Dead)
-                    .filter_map(|e| age_secs(&e.received_at))
+                    .filter_map(|e| age_secs(e.received_at.as_deref()?))
                     .reduce(f64::max)
             })
             .unwrap_or(0.0);

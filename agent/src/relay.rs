@@ -1156,7 +1156,6 @@ impl<'a> Session<'a> {
                     );
                     return Ok(false);
                 }
-                tracing::warn!(seq, status, reason = %message, "the central refused an event for good; dead-lettered");
                 self.record_acks()?;
                 self.outbox
                     .rejected(seq, status, &message)

@@ -1650,6 +1650,14 @@ impl Outbox for Store {
             protocol::AgentFrame::EventCreate(entry) => entry,
             _ => return Err("a frame other than event.create in the outbox".into()),
         };
+        tracing::warn!(
+            seq,
+            status,
+            request_id = %entry.request_id,
+            integration = %entry.integration_id,
+            reason = %message,
+            "the central refused an event for good; dead-lettered"
+        );
         let letter = DeadLetter {
             entry,
             status,

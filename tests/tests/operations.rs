@@ -512,6 +512,8 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
         letter["reason"].as_str().unwrap().contains("priority"),
         "{letter}"
     );
+    // A dead letter keeps no acceptance time: tools read null, not an empty date.
+    assert!(letter["receivedAt"].is_null(), "{letter}");
     let id = letter["id"].as_u64().unwrap().to_string();
     let none = xmagent_json(&config, &["queue", "list", "--integration", "any"]);
     assert_eq!(none["count"], 0, "{none}");

@@ -110,8 +110,7 @@ impl QueueFigures {
         let oldest_pending = store
             .queue_entries(1)?
             .into_iter()
-            .filter(|e| e.state != QueueState::Dead)
-            .map(|e| e.received_at)
+            .filter_map(|e| e.received_at)
             .min();
         let (pending, _) = store.pending();
         let waiting = store.outbox_len();

@@ -74,8 +74,9 @@ pub struct QueueEntry {
     pub request_id: String,
     /// The integration that handled it.
     pub integration_id: String,
-    /// When the request was accepted (RFC 3339; empty for a dead letter, which does not keep it).
-    pub received_at: String,
+    /// When the request was accepted (RFC 3339); `None` (JSON `null`) for a dead letter, which
+    /// does not keep it.
+    pub received_at: Option<String>,
     /// The central's reason, for a dead letter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -110,7 +111,7 @@ impl Store {
                 state: QueueState::Accepted,
                 request_id: request.request_id,
                 integration_id: request.integration_id,
-                received_at: request.received_at,
+                received_at: Some(request.received_at),
                 reason: None,
             });
         }
@@ -121,7 +122,7 @@ impl Store {
                 state: QueueState::Queued,
                 request_id: meta.request_id,
                 integration_id: meta.integration_id,
-                received_at: meta.received_at,
+                received_at: Some(meta.received_at),
                 reason: None,
             });
         }
@@ -133,7 +134,7 @@ impl Store {
                 state: QueueState::Dead,
                 request_id: letter.entry.request_id,
                 integration_id: letter.entry.integration_id,
-                received_at: String::new(),
+                received_at: None,
                 reason: Some(format!("{} {}", letter.status, letter.message)),
             });
         }
