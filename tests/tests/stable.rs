@@ -1,5 +1,6 @@
 //! A 202 means stable storage, and nothing accepted can block the relay: the order of syncs and
-//! answers seen by strace, each poisonous body and script post, a damaged store, a full disk.
+//! answers seen by strace (the agent's 202s, the central's acks and its hosted 202s), each
+//! poisonous body and script post, a damaged store, a full disk.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -160,6 +161,99 @@ async fn every_202_follows_a_sync_of_the_store_after_its_write() {
     }
     assert_eq!(answers, requests, "202s seen in the trace");
     eprintln!("strace: {answers} answers, each after a write and an fdatasync ({syncs} syncs of the store in all)");
+}
+
+/// DESIGN §3 invariant 1 on the central's side, on the real binary: every ack it sends an agent
+/// and every 202 it answers for a cloud-hosted integration leaves only after the central's store
+/// was synced (`fdatasync`) after its last write. Requests go one at a time, so no other request's
+/// write can fall between a sync and the answer it covers.
+#[tokio::test]
+async fn the_central_acks_and_answers_202_only_after_a_sync() {
+    if !strace_available() {
+        eprintln!("SKIPPED: strace is not installed or cannot trace here (apt-get install strace)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The central hosts the standard integrations itself (its "any" answers the same URL key).
+    let central_toml = central_config(dir.path(), 0);
+    let mut text = std::fs::read_to_string(&central_toml).unwrap();
+    text.push_str(STANDARD_AGENT);
+    std::fs::write(&central_toml, text).unwrap();
+    let trace_path = dir.path().join("trace");
+    let central = Node::start(
+        Path::new("strace"),
+        &[
+            "-f",
+            "-y",
+            "-s",
+            "64",
+            "-o",
+            trace_path.to_str().unwrap(),
+            "-e",
+            "trace=pwrite64,pwritev,write,writev,sendto,sendmsg,fsync,fdatasync,sync_file_range",
+            binary("xmcentral").to_str().unwrap(),
+            "run",
+            "--config",
+            central_toml.to_str().unwrap(),
+        ],
+    );
+    let agent = start_agent(&agent_config(
+        dir.path(),
+        central.addr.port(),
+        STANDARD_AGENT,
+    ));
+    let requests = 6;
+    for n in 0..requests {
+        let body = format!(r#"{{"n": {n}}}"#);
+        let hosted = trigger(central.addr, "any", KEY, &[], &body).await;
+        assert_eq!(
+            hosted.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&hosted.body)
+        );
+        let relayed = trigger(agent.addr, "any", KEY, &[], &body).await;
+        assert_eq!(relayed.status, 202);
+        let id = relayed.json()["requestId"].as_str().unwrap().to_owned();
+        assert_eq!(final_record(&agent, &id).await["status"], "DELIVERED");
+    }
+    agent.kill();
+    Command::new("pkill")
+        .args(["-TERM", "-P", &central.pid().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(central.wait(), Some(0));
+    let trace = std::fs::read_to_string(&trace_path).unwrap();
+    let on_store = |call: &Call| call.args.contains("/central-data/") && call.args.contains("/db>");
+    let (mut acks, mut answers, mut syncs) = (0, 0, 0);
+    let mut synced_after_write = true;
+    for call in completed_calls(&trace) {
+        match call.name.as_str() {
+            "pwrite64" | "pwritev" if on_store(&call) => synced_after_write = false,
+            "fdatasync" | "fsync" if on_store(&call) => {
+                synced_after_write = true;
+                syncs += 1;
+            }
+            "sendto" | "sendmsg" | "writev" | "write" if call.args.contains(r#"type\":\"ack"#) => {
+                acks += 1;
+                assert!(
+                    synced_after_write,
+                    "ack number {acks} left before the store was synced"
+                );
+            }
+            "writev" | "write" if call.args.contains("HTTP/1.1 202") => {
+                answers += 1;
+                assert!(
+                    synced_after_write,
+                    "202 number {answers} left before the store was synced"
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(answers, requests, "hosted 202s seen in the trace");
+    assert!(acks >= requests, "acks seen in the trace: {acks}");
+    eprintln!("strace (central): {acks} acks and {answers} hosted 202s, each after an fdatasync of the store ({syncs} syncs in all)");
 }
 
 /// A transform integration whose script posts what the request asks for: each poison the
