@@ -594,7 +594,8 @@ fn path_segment(id: &str) -> String {
 }
 
 /// `xmagent activity`: the newest `limit` entries; with `follow`, then every new entry as it
-/// arrives (polled every second), oldest first, until interrupted.
+/// arrives (polled every second), oldest first, and an entry again when its status changes
+/// (QUEUED → DELIVERED), until interrupted.
 fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, json: bool) -> i32 {
     let access = match admin_access(config_path) {
         Ok(access) => access,
@@ -608,15 +609,22 @@ fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, j
             print_answer(&first, json, render::activity);
             return Ok(());
         }
-        // Poll with the largest page, so a busy second does not skip entries; an entry is new
-        // when the previous page did not hold it (pages only ever lose their oldest entries).
+        // Poll with the largest page, so a busy second does not skip entries; an entry is shown
+        // when the previous page did not hold it with the same status (pages only ever lose
+        // their oldest entries, and an entry's status is where its request is now).
         let poll = format!("/api/xm/1/integrations/{integration}/logs?limit=1000");
         let mut previous = std::collections::HashSet::new();
         let mut answer = first;
         loop {
             let entries = answer["data"].as_array().cloned().unwrap_or_default();
-            let ids = |entry: &serde_json::Value| entry["requestId"].to_string();
-            for entry in entries.iter().rev().filter(|e| !previous.contains(&ids(e))) {
+            let seen = |entry: &serde_json::Value| {
+                (entry["requestId"].to_string(), entry["status"].to_string())
+            };
+            for entry in entries
+                .iter()
+                .rev()
+                .filter(|e| !previous.contains(&seen(e)))
+            {
                 if json {
                     println!("{entry}");
                 } else {
@@ -625,7 +633,7 @@ fn activity(config_path: &Path, integration: &str, limit: usize, follow: bool, j
             }
             use std::io::Write;
             let _ = std::io::stdout().flush();
-            previous = entries.iter().map(ids).collect();
+            previous = entries.iter().map(seen).collect();
             tokio::time::sleep(Duration::from_secs(1)).await;
             answer = admin_call(&access, Method::GET, &poll).await?;
         }

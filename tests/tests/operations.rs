@@ -587,8 +587,9 @@ async fn status_and_queue_tools_show_and_repair_dead_letters() {
 #[tokio::test(flavor = "multi_thread")]
 async fn activity_follow_prints_new_requests_as_they_come() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let central = start_central(dir.path(), 0);
-    let config = agent_config(dir.path(), central.addr.port(), STANDARD_AGENT);
+    let port = free_port();
+    let central = start_central(dir.path(), port);
+    let config = agent_config(dir.path(), port, STANDARD_AGENT);
     let agent = start_agent(&config);
     let mut follow = Command::new(binary("xmagent"))
         .args([
@@ -612,22 +613,33 @@ async fn activity_follow_prints_new_requests_as_they_come() {
             let _ = lines_tx.send(line);
         }
     });
-    for n in 0..2 {
-        let answer = trigger(
-            agent.addr,
-            "any",
-            "?apiKey=url-key-any",
-            &[],
-            &format!("{{\"properties\": {{\"n\": {n}}}}}"),
-        )
-        .await;
+    // Lines until one shows `request_id` with `status`.
+    let printed = |request_id: &str, status: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(request_id) && line.contains(status) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("--follow printed no {status} line for {request_id}"),
+            }
+        }
+    };
+    let addr = agent.addr;
+    let send = |n: u32| async move {
+        let body = format!("{{\"properties\": {{\"n\": {n}}}}}");
+        let answer = trigger(addr, "any", "?apiKey=url-key-any", &[], &body).await;
         assert_eq!(answer.status, 202, "{answer:?}");
-        let request_id = answer.json()["requestId"].as_str().unwrap().to_owned();
-        let line = lines
-            .recv_timeout(WAIT)
-            .unwrap_or_else(|_| panic!("--follow printed nothing for request {n}"));
-        assert!(line.contains(&request_id), "{line}");
-    }
+        answer.json()["requestId"].as_str().unwrap().to_owned()
+    };
+    let delivered = send(0).await;
+    printed(&delivered, "DELIVERED");
+    // With the central away the request waits, and is shown again once it is delivered.
+    central.kill();
+    let waiting = send(1).await;
+    printed(&waiting, "QUEUED");
+    let _central = start_central(dir.path(), port);
+    printed(&waiting, "DELIVERED");
     let _ = follow.kill();
     let _ = follow.wait();
 }
