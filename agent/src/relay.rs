@@ -488,8 +488,13 @@ pub struct RelayStatus {
     pub acked_total: u64,
     /// Entries the central refused for good (dead-lettered) since start.
     pub rejected_total: u64,
-    /// Successful connections after the first one.
+    /// Successful connections after the first one of this process (a relay restarted by a
+    /// reload counts its connection as a reconnect).
     pub reconnects: u64,
+    /// Some relay of this process was connected once; what makes the next connection a
+    /// reconnect.
+    #[serde(skip)]
+    pub connected_once: bool,
 }
 
 /// Why a connection ended or could not be used. The `Display` text goes to logs and
@@ -541,7 +546,6 @@ pub async fn run(
 ) {
     let url = settings.url();
     let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
-    let mut connected_before = false;
     loop {
         if shutdown_requested(&mut shutdown) {
             break;
@@ -556,11 +560,13 @@ pub async fn run(
         };
         let end = match attempt {
             Ok((ws, welcomed)) => {
-                if connected_before {
-                    status.send_modify(|s| s.reconnects += 1);
-                }
-                connected_before = true;
-                status.send_modify(|s| s.connected = true);
+                status.send_modify(|s| {
+                    if s.connected_once {
+                        s.reconnects += 1;
+                    }
+                    s.connected_once = true;
+                    s.connected = true;
+                });
                 tracing::info!(url = %url, agent_id = %agent_id, "connected to the central");
                 let mut session = Session::new(ws, welcomed, &settings, outbox.as_ref(), &status);
                 let end = session.serve(&mut shutdown).await;

@@ -688,11 +688,13 @@ async fn reload_applies_bounds_and_central_live_and_flags_restart_only_keys() {
             .then_some(())
     })
     .await;
-    eventually(WAIT, "connected again", || {
+    // The new relay's connection counts as a reconnect: it is the process's second.
+    eventually(WAIT, "connected again, counted as a reconnect", || {
         let config = config.clone();
         async move {
             let status = xmagent_json(&config, &["status"]);
-            (status["central"]["connected"] == true).then_some(())
+            let reconnects = status["central"]["reconnects"].as_u64().unwrap_or(0);
+            (status["central"]["connected"] == true && reconnects >= 1).then_some(())
         }
     })
     .await;
