@@ -75,6 +75,8 @@ pub struct Shared {
     managed_sink: Arc<relay::IntegrationsSink>,
     /// The activity of the central's integrations, on its way to the central.
     uplink: Arc<managed::ActivityUplink>,
+    /// Signalled when the integrations in force change, so the relay reports them soon.
+    integrations_changed: Arc<tokio::sync::Notify>,
 }
 
 /// The central's set in force: as sent, and resolved against the running configuration.
@@ -98,6 +100,7 @@ impl Shared {
             endpoints,
             integrations,
         });
+        self.integrations_changed.notify_one();
     }
 
     /// Validate the central's `set` (scripts compiled) and serve it instead of the previous one,
@@ -555,6 +558,7 @@ fn central_section(path: &Path) -> Option<toml::Value> {
 struct StatusReport {
     store: Store,
     live: LiveConfig,
+    integrations_changed: Arc<tokio::sync::Notify>,
 }
 
 impl relay::StatusSource for StatusReport {
@@ -569,6 +573,10 @@ impl relay::StatusSource for StatusReport {
         let mut integrations: Vec<String> = self.live.get().integrations.keys().cloned().collect();
         integrations.sort_unstable();
         Some(figures.to_protocol(integrations, time::OffsetDateTime::now_utc()))
+    }
+
+    fn changed(&self) -> &tokio::sync::Notify {
+        &self.integrations_changed
     }
 }
 
@@ -607,6 +615,7 @@ impl RelayTask {
                 .with_status_source(Arc::new(StatusReport {
                     store: shared.store.clone(),
                     live: shared.live.clone(),
+                    integrations_changed: shared.integrations_changed.clone(),
                 })),
             agent_id,
             Arc::new(shared.store.clone()),
@@ -775,6 +784,7 @@ pub async fn start(
         managed: Mutex::new(ManagedSet::default()),
         managed_sink: Arc::new(watch::Sender::new(None)),
         uplink: Arc::default(),
+        integrations_changed: Arc::default(),
     });
     if let Some(kept) = kept {
         let shared = shared.clone();

@@ -17,8 +17,8 @@
 //!
 //! Beside events, the relay tells the central about the agent: its software version in `hello`,
 //! and its queue and integrations in `status` frames (from a [`StatusSource`]) right after
-//! `welcome`, every [`STATUS_EVERY`] and soon after the queue changes (at most one per
-//! [`STATUS_MIN_GAP`]). Frame types beyond `event.create` go only to a central whose `welcome`
+//! `welcome`, every [`STATUS_EVERY`] and soon after the queue or the integrations in force
+//! change (at most one per [`STATUS_MIN_GAP`]). Frame types beyond `event.create` go only to a central whose `welcome`
 //! lists them in `accepts` (an older central closes the socket on a frame type it does not know).
 //! Reading the figures costs a few store reads per status, never work per request.
 
@@ -341,6 +341,11 @@ pub struct RelaySettings {
 pub trait StatusSource: Send + Sync {
     /// The figures now; `None` when they cannot be read (no status is sent then).
     fn status(&self) -> Option<AgentStatus>;
+
+    /// Signalled when the figures changed in a way the relay does not see itself (the
+    /// integrations in force after a reload); the relay then reports within
+    /// [`STATUS_MIN_GAP`] instead of at its next period.
+    fn changed(&self) -> &tokio::sync::Notify;
 }
 
 /// Hands the central's `integrations` frames to the daemon; only the latest one matters.
@@ -959,6 +964,7 @@ impl<'a> Session<'a> {
                 .clone()
                 .filter(|_| self.central_manages || self.welcomed.accepts_activity);
             let status_due = self.status_due;
+            let source = self.settings.status_source.clone();
 
             tokio::select! {
                 biased;
@@ -1000,6 +1006,7 @@ impl<'a> Session<'a> {
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {}
                 _ = sleep_until_opt(status_due), if status_due.is_some() => {}
+                _ = status_changed(source.as_deref()), if source.is_some() => self.status_changed(),
                 _ = activity_ready(uplink.as_deref()), if uplink.is_some() => {
                     if let Err(e) = self.send_activity(uplink.as_deref()).await {
                         return self.lost(e);
@@ -1270,6 +1277,14 @@ impl<'a> Session<'a> {
         .await;
         tracing::info!("closed the connection to the central");
         SessionEnd::Shutdown
+    }
+}
+
+/// Wait for the status source's change signal (forever without a source).
+async fn status_changed(source: Option<&dyn StatusSource>) {
+    match source {
+        Some(source) => source.changed().notified().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1196,6 +1196,7 @@ async fn a_connected_relay_keeps_renewing_its_heartbeat() {
 struct CountingSource {
     outbox: Arc<MemOutbox>,
     reads: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
 }
 
 impl StatusSource for CountingSource {
@@ -1208,6 +1209,10 @@ impl StatusSource for CountingSource {
             integrations: vec!["int-1".into()],
         })
     }
+
+    fn changed(&self) -> &tokio::sync::Notify {
+        &self.changed
+    }
 }
 
 /// A relay to `url` that reports a [`CountingSource`] over `outbox`.
@@ -1215,6 +1220,7 @@ fn start_reporting(url: &str, outbox: &Arc<MemOutbox>) -> (Relay, Arc<CountingSo
     let source = Arc::new(CountingSource {
         outbox: Arc::clone(outbox),
         reads: Default::default(),
+        changed: Default::default(),
     });
     let settings = test_settings(url).with_status_source(source.clone());
     (Relay::start(settings, Arc::clone(outbox)), source)
@@ -1294,5 +1300,39 @@ async fn status_is_reported_right_after_welcome_and_soon_after_the_queue_changes
     };
     println!("status after the ack: {:?} later", started.elapsed());
     assert_eq!(report["queueDepth"], 0, "{report}");
+    relay.stop().await;
+}
+
+/// A change the relay cannot see itself (the integrations in force after a reload) is reported
+/// within the minimum gap once the source signals it, not at the next period (next_text waits
+/// less than STATUS_EVERY).
+#[tokio::test]
+async fn a_signalled_change_is_reported_before_the_period() {
+    let (listener, url) = listen().await;
+    let outbox = MemOutbox::new();
+    let (relay, source) = start_reporting(&url, &outbox);
+    let mut ws = accept(&listener).await.unwrap();
+    next_text(&mut ws).await.expect("hello");
+    send(
+        &mut ws,
+        CentralFrame::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_id: AGENT_ID.into(),
+            accepts: vec![ACCEPTS_STATUS.into()],
+        },
+    )
+    .await;
+    let first: serde_json::Value =
+        serde_json::from_str(&next_text(&mut ws).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "status", "{first}");
+    let reads = source.reads.load(std::sync::atomic::Ordering::SeqCst);
+    source.changed.notify_one();
+    let started = Instant::now();
+    let again: serde_json::Value =
+        serde_json::from_str(&next_text(&mut ws).await.expect("a status after the signal"))
+            .unwrap();
+    assert_eq!(again["type"], "status", "{again}");
+    assert!(source.reads.load(std::sync::atomic::Ordering::SeqCst) > reads);
+    println!("status after the signal: {:?} later", started.elapsed());
     relay.stop().await;
 }
