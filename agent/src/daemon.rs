@@ -230,17 +230,10 @@ impl AgentState for Shared {
     fn metrics_response(&self) -> Response<Body> {
         let status = self.relay_status();
         let (entries, bytes) = self.store.pending();
-        let oldest_age = self
-            .store
-            .queue_entries(1)
+        let oldest_age = crate::ingress::admin::QueueFigures::read(&self.store)
             .ok()
-            .and_then(|entries| {
-                entries
-                    .into_iter()
-                    .filter_map(|e| age_secs(e.received_at.as_deref()?))
-                    .reduce(f64::max)
-            })
-            .unwrap_or(0.0);
+            .and_then(|figures| figures.oldest_pending_age(time::OffsetDateTime::now_utc()))
+            .map_or(0.0, |age| age.as_seconds_f64());
         #[rustfmt::skip]
         let gauges = [
             Gauge { name: "xmagent_store_pending_entries", kind: "gauge", help: "Inbox plus outbox entries.", value: entries as f64 },
@@ -265,17 +258,6 @@ impl AgentState for Shared {
         );
         response
     }
-}
-
-/// Seconds since an RFC 3339 time (None when it does not parse).
-fn age_secs(rfc3339: &str) -> Option<f64> {
-    let then = time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
-        .ok()?;
-    Some(
-        (time::OffsetDateTime::now_utc() - then)
-            .as_seconds_f64()
-            .max(0.0),
-    )
 }
 
 /// The script threads' last sign of progress, for the watchdog. They are stuck when runs are

@@ -1006,7 +1006,7 @@ impl<'a> Session<'a> {
                 }
                 _ = sleep_until_opt(retry_at), if retry_at.is_some() => {}
                 _ = sleep_until_opt(status_due), if status_due.is_some() => {}
-                _ = status_changed(source.as_deref()), if source.is_some() => self.status_changed(),
+                _ = source_changed(source.as_deref()), if source.is_some() => self.status_changed(),
                 _ = activity_ready(uplink.as_deref()), if uplink.is_some() => {
                     if let Err(e) = self.send_activity(uplink.as_deref()).await {
                         return self.lost(e);
@@ -1281,7 +1281,7 @@ impl<'a> Session<'a> {
 }
 
 /// Wait for the status source's change signal (forever without a source).
-async fn status_changed(source: Option<&dyn StatusSource>) {
+async fn source_changed(source: Option<&dyn StatusSource>) {
     match source {
         Some(source) => source.changed().notified().await,
         None => std::future::pending().await,

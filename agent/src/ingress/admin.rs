@@ -122,18 +122,22 @@ impl QueueFigures {
         })
     }
 
+    /// How long the oldest pending request has waited at `now`; `None` when none is pending.
+    pub fn oldest_pending_age(&self, now: time::OffsetDateTime) -> Option<time::Duration> {
+        let rfc3339 = &time::format_description::well_known::Rfc3339;
+        let at = time::OffsetDateTime::parse(self.oldest_pending.as_deref()?, rfc3339).ok()?;
+        Some((now - at).max(time::Duration::ZERO))
+    }
+
     /// The protocol's `status` figures at `now`, with the `integrations` the agent serves.
     pub fn to_protocol(
         &self,
         integrations: Vec<String>,
         now: time::OffsetDateTime,
     ) -> protocol::AgentStatus {
-        let rfc3339 = &time::format_description::well_known::Rfc3339;
         let oldest_pending_ms = self
-            .oldest_pending
-            .as_deref()
-            .and_then(|at| time::OffsetDateTime::parse(at, rfc3339).ok())
-            .map(|at| u64::try_from((now - at).whole_milliseconds()).unwrap_or(0));
+            .oldest_pending_age(now)
+            .map(|age| u64::try_from(age.whole_milliseconds()).unwrap_or(0));
         protocol::AgentStatus {
             queue_depth: self.accepted + self.waiting_for_central,
             dead_letters: self.dead_letters as u64,

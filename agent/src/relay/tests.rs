@@ -1226,6 +1226,22 @@ fn start_reporting(url: &str, outbox: &Arc<MemOutbox>) -> (Relay, Arc<CountingSo
     (Relay::start(settings, Arc::clone(outbox)), source)
 }
 
+/// Accept the relay's connection and welcome it as a central that accepts `status` frames.
+async fn accept_welcomed_with_status(listener: &TcpListener) -> ServerWs {
+    let mut ws = accept(listener).await.expect("upgrade refused");
+    next_text(&mut ws).await.expect("hello");
+    send(
+        &mut ws,
+        CentralFrame::Welcome {
+            version: PROTOCOL_VERSION,
+            agent_id: AGENT_ID.into(),
+            accepts: vec![ACCEPTS_STATUS.into()],
+        },
+    )
+    .await;
+    ws
+}
+
 /// The frames that arrive within `wait`, as JSON.
 async fn frames_within(ws: &mut ServerWs, wait: Duration) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + wait;
@@ -1267,17 +1283,7 @@ async fn status_is_reported_right_after_welcome_and_soon_after_the_queue_changes
     let outbox = MemOutbox::new();
     outbox.push(1);
     let (relay, _source) = start_reporting(&url, &outbox);
-    let mut ws = accept(&listener).await.unwrap();
-    next_text(&mut ws).await.expect("hello");
-    send(
-        &mut ws,
-        CentralFrame::Welcome {
-            version: PROTOCOL_VERSION,
-            agent_id: AGENT_ID.into(),
-            accepts: vec![ACCEPTS_STATUS.into()],
-        },
-    )
-    .await;
+    let mut ws = accept_welcomed_with_status(&listener).await;
     // First the status (one pending entry), then the entry itself.
     let first: serde_json::Value =
         serde_json::from_str(&next_text(&mut ws).await.unwrap()).unwrap();
@@ -1311,17 +1317,7 @@ async fn a_signalled_change_is_reported_before_the_period() {
     let (listener, url) = listen().await;
     let outbox = MemOutbox::new();
     let (relay, source) = start_reporting(&url, &outbox);
-    let mut ws = accept(&listener).await.unwrap();
-    next_text(&mut ws).await.expect("hello");
-    send(
-        &mut ws,
-        CentralFrame::Welcome {
-            version: PROTOCOL_VERSION,
-            agent_id: AGENT_ID.into(),
-            accepts: vec![ACCEPTS_STATUS.into()],
-        },
-    )
-    .await;
+    let mut ws = accept_welcomed_with_status(&listener).await;
     let first: serde_json::Value =
         serde_json::from_str(&next_text(&mut ws).await.unwrap()).unwrap();
     assert_eq!(first["type"], "status", "{first}");
